@@ -1,0 +1,225 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+name: fleet_summary
+type: aggregate
+short_description: Per-host table of DataBlock health and recovery at the end of a run
+version_added: 0.1.0
+description:
+  - At the end of a playbook (or of an ad-hoc C(ansible) run) prints one row per host -
+    blocks seen, healthy, recovered, refused, corrupt, unreachable - computed from the
+    results of the C(pylabhub.recovery.datablock_*) modules (successful and failed tasks
+    alike, loop items included).
+  - Every column except C(unreachable) counts distinct blocks (by address) on that host.
+  - C(blocks) - blocks named in any result - RV(pylabhub.recovery.datablock_info#module:blocks[].address),
+    and C(block.address) of the engine results listed below.
+  - C(healthy) - blocks whose most recent health observation was healthy and that are not
+    corrupt. Health is observed by RV(pylabhub.recovery.datablock_info#module:blocks[].health.healthy),
+    C(diagnosis.healthy) (datablock_diagnose) and C(recovery.healthy) (datablock_recover
+    with C(action=heal)). A later real (not check mode) change by datablock_recover (other
+    than heal) or datablock_cleanup makes a block's health unknown until it is observed again - end a play with
+    M(pylabhub.recovery.datablock_info) for an up-to-date column. Corrupt blocks are never
+    counted healthy.
+  - C(recovered) - blocks where a datablock_recover, datablock_cleanup or datablock_validate
+    result has C(changed=true) (C(recovery.changed), C(cleanup.changed),
+    C(validation.changed), or the same under C(blocks[])). Changes predicted in check mode
+    (C(dry_run=true)) are counted with a C(*) and a footnote - nothing was written.
+  - C(refused) - blocks with a non-empty C(recovery.refused) (an unsafe action refused;
+    the holder is not provably dead).
+  - C(corrupt) - blocks whose most recent validation was not valid -
+    C(validation.valid), C(blocks[].validation.valid) (datablock_validate),
+    C(recovery.validate.valid) (heal), C(blocks[].health.valid) (datablock_info).
+  - C(unreachable) - how many task results for the host were unreachable (any module).
+  - The engine results are recognised by C(schema=pylabhub.recovery/v1) and their
+    C(operation) (V(diagnose), V(recover), V(heal), V(cleanup), V(validate)); results of
+    other modules are ignored (except for C(unreachable)).
+  - 'To enable it for a playbook, add it to C(callbacks_enabled) in C(ansible.cfg)
+    (C([defaults] callbacks_enabled = pylabhub.recovery.fleet_summary)) or set
+    C(ANSIBLE_CALLBACKS_ENABLED=pylabhub.recovery.fleet_summary).'
+  - 'For ad-hoc C(ansible) runs, additional callbacks are only loaded on request - set
+    both C(ANSIBLE_LOAD_CALLBACK_PLUGINS=1) and
+    C(ANSIBLE_CALLBACKS_ENABLED=pylabhub.recovery.fleet_summary).'
+requirements:
+  - Enable in configuration (see the description).
+options:
+  all_hosts:
+    description:
+      - Also list hosts on which no C(pylabhub.recovery) module ran (all zeros).
+    type: bool
+    default: false
+    env:
+      - name: PYLABHUB_FLEET_SUMMARY_ALL_HOSTS
+    ini:
+      - section: callback_fleet_summary
+        key: all_hosts
+'''
+
+from ansible.plugins.callback import CallbackBase
+
+SCHEMA = "pylabhub.recovery/v1"
+_ENGINE_KEYS = ("diagnosis", "recovery", "cleanup", "validation")
+_COLUMNS = ("blocks", "healthy", "recovered", "refused", "corrupt", "unreachable")
+
+
+def _field(obj, *names):
+    """The first of ``names`` present on a callback task result (2.19 and earlier)."""
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+class _Block(object):
+    __slots__ = ("healthy", "corrupt", "recovered", "predicted", "refused")
+
+    def __init__(self):
+        self.healthy = None     # last observation: True / False / None (unknown)
+        self.corrupt = False
+        self.recovered = False  # bytes changed in a real run
+        self.predicted = False  # bytes would change (check mode)
+        self.refused = False
+
+
+class CallbackModule(CallbackBase):
+    """Collects the datablock modules' results per host; prints one table at the end."""
+
+    CALLBACK_VERSION = 2.0
+    CALLBACK_TYPE = "aggregate"
+    CALLBACK_NAME = "pylabhub.recovery.fleet_summary"
+    CALLBACK_NEEDS_ENABLED = True
+
+    def __init__(self, *args, **kwargs):
+        super(CallbackModule, self).__init__(*args, **kwargs)
+        self._hosts = {}        # host -> {address: _Block}
+        self._unreachable = {}  # host -> count
+
+    # -- collecting ---------------------------------------------------------------------
+    def _host_blocks(self, host):
+        return self._hosts.setdefault(host, {})
+
+    def _block(self, host, address):
+        return self._host_blocks(host).setdefault(str(address), _Block())
+
+    def _collect(self, result):
+        host = _field(result, "host", "_host")
+        data = _field(result, "result", "_result")
+        if host is None or not isinstance(data, dict):
+            return
+        name = host.get_name() if hasattr(host, "get_name") else str(host)
+        items = data.get("results") if isinstance(data.get("results"), list) else [data]
+        for item in items:
+            if isinstance(item, dict):
+                self._read(name, item)
+
+    def _read(self, host, data):
+        for entry in data.get("blocks") or []:
+            if not isinstance(entry, dict):
+                continue
+            health = entry.get("health")
+            if isinstance(health, dict) and entry.get("address") is not None:
+                self._info(host, entry["address"], health)
+            for key in _ENGINE_KEYS:
+                self._engine(host, entry.get(key))
+        for key in _ENGINE_KEYS:
+            self._engine(host, data.get(key))
+
+    def _info(self, host, address, health):
+        block = self._block(host, address)
+        if health.get("healthy") is not None:
+            block.healthy = bool(health["healthy"])
+        if health.get("valid") is not None:
+            block.corrupt = not health["valid"]
+
+    def _engine(self, host, doc):
+        if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+            return
+        address = (doc.get("block") or {}).get("address")
+        if address is None:
+            return
+        block = self._block(host, address)
+        operation = doc.get("operation")
+        real_change = bool(doc.get("changed")) and not doc.get("dry_run")
+        if doc.get("changed"):
+            if doc.get("dry_run"):
+                block.predicted = True
+            else:
+                block.recovered = True
+        if doc.get("refused"):
+            block.refused = True
+        if operation == "diagnose":
+            block.healthy = bool(doc.get("healthy"))
+        elif operation == "heal":
+            block.healthy = bool(doc.get("healthy"))
+            checked = doc.get("validate")
+            if isinstance(checked, dict) and "valid" in checked:
+                block.corrupt = not checked["valid"]
+        elif operation == "validate":
+            block.corrupt = not doc.get("valid", True)
+        elif real_change:          # recover / cleanup changed bytes: health unknown now
+            block.healthy = None
+
+    def v2_runner_on_ok(self, result):
+        self._collect(result)
+
+    def v2_runner_on_failed(self, result, ignore_errors=False):
+        self._collect(result)
+
+    def v2_runner_on_unreachable(self, result):
+        host = _field(result, "host", "_host")
+        if host is not None:
+            name = host.get_name() if hasattr(host, "get_name") else str(host)
+            self._unreachable[name] = self._unreachable.get(name, 0) + 1
+
+    # -- reporting ----------------------------------------------------------------------
+    def rows(self, all_hosts=()):
+        """``[(host, {column: value})]``, sorted by host; values are ints, except
+        ``recovered`` which is a str with ``*`` when check-mode predictions are counted."""
+        hosts = set(self._hosts) | set(self._unreachable) | set(all_hosts)
+        out = []
+        for host in sorted(hosts):
+            blocks = self._hosts.get(host, {}).values()
+            real = sum(1 for b in blocks if b.recovered)
+            predicted = sum(1 for b in blocks if b.predicted and not b.recovered)
+            out.append((host, {
+                "blocks": len(blocks),
+                "healthy": sum(1 for b in blocks if b.healthy and not b.corrupt),
+                "recovered": "%d%s" % (real + predicted, "*" if predicted else ""),
+                "refused": sum(1 for b in blocks if b.refused),
+                "corrupt": sum(1 for b in blocks if b.corrupt),
+                "unreachable": self._unreachable.get(host, 0),
+            }))
+        return out
+
+    def table(self, all_hosts=()):
+        rows = self.rows(all_hosts)
+        if not rows:
+            return None
+        width = max([len("host")] + [len(host) for host, dummy in rows])
+        lines = ["%-*s  %s" % (width, "host", "  ".join("%11s" % c for c in _COLUMNS))]
+        for host, row in rows:
+            lines.append("%-*s  %s" % (width, host,
+                                       "  ".join("%11s" % row[c] for c in _COLUMNS)))
+        if any("*" in str(row["recovered"]) for dummy, row in rows):
+            lines.append("* includes blocks that check mode predicts would be recovered "
+                         "(nothing was written)")
+        return "\n".join(lines)
+
+    def v2_playbook_on_stats(self, stats):
+        all_hosts = ()
+        try:
+            wanted = self.get_option("all_hosts")
+        except KeyError:
+            wanted = False
+        if wanted:
+            all_hosts = sorted(getattr(stats, "processed", {}) or {})
+        text = self.table(all_hosts)
+        if text is None:
+            return
+        self._display.banner("PYLABHUB FLEET SUMMARY")
+        self._display.display(text)
+        self._display.display("")

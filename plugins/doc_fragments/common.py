@@ -1,0 +1,115 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+
+class ModuleDocFragment(object):
+    """Shared documentation of the pylabhub.recovery datablock modules.
+
+    ``pylabhub.recovery.common``: attributes every module has, and notes.
+    ``pylabhub.recovery.common.name``: the required ``name`` option (one block).
+    ``pylabhub.recovery.common.name_or_all``: ``name`` or ``all`` (one or every block).
+    ``pylabhub.recovery.common.mutating``: attributes of modules that may change bytes.
+    ``pylabhub.recovery.common.read_only``: attributes of modules that never do.
+    """
+
+    DOCUMENTATION = r'''
+options: {}
+attributes:
+  check_mode:
+    description:
+      - Can run in check mode and return changed status prediction without modifying target.
+      - Check mode runs the very same recovery plan as a real run with writes going to an
+        in-memory overlay only, so the prediction (C(changed), the changes list and the
+        diff) is exact and no byte of the block is written.
+    support: full
+  platform:
+    description: Target OS/families that can be operated against.
+    support: full
+    platforms: posix
+    details:
+      - Linux only in practice; DataBlocks live in C(/dev/shm) (or memfds) and liveness
+        verdicts read C(/proc).
+  action_group:
+    description: Use C(group/pylabhub.recovery.datablock) in C(module_defaults) to set defaults for this module.
+    support: full
+    membership:
+      - pylabhub.recovery.datablock
+notes:
+  - A block is opened with C(O_NOFOLLOW) and must be a regular file owned by the user the
+    module runs as (or the module must run as root, see C(become)).
+  - Every module result carries the recovery engine's own structured data (schema
+    C(pylabhub.recovery/v1)) unchanged; the modules only translate arguments.
+'''
+
+    NAME = r'''
+options:
+  name:
+    description:
+      - The block to work on. One of a POSIX shared-memory name (V(my_datablock) or
+        V(/my_datablock), meaning C(/dev/shm/my_datablock)), an absolute path to a block
+        image (V(/var/tmp/copy_of_block)), or a memfd address V(memfd:<pid>:<fd>) as
+        listed by M(pylabhub.recovery.datablock_info).
+    type: str
+    required: true
+'''
+
+    NAME_OR_ALL = r'''
+options:
+  name:
+    description:
+      - The block to work on. One of a POSIX shared-memory name (V(my_datablock) or
+        V(/my_datablock), meaning C(/dev/shm/my_datablock)), an absolute path to a block
+        image, or a memfd address V(memfd:<pid>:<fd>) as listed by
+        M(pylabhub.recovery.datablock_info).
+      - Exactly one of O(name) and O(all=true) is required.
+    type: str
+  all:
+    description:
+      - Work on every DataBlock found on the host (named segments in C(/dev/shm) and
+        memfds held by processes), as M(pylabhub.recovery.datablock_info) lists them.
+      - Exactly one of O(name) and O(all=true) is required.
+    type: bool
+    default: false
+  pattern:
+    description:
+      - With O(all=true) only - restrict to the blocks whose name or address matches this
+        shell-style pattern (C(fnmatch), case-sensitive), as O(pylabhub.recovery.datablock_info#module:pattern).
+    type: str
+'''
+
+    MUTATING = r'''
+options: {}
+attributes:
+  diff_mode:
+    description:
+      - Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+      - The diff shows, for each slot entry, consumer entry and header field touched, its
+        words before and after (a word changed twice, such as a write lock claimed by the
+        recovery and then released, shows its first and last value).
+    support: full
+  idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+      - This assumes that the system controlled/queried by the module has not changed in a relevant way.
+    support: full
+'''
+
+    READ_ONLY = r'''
+options: {}
+attributes:
+  diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
+    support: N/A
+    details:
+      - This module never changes anything.
+  idempotent:
+    description:
+      - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
+      - This assumes that the system controlled/queried by the module has not changed in a relevant way.
+    support: full
+    details:
+      - This module never changes anything.
+'''

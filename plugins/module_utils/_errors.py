@@ -1,0 +1,117 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""One exception hierarchy for every face.
+
+Each error carries a stable ``code`` (a short slug used in JSON results and Ansible
+failures) and the ``exit_code`` the CLI returns, so the CLI, the API and the modules can
+never disagree on what an error means. Messages are one line and say what mismatched.
+"""
+
+from __future__ import annotations
+
+# Exit codes of datablock-admin (documented in --help and the README).
+EXIT_OK = 0             # healthy, or the action was done (or nothing needed doing)
+EXIT_FINDINGS = 1       # diagnose found stuck slots / validate found corruption / heal left work
+EXIT_USAGE = 2          # bad arguments: bad name, slot out of range, unknown action
+EXIT_REFUSED = 3        # refused an unsafe action: the holder is alive, hung or unknown
+EXIT_NO_BLOCK = 4       # missing block, foreign file, unsupported layout, truncated, unsafe path
+EXIT_PERMISSION = 5     # permission denied or wrong owner
+EXIT_CONCURRENT = 6     # a word changed between plan and action; nothing half-done
+EXIT_INTERNAL = 7       # platform cannot do it (no atomics) or an internal error
+
+
+class RecoveryError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code = "error"
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, **details: object) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict:
+        out = {"code": self.code, "message": self.message}
+        out.update({k: v for k, v in self.details.items() if v is not None})
+        return out
+
+
+class UsageError(RecoveryError):
+    """The request itself is malformed (bad name, unknown action, ...)."""
+
+    code = "usage"
+    exit_code = EXIT_USAGE
+
+
+class InvalidName(UsageError):
+    code = "invalid-name"
+
+
+class SlotOutOfRange(UsageError):
+    code = "slot-out-of-range"
+
+
+class BlockNotFound(RecoveryError):
+    code = "not-found"
+    exit_code = EXIT_NO_BLOCK
+
+
+class UnsafePath(RecoveryError):
+    """A symlink, FIFO, directory or other non-regular file where a block should be."""
+
+    code = "unsafe-path"
+    exit_code = EXIT_NO_BLOCK
+
+
+class NotADataBlock(RecoveryError):
+    """A foreign file: no pylabhub magic."""
+
+    code = "not-a-datablock"
+    exit_code = EXIT_NO_BLOCK
+
+
+class UnsupportedLayout(RecoveryError):
+    """Magic is right but version, layout hash, geometry or layout checksum is not ours."""
+
+    code = "unsupported-layout"
+    exit_code = EXIT_NO_BLOCK
+
+
+class TruncatedBlock(RecoveryError):
+    code = "truncated"
+    exit_code = EXIT_NO_BLOCK
+
+
+class BlockNotReady(RecoveryError):
+    """Magic set but both layout hashes still zero: caught mid-creation; retry later."""
+
+    code = "not-ready"
+    exit_code = EXIT_NO_BLOCK
+
+
+class PermissionDenied(RecoveryError):
+    code = "permission"
+    exit_code = EXIT_PERMISSION
+
+
+class WrongOwner(PermissionDenied):
+    code = "wrong-owner"
+
+
+class HolderAlive(RecoveryError):
+    """Refused: the holder is alive, suspect-hung or unknown and force was not given."""
+
+    code = "holder-alive"
+    exit_code = EXIT_REFUSED
+
+
+class ConcurrentChange(RecoveryError):
+    code = "concurrent-change"
+    exit_code = EXIT_CONCURRENT
+
+
+class AtomicsUnavailable(RecoveryError):
+    code = "atomics-unavailable"
+    exit_code = EXIT_INTERNAL

@@ -1,0 +1,282 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The pylabhub DataBlock 1.0 layout, declared once.
+
+Every offset of the format and of our recovery evidence lives in this file; every other
+module asks here. Region arithmetic (where the slot table, checksums, flex zone and ring
+start) is derived from the header's geometry by :class:`Geometry`, never re-derived
+elsewhere. See ``docs/architecture.md`` and the spec (pylabhub-datablock-1.0.md).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import struct
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+PAGE = 4096
+HEADER_SIZE = 4096
+MAGIC = 0x504C4842                      # "PLHB" as a little-endian u32 (bytes 42 48 4C 50)
+VERSION = (1, 0)
+HEADER_LAYOUT_HASH = bytes.fromhex(
+    "b1820e5099bfdd8f29c33c7db2ba20928cc14f5e7a06139208d8cfe8d18f9f1f")
+HASH_SIZE = 32
+PAGE_SIZES = (4096, 4194304, 16777216)  # physical_page_size values the format defines
+CHECKSUM_BLAKE2B = 0                    # the only checksum_type
+NO_COMMIT = 0xFFFFFFFFFFFFFFFF          # commit_index before the first commit
+MAX_CONSUMERS = 8
+SLOT_ENTRY_SIZE = 64
+CHECKSUM_ENTRY_SIZE = 33                # 32-byte BLAKE2b-256 + 1 "verified" byte
+CONSUMER_ENTRY_SIZE = 128
+SLOT_ALIGN = 64
+FLEX_ALIGN = 4096
+
+
+class SlotState(enum.IntEnum):
+    FREE = 0
+    WRITING = 1
+    COMMITTED = 2
+    DRAINING = 3
+
+
+class Policy(enum.IntEnum):
+    SINGLE = 0
+    DOUBLE_BUFFER = 1
+    RING_BUFFER = 2
+    UNSET = 255
+
+
+class ConsumerSync(enum.IntEnum):
+    LATEST_ONLY = 0
+    SEQUENTIAL = 1
+    SEQUENTIAL_SYNC = 2
+    UNSET = 255
+
+
+class ChecksumPolicy(enum.IntEnum):
+    NONE = 0
+    MANUAL = 1
+    ENFORCED = 2
+
+
+def enum_name(kind: type, value: int) -> str:
+    """Name of an enum value, or ``UNKNOWN(<n>)`` for a value the format does not define."""
+    try:
+        return kind(value).name
+    except ValueError:
+        return "UNKNOWN(%d)" % value
+
+
+@dataclass(frozen=True)
+class Field:
+    """One field: offset relative to its record, size in bytes, kind, and whether live
+    processes touch it atomically (then we must too)."""
+
+    name: str
+    offset: int
+    size: int
+    kind: str = "u"          # "u" unsigned little-endian int, "bytes", "text" (NUL-terminated)
+    atomic: bool = False
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.size
+
+
+def _table(*fields: Field) -> Dict[str, Field]:
+    table = {f.name: f for f in fields}
+    assert len(table) == len(fields), "duplicate field name"
+    return table
+
+
+def _u(name: str, off: int, size: int, atomic: bool = False) -> Field:
+    return Field(name, off, size, "u", atomic)
+
+
+def _a(name: str, off: int, size: int) -> Field:
+    return Field(name, off, size, "u", True)
+
+
+_METRICS = ("writer_timeout_count", "writer_lock_timeout_count", "writer_reader_timeout_count",
+            "writer_blocked_total_ns", "write_lock_contention", "write_generation_wraps",
+            "reader_not_ready_count", "reader_race_detected", "reader_validation_failed",
+            "reader_peak_count", "reader_timeout_count")
+_ERROR_COUNTERS = ("slot_acquire_errors", "slot_commit_errors", "checksum_failures",
+                   "zmq_send_failures", "zmq_recv_failures", "zmq_timeout_count",
+                   "recovery_actions_count", "schema_mismatch_count")
+_PERF = ("total_slots_written", "total_slots_read", "total_bytes_written", "total_bytes_read",
+         "uptime_seconds", "creation_timestamp_ns")
+
+HEADER = _table(
+    _a("magic", 0, 4),
+    _u("version_major", 4, 2),
+    _u("version_minor", 6, 2),
+    _u("total_block_size", 8, 8),
+    Field("reserved_capability_token", 16, 64, "bytes"),
+    Field("flexzone_schema_hash", 80, 32, "bytes"),
+    Field("datablock_schema_hash", 112, 32, "bytes"),
+    _u("schema_version", 144, 4),
+    _u("policy", 148, 4),
+    _u("consumer_sync_policy", 152, 4),
+    _u("physical_page_size", 156, 4),
+    _u("logical_unit_size", 160, 4),
+    _u("ring_buffer_capacity", 164, 4),
+    _u("flexible_zone_size", 168, 4),
+    _u("checksum_type", 172, 1),
+    _u("checksum_policy", 176, 4),
+    _a("write_index", 184, 8),
+    _a("commit_index", 192, 8),
+    _a("read_index", 200, 8),
+    _a("active_consumer_count", 208, 4),
+    *[_a(n, 216 + 8 * i, 8) for i, n in enumerate(_METRICS)],
+    _a("last_error_timestamp_ns", 304, 8),
+    _a("last_error_code", 312, 4),
+    _a("error_sequence", 316, 4),
+    *[_a(n, 320 + 8 * i, 8) for i, n in enumerate(_ERROR_COUNTERS)],
+    _a("heartbeat_sent_count", 400, 8),
+    _a("heartbeat_failed_count", 408, 8),
+    _a("last_heartbeat_ns", 416, 8),
+    *[_a(n, 432 + 8 * i, 8) for i, n in enumerate(_PERF)],
+    Field("hub_uid", 1520, 40, "text"),
+    Field("hub_name", 1560, 64, "text"),
+    Field("producer_uid", 1624, 40, "text"),
+    Field("producer_name", 1664, 64, "text"),
+    Field("flexzone_checksum", 1984, 32, "bytes"),
+    _a("flexzone_checksum_verified", 2016, 1),
+    Field("header_layout_hash", 2496, 32, "bytes"),
+    Field("layout_checksum", 2528, 32, "bytes"),
+    _a("producer_heartbeat_pid", 2624, 8),
+    _a("producer_heartbeat_ns", 2632, 8),
+    # --- our recovery evidence (bytes pylabhub never uses: 2640..4095) ---
+    _a("ev_marker", 2640, 4),
+    _u("ev_version", 2644, 2),
+    Field("ev_boot_id", 2648, 16, "bytes"),
+    _a("ev_producer_pid", 2664, 8),
+    _a("ev_producer_start", 2672, 8),
+)
+
+CONSUMER_TABLE_OFFSET = 496         # 8 heartbeat entries x 128 bytes
+READ_POSITIONS_OFFSET = 2560        # 8 x u64 per-consumer read positions (Sequential_sync)
+SPINLOCKS_OFFSET = 1728             # 8 x 32 bytes (not used by recovery)
+CONSUMER_EVIDENCE_OFFSET = 2688     # 8 x 32 bytes of ours
+CONSUMER_EVIDENCE_SIZE = 32
+
+CONSUMER = _table(
+    _a("consumer_pid", 0, 8),
+    _a("last_heartbeat_ns", 8, 8),
+    Field("consumer_uid", 16, 40, "text"),
+    Field("consumer_name", 56, 32, "text"),
+)
+
+CONSUMER_EVIDENCE = _table(
+    _a("pid", 0, 8),
+    _a("start", 8, 8),
+    _a("reading", 16, 8),           # slot id + 1 of the slot being read; 0 = none
+)
+
+SLOT = _table(
+    _a("write_lock", 0, 8),
+    _a("reader_count", 8, 4),
+    _a("slot_state", 12, 1),
+    _a("writer_waiting", 13, 1),
+    _a("write_generation", 16, 8),
+    # --- our recovery evidence (slot entry +24..+63, never read by pylabhub) ---
+    _a("ev_writer_pid", 24, 8),
+    _a("ev_writer_start", 32, 8),
+    _a("ev_locked_ns", 40, 8),
+    _a("ev_changed_ns", 48, 8),
+)
+
+READ_POSITION = Field("read_position", 0, 8, "u", True)   # at read_position(k)
+
+EVIDENCE_MARKER = 0x45524C50        # "PLRE" on disk
+EVIDENCE_VERSION = 1
+
+_LAYOUT_RECORD = struct.Struct("<IIIQBBBB")
+
+
+def blake2b256(data) -> bytes:
+    """BLAKE2b with a 32-byte digest, unkeyed: the format's checksum."""
+    return hashlib.blake2b(data, digest_size=HASH_SIZE).digest()
+
+
+def layout_checksum(capacity: int, page_size: int, unit_size: int, flex_size: int,
+                    checksum_type: int, policy: int, sync_policy: int) -> bytes:
+    """BLAKE2b-256 of the 24-byte record of spec section 5 (values as stored)."""
+    record = _LAYOUT_RECORD.pack(capacity & 0xFFFFFFFF, page_size & 0xFFFFFFFF,
+                                 unit_size & 0xFFFFFFFF, flex_size, checksum_type & 0xFF,
+                                 policy & 0xFF, sync_policy & 0xFF, 0)
+    return blake2b256(record)
+
+
+def roundup(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Region arithmetic of one block, from the three numbers its header holds."""
+
+    capacity: int        # N (a stored 0 means 1)
+    stride: int          # S, slot stride = logical_unit_size
+    flex_size: int       # F
+
+    @classmethod
+    def from_stored(cls, capacity: int, stride: int, flex_size: int) -> "Geometry":
+        return cls(capacity or 1, stride, flex_size)
+
+    def problem(self) -> Optional[str]:
+        """Why this geometry is impossible for the format, or None."""
+        if self.stride <= 0 or self.stride % SLOT_ALIGN:
+            return "slot stride %d is not a positive multiple of %d" % (self.stride, SLOT_ALIGN)
+        if self.flex_size % FLEX_ALIGN:
+            return "flexible zone size %d is not a multiple of %d" % (self.flex_size, FLEX_ALIGN)
+        return None
+
+    @property
+    def slot_table(self) -> int:
+        return HEADER_SIZE
+
+    @property
+    def checksum_table(self) -> int:
+        return HEADER_SIZE + SLOT_ENTRY_SIZE * self.capacity
+
+    @property
+    def flex_offset(self) -> int:
+        return roundup(HEADER_SIZE + (SLOT_ENTRY_SIZE + CHECKSUM_ENTRY_SIZE) * self.capacity, PAGE)
+
+    @property
+    def ring_offset(self) -> int:
+        return self.flex_offset + self.flex_size
+
+    @property
+    def total_size(self) -> int:
+        return roundup(self.ring_offset + self.capacity * self.stride, PAGE)
+
+    def slot_entry(self, index: int) -> int:
+        return HEADER_SIZE + SLOT_ENTRY_SIZE * index
+
+    def checksum_entry(self, index: int) -> int:
+        return self.checksum_table + CHECKSUM_ENTRY_SIZE * index
+
+    def slot_data(self, index: int) -> int:
+        return self.ring_offset + self.stride * index
+
+
+def consumer_entry(k: int) -> int:
+    return CONSUMER_TABLE_OFFSET + CONSUMER_ENTRY_SIZE * k
+
+
+def consumer_evidence(k: int) -> int:
+    return CONSUMER_EVIDENCE_OFFSET + CONSUMER_EVIDENCE_SIZE * k
+
+
+def read_position(k: int) -> int:
+    return READ_POSITIONS_OFFSET + 8 * k
+
+
+assert CONSUMER_EVIDENCE_OFFSET + MAX_CONSUMERS * CONSUMER_EVIDENCE_SIZE <= HEADER_SIZE
+assert max(f.end for f in SLOT.values()) <= SLOT_ENTRY_SIZE

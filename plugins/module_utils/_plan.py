@@ -1,0 +1,164 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Every mutation of a block goes through a :class:`Plan`.
+
+A plan reads the block through an *overlay* of the values it has planned so far, and
+writes with compare-and-swap against the value it observed. In a real run the CAS goes to
+shared memory; in a dry run it goes to the overlay only. Both runs execute the very same
+code, so a dry run (Ansible check mode, ``--dry-run``) predicts exactly what the real run
+does, and a multi-step operation (cleanup, then recover, then validate) sees in the dry
+run what it would see after the earlier steps really happened.
+
+A step is a group of CAS changes that belong together (one slot's release). If any CAS
+of a step finds a value other than the observed one, a live process changed the word
+under us: the step's earlier changes are undone with CAS and the step is reported as a
+concurrent change; nothing is left half-done.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple, Union
+
+from . import _layout as L
+from ._block import Block
+from ._errors import ConcurrentChange
+
+Value = Union[int, bytes]
+
+
+@dataclass
+class Change:
+    """One word (or byte range) changed, or planned to change in a dry run."""
+
+    target: str
+    before: Value
+    after: Value
+    offset: int = field(repr=False, default=0)
+    size: int = field(repr=False, default=0)
+    atomic: bool = field(repr=False, default=True)
+
+    def to_dict(self) -> dict:
+        def show(v: Value):
+            return v.hex() if isinstance(v, (bytes, bytearray)) else v
+        return {"target": self.target, "before": show(self.before), "after": show(self.after)}
+
+
+class Plan:
+    """Reads through the overlay, writes by CAS (real run) or into the overlay (dry run)."""
+
+    def __init__(self, block: Block, dry_run: bool) -> None:
+        self.block = block
+        self.dry_run = dry_run
+        self.pid = os.getpid()
+        self.changes: List[Change] = []
+        self._overlay: Dict[Tuple[int, int], Value] = {}
+        self._step: Optional[List[Change]] = None
+
+    # -- reading --------------------------------------------------------------------
+    def get(self, fld: L.Field, base: int = 0):
+        key = (base + fld.offset, fld.size)
+        if key in self._overlay:
+            value = self._overlay[key]
+            if fld.kind == "text" and isinstance(value, bytes):
+                return value.split(b"\0", 1)[0].decode("utf-8", "replace")
+            return value
+        return self.block.get(fld, base)
+
+    def hdr(self, name: str):
+        return self.get(L.HEADER[name])
+
+    def read(self, offset: int, size: int) -> bytes:
+        value = self._overlay.get((offset, size))
+        return value if isinstance(value, bytes) else self.block.read(offset, size)
+
+    # -- writing --------------------------------------------------------------------
+    def begin(self) -> None:
+        self._step = []
+
+    def commit(self) -> List[Change]:
+        step, self._step = self._step or [], None
+        return step
+
+    def rollback(self) -> List[str]:
+        """Undo the current step's applied changes (reverse order, CAS after -> before).
+
+        Returns the targets that could not be restored because a live process changed
+        them again in between (then the live process owns them; we never overwrite)."""
+        step, self._step = self._step or [], None
+        lost: List[str] = []
+        for ch in reversed(step):
+            key = (ch.offset, ch.size)
+            self._overlay[key] = ch.before
+            if self.dry_run:
+                pass
+            elif ch.atomic:
+                word = L.Field(ch.target, ch.offset, ch.size, "u", True)
+                if not self.block.cas(word, ch.after, ch.before)[0]:
+                    lost.append(ch.target)
+                    del self._overlay[key]       # memory now speaks for itself
+            else:
+                self.block.write(ch.offset, ch.before)
+            self.changes.remove(ch)
+        return lost
+
+    def cas(self, target: str, fld: L.Field, base: int, expected: int, new: int) -> None:
+        """Change an atomic word from the value observed to ``new``, or raise
+        :class:`ConcurrentChange` (the caller rolls the step back)."""
+        if expected == new:
+            return
+        offset = base + fld.offset
+        if self.dry_run:
+            seen = self.get(fld, base)
+            ok = seen == expected
+        else:
+            ok, seen = self.block.cas(fld, expected, new, base)
+        if not ok:
+            raise ConcurrentChange("%s changed under us: expected %s, found %s"
+                                   % (target, expected, seen), target=target)
+        self._record(Change(target, expected, new, offset, fld.size, True))
+
+    def put(self, target: str, offset: int, before: bytes, after: bytes) -> None:
+        """Replace non-atomic bytes (text, checksums) in a record we hold the claim on."""
+        if before == after:
+            return
+        if not self.dry_run:
+            if self.block.read(offset, len(before)) != before:
+                raise ConcurrentChange("%s changed under us" % target, target=target)
+            self.block.write(offset, after)
+        self._record(Change(target, before, after, offset, len(after), False))
+
+    def _record(self, ch: Change) -> None:
+        self._overlay[(ch.offset, ch.size)] = ch.after
+        self.changes.append(ch)
+        if self._step is not None:
+            self._step.append(ch)
+
+    def count_recovery(self, actions: int) -> None:
+        """Upstream bookkeeping: recovery_actions_count += n, last_error_timestamp_ns = now.
+
+        Both are counters/stamps that live processes only ever add to or overwrite, so a
+        fetch-add and a store are the right primitives (no CAS on an observed value)."""
+        if actions <= 0:
+            return
+        count = L.HEADER["recovery_actions_count"]
+        stamp = L.HEADER["last_error_timestamp_ns"]
+        before_count, before_stamp = self.get(count), self.get(stamp)
+        now = time.monotonic_ns()
+        if not self.dry_run:
+            before_count = self.block.add(count, actions)
+            self.block.set(stamp, now)
+        self._record(Change("header.recovery_actions_count", before_count,
+                            before_count + actions, count.offset, count.size))
+        self._record(Change("header.last_error_timestamp_ns", before_stamp, now,
+                            stamp.offset, stamp.size))
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.changes)
+
+    def change_dicts(self) -> List[dict]:
+        return [c.to_dict() for c in self.changes]

@@ -1,0 +1,321 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""A DataBlock runtime that speaks pylabhub 1.0's protocol: create, Producer, Consumer.
+
+It exists so that real processes of ours can share a block with C++ pylabhub processes
+and crash inside it at chosen protocol points: the tests, the fault injector and the
+crash drill all stand on it. Beyond the protocol it records *recovery evidence* in bytes
+pylabhub never reads (see docs/architecture.md) so recovery can later tell a dead holder
+from a live one without guessing: who took a slot's lock (pid + process start), when, when
+the slot last changed, and which slot each consumer is reading.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from . import _layout as L
+from . import _procinfo
+from ._block import Block, check_name, open_block
+from ._errors import BlockNotFound, RecoveryError, UsageError
+from ._liveness import judge
+
+SLOT = L.SLOT
+CONS = L.CONSUMER
+CEV = L.CONSUMER_EVIDENCE
+
+
+class Timeout(RecoveryError):
+    code = "timeout"
+
+
+def create(name: str, capacity: int = 4, stride: int = 4096, flex_size: int = 0,
+           policy: int = L.Policy.RING_BUFFER, sync: int = L.ConsumerSync.LATEST_ONLY,
+           checksum_policy: int = L.ChecksumPolicy.ENFORCED, mode: int = 0o600,
+           page_size: int = 4096, hub_name: str = "", hub_uid: str = "",
+           producer_name: str = "", producer_uid: str = "", evidence: bool = True) -> Block:
+    """Create ``/dev/shm/<name>`` (exclusively, mode ``mode`` exactly) in the spec's order.
+
+    The magic is stored after every other field (and after a full fence: the atomic
+    store is sequentially consistent), the layout hash and checksum after the magic, and
+    the producer heartbeat last, as pylabhub does. ``evidence=False`` leaves our
+    evidence marker out, so the block looks exactly like one written by the C++ library.
+    """
+    path = check_name(name)
+    geometry = L.Geometry(capacity, stride, flex_size)
+    why = geometry.problem() or (None if capacity >= 1 else "capacity must be at least 1")
+    if why:
+        raise UsageError("cannot create %s: %s" % (name, why))
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     mode)
+    except FileExistsError:
+        raise UsageError("cannot create %s: %s already exists" % (name, path))
+    try:
+        os.fchmod(fd, mode)
+        os.ftruncate(fd, geometry.total_size)
+        block = Block(name, path, "shm", fd, os.fstat(fd), True, geometry, [])
+    except BaseException:
+        os.close(fd)
+        os.unlink(path)
+        raise
+    for field, value in (("version_major", L.VERSION[0]), ("version_minor", L.VERSION[1]),
+                         ("total_block_size", geometry.total_size), ("policy", int(policy)),
+                         ("consumer_sync_policy", int(sync)), ("physical_page_size", page_size),
+                         ("logical_unit_size", stride), ("ring_buffer_capacity", capacity),
+                         ("flexible_zone_size", flex_size), ("checksum_type", 0),
+                         ("checksum_policy", int(checksum_policy)),
+                         ("hub_name", hub_name), ("hub_uid", hub_uid),
+                         ("producer_name", producer_name), ("producer_uid", producer_uid)):
+        block.set(field, value)
+    block.set("write_index", 0)
+    block.set("commit_index", L.NO_COMMIT)
+    block.set("read_index", 0)
+    block.set("creation_timestamp_ns", time.monotonic_ns())
+    if evidence:
+        block.set("ev_boot_id", _procinfo.boot_id() or b"")
+        block.set("ev_version", L.EVIDENCE_VERSION)
+        block.set("ev_marker", L.EVIDENCE_MARKER)
+    block.set("magic", L.MAGIC)                    # seq-cst store: a full fence before it
+    block.set("header_layout_hash", L.HEADER_LAYOUT_HASH)
+    block.set("layout_checksum", L.layout_checksum(capacity, page_size, stride, flex_size, 0,
+                                                   int(policy), int(sync)))
+    block.set("producer_heartbeat_pid", os.getpid())
+    block.set("producer_heartbeat_ns", time.monotonic_ns())
+    return block
+
+
+def attach(address: str, writable: bool = True) -> Block:
+    return open_block(address, writable=writable)
+
+
+def destroy(name: str) -> None:
+    """Unlink a named block (the mapping of processes still attached stays valid)."""
+    try:
+        os.unlink(check_name(name))
+    except FileNotFoundError:
+        raise BlockNotFound("%s: no such block" % name)
+
+
+def _wait(cond: Callable[[], bool], timeout: Optional[float], what: str) -> None:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.0001
+    while not cond():
+        if deadline is not None and time.monotonic() > deadline:
+            raise Timeout("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(pause)
+        pause = min(pause * 2, 0.005)
+
+
+@dataclass
+class WriteSlot:
+    slot_id: int
+    index: int
+
+
+@dataclass
+class ReadSlot:
+    slot_id: int
+    index: int
+    generation: int
+
+
+class Producer:
+    """The writing side. One producer per block, as pylabhub runs it."""
+
+    def __init__(self, block: Block) -> None:
+        self.block = block
+        self.pid = os.getpid()
+        self.start = _procinfo.own_start_ticks() or 0
+        self.evidence = block.has_evidence
+        if self.evidence:
+            block.set("ev_producer_pid", self.pid)
+            block.set("ev_producer_start", self.start)
+        self.heartbeat()
+
+    def heartbeat(self) -> None:
+        self.block.set("producer_heartbeat_pid", self.pid)
+        self.block.set("producer_heartbeat_ns", time.monotonic_ns())
+
+    def _mark(self, base: int, locked: bool = False) -> None:
+        if not self.evidence:
+            return
+        now = time.monotonic_ns()
+        if locked:
+            self.block.set(SLOT["ev_writer_pid"], self.pid, base)
+            self.block.set(SLOT["ev_writer_start"], self.start, base)
+            self.block.set(SLOT["ev_locked_ns"], now, base)
+        self.block.set(SLOT["ev_changed_ns"], now, base)
+
+    def _lock(self, base: int, timeout: Optional[float]) -> None:
+        """CAS the write lock 0 -> our pid; reclaim it only from a holder judged dead."""
+        b = self.block
+
+        def take() -> bool:
+            ok, seen = b.cas(SLOT["write_lock"], 0, self.pid, base)
+            if ok:
+                return True
+            if seen != self.pid and judge(seen).is_dead:
+                return b.cas(SLOT["write_lock"], seen, self.pid, base)[0]
+            return False
+        _wait(take, timeout, "the write lock")
+        self._mark(base, locked=True)
+
+    def acquire(self, timeout: Optional[float] = 5.0) -> WriteSlot:
+        """Claim the next slot id, lock it, drain readers of a committed slot, mark WRITING."""
+        b = self.block
+        slot_id = b.add("write_index", 1)
+        index = slot_id % b.geo.capacity
+        base = b.slot_base(index)
+        try:
+            self._lock(base, timeout)
+        except Timeout:
+            b.cas("write_index", slot_id + 1, slot_id)
+            b.add("writer_lock_timeout_count", 1)
+            raise
+        if b.get(SLOT["slot_state"], base) == L.SlotState.COMMITTED:
+            b.set(SLOT["slot_state"], L.SlotState.DRAINING, base)
+            b.set(SLOT["writer_waiting"], 1, base)
+            self._mark(base)
+            _wait(lambda: b.get(SLOT["reader_count"], base) == 0, None, "readers to drain")
+        b.set(SLOT["slot_state"], L.SlotState.WRITING, base)
+        b.set(SLOT["writer_waiting"], 0, base)
+        self._mark(base)
+        return WriteSlot(slot_id, index)
+
+    def write(self, ws: WriteSlot, data: bytes, offset: int = 0) -> None:
+        geo = self.block.geo
+        if offset + len(data) > geo.stride:
+            raise UsageError("%d bytes do not fit a %d-byte slot" % (len(data), geo.stride))
+        self.block.write(geo.slot_data(ws.index) + offset, data)
+
+    def commit(self, ws: WriteSlot) -> None:
+        b, geo = self.block, self.block.geo
+        base = geo.slot_entry(ws.index)
+        if b.get("checksum_policy") == L.ChecksumPolicy.ENFORCED:
+            digest = L.blake2b256(b.view(geo.slot_data(ws.index), geo.stride))
+            b.write(geo.checksum_entry(ws.index), digest + b"\0")
+        b.add(SLOT["write_generation"], 1, base)
+        b.set(SLOT["slot_state"], L.SlotState.COMMITTED, base)
+        b.set("commit_index", ws.slot_id)
+        b.add("total_slots_written", 1)
+        b.add("total_bytes_written", geo.stride)
+        self.heartbeat()
+        self._mark(base)
+        b.set(SLOT["write_lock"], 0, base)
+
+    def abort(self, ws: WriteSlot) -> None:
+        b = self.block
+        base = b.geo.slot_entry(ws.index)
+        b.set(SLOT["slot_state"], L.SlotState.FREE, base)
+        self._mark(base)
+        b.set(SLOT["write_lock"], 0, base)
+        b.cas("write_index", ws.slot_id + 1, ws.slot_id)
+
+    def publish(self, data: bytes, timeout: Optional[float] = 5.0) -> WriteSlot:
+        """acquire + write + commit."""
+        ws = self.acquire(timeout)
+        self.write(ws, data)
+        self.commit(ws)
+        return ws
+
+
+class Consumer:
+    """The reading side: a registered heartbeat entry plus read slots."""
+
+    def __init__(self, block: Block, name: str = "", uid: str = "") -> None:
+        self.block = block
+        self.pid = os.getpid()
+        self.start = _procinfo.own_start_ticks() or 0
+        self.evidence = block.has_evidence
+        self.index = self._register(name, uid)
+
+    def _register(self, name: str, uid: str) -> int:
+        b = self.block
+        for k in range(L.MAX_CONSUMERS):
+            base = L.consumer_entry(k)
+            if b.cas(CONS["consumer_pid"], 0, self.pid, base)[0]:
+                if self.evidence:
+                    ev = L.consumer_evidence(k)
+                    b.set(CEV["reading"], 0, ev)
+                    b.set(CEV["start"], self.start, ev)
+                    b.set(CEV["pid"], self.pid, ev)
+                b.set(CONS["consumer_uid"], uid, base)
+                b.set(CONS["consumer_name"], name, base)
+                b.add("active_consumer_count", 1)
+                b.set(CONS["last_heartbeat_ns"], time.monotonic_ns(), base)
+                return k
+        raise RecoveryError("%s: all %d consumer entries are taken"
+                            % (b.address, L.MAX_CONSUMERS))
+
+    def pulse(self) -> None:
+        self.block.set(CONS["last_heartbeat_ns"], time.monotonic_ns(),
+                       L.consumer_entry(self.index))
+
+    def _reading(self, value: int) -> None:
+        if self.evidence:
+            self.block.set(CEV["reading"], value, L.consumer_evidence(self.index))
+
+    def acquire(self, index: Optional[int] = None) -> Optional[ReadSlot]:
+        """Enter the latest committed slot (or ``index``); None when it is not readable.
+
+        Evidence first, then the count: a crash between the two leaves evidence that
+        over-approximates, never a reader recovery cannot account for.
+        """
+        b = self.block
+        if index is None:
+            committed = b.get("commit_index")
+            if committed == L.NO_COMMIT:
+                return None
+            slot_id, index = committed, committed % b.geo.capacity
+        else:
+            slot_id = index
+        base = b.slot_base(index)
+        if b.get(SLOT["slot_state"], base) != L.SlotState.COMMITTED:
+            return None
+        self._reading(index + 1)
+        b.add(SLOT["reader_count"], 1, base)
+        if b.get(SLOT["slot_state"], base) != L.SlotState.COMMITTED:
+            b.add(SLOT["reader_count"], -1, base)
+            self._reading(0)
+            return None
+        peak = b.get(SLOT["reader_count"], base)
+        old_peak = b.get("reader_peak_count")
+        if peak > old_peak:
+            b.cas("reader_peak_count", old_peak, peak)
+        return ReadSlot(slot_id, index, b.get(SLOT["write_generation"], base))
+
+    def read(self, rs: ReadSlot, verify: bool = True) -> bytes:
+        """The slot's bytes; with ``verify`` a stored checksum must match."""
+        b, geo = self.block, self.block.geo
+        data = b.read(geo.slot_data(rs.index), geo.stride)
+        stored = b.read(geo.checksum_entry(rs.index), L.HASH_SIZE)
+        if verify and any(stored) and L.blake2b256(data) != stored:
+            b.add("checksum_failures", 1)
+            raise RecoveryError("%s: slot %d checksum mismatch" % (b.address, rs.index))
+        return data
+
+    def release(self, rs: ReadSlot) -> None:
+        b = self.block
+        b.add(SLOT["reader_count"], -1, b.geo.slot_entry(rs.index))
+        self._reading(0)
+        b.add("total_slots_read", 1)
+        if b.get("consumer_sync_policy") == L.ConsumerSync.SEQUENTIAL_SYNC:
+            b.set(L.READ_POSITION, rs.slot_id + 1, L.read_position(self.index))
+        self.pulse()
+
+    def unregister(self) -> None:
+        b = self.block
+        base = L.consumer_entry(self.index)
+        if b.cas(CONS["consumer_pid"], self.pid, 0, base)[0]:
+            b.add("active_consumer_count", -1)
+            b.set(CONS["consumer_uid"], "", base)
+            b.set(CONS["consumer_name"], "", base)
+            if self.evidence:
+                ev = L.consumer_evidence(self.index)
+                for name in ("pid", "start", "reading"):
+                    b.set(CEV[name], 0, ev)

@@ -1,0 +1,270 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The one bridge between the recovery engine and Ansible (the only file here importing
+``ansible``).
+
+Every ``datablock_*`` module is argument translation over :class:`DataBlockModule`:
+
+* argument specs are built from the shared option definitions below;
+* engine calls run through :meth:`DataBlockModule.call`, which turns a
+  ``RecoveryError`` into ``fail_json`` carrying the error's stable ``code``;
+* check mode is the engine's ``dry_run`` (the engine predicts exactly and writes nothing);
+* diff mode renders the engine's ``changes`` list (one entry per word or byte range
+  changed) as before/after text, one section per slot, consumer entry or header;
+* every result reports the optional libraries found on the host.
+
+Nothing is decided here that the engine (and therefore the CLI) would decide differently.
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections import OrderedDict
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils.dependencies import (
+    optional_libraries,
+)
+
+try:
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _discovery
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _atomics
+    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import RecoveryError
+    from ansible_collections.pylabhub.recovery.plugins.module_utils._layout import (
+        SlotState, enum_name,
+    )
+except Exception:  # pylint: disable=broad-except
+    ENGINE_IMPORT_ERROR = traceback.format_exc()
+    engine = _discovery = _atomics = None  # pylint: disable=invalid-name
+
+    class RecoveryError(Exception):  # type: ignore[no-redef]
+        """Placeholder: the engine could not be imported (never raised)."""
+else:
+    ENGINE_IMPORT_ERROR = None
+
+#: The recover actions the engine knows, plus the ``heal`` composite.
+SLOT_ACTIONS = ("release_writer", "release_readers", "force_reset")
+ACTIONS = SLOT_ACTIONS + ("heal",)
+
+# --------------------------------------------------------------------------- options
+
+
+#: Options shared by several modules (documented once, in the doc fragments).
+SHARED_OPTIONS = {
+    "name": dict(type="str"),                        # block address
+    "all": dict(type="bool", default=False),         # every block on the host
+    "slot": dict(type="raw"),                        # index, or "all" where allowed
+    "force": dict(type="bool", default=False),
+    "repair": dict(type="bool", default=False),
+    "pattern": dict(type="str"),
+}
+
+
+def argument_spec(*shared, **specific):
+    """Build a module's argument spec: ``shared`` names options from
+    :data:`SHARED_OPTIONS`; ``specific`` adds options or overrides keys of a shared one
+    (``name=dict(required=True)``)."""
+    spec = {}
+    for key in shared:
+        spec[key] = dict(SHARED_OPTIONS[key])
+    for key, value in specific.items():
+        merged = dict(spec.get(key, {}))
+        merged.update(value)
+        spec[key] = merged
+    return spec
+
+
+def parse_slot(value, allow_all=True):
+    """A slot option value: a non-negative index (int, or digits as from ``-a slot=0``)
+    or ``all``. Range is checked by the engine (it knows the capacity). ``ValueError``
+    for anything else."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ValueError("slot must be a slot index%s, got %r"
+                         % (" or 'all'" if allow_all else "", value))
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if allow_all and text.lower() == "all":
+            return "all"
+        try:
+            return int(text, 10)
+        except ValueError:
+            pass
+    raise ValueError("slot must be a slot index%s, got %r"
+                     % (" or 'all'" if allow_all else "", value))
+
+
+# --------------------------------------------------------------------------- diff
+
+
+def _entity(target):
+    """``slot[3].write_lock`` -> (``slot[3]``, ``write_lock``)."""
+    head, _sep, tail = target.partition(".")
+    return (head, tail) if tail else ("block", head)
+
+
+def _render(field, value):
+    if field == "slot_state" and isinstance(value, int):
+        return "%d (%s)" % (value, enum_name(SlotState, value))
+    if field in ("consumer_name", "consumer_uid") and isinstance(value, str):
+        try:  # the engine reports byte ranges as hex; these two are NUL-padded text
+            text = bytes.fromhex(value).split(b"\0", 1)[0].decode("utf-8", "replace")
+        except ValueError:
+            return value
+        return repr(text)
+    return str(value)
+
+
+def diff_from_changes(changes, header):
+    """Before/after text of every slot, consumer entry and header field in ``changes``.
+
+    A word changed more than once (e.g. a lock claimed by us, then released) shows its
+    first ``before`` and its last ``after``.
+    """
+    entities = OrderedDict()
+    for change in changes or []:
+        entity, field = _entity(str(change.get("target", "")))
+        fields = entities.setdefault(entity, OrderedDict())
+        if field in fields:
+            fields[field] = (fields[field][0], change.get("after"))
+        else:
+            fields[field] = (change.get("before"), change.get("after"))
+    before, after = [], []
+    for entity, fields in entities.items():
+        before.append("%s:" % entity)
+        after.append("%s:" % entity)
+        for field, (old, new) in fields.items():
+            before.append("  %s: %s" % (field, _render(field, old)))
+            after.append("  %s: %s" % (field, _render(field, new)))
+    text_before = "\n".join(before) + "\n" if before else ""
+    text_after = "\n".join(after) + "\n" if after else ""
+    return {"before": text_before, "after": text_after,
+            "before_header": "%s (before)" % header, "after_header": "%s (after)" % header}
+
+
+# --------------------------------------------------------------------------- module
+
+
+def error_dict(exc):
+    """A RecoveryError (or any exception) as ``{"code": ..., "message": ...}``."""
+    if isinstance(exc, RecoveryError) and hasattr(exc, "to_dict"):
+        return exc.to_dict()
+    return {"code": "error", "message": "%s: %s" % (type(exc).__name__, exc)}
+
+
+class DataBlockModule(object):
+    """One module run: argument spec in; engine calls; result, diff or failure out."""
+
+    def __init__(self, spec, **kwargs):
+        self.module = AnsibleModule(argument_spec=spec, supports_check_mode=True, **kwargs)
+        if ENGINE_IMPORT_ERROR is not None:
+            self.module.fail_json(msg="the pylabhub.recovery engine cannot be imported on "
+                                      "this host (broken installation?)",
+                                  code="internal", exception=ENGINE_IMPORT_ERROR,
+                                  optional_libraries=optional_libraries())
+        self.params = self.module.params
+        self.check_mode = self.module.check_mode
+        self.engine = engine
+        self._diffs = []
+
+    def targets(self):
+        """For modules taking ``name`` or ``all``: the one address, or None for all."""
+        name, every = self.params.get("name"), self.params.get("all")
+        if name and every:
+            self.fail("give either name or all=true, not both", code="usage")
+        if not name and not every:
+            self.fail("one of name or all=true is required", code="usage")
+        if self.params.get("pattern") is not None and not every:
+            self.fail("pattern is only accepted with all=true", code="usage")
+        return None if every else name
+
+    # -- engine calls ----------------------------------------------------------------
+    def call(self, func, *args, **kwargs):
+        """Run one engine call; a ``RecoveryError`` fails the task with its code."""
+        try:
+            return func(*args, **kwargs)
+        except RecoveryError as exc:
+            self.fail_error(exc)
+        return None  # not reached: fail_json exits
+
+    @staticmethod
+    def attempt(func, *args, **kwargs):
+        """Run one engine call for one of many blocks: ``(result, None)`` or
+        ``(None, error dict)``; the caller decides whether the task fails."""
+        try:
+            return func(*args, **kwargs), None
+        except RecoveryError as exc:
+            return None, error_dict(exc)
+
+    def discover(self, pattern=None):
+        return self.call(_discovery.discover, pattern)
+
+    @staticmethod
+    def atomics():
+        return {"available": bool(_atomics.AVAILABLE), "provider": _atomics.PROVIDER}
+
+    # -- results -----------------------------------------------------------------------
+    def record(self, result, header=None):
+        """Forward an engine result's warnings and, in diff mode, its changes."""
+        if not isinstance(result, dict):
+            return
+        for warning in result.get("warnings") or []:
+            self.module.warn(str(warning))
+        if self.module._diff and "changes" in result:
+            if header is None:
+                block = result.get("block") or {}
+                header = str(block.get("address") or block.get("path") or "datablock")
+            self._diffs.append(diff_from_changes(result["changes"], header))
+
+    def _finish(self, result):
+        result.setdefault("optional_libraries", optional_libraries())
+        if self.module._diff and self._diffs:
+            result["diff"] = self._diffs[0] if len(self._diffs) == 1 else list(self._diffs)
+        return result
+
+    def exit(self, changed=False, **result):
+        result["changed"] = bool(changed)
+        self.module.exit_json(**self._finish(result))
+
+    def fail(self, msg, changed=False, **result):
+        result["changed"] = bool(changed)
+        self.module.fail_json(msg=msg, **self._finish(result))
+
+    def fail_error(self, exc, **result):
+        err = error_dict(exc)
+        self.fail(err.get("message", str(exc)), code=err.get("code"), error=err, **result)
+
+
+# --------------------------------------------------------------------------- messages
+
+
+def problem_messages(result):
+    """The refused (UNSAFE) and FAILED outcomes of a mutating engine result, as text."""
+    refused = list(result.get("refused") or [])
+    outcomes = list(result.get("outcomes") or [])
+    cleanup = result.get("cleanup")
+    if isinstance(cleanup, dict):
+        outcomes += list(cleanup.get("outcomes") or [])
+    failed = [o for o in outcomes if o.get("result") == "FAILED"]
+    parts = []
+    if refused:
+        parts.append("refused %d unsafe action%s: %s" % (
+            len(refused), "" if len(refused) == 1 else "s",
+            "; ".join(str(o.get("message")) for o in refused)))
+    if failed:
+        parts.append("%d action%s failed: %s" % (
+            len(failed), "" if len(failed) == 1 else "s",
+            "; ".join(str(o.get("message")) for o in failed)))
+    return parts
+
+
+def unrepaired_errors(validation):
+    """The error findings of a validate result that were not repaired."""
+    return [f for f in validation.get("findings") or []
+            if f.get("severity") == "error" and not f.get("repaired")]

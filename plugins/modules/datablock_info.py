@@ -1,0 +1,182 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+module: datablock_info
+short_description: List the pylabhub DataBlocks on a host, with a health summary each
+version_added: 0.1.0
+description:
+  - Finds every pylabhub DataBlock 1.0 on the managed host - named segments in
+    C(/dev/shm) and memfd-backed blocks held open by processes (addressed as
+    C(memfd:<pid>:<fd>)) - reading at most each candidate's 4096-byte header.
+  - For each block adds a health summary from the engine's diagnosis (and, with
+    O(validate=true), from a read-only validation). An error on one block (for example
+    permission denied, or a header the engine refuses) is reported in that block's entry
+    and does not fail the task.
+  - Never changes anything; C(changed) is always false.
+author:
+  - pylabhub maintainers (!UNKNOWN)
+options:
+  pattern:
+    description:
+      - Shell-style pattern (C(fnmatch), case-sensitive) on the block's name or address,
+        for example V(sensor_*) or V(memfd:*).
+      - All blocks when omitted.
+    type: str
+  diagnose:
+    description:
+      - Diagnose each block for RV(blocks[].health). With V(false) only what the header
+        says is listed (faster on hosts with very many blocks).
+    type: bool
+    default: true
+  validate:
+    description:
+      - Also validate each block read-only (header, state sanity and every committed
+        slot's checksum recomputed from the data) for C(valid) in RV(blocks[].health). Hashes
+        every committed slot, so it costs time proportional to the blocks' size.
+    type: bool
+    default: false
+extends_documentation_fragment:
+  - pylabhub.recovery.common
+  - pylabhub.recovery.common.read_only
+  - pylabhub.recovery.dependencies
+attributes:
+  info_module:
+    description: This module returns information and never changes anything.
+    support: full
+seealso:
+  - module: pylabhub.recovery.datablock_diagnose
+  - module: pylabhub.recovery.datablock_validate
+'''
+
+EXAMPLES = r'''
+- name: List every block with its health
+  pylabhub.recovery.datablock_info:
+  register: found
+
+- name: Show the unhealthy ones
+  ansible.builtin.debug:
+    msg: "{{ found.blocks | rejectattr('health.healthy') | map(attribute='address') | list }}"
+
+- name: Only the sensor blocks, with checksums verified
+  pylabhub.recovery.datablock_info:
+    pattern: "sensor_*"
+    validate: true
+'''
+
+RETURN = r'''
+blocks:
+  description:
+    - One entry per block found, sorted by address. Keys from discovery - C(address),
+      C(kind) (V(shm) or V(memfd)), C(path), C(name), C(size), C(inode), C(owner_uid),
+      C(mode), C(status) (V(ok) or the first header problem's code), C(problems),
+      C(holders) (pids holding a memfd, null for shm), C(capacity), C(stride),
+      C(flex_size), C(policy), C(consumer_sync), C(checksum_policy), C(hub_name),
+      C(hub_uid), C(producer_name), C(producer_uid), C(has_evidence), C(producer_pid),
+      C(producer_verdict), C(producer_alive) - plus RV(blocks[].health).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    address:
+      description: The address to give other modules as O(pylabhub.recovery.datablock_recover#module:name).
+      type: str
+      sample: my_datablock
+    status:
+      description: V(ok), or the code of the first header problem (for example V(unsupported-layout)).
+      type: str
+      sample: ok
+    health:
+      description:
+        - The health summary. C(healthy) is the diagnosis' verdict (no stuck slot, no
+          finding worse than C(info)) and, with O(validate=true), also requires C(valid);
+          null when the block could not be diagnosed (see C(error)) or with
+          O(diagnose=false) and O(validate=false).
+        - C(stuck_slots), C(suspect_slots), C(findings) and C(dead_consumers) come from the
+          diagnosis; C(valid) and C(validation_findings) from the validation (null
+          without O(validate=true)); C(error) is C(code)/C(message) of the first error
+          met, or null.
+      type: dict
+      sample: {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
+               "dead_consumers": 0,
+               "findings": [{"code": "dead-producer", "severity": "info",
+                             "message": "producer pid 16709 is dead: committed data stays readable; a new producer may attach"}],
+               "valid": null, "validation_findings": null, "error": null}
+  sample: [{"address": "my_datablock", "kind": "shm", "path": "/dev/shm/my_datablock",
+            "name": "my_datablock", "size": 24576, "inode": 2476, "owner_uid": 1000,
+            "mode": "0600", "status": "ok", "problems": [], "holders": null,
+            "capacity": 4, "stride": 4096, "flex_size": 0, "policy": "RING_BUFFER",
+            "consumer_sync": "LATEST_ONLY", "checksum_policy": "ENFORCED",
+            "hub_name": "", "hub_uid": "", "producer_name": "", "producer_uid": "",
+            "has_evidence": true, "producer_pid": 16709,
+            "producer_verdict": {"pid": 16709, "state": "dead",
+                                 "evidence": ["kill(16709, 0): ESRCH (no such process)"]},
+            "producer_alive": false,
+            "health": {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
+                       "dead_consumers": 0, "findings": [], "valid": null,
+                       "validation_findings": null, "error": null}}]
+atomics:
+  description: Whether this host can change blocks atomically (C(available)) and which library provides it, or why none does (C(provider)).
+  returned: always
+  type: dict
+  sample: {"available": true, "provider": "libatomic.so.1"}
+optional_libraries:
+  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
+  returned: always
+  type: dict
+  sample: {"psutil": {"present": true, "version": "7.2.2", "error": null},
+           "posix_ipc": {"present": true, "version": "1.3.2", "error": null}}
+'''
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
+    DataBlockModule, argument_spec,
+)
+
+
+def health(m, address, diagnose, validate):
+    """The health summary of one block; engine errors land in ``error``."""
+    out = {"healthy": None, "stuck_slots": None, "suspect_slots": None, "findings": None,
+           "dead_consumers": None, "valid": None, "validation_findings": None, "error": None}
+    verdicts = []
+    if diagnose:
+        diagnosis, error = m.attempt(m.engine.diagnose, address)
+        if error:
+            out["error"] = error
+        else:
+            out.update(stuck_slots=diagnosis["stuck_slots"],
+                       suspect_slots=diagnosis["suspect_slots"],
+                       findings=diagnosis["findings"],
+                       dead_consumers=sum(1 for c in diagnosis["consumers"]
+                                          if c.get("action") == "cleanup"))
+            verdicts.append(bool(diagnosis["healthy"]))
+    if validate:
+        validation, error = m.attempt(m.engine.validate, address)
+        if error:
+            out["error"] = out["error"] or error
+        else:
+            out.update(valid=bool(validation["valid"]),
+                       validation_findings=validation["findings"])
+            verdicts.append(bool(validation["valid"]))
+    if verdicts and out["error"] is None:
+        out["healthy"] = all(verdicts)
+    elif verdicts and not all(verdicts):
+        out["healthy"] = False
+    return out
+
+
+def main():
+    m = DataBlockModule(argument_spec("pattern", diagnose=dict(type="bool", default=True),
+                                      validate=dict(type="bool", default=False)))
+    blocks = m.discover(m.params["pattern"])
+    for entry in blocks:
+        entry["health"] = health(m, entry["address"], m.params["diagnose"],
+                                 m.params["validate"])
+    m.exit(changed=False, blocks=blocks, atomics=m.atomics())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,350 @@
+"""Human output of datablock-admin: tables, colour, progress bar.
+
+Translation only: every word shown comes from an engine result (docs/schema.md); nothing
+here judges a block. Colour is used only when the caller says so (stdout is a terminal,
+NO_COLOR unset, no --no-color).
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+PROG = "datablock-admin"
+
+
+class Style:
+    """ANSI styling, or none."""
+
+    _CODES = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2",
+              "cyan": "36"}
+
+    def __init__(self, color: bool) -> None:
+        self.color = color
+
+    def __call__(self, text: str, *names: str) -> str:
+        if not self.color or not names or not text:
+            return text
+        codes = ";".join(self._CODES[n] for n in names)
+        return "\x1b[%sm%s\x1b[0m" % (codes, text)
+
+    def verdict(self, state: Optional[str]) -> str:
+        colour = {"dead": "red", "alive": "green", "suspect-hung": "yellow",
+                  "unknown": "yellow"}.get(state or "")
+        return self(state or "?", colour) if colour else (state or "?")
+
+    def result(self, result: str) -> str:
+        colour = {"SUCCESS": "green", "NOT_STUCK": "dim", "UNSAFE": "yellow",
+                  "FAILED": "red", "INVALID_SLOT": "red"}.get(result)
+        return self(result, colour) if colour else result
+
+    def severity(self, severity: str) -> str:
+        colour = {"error": "red", "warning": "yellow", "info": "dim"}.get(severity)
+        return self(severity, colour) if colour else severity
+
+    def yes_no(self, value: bool, bad_when: bool = True) -> str:
+        text = "Yes" if value else "No"
+        return self(text, "red" if value == bad_when else "green")
+
+
+def visible_len(text: str) -> int:
+    return len(_ANSI.sub("", text))
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[str]], style: Style,
+          indent: str = "  ") -> List[str]:
+    """Left-aligned columns; the last column is not padded (it holds free text)."""
+    rows = [[str(c) for c in r] for r in rows]
+    widths = [visible_len(h) for h in headers]
+    for r in rows:
+        for i, cell in enumerate(r):
+            widths[i] = max(widths[i], visible_len(cell))
+
+    def line(cells: Sequence[str]) -> str:
+        out = []
+        for i, cell in enumerate(cells):
+            pad = "" if i == len(cells) - 1 else " " * (widths[i] - visible_len(cell))
+            out.append(cell + pad)
+        return (indent + "  ".join(out)).rstrip()
+
+    return [line([style(h, "bold") for h in headers])] + [line(r) for r in rows]
+
+
+def duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "-"
+    s = float(seconds)
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("min", 60.0)):
+        if s >= 2 * size:
+            return "%.1f %s" % (s / size, unit)
+    return "%.1f s" % s
+
+
+def ago(seconds: Optional[float]) -> str:
+    return "unknown" if seconds is None else duration(seconds) + " ago"
+
+
+def value(v: Any) -> str:
+    if isinstance(v, str) and len(v) > 16:
+        return v[:16] + "…"
+    return str(v)
+
+
+def quote(address: str) -> str:
+    return shlex.quote(address)
+
+
+# --------------------------------------------------------------------------- pieces
+def block_title(block: Dict[str, Any], style: Style) -> List[str]:
+    title = "%s  (%s, %s, %s bytes)" % (style(str(block["address"]), "bold"), block["path"],
+                                        block["kind"], block["size"])
+    lines = [title]
+    if block.get("capacity") is not None:
+        lines.append("  %s slots x %s B%s, %s, %s, checksums %s, write_index %s, commit_index %s%s"
+                     % (block["capacity"], block["stride"],
+                        (", flex %s B" % block["flex_size"]) if block.get("flex_size") else "",
+                        block.get("policy"), block.get("consumer_sync"),
+                        block.get("checksum_policy"), block.get("write_index"),
+                        "-" if block.get("commit_index") is None else block["commit_index"],
+                        "" if block.get("has_evidence") else ", no recovery evidence (C++)"))
+    return lines
+
+
+def changes_lines(result: Dict[str, Any], style: Style) -> List[str]:
+    changes = result.get("changes") or []
+    dry = result.get("dry_run")
+    if not changes:
+        return ["  changes: none"]
+    head = ("  changes (DRY RUN: would change, nothing written):" if dry else "  changes:")
+    lines = [style(head, "yellow") if dry else head]
+    for c in changes:
+        lines.append("    %s: %s -> %s" % (c["target"], value(c["before"]), value(c["after"])))
+    return lines
+
+
+def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
+                  title: str = "outcome") -> List[str]:
+    if not outcomes:
+        return []
+    rows = []
+    for o in outcomes:
+        where = ("slot %s" % o["slot"]) if "slot" in o else (
+            "consumer %s" % o.get("consumer", "?"))
+        rows.append([where, style.result(str(o["result"])), o.get("message", "")])
+    return ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
+
+
+def warning_lines(result: Dict[str, Any], style: Style) -> List[str]:
+    return [style("  warning: %s" % w, "yellow") for w in result.get("warnings") or []]
+
+
+def findings_lines(findings: List[Dict[str, Any]], style: Style,
+                   title: str = "findings") -> List[str]:
+    if not findings:
+        return ["  %s: none" % title]
+    rows = []
+    for f in findings:
+        where = ("slot %s" % f["slot"]) if f.get("slot") is not None else (
+            "consumer %s" % f["consumer"] if f.get("consumer") is not None else (
+                f.get("field") or "block"))
+        note = " (repaired)" if f.get("repaired") else (
+            " (repairable with --repair)" if f.get("repairable") else "")
+        rows.append([style.severity(f["severity"]), f["code"], where, f["message"] + note])
+    return ["  %s:" % title] + table(["SEVERITY", "CODE", "WHERE", "MESSAGE"], rows, style,
+                                     "    ")
+
+
+# --------------------------------------------------------------------------- commands
+def render_list(entries: List[Dict[str, Any]], style: Style) -> List[str]:
+    if not entries:
+        return ["no DataBlock found"]
+    rows = []
+    for e in entries:
+        verdict = e.get("producer_verdict")
+        producer = "-" if not e.get("producer_pid") else "%s %s" % (
+            e["producer_pid"], style.verdict(verdict["state"] if verdict else None))
+        status = e.get("status") or "?"
+        rows.append([e["address"], e["kind"], str(e["size"]),
+                     "-" if e.get("capacity") is None else str(e["capacity"]),
+                     "-" if e.get("stride") is None else str(e["stride"]),
+                     str(e.get("policy") or "-"), producer,
+                     style(status, "green" if status == "ok" else "red")])
+    return table(["ADDRESS", "KIND", "SIZE", "SLOTS", "STRIDE", "POLICY", "PRODUCER", "STATUS"],
+                 rows, style, "")
+
+
+def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
+    block = d["block"]
+    lines = block_title(block, style)
+    producer = d.get("producer") or {}
+    if producer.get("pid"):
+        verdict = producer.get("verdict") or {}
+        lines.append("  producer: pid %s%s %s, last seen %s" % (
+            producer["pid"], (" (%s)" % producer["name"]) if producer.get("name") else "",
+            style.verdict(verdict.get("state")), ago(producer.get("last_seen_s"))))
+    else:
+        lines.append("  producer: none")
+    lines.append("")
+    rows = []
+    for s in d["slots"]:
+        writer = s.get("writer") or {}
+        lock = "-" if not s["write_lock"] else "%s (%s)" % (s["write_lock"],
+                                                            style.verdict(writer.get("state")))
+        rows.append([str(s["index"]), s["state"], lock, str(s["reader_count"]),
+                     "Yes" if s["writer_waiting"] else "No", style.yes_no(bool(s["is_stuck"])),
+                     duration(s.get("stuck_for_s")) if s["is_stuck"] else "-",
+                     s.get("reason") or "-"])
+    lines += table(["SLOT", "STATE", "WRITE_LOCK", "READER_COUNT", "WRITER_WAITING", "IS_STUCK",
+                    "STUCK FOR", "REASON"], rows, style)
+    lines.append("")
+    consumers = d.get("consumers") or []
+    if consumers:
+        crow = [[str(c["index"]), str(c["pid"]), c.get("name") or "-", ago(c.get("last_seen_s")),
+                 style.verdict((c.get("verdict") or {}).get("state"))] for c in consumers]
+        lines += table(["CONSUMER", "PID", "NAME", "LAST SEEN", "VERDICT"], crow, style)
+    else:
+        lines.append("  consumers: none registered")
+    lines.append("")
+    lines += findings_lines(d.get("findings") or [], style)
+    hints = []
+    address = quote(str(block["address"]))
+    for s in d["slots"]:
+        if s.get("action"):
+            hints.append("%s recover %s --slot %s --action %s" % (PROG, address, s["index"],
+                                                                 s["action"]))
+    if any(c.get("action") for c in consumers):
+        hints.append("%s cleanup %s" % (PROG, address))
+    if hints:
+        lines.append("  next:")
+        lines += ["    " + h for h in hints]
+    verdict = style("healthy", "green") if d["healthy"] else style("NOT HEALTHY", "red", "bold")
+    extra = []
+    if d.get("stuck_slots"):
+        extra.append("stuck slot(s): %s" % ", ".join(map(str, d["stuck_slots"])))
+    if d.get("suspect_slots"):
+        extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
+    lines.append("  result: %s%s" % (verdict, (" -- " + "; ".join(extra)) if extra else ""))
+    return lines
+
+
+def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
+    changed = result.get("changed")
+    how = ("would change" if result.get("dry_run") else "changed") if changed else "no change"
+    return "  result: %s (%s)" % (word, how)
+
+
+def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
+    lines = block_title(r["block"], style)
+    lines.append("  recover --slot %s --action %s%s%s" % (
+        r["slot"], r["action"], " --force" if r.get("force") else "",
+        " --dry-run" if r.get("dry_run") else ""))
+    lines += changes_lines(r, style)
+    lines += outcome_lines(r.get("outcomes") or [], style)
+    lines += warning_lines(r, style)
+    lines.append(_footer(r, style, style.result(str(r["result"]))))
+    return lines
+
+
+def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
+    lines = block_title(r["block"], style)
+    lines.append("  cleanup%s: %s dead consumer entr%s cleared" % (
+        " --dry-run" if r.get("dry_run") else "", r.get("cleaned", 0),
+        "y" if r.get("cleaned") == 1 else "ies"))
+    lines += changes_lines(r, style)
+    lines += outcome_lines(r.get("outcomes") or [], style)
+    for rec in r.get("reconciled") or []:
+        if "before" in rec:
+            lines.append("  reconciled %s: %s -> %s" % (rec.get("field"), rec["before"],
+                                                       rec["after"]))
+        else:
+            lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
+                                                    rec.get("message", "")))
+    lines.append(_footer(r, style, style("ok", "green") if r.get("ok") else
+                         style("FAILED", "red")))
+    return lines
+
+
+def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
+    lines = block_title(r["block"], style)
+    lines.append("  validate%s%s" % (" --repair" if r.get("repair") else "",
+                                     " --dry-run" if r.get("dry_run") else ""))
+    lines += findings_lines(r.get("findings") or [], style)
+    for rb in r.get("reblessed") or []:
+        lines.append("  re-blessed slot %s checksum: %s… -> %s…" % (
+            rb["slot"], str(rb["before"])[:16], str(rb["after"])[:16]))
+    if r.get("changed") or r.get("repair"):
+        lines += changes_lines(r, style)
+    word = style("valid", "green") if r["valid"] else style("INVALID", "red", "bold")
+    lines.append(_footer(r, style, word))
+    return lines
+
+
+def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
+    lines = block_title(r["block"], style)
+    lines.append("  heal%s%s" % (" --repair" if r.get("validate", {}).get("repair") else "",
+                                 " --dry-run" if r.get("dry_run") else ""))
+    cleanup = r.get("cleanup") or {}
+    lines.append("  cleanup: %s dead consumer entr%s cleared" % (
+        cleanup.get("cleaned", 0), "y" if cleanup.get("cleaned") == 1 else "ies"))
+    lines += outcome_lines(cleanup.get("outcomes") or [], style, "cleanup outcome")
+    lines += outcome_lines(r.get("outcomes") or [], style, "slot outcome")
+    validate = r.get("validate") or {}
+    for rb in validate.get("reblessed") or []:
+        lines.append("  re-blessed slot %s checksum" % rb["slot"])
+    lines += changes_lines(r, style)
+    lines += warning_lines(r, style)
+    after = r.get("after") or {}
+    lines += findings_lines(after.get("findings") or [], style, "left after heal")
+    bad = [f for f in validate.get("findings") or []
+           if f.get("severity") == "error" and not f.get("repaired")]
+    if bad:
+        lines += findings_lines(bad, style, "integrity errors")
+    word = style("healthy", "green") if r["healthy"] else style("NOT HEALTHY", "red", "bold")
+    lines.append(_footer(r, style, word))
+    return lines
+
+
+RENDER = {"diagnose": render_diagnose, "recover": render_recover, "cleanup": render_cleanup,
+          "validate": render_validate, "heal": render_heal}
+
+
+# --------------------------------------------------------------------------- progress
+class ProgressBar:
+    """A one-line bar on a terminal stream, for the engine's ``progress(done, total)``.
+
+    Shown only once the work has lasted ``delay`` seconds (short validations stay quiet),
+    redrawn at most ten times a second, erased when done.
+    """
+
+    def __init__(self, label: str, stream: TextIO = sys.stderr, delay: float = 0.25,
+                 width: int = 30) -> None:
+        self.label = label
+        self.stream = stream
+        self.delay = delay
+        self.width = width
+        self.t0 = time.monotonic()
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - self.t0 < self.delay or (now - self.last < 0.1 and done < total):
+            return
+        self.last = now
+        frac = (done / total) if total else 1.0
+        fill = int(self.width * frac)
+        self.stream.write("\r%s [%s%s] %3d%% %d/%d MiB" % (
+            self.label, "#" * fill, "." * (self.width - fill), int(frac * 100),
+            done >> 20, total >> 20))
+        self.stream.flush()
+        self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+            self.shown = False

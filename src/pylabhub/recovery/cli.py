@@ -1,0 +1,430 @@
+"""datablock-admin: diagnose and recover pylabhub DataBlocks on this machine.
+
+A thin face over the recovery engine (plugins/module_utils/_engine.py): it translates
+arguments into one engine call per block and the engine's result into a table, JSON
+(schema ``pylabhub.recovery/v1``, docs/schema.md) and an exit code. No recovery rule is
+decided here. It never imports ansible, and loads the engine only after parsing, so
+``--help`` and ``--version`` are instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
+    EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE,
+    RecoveryError, UsageError)
+
+from . import _render as R
+from ._version import __version__
+
+PROG = "datablock-admin"
+SCHEMA = "pylabhub.recovery/v1"
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+ACTIONS = ("release_writer", "release_readers", "force_reset")
+_CORE = "ansible_collections.pylabhub.recovery.plugins.module_utils"
+
+EXIT_CODES = """\
+exit codes:
+  0    healthy, done, or nothing to do
+  1    findings: diagnose found stuck slots or an unhealthy block, validate found
+       corruption, heal left something unhealthy, recover/cleanup done only in part
+  2    usage error: bad arguments, bad block name or path, slot out of range
+  3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
+       --force), or the confirmation was declined
+  4    no usable block: missing, foreign (no pylabhub magic), unsupported layout,
+       truncated, still being created, or an unsafe path (symlink, FIFO, directory)
+  5    permission denied, or the block belongs to another user
+  6    concurrent change: a live process changed a word between observation and
+       action; nothing was left half-done, run the command again
+  7    internal error (PLH_DEBUG=1 prints the traceback)
+  130  interrupted;  141  stdout closed early (broken pipe)
+  With --all the exit code is the highest of all blocks."""
+
+ADDRESS_HELP = ("the block: a shm name (my_datablock), an absolute path, or a memfd "
+                "address memfd:<pid>:<fd> as 'list' prints it")
+
+DESCRIPTION = """\
+Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes.
+
+  datablock-admin list
+  datablock-admin diagnose my_datablock --slot 0
+  datablock-admin recover my_datablock --slot 0 --action release_writer
+  datablock-admin recover my_datablock --slot 0 --action release_readers --force
+  datablock-admin cleanup my_datablock
+  datablock-admin validate my_datablock [--repair]
+  datablock-admin heal my_datablock | --all
+
+Every command takes --json (schema pylabhub.recovery/v1), --no-color and -y/--yes
+(before or after COMMAND); every command that can write takes --dry-run (shows
+exactly what would change, writes nothing). 'COMMAND --help' for its options."""
+
+
+class Declined(RecoveryError):
+    """The operator answered no to a confirmation."""
+
+    code = "not-confirmed"
+    exit_code = EXIT_REFUSED
+
+
+class _ArgError(Exception):
+    def __init__(self, prog: str, message: str) -> None:
+        super().__init__(message)
+        self.prog = prog
+        self.message = message
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line (raised, so --json can render them)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise _ArgError(self.prog, message)
+
+
+def _slot(text: str):
+    if text == "all":
+        return "all"
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError("invalid slot %r: give a slot index or 'all'" % text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    S = argparse.SUPPRESS
+    # Common options, accepted before or after the command; SUPPRESS keeps a value given
+    # before the command from being reset by the subcommand's default.
+    common = _Parser(add_help=False)
+    common.add_argument("--json", action="store_true", default=S,
+                        help="print the engine's result as JSON (schema %s)" % SCHEMA)
+    common.add_argument("--no-color", action="store_true", default=S,
+                        help="no colour (also: NO_COLOR set, or stdout not a terminal)")
+    common.add_argument("-y", "--yes", action="store_true", default=S,
+                        help="do not ask for confirmation of --force/--repair")
+    writes = _Parser(add_help=False)
+    writes.add_argument("-n", "--dry-run", action="store_true",
+                        help="show what would change; write nothing")
+
+    p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
+    p.add_argument("--version", action="version",
+                   version="%s %s (pylabhub.recovery; pylabhub DataBlock 1.0)"
+                   % (PROG, __version__))
+    p.add_argument("--json", action="store_true", default=False, help=S)
+    p.add_argument("--no-color", action="store_true", default=False, help=S)
+    p.add_argument("-y", "--yes", action="store_true", default=False, help=S)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    def command(name: str, help_: str, *parents: argparse.ArgumentParser):
+        return sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
+                              formatter_class=fmt, parents=[common, *parents])
+
+    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds)")
+    c.add_argument("pattern", nargs="?", metavar="PATTERN",
+                   help="only names or addresses matching this shell pattern")
+
+    c = command("diagnose", "explain every slot (or one) and every consumer; read-only")
+    c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
+    c.add_argument("--slot", type=_slot, metavar="N|all", help="one slot (default: all)")
+
+    c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes)
+    c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
+    c.add_argument("--slot", type=_slot, required=True, metavar="N|all")
+    c.add_argument("--action", required=True, choices=ACTIONS)
+    c.add_argument("--force", action="store_true",
+                   help="also release holders that may be alive (asks on a terminal)")
+
+    for name, help_ in (
+            ("cleanup", "clear the entries of dead consumers and reconcile the counts"),
+            ("validate", "check header, slot states and every checksum (--repair: "
+                         "re-bless committed slots)"),
+            ("heal", "the safe composite: cleanup, release dead holders, validate; "
+                     "never forced")):
+        c = command(name, help_, writes)
+        c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
+        c.add_argument("--all", action="store_true", help="every DataBlock 'list' shows")
+        c.add_argument("--match", metavar="PATTERN",
+                       help="with --all: only names or addresses matching this pattern")
+        if name != "cleanup":
+            c.add_argument("--repair", action="store_true",
+                           help="re-compute mismatching checksums of COMMITTED slots "
+                                "(asks on a terminal)")
+    return p
+
+
+# --------------------------------------------------------------------------- output
+def _oneline(text: object) -> str:
+    return " ".join(str(text).split())
+
+
+def _hexify(obj: Any) -> Any:
+    if isinstance(obj, (bytes, bytearray, memoryview)):
+        return bytes(obj).hex()
+    raise TypeError("%r is not JSON serializable" % type(obj).__name__)
+
+
+class Out:
+    """Where and how results go: stdout (table or JSON), stderr (one-line messages)."""
+
+    def __init__(self, json_mode: bool, color: bool) -> None:
+        self.json = json_mode
+        self.style = R.Style(color)
+
+    def data(self, obj: Any) -> None:
+        sys.stdout.write(json.dumps(obj, indent=2, default=_hexify) + "\n")
+
+    def lines(self, lines: Sequence[str]) -> None:
+        sys.stdout.write("\n".join(lines) + "\n")
+
+    @staticmethod
+    def err(kind: str, message: object) -> None:
+        sys.stderr.write("%s: %s: %s\n" % (PROG, kind, _oneline(message)))
+        sys.stderr.flush()
+
+    def error(self, err: Dict[str, Any], prefix: str = PROG) -> None:
+        if self.json:
+            self.data({"schema": SCHEMA, "error": err})
+        sys.stderr.write("%s: error: %s\n" % (prefix, _oneline(err.get("message", ""))))
+        sys.stderr.flush()
+
+
+def _color(args: argparse.Namespace) -> bool:
+    return (not args.no_color and not os.environ.get("NO_COLOR")
+            and sys.stdout.isatty() and os.environ.get("TERM") != "dumb")
+
+
+def _consent(args: argparse.Namespace, warning: str) -> Optional[str]:
+    """The consent to --force/--repair. On a terminal (stdin and stderr) warn and ask,
+    unless --yes; a "no" raises :class:`Declined`. Without a terminal the flag itself is
+    the consent (a script never hangs here): the warning is returned, to be printed once
+    the command has run (so a bad block still gives exactly one error line)."""
+    if getattr(args, "dry_run", False):
+        return None
+    if args.yes or not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return warning
+    Out.err("warning", warning)
+    sys.stderr.write("Continue? [y/N] ")
+    sys.stderr.flush()
+    answer = sys.stdin.readline()
+    if answer.strip().lower() not in ("y", "yes"):
+        raise Declined("not confirmed; nothing was changed")
+    return None
+
+
+def _warn(deferred: Optional[str]) -> None:
+    if deferred:
+        Out.err("warning", deferred)
+
+
+# --------------------------------------------------------------------------- exit codes
+def _outcome_code(outcomes: List[Dict[str, Any]]) -> int:
+    """recover/cleanup: partly done -> 1, refused -> 3, concurrent change -> 6."""
+    results = {str(o.get("result")) for o in outcomes}
+    if "SUCCESS" in results and results & {"UNSAFE", "FAILED"}:
+        return EXIT_FINDINGS
+    if "UNSAFE" in results:
+        return EXIT_REFUSED
+    if "FAILED" in results:
+        return EXIT_CONCURRENT
+    return EXIT_OK
+
+
+def exit_code(operation: str, result: Dict[str, Any]) -> int:
+    """The documented exit code of one block's engine result."""
+    if operation == "diagnose":
+        return EXIT_OK if result["healthy"] else EXIT_FINDINGS
+    if operation in ("recover", "cleanup"):
+        return _outcome_code(result.get("outcomes") or [])
+    if operation == "validate":
+        return EXIT_OK if result["valid"] else EXIT_FINDINGS
+    if operation == "heal":
+        outcomes = list(result.get("outcomes") or [])
+        outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+        if any(o.get("result") == "FAILED" for o in outcomes):
+            return EXIT_CONCURRENT
+        return EXIT_OK if result["healthy"] else EXIT_FINDINGS
+    return EXIT_OK
+
+
+def _report_outcomes(result: Dict[str, Any]) -> None:
+    outcomes = list(result.get("outcomes") or [])
+    outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+    for o in outcomes:
+        if o.get("result") == "UNSAFE":
+            Out.err("refused", o.get("message", ""))
+        elif o.get("result") == "FAILED":
+            Out.err("concurrent change", o.get("message", ""))
+
+
+# --------------------------------------------------------------------------- commands
+def _engine():
+    import importlib
+    return importlib.import_module(_CORE + "._engine")
+
+
+def _discover(pattern: Optional[str]) -> List[Dict[str, Any]]:
+    import importlib
+    return importlib.import_module(_CORE + "._discovery").discover(pattern)
+
+
+def _progress(label: str):
+    return R.ProgressBar(label) if sys.stderr.isatty() else None
+
+
+def cmd_list(args: argparse.Namespace, out: Out) -> int:
+    entries = _discover(args.pattern)
+    if out.json:
+        out.data({"schema": SCHEMA, "operation": "list", "blocks": entries})
+    else:
+        out.lines(R.render_list(entries, out.style))
+    return EXIT_OK
+
+
+def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
+    slot = None if args.slot in (None, "all") else args.slot
+    result = _engine().diagnose(args.address, slot=slot)
+    if out.json:
+        out.data(result)
+    else:
+        out.lines(R.render_diagnose(result, out.style))
+    return exit_code("diagnose", result)
+
+
+def cmd_recover(args: argparse.Namespace, out: Out) -> int:
+    deferred = _consent(args, "--force releases holders of %s slot %s that may be alive: a "
+                              "live writer's or reader's data can be corrupted"
+                        % (args.address, args.slot)) if args.force else None
+    result = _engine().recover(args.address, args.slot, args.action, force=args.force,
+                               dry_run=args.dry_run)
+    _warn(deferred)
+    if out.json:
+        out.data(result)
+    else:
+        out.lines(R.render_recover(result, out.style))
+    _report_outcomes(result)
+    return exit_code("recover", result)
+
+
+def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
+                call: Callable[[str, Any], Dict[str, Any]]) -> int:
+    if args.all == bool(args.address):
+        raise _ArgError("%s %s" % (PROG, operation),
+                        "give a BLOCK or --all (not both)" if args.all else
+                        "a BLOCK or --all is required")
+    if args.match and not args.all:
+        raise _ArgError("%s %s" % (PROG, operation), "--match needs --all")
+    deferred = _consent(args, "--repair re-computes the checksum of COMMITTED slots whose "
+                              "data no longer matches it: readers will then accept that data "
+                              "as valid") if getattr(args, "repair", False) else None
+    if not args.all:
+        result = call(args.address, _progress(args.address))
+        _warn(deferred)
+        if out.json:
+            out.data(result)
+        else:
+            out.lines(R.RENDER[operation](result, out.style))
+        _report_outcomes(result)
+        return exit_code(operation, result)
+
+    blocks: List[Dict[str, Any]] = []
+    worst = EXIT_OK
+    lines: List[str] = []
+    entries = _discover(args.match)
+    if entries:
+        _warn(deferred)
+    for entry in entries:
+        address = str(entry["address"])
+        try:
+            result = call(address, _progress(address))
+        except RecoveryError as err:
+            blocks.append({"address": address, "error": err.to_dict()})
+            Out.err("error", err.message)
+            worst = max(worst, err.exit_code)
+            continue
+        blocks.append(result)
+        _report_outcomes(result)
+        worst = max(worst, exit_code(operation, result))
+        if not out.json:
+            lines += R.RENDER[operation](result, out.style) + [""]
+    if out.json:
+        out.data({"schema": SCHEMA, "operation": operation, "blocks": blocks})
+    else:
+        errors = sum(1 for b in blocks if "error" in b)
+        lines.append("%d block(s)%s; exit %d" % (len(blocks), (", %d error(s)" % errors)
+                                                 if errors else "", worst)
+                     if entries else "no DataBlock found")
+        out.lines(lines)
+    return worst
+
+
+def _with_bar(fn: Callable[..., Dict[str, Any]], bar: Optional[R.ProgressBar],
+              **kw: Any) -> Dict[str, Any]:
+    try:
+        return fn(progress=bar, **kw)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def cmd_cleanup(args: argparse.Namespace, out: Out) -> int:
+    return _one_or_all(args, out, "cleanup", lambda address, bar: _engine().cleanup(
+        address, dry_run=args.dry_run))
+
+
+def cmd_validate(args: argparse.Namespace, out: Out) -> int:
+    return _one_or_all(args, out, "validate", lambda address, bar: _with_bar(
+        _engine().validate, bar, address=address, repair=args.repair, dry_run=args.dry_run))
+
+
+def cmd_heal(args: argparse.Namespace, out: Out) -> int:
+    return _one_or_all(args, out, "heal", lambda address, bar: _with_bar(
+        _engine().heal, bar, address=address, repair=args.repair, dry_run=args.dry_run))
+
+
+COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
+            "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal}
+
+
+# --------------------------------------------------------------------------- main
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Run datablock-admin; returns the exit code (never raises for a user error)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    out = Out("--json" in argv, False)
+    try:
+        args = build_parser().parse_args(argv)
+        out = Out(args.json, _color(args))
+        return COMMANDS[args.command](args, out)
+    except _ArgError as exc:
+        out.error({"code": UsageError.code, "message": exc.message}, prefix=exc.prog)
+        return EXIT_USAGE
+    except RecoveryError as exc:
+        out.error(exc.to_dict())
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("\n%s: interrupted\n" % PROG)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout closed early (| head): leave quietly, without a second error at exit
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except OSError:
+            pass
+        return EXIT_BROKEN_PIPE
+    except Exception as exc:  # the last line of defence: never a traceback for a user
+        if os.environ.get("PLH_DEBUG") == "1":
+            import traceback
+            traceback.print_exc()
+        out.error({"code": "internal", "message": "internal error: %s: %s (PLH_DEBUG=1 shows "
+                   "the traceback)" % (type(exc).__name__, exc)})
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

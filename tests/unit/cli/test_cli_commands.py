@@ -1,0 +1,301 @@
+"""datablock-admin end to end: the commands of issue 4 exactly as written, on blocks left in
+real crash states by SIGKILLed processes, checked on the bytes afterwards (read back with
+the spec's offsets, plh_spec); every mutating command twice (the second run changes
+nothing) and under --dry-run (no byte changes, and it predicts the real run)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import plh_spec as spec
+from plh_crash import read_bytes
+
+FREE, WRITING, COMMITTED, DRAINING = spec.FREE, spec.WRITING, spec.COMMITTED, spec.DRAINING
+RECOVERY_COUNT = 368          # header.recovery_actions_count (u64)
+
+
+def shm(name):
+    return os.path.join("/dev/shm", name)
+
+
+def image(name):
+    return spec.Image.read(shm(name))
+
+
+def issue(command, name):
+    """A command of the issue, with the block name of the test for my_datablock."""
+    return [name if word == "my_datablock" else word for word in command.split()[1:]]
+
+
+def same_except(before, after, *ranges):
+    """Bytes are equal outside the (offset, size) ranges."""
+    assert len(before) == len(after)
+    b, a = bytearray(before), bytearray(after)
+    for off, size in ranges:
+        b[off:off + size] = a[off:off + size] = bytes(size)
+    return b == a
+
+
+# --------------------------------------------------------------------------- issue commands
+def test_diagnose_slot_0_stuck_writer(cli, crashes, names):
+    name = names()
+    dead = crashes.stuck_writer(name)["writer"]
+    before = read_bytes(shm(name))
+    r = cli(*issue("datablock-admin diagnose my_datablock --slot 0", name))
+    assert r.rc == 1, r                                   # findings: a stuck slot
+    head = next(line for line in r.stdout.splitlines() if "SLOT" in line)
+    for column in ("STATE", "WRITE_LOCK", "READER_COUNT", "WRITER_WAITING", "IS_STUCK",
+                   "STUCK FOR", "REASON"):
+        assert column in head
+    row = next(line for line in r.stdout.splitlines() if line.strip().startswith("0 "))
+    assert "WRITING" in row and "%d (dead)" % dead in row and "Yes" in row
+    assert "recover %s --slot 0 --action release_writer" % name in r.stdout
+    assert r.stderr == ""
+    assert read_bytes(shm(name)) == before                # read-only
+
+    j = cli("diagnose", name, "--slot", "0", "--json")
+    assert j.rc == 1 and j.json["stuck_slots"] == [0] and len(j.json["slots"]) == 1
+    assert j.json["slots"][0]["writer"]["state"] == "dead"
+
+
+def test_diagnose_healthy_exit_0_and_slot_all(cli, crashes, names):
+    name = names()
+    crashes.committed(name)
+    r = cli("diagnose", name, "--slot", "0")
+    assert r.rc == 0, r
+    assert "healthy" in r.stdout and "NOT HEALTHY" not in r.stdout
+    j = cli("diagnose", name, "--slot", "all", "--json")
+    assert j.rc == 0 and j.json["healthy"] is True and len(j.json["slots"]) == 2
+
+
+def test_recover_release_writer(cli, crashes, names):
+    name = names()
+    crashes.stuck_writer(name)
+    old = image(name)
+    assert old.slot(0)["state"] == WRITING and old.slot(0)["lock"]
+    r = cli(*issue("datablock-admin recover my_datablock --slot 0 --action release_writer",
+                   name))
+    assert r.rc == 0, r
+    assert "SUCCESS" in r.stdout and "slot[0].write_lock" in r.stdout
+    new = image(name)
+    s0 = new.slot(0)
+    assert (s0["lock"], s0["state"], s0["waiting"], s0["readers"]) == (0, FREE, 0, 0)
+    assert new.u(RECOVERY_COUNT, 8) == old.u(RECOVERY_COUNT, 8) + 1
+    assert new.write_index == 2 and new.commit_index == 1       # the dead claim rolled back
+    assert new.slot(1) == old.slot(1) and new.slot_data(1) == old.slot_data(1)
+    assert new.checksum_valid(1)
+
+
+def test_recover_release_readers_force(cli, crashes, names):
+    name = names()
+    crashes.zombie_readers(name, readers=3)
+    assert image(name).slot(0)["readers"] == 3
+    r = cli(*issue("datablock-admin recover my_datablock --slot 0 --action release_readers "
+                   "--force", name))
+    assert r.rc == 0, r
+    assert "warning" in r.stderr and "--force" in r.stderr    # the flag is the consent
+    s0 = image(name).slot(0)
+    assert (s0["readers"], s0["state"], s0["lock"]) == (0, COMMITTED, 0)
+    assert image(name).checksum_valid(0)
+
+
+def test_recover_release_readers_force_on_a_live_reader(cli, crashes, names):
+    name = names()
+    live = crashes.live_reader(name)
+    r = cli("recover", name, "--slot", "0", "--action", "release_readers")
+    assert r.rc == 3, r                                          # refused without --force
+    assert image(name).slot(0)["readers"] == 1
+    r = cli("recover", name, "--slot", "0", "--action", "release_readers", "--force", "--json")
+    assert r.rc == 0, r
+    assert r.json["warnings"] and "FORCED" in r.json["warnings"][0]
+    assert image(name).slot(0)["readers"] == 0
+    assert live["actor"].alive
+
+
+def test_cleanup(cli, crashes, names):
+    name = names()
+    info = crashes.dead_consumers(name, dead=2)
+    old = image(name)
+    assert old.active_consumers == 3
+    r = cli(*issue("datablock-admin cleanup my_datablock", name))
+    assert r.rc == 0, r
+    new = image(name)
+    for k in (0, 1):
+        assert new.consumer(k) == {"pid": 0, "heartbeat_ns": 0, "uid": "", "name": ""}
+        assert new.consumer_evidence(k) == {"pid": 0, "start": 0, "reading": 0}
+    assert new.consumer(2) == old.consumer(2) and new.consumer(2)["pid"] == info["live"]
+    assert new.active_consumers == 1
+    assert new.u(RECOVERY_COUNT, 8) == old.u(RECOVERY_COUNT, 8) + 2
+
+
+def test_validate(cli, crashes, names):
+    bad, good = names(), names()
+    crashes.corrupt(bad, slot=1)
+    crashes.committed(good)
+    before = read_bytes(shm(bad))
+    r = cli(*issue("datablock-admin validate my_datablock", bad))
+    assert r.rc == 1, r
+    assert "checksum-mismatch" in r.stdout and "slot 1" in r.stdout
+    assert read_bytes(shm(bad)) == before
+    r = cli(*issue("datablock-admin validate my_datablock", good))
+    assert r.rc == 0, r
+    assert "valid" in r.stdout
+
+
+def test_validate_repair(cli, crashes, names):
+    name = names()
+    crashes.corrupt(name, slot=1)
+    old = image(name)
+    assert not old.checksum_valid(1) and old.checksum_valid(0)
+    r = cli(*issue("datablock-admin validate my_datablock --repair", name))
+    assert r.rc == 0, r
+    assert "warning" in r.stderr and "--repair" in r.stderr
+    new = image(name)
+    assert new.checksum_valid(1) and new.slot_data(1) == old.slot_data(1)
+    assert new.checksum(0) == old.checksum(0) and new.slot(1)["lock"] == 0
+    geo = old.geo
+    assert same_except(old.data, new.data, (geo["checksums"] + 33, 33), (RECOVERY_COUNT, 8),
+                       (304, 8))
+
+
+def test_list(cli, crashes, names):
+    a, b = names(), names()
+    crashes.stuck_writer(a)
+    crashes.committed(b)
+    r = cli("list", names.prefix + "*")
+    assert r.rc == 0, r
+    assert a in r.stdout and b in r.stdout
+    j = cli("list", names.prefix + "*", "--json")
+    assert sorted(e["address"] for e in j.json["blocks"]) == sorted([a, b])
+    assert {e["status"] for e in j.json["blocks"]} == {"ok"}
+    assert cli("list", names.prefix + "nothing*").stdout.strip() == "no DataBlock found"
+
+
+def test_heal_one_block(cli, crashes, names):
+    name = names()
+    crashes.stuck_writer(name)
+    r = cli("heal", name, "--json")
+    assert r.rc == 0, r
+    assert r.json["healthy"] is True and r.json["changed"] is True
+    s0 = image(name).slot(0)
+    assert (s0["lock"], s0["state"]) == (0, FREE)
+
+
+def test_heal_all_with_match(cli, crashes, names):
+    sw, dc, co = names(), names(), names()
+    crashes.stuck_writer(sw)
+    crashes.dead_consumers(dc)
+    crashes.corrupt(co)
+    r = cli("heal", "--all", "--match", names.prefix + "*", "--json")
+    assert r.rc == 1, r                         # corruption is left without --repair
+    by = {b["block"]["address"]: b for b in r.json["blocks"]}
+    assert set(by) == {sw, dc, co}
+    assert by[sw]["healthy"] and by[dc]["healthy"] and not by[co]["healthy"]
+    assert image(dc).active_consumers == 1
+    r = cli("heal", "--all", "--match", names.prefix + "*", "--repair")
+    assert r.rc == 0, r
+    assert image(co).checksum_valid(1)
+    assert "3 block(s)" in r.stdout
+
+
+def test_validate_all_and_cleanup_all(cli, crashes, names):
+    a, b = names(), names()
+    crashes.dead_consumers(a)
+    crashes.corrupt(b)
+    r = cli("validate", "--all", "--match", names.prefix + "*", "--json")
+    assert r.rc == 1 and r.json["operation"] == "validate"
+    assert [x["valid"] for x in sorted(r.json["blocks"], key=lambda x: x["block"]["address"])] \
+        == [True, False]
+    r = cli("cleanup", "--all", "--match", names.prefix + "*", "--json")
+    assert r.rc == 0 and len(r.json["blocks"]) == 2
+
+
+def test_global_options_before_the_command(cli, crashes, names):
+    name = names()
+    crashes.committed(name)
+    r = cli("--json", "--no-color", "diagnose", name)
+    assert r.rc == 0 and r.json["operation"] == "diagnose"
+
+
+def test_version(cli, repo_root):
+    import re
+    r = cli("--version")
+    assert r.rc == 0
+    version = re.search(r'__version__ = "([^"]+)"',
+                        (repo_root / "src/pylabhub/recovery/_version.py").read_text()).group(1)
+    assert r.stdout.split()[:2] == ["datablock-admin", version]
+
+
+def test_help_documents_exit_codes(cli):
+    for args in (["--help"], ["recover", "--help"], ["heal", "--help"]):
+        r = cli(*args)
+        assert r.rc == 0
+        for code in ("0 ", "1 ", "2 ", "3 ", "4 ", "5 ", "6 ", "7 "):
+            assert "\n  " + code in r.stdout, (args, code)
+
+
+# --------------------------------------------------------------------------- twice, dry run
+def _prepare(crashes, scenario, name):
+    getattr(crashes, scenario)(name)
+
+
+MUTATIONS = [
+    ("stuck_writer", ["recover", "{}", "--slot", "0", "--action", "release_writer"]),
+    ("stuck_writer", ["recover", "{}", "--slot", "all", "--action", "force_reset"]),
+    ("zombie_readers", ["recover", "{}", "--slot", "0", "--action", "release_readers",
+                        "--force"]),
+    ("zombie_readers", ["recover", "{}", "--slot", "0", "--action", "release_readers"]),
+    ("dead_consumers", ["cleanup", "{}"]),
+    ("corrupt", ["validate", "{}", "--repair"]),
+    ("stuck_writer", ["heal", "{}"]),
+    ("zombie_readers", ["heal", "{}"]),
+    ("corrupt", ["heal", "{}", "--repair"]),
+]
+IDS = ["%s:%s" % (s, "_".join(a for a in argv[2:] if a not in ("--slot", "--action")) or argv[0])
+       for s, argv in MUTATIONS]
+
+
+@pytest.mark.parametrize("scenario,argv", MUTATIONS, ids=IDS)
+def test_every_mutation_twice(cli, crashes, names, scenario, argv):
+    name = names()
+    _prepare(crashes, scenario, name)
+    args = [a.format(name) for a in argv] + ["--json"]
+    first = cli(*args)
+    assert first.rc == 0, first
+    assert first.json["changed"] is True
+    after_first = read_bytes(shm(name))
+    second = cli(*args)
+    assert second.rc == 0, second
+    assert second.json["changed"] is False and second.json["changes"] == []
+    assert read_bytes(shm(name)) == after_first
+
+
+@pytest.mark.parametrize("scenario,argv", MUTATIONS, ids=IDS)
+def test_dry_run_changes_no_byte_and_predicts(cli, crashes, names, scenario, argv):
+    name = names()
+    _prepare(crashes, scenario, name)
+    args = [a.format(name) for a in argv] + ["--json"]
+    before = read_bytes(shm(name))
+    dry = cli(*(args + ["--dry-run"]))
+    assert dry.rc == 0, dry
+    assert dry.json["dry_run"] is True and dry.json["changed"] is True
+    assert read_bytes(shm(name)) == before
+    human = cli(*([a.format(name) for a in argv] + ["--dry-run"]))
+    assert "DRY RUN" in human.stdout and read_bytes(shm(name)) == before
+    real = cli(*args)
+    assert real.rc == 0 and real.json["dry_run"] is False
+    assert [c["target"] for c in dry.json["changes"]] == [c["target"] for c in real.json["changes"]]
+
+
+@pytest.mark.parametrize("argv", [["diagnose", "{}"], ["diagnose", "{}", "--slot", "0"],
+                                  ["validate", "{}"], ["list", "{}"]])
+def test_read_only_commands_twice(cli, crashes, names, argv):
+    name = names()
+    crashes.stuck_writer(name)
+    before = read_bytes(shm(name))
+    args = [a.format(name) for a in argv] + ["--json"]
+    one, two = cli(*args), cli(*args)
+    assert one.rc == two.rc
+    assert read_bytes(shm(name)) == before

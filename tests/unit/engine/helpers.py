@@ -1,0 +1,463 @@
+"""Shared machinery of the engine tests: real blocks, real child processes, real SIGKILL.
+
+* :class:`Child` forks a process that runs our runtime up to a chosen protocol point,
+  reports readiness through a pipe, then waits to be killed (SIGKILL) or stopped (SIGSTOP).
+* :class:`Lab` (the ``lab`` fixture) owns every shm name and child of a test and removes
+  them even when the test fails.
+* ``Lab.crashed(scenario)`` leaves a block in one crash state, with a snapshot of every
+  committed slot taken *before* the crash, so a test can prove recovery did not touch them.
+
+Assertions read the block back through ``plh_spec`` (the spec's offsets, independent of
+the core's ``_layout``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import itertools
+import json
+import os
+import select
+import shutil
+import signal
+import time
+import traceback
+from typing import Callable, Dict, List, Optional
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _block as B, _engine as E, _layout as L, _procinfo, _runtime as R)
+
+import plh_spec as spec
+
+DEAD_PID = 2147483647        # spec section 7: "dead PID"
+SHM = "/dev/shm"
+FREE, WRITING, COMMITTED, DRAINING = 0, 1, 2, 3
+_COUNTER = itertools.count(1)
+_PR_SET_PDEATHSIG = 1
+
+
+# -- data ----------------------------------------------------------------------------------
+def payload(slot_id: int, stride: int) -> bytes:
+    """Deterministic slot contents for a slot id; the first 8 bytes name the id."""
+    seed = hashlib.blake2b(b"plh-%d" % slot_id, digest_size=64).digest()
+    body = (seed * (stride // 64 + 1))[:stride - 8]
+    return slot_id.to_bytes(8, "little") + body
+
+
+def payload_ok(data: bytes) -> bool:
+    return data == payload(int.from_bytes(data[:8], "little"), len(data))
+
+
+def image(name: str) -> spec.Image:
+    return spec.Image.read(os.path.join(SHM, name))
+
+
+def file_bytes(name: str) -> bytes:
+    with open(os.path.join(SHM, name), "rb") as f:
+        return f.read()
+
+
+def committed_snapshot(name: str) -> Dict[int, tuple]:
+    """{slot: (generation, data, checksum)} of every slot holding committed data
+    (COMMITTED, or DRAINING: a draining writer has not touched the data yet)."""
+    img = image(name)
+    return {i: (img.slot(i)["generation"], img.slot_data(i), img.checksum(i)[0])
+            for i in range(img.capacity) if img.slot(i)["state"] in (COMMITTED, DRAINING)}
+
+
+def assert_untouched(name: str, before: Dict[int, tuple], skip=()) -> None:
+    """Every slot committed in ``before`` still holds the same generation, data, checksum."""
+    img = image(name)
+    for i, (gen, data, digest) in before.items():
+        if i in skip:
+            continue
+        assert img.slot(i)["state"] == COMMITTED, "slot %d no longer COMMITTED" % i
+        assert img.slot(i)["generation"] == gen, "slot %d generation changed" % i
+        assert img.slot_data(i) == data, "slot %d data changed" % i
+        assert img.checksum(i)[0] == digest, "slot %d checksum changed" % i
+        assert img.checksum_valid(i), "slot %d checksum no longer valid" % i
+
+
+def codes(result: dict) -> set:
+    """(code, field-or-slot) of every finding of a validate result."""
+    return {(f["code"], f.get("field") if f.get("slot") is None else f["slot"])
+            for f in result["findings"]}
+
+
+def wait_for(cond: Callable[[], bool], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out after %.1f s waiting for %s" % (timeout, what))
+        time.sleep(0.002)
+
+
+# -- processes -----------------------------------------------------------------------------
+class ChildFailed(AssertionError):
+    pass
+
+
+class Child:
+    """A forked process running ``fn(report, *args)``; ``report(obj)`` sends one JSON line.
+
+    The first report is the readiness signal. After ``fn`` returns the child waits to be
+    killed; an exception is reported as ``{"error": traceback}`` and the child exits 1.
+    The child never returns into pytest (``os._exit``) and dies with its parent.
+    """
+
+    def __init__(self, fn: Callable, *args, linger: bool = True) -> None:
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child
+            code = 0
+            try:
+                os.close(r)
+                try:
+                    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+                except Exception:
+                    pass
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+                def report(obj) -> None:
+                    os.write(w, (json.dumps(obj) + "\n").encode())
+                fn(report, *args)
+                while linger:
+                    time.sleep(60)
+            except BaseException:
+                code = 1
+                try:
+                    os.write(w, (json.dumps({"error": traceback.format_exc()}) + "\n").encode())
+                except BaseException:
+                    pass
+            finally:
+                os._exit(code)
+        os.close(w)
+        self.pid = pid
+        self._r = r
+        self._buf = b""
+        self.status: Optional[int] = None
+
+    def recv(self, timeout: float = 10.0) -> dict:
+        """The next report; raises if the child failed, died or took too long."""
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChildFailed("child %d sent nothing within %.1f s" % (self.pid, timeout))
+            ready, _, _ = select.select([self._r], [], [], left)
+            if ready:
+                chunk = os.read(self._r, 65536)
+                if not chunk:
+                    raise ChildFailed("child %d closed its pipe (exited %s)"
+                                      % (self.pid, self.reap(0.5)))
+                self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        msg = json.loads(line)
+        if isinstance(msg, dict) and "error" in msg:
+            raise ChildFailed("child %d failed:\n%s" % (self.pid, msg["error"]))
+        return msg
+
+    def reap(self, timeout: float = 10.0) -> Optional[int]:
+        deadline = time.monotonic() + timeout
+        while self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+                break
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(0.002)
+        return self.status
+
+    def kill(self) -> None:
+        """SIGKILL and reap: afterwards the pid is certainly dead (ESRCH)."""
+        if self.status is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.reap()
+        assert _procinfo.pid_probe(self.pid) == _procinfo.PROBE_NO_SUCH
+
+    def stop(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+        wait_for(lambda: _procinfo.process_state(self.pid) in ("T", "t"), 5, "SIGSTOP")
+
+    def close(self) -> None:
+        try:
+            self.kill()
+        finally:
+            if self._r is not None:
+                os.close(self._r)
+                self._r = None
+
+
+def reaped_pid() -> int:
+    """The pid of a child that exited and was reaped: certainly dead on this machine."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+# -- child programs (run inside Child) -------------------------------------------------------
+def _commit_n(p: R.Producer, n: int) -> List[int]:
+    ids = []
+    for _ in range(n):
+        ws = p.acquire()
+        p.write(ws, payload(ws.slot_id, p.block.geo.stride))
+        p.commit(ws)
+        ids.append(ws.slot_id)
+    return ids
+
+
+WRITER_POINTS = ("locked", "acquired", "mid_write", "before_commit", "mid_commit")
+
+
+def writer_program(report, name: str, commits: int, point: str) -> None:
+    """A producer that commits ``commits`` slots, then stops at a protocol point.
+
+    locked: write_index claimed and the lock CASed, state not yet WRITING;
+    acquired: WRITING, nothing written; mid_write: half the payload written;
+    before_commit: all written; mid_commit: checksum and generation done, state still
+    WRITING (the next store of commit). idle: nothing held.
+    """
+    b = R.attach(name)
+    p = R.Producer(b)
+    _commit_n(p, commits)
+    stride = b.geo.stride
+    ws = None
+    if point == "locked":
+        slot_id = b.add("write_index", 1)
+        ws = R.WriteSlot(slot_id, slot_id % b.geo.capacity)
+        p._lock(b.geo.slot_entry(ws.index), 5.0)
+    elif point in ("acquired", "mid_write", "before_commit", "mid_commit"):
+        ws = p.acquire()
+        if point == "mid_write":
+            p.write(ws, payload(ws.slot_id, stride)[:stride // 2])
+        elif point in ("before_commit", "mid_commit"):
+            p.write(ws, payload(ws.slot_id, stride))
+        if point == "mid_commit":
+            geo, base = b.geo, b.geo.slot_entry(ws.index)
+            b.write(geo.checksum_entry(ws.index),
+                    L.blake2b256(b.view(geo.slot_data(ws.index), stride)) + b"\0")
+            b.add(L.SLOT["write_generation"], 1, base)
+    elif point != "idle":
+        raise ValueError(point)
+    report({"pid": os.getpid(), "slot_id": ws.slot_id if ws else None,
+            "index": ws.index if ws else None})
+
+
+def publisher_program(report, name: str, first: int, then: int) -> None:
+    """Commit ``first`` slots, report, then commit ``then`` more (may block in DRAINING)
+    and report again."""
+    b = R.attach(name)
+    p = R.Producer(b)
+    ids = _commit_n(p, first)
+    report({"pid": os.getpid(), "ids": ids})
+    ids = _commit_n(p, then)
+    report({"ids": ids})
+
+
+def reader_program(report, name: str, index: Optional[int] = None) -> None:
+    """Register a consumer, enter a committed slot (the latest, or ``index``), read it."""
+    b = R.attach(name)
+    c = R.Consumer(b, name="reader-%d" % os.getpid())
+    rs = c.acquire(index)
+    if rs is None:
+        raise RuntimeError("no readable slot")
+    data = c.read(rs)
+    report({"pid": os.getpid(), "consumer": c.index, "index": rs.index,
+            "slot_id": rs.slot_id, "ok": payload_ok(data)})
+
+
+def consumer_program(report, name: str) -> None:
+    """Register only."""
+    b = R.attach(name)
+    c = R.Consumer(b, name="consumer-%d" % os.getpid())
+    report({"pid": os.getpid(), "consumer": c.index})
+
+
+def creator_program(report, name: str, capacity: int, stride: int, evidence: bool,
+                    commits: int, flex_size: int) -> None:
+    """Create a block, commit ``commits`` slots, exit: a block its dead producer left."""
+    b = R.create(name, capacity=capacity, stride=stride, flex_size=flex_size,
+                 evidence=evidence)
+    p = R.Producer(b)
+    _commit_n(p, commits)
+    report({"pid": os.getpid()})
+
+
+# -- the lab --------------------------------------------------------------------------------
+SCENARIOS = WRITER_POINTS + ("reader", "consumer", "draining_live_writer", "deadlock")
+
+
+class Crash:
+    """A block left in one crash state."""
+
+    def __init__(self, name: str, scenario: str, slot: Optional[int], before: dict,
+                 victims: List[Child], writer: Optional[Child] = None,
+                 last_good: Optional[int] = None) -> None:
+        self.name = name
+        self.scenario = scenario
+        self.slot = slot                  # the slot the crash left stuck (None: consumer)
+        self.before = before              # committed slots just before the crash
+        self.victims = victims            # killed children
+        self.writer = writer              # a live writer (draining_live_writer)
+        self.last_good = last_good        # slot id of the last good commit
+
+
+class Lab:
+    """Per-test owner of shm names and child processes; ``close`` removes them all."""
+
+    def __init__(self, fixtures_dir=None) -> None:
+        self.names: List[str] = []
+        self.children: List[Child] = []
+        self.fixtures_dir = fixtures_dir
+
+    def name(self) -> str:
+        n = "plhtest_eng_%d_%d" % (os.getpid(), next(_COUNTER))
+        self.names.append(n)
+        return n
+
+    def child(self, fn: Callable, *args, linger: bool = True) -> Child:
+        c = Child(fn, *args, linger=linger)
+        self.children.append(c)
+        return c
+
+    def close(self) -> None:
+        errors = []
+        for c in self.children:
+            try:
+                c.close()
+            except Exception as exc:  # keep cleaning
+                errors.append(exc)
+        for n in self.names:
+            try:
+                os.unlink(os.path.join(SHM, n))
+            except FileNotFoundError:
+                pass
+        if errors:
+            raise errors[0]
+
+    # -- blocks ------------------------------------------------------------------------
+    def create(self, capacity: int = 2, stride: int = 4096, evidence: bool = True,
+               commits: int = 0, flex_size: int = 0) -> str:
+        """A block created and filled by a producer that then exited (dead, reaped)."""
+        name = self.name()
+        c = self.child(creator_program, name, capacity, stride, evidence, commits, flex_size,
+                       linger=False)
+        c.recv()
+        assert c.reap() == 0
+        return name
+
+    def create_here(self, **kw) -> tuple:
+        """A block created in this process (the producer heartbeat names this process)."""
+        name = self.name()
+        return name, R.create(name, **kw)
+
+    def fixture(self, filename: str, dead_pid: Optional[int] = None) -> str:
+        """Copy a fixture into /dev/shm; its foreign PIDs become a certainly dead PID."""
+        name = self.name()
+        path = os.path.join(SHM, name)
+        shutil.copyfile(str(self.fixtures_dir() / filename), path)
+        os.chmod(path, 0o600)
+        dead = dead_pid or reaped_pid()
+        with open(path, "r+b") as f:
+            data = bytearray(f.read())
+            offsets = [4096 + 64 * i for i in range(4)] + [496 + 128 * k for k in range(8)]
+            for off in offsets + [2624]:
+                if int.from_bytes(data[off:off + 8], "little"):
+                    data[off:off + 8] = dead.to_bytes(8, "little")
+            f.seek(0)
+            f.write(data)
+        return name
+
+    # -- crash states --------------------------------------------------------------------
+    def crashed(self, scenario: str, evidence: bool = True, capacity: int = 4,
+                stride: int = 4096) -> Crash:
+        """Leave a new block in the crash state ``scenario`` (see SCENARIOS)."""
+        if scenario in WRITER_POINTS:
+            name = self.create(capacity, stride, evidence, commits=capacity + 1)
+            before = committed_snapshot(name)           # just before the crash point
+            last_good = image(name).commit_index
+            w = self.child(writer_program, name, 0, scenario)
+            msg = w.recv()
+            w.kill()
+            return Crash(name, scenario, msg["index"], before, [w], last_good=last_good)
+        if scenario in ("reader", "consumer"):
+            name = self.create(capacity, stride, evidence, commits=capacity + 1)
+            before = committed_snapshot(name)
+            victim = self.child(reader_program if scenario == "reader" else consumer_program,
+                                name)
+            msg = victim.recv()
+            victim.kill()
+            return Crash(name, scenario, msg.get("index"), before, [victim],
+                         last_good=image(name).commit_index)
+        if scenario in ("draining_live_writer", "deadlock"):
+            name = self.create(capacity, stride, evidence, commits=capacity)
+            reader = self.child(reader_program, name)          # inside the newest slot
+            stuck = reader.recv()["index"]
+            reader.kill()
+            # the writer commits until the ring wraps onto the reader's slot, then drains
+            w = self.child(publisher_program, name, capacity - 1, 1)
+            w.recv()
+            wait_for(lambda: image(name).slot(stuck)["state"] == DRAINING
+                     and image(name).slot(stuck)["lock"] == w.pid
+                     and image(name).slot(stuck)["waiting"] == 1, 10, "writer in DRAINING")
+            before = committed_snapshot(name)           # DRAINING data is still committed
+            last_good = image(name).commit_index
+            if scenario == "deadlock":
+                w.kill()
+                return Crash(name, scenario, stuck, before, [reader, w], last_good=last_good)
+            return Crash(name, scenario, stuck, before, [reader], writer=w,
+                         last_good=last_good)
+        raise ValueError(scenario)
+
+
+# -- proving a block works again ------------------------------------------------------------
+def read_latest(name: str) -> tuple:
+    """(slot id, data) of the latest commit, read by a consumer of ours with checksum check;
+    the consumer unregisters afterwards."""
+    b = R.attach(name)
+    try:
+        c = R.Consumer(b, name="verifier")
+        try:
+            rs = c.acquire()
+            assert rs is not None, "no readable committed slot"
+            data = c.read(rs)          # raises on a checksum mismatch
+            c.release(rs)
+            return rs.slot_id, data
+        finally:
+            c.unregister()
+    finally:
+        b.close()
+
+
+def publish_in_child(lab: Lab, name: str, count: int = 1, timeout: float = 10.0) -> List[int]:
+    """A new producer process commits ``count`` slots (a hang fails instead of blocking)."""
+    c = lab.child(publisher_program, name, count, 0, linger=False)
+    ids = c.recv(timeout)["ids"]
+    c.recv(timeout)
+    assert c.reap() == 0
+    return ids
+
+
+def prove_works(lab: Lab, name: str, last_good: Optional[int]) -> None:
+    """A consumer reads the last good commit, a new producer commits, a consumer reads
+    that, and validate passes."""
+    stride = image(name).stride
+    if last_good is not None and last_good != spec.NO_COMMIT:
+        slot_id, data = read_latest(name)
+        assert slot_id == last_good
+        assert data == payload(last_good, stride)
+    ids = publish_in_child(lab, name, 2)
+    slot_id, data = read_latest(name)
+    assert slot_id == ids[-1]
+    assert data == payload(ids[-1], stride)
+    result = E.validate(name)
+    assert result["ok"], result["findings"]
+    assert not [f for f in result["findings"] if f["severity"] == "error"]

@@ -1,0 +1,129 @@
+"""A spec-level reader of pylabhub DataBlock 1.0 images, for tests only.
+
+Written from the tables of the spec (shared/spec/pylabhub-datablock-1.0.md) and of
+docs/architecture.md (our recovery evidence) with plain ``struct`` offsets, and
+deliberately independent of ``plugins/module_utils/_layout.py``: when the two agree on a
+real block, the core's declarative layout is byte-compatible with the format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+
+MAGIC_BYTES = bytes([0x42, 0x48, 0x4C, 0x50])          # u32 0x504C4842 ("PLHB")
+LAYOUT_HASH = bytes.fromhex(
+    "b1820e5099bfdd8f29c33c7db2ba20928cc14f5e7a06139208d8cfe8d18f9f1f")
+NO_COMMIT = 0xFFFFFFFFFFFFFFFF
+FREE, WRITING, COMMITTED, DRAINING = 0, 1, 2, 3
+EVIDENCE_MARKER_BYTES = b"PLRE"
+
+
+def roundup(value, multiple):
+    return (value + multiple - 1) // multiple * multiple
+
+
+def blake(data):
+    return hashlib.blake2b(bytes(data), digest_size=32).digest()
+
+
+def layout_checksum(n, page, s, f, ctype, policy, sync):
+    return blake(struct.pack("<IIIQBBBB", n, page, s, f, ctype, policy & 0xFF, sync & 0xFF, 0))
+
+
+def geometry(n, s, f):
+    n = n or 1
+    d = roundup(4096 + 97 * n, 4096)
+    return {"slots": 4096, "checksums": 4096 + 64 * n, "flex": d, "ring": d + f,
+            "total": roundup(d + f + n * s, 4096)}
+
+
+class Image:
+    """A snapshot of a block's bytes, decoded with the spec's offsets."""
+
+    def __init__(self, data):
+        self.data = bytes(data)
+
+    @classmethod
+    def read(cls, path):
+        with open(path, "rb") as f:
+            return cls(f.read())
+
+    def u(self, off, size):
+        return int.from_bytes(self.data[off:off + size], "little")
+
+    def text(self, off, size):
+        return self.data[off:off + size].split(b"\0", 1)[0].decode()
+
+    # -- header
+    magic_bytes = property(lambda s: s.data[0:4])
+    version = property(lambda s: (s.u(4, 2), s.u(6, 2)))
+    total_block_size = property(lambda s: s.u(8, 8))
+    policy = property(lambda s: s.u(148, 4))
+    sync = property(lambda s: s.u(152, 4))
+    page_size = property(lambda s: s.u(156, 4))
+    stride = property(lambda s: s.u(160, 4))
+    capacity = property(lambda s: s.u(164, 4) or 1)
+    flex_size = property(lambda s: s.u(168, 4))
+    checksum_type = property(lambda s: s.u(172, 1))
+    checksum_policy = property(lambda s: s.u(176, 4))
+    write_index = property(lambda s: s.u(184, 8))
+    commit_index = property(lambda s: s.u(192, 8))
+    read_index = property(lambda s: s.u(200, 8))
+    active_consumers = property(lambda s: s.u(208, 4))
+    total_slots_written = property(lambda s: s.u(432, 8))
+    total_slots_read = property(lambda s: s.u(440, 8))
+    creation_ns = property(lambda s: s.u(472, 8))
+    hub_uid = property(lambda s: s.text(1520, 40))
+    hub_name = property(lambda s: s.text(1560, 64))
+    producer_uid = property(lambda s: s.text(1624, 40))
+    producer_name = property(lambda s: s.text(1664, 64))
+    layout_hash = property(lambda s: s.data[2496:2528])
+    layout_checksum = property(lambda s: s.data[2528:2560])
+    producer_pid = property(lambda s: s.u(2624, 8))
+    producer_ns = property(lambda s: s.u(2632, 8))
+    # -- our evidence (architecture.md)
+    ev_marker_bytes = property(lambda s: s.data[2640:2644])
+    ev_version = property(lambda s: s.u(2644, 2))
+    ev_boot_id = property(lambda s: s.data[2648:2664])
+    ev_producer_pid = property(lambda s: s.u(2664, 8))
+    ev_producer_start = property(lambda s: s.u(2672, 8))
+    evidence_area = property(lambda s: s.data[2640:4096])
+
+    @property
+    def geo(self):
+        return geometry(self.capacity, self.stride, self.flex_size)
+
+    def slot(self, i):
+        e = 4096 + 64 * i
+        return {"lock": self.u(e, 8), "readers": self.u(e + 8, 4), "state": self.u(e + 12, 1),
+                "waiting": self.u(e + 13, 1), "generation": self.u(e + 16, 8),
+                "ev_pid": self.u(e + 24, 8), "ev_start": self.u(e + 32, 8),
+                "ev_locked_ns": self.u(e + 40, 8), "ev_changed_ns": self.u(e + 48, 8),
+                "tail": self.data[e + 24:e + 64]}
+
+    def checksum(self, i):
+        off = 4096 + 64 * self.capacity + 33 * i
+        return self.data[off:off + 32], self.data[off + 32]
+
+    def slot_data(self, i):
+        off = self.geo["ring"] + self.stride * i
+        return self.data[off:off + self.stride]
+
+    def checksum_valid(self, i):
+        return self.checksum(i)[0] == blake(self.slot_data(i))
+
+    def consumer(self, k):
+        e = 496 + 128 * k
+        return {"pid": self.u(e, 8), "heartbeat_ns": self.u(e + 8, 8),
+                "uid": self.text(e + 16, 40), "name": self.text(e + 56, 32)}
+
+    def consumer_evidence(self, k):
+        e = 2688 + 32 * k
+        return {"pid": self.u(e, 8), "start": self.u(e + 8, 8), "reading": self.u(e + 16, 8)}
+
+
+def start_ticks(pid):
+    """Field 22 of /proc/<pid>/stat, parsed after the last ')' (independent of _procinfo)."""
+    with open("/proc/%d/stat" % pid, "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[19])

@@ -1,0 +1,96 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""fleet_summary: which result keys count where (the real table is checked end to end
+in tests/integration/test_playbooks.py)."""
+
+from __future__ import annotations
+
+from ansible_collections.pylabhub.recovery.plugins.callback.fleet_summary import (
+    CallbackModule)
+
+SCHEMA = "pylabhub.recovery/v1"
+
+
+class Host(object):
+    def __init__(self, name):
+        self.name = name
+
+    def get_name(self):
+        return self.name
+
+
+class Result(object):
+    """The 2.19 callback task result shape (``host``, ``result``)."""
+
+    def __init__(self, host, result):
+        self.host = Host(host)
+        self.result = result
+
+
+class OldResult(object):
+    """The pre-2.19 shape (``_host``, ``_result``)."""
+
+    def __init__(self, host, result):
+        self._host = Host(host)
+        self._result = result
+
+
+def doc(operation, address, **kw):
+    out = {"schema": SCHEMA, "operation": operation, "block": {"address": address}}
+    out.update(kw)
+    return out
+
+
+def rows(cb):
+    return dict(cb.rows())
+
+
+def test_counts_per_host():
+    cb = CallbackModule()
+    cb.v2_runner_on_ok(Result("h1", {"blocks": [
+        {"address": "a", "health": {"healthy": False, "valid": None}},
+        {"address": "b", "health": {"healthy": True, "valid": True}},
+        {"address": "c", "health": {"healthy": True, "valid": False}},
+    ]}))
+    cb.v2_runner_on_ok(Result("h1", {"recovery": doc("heal", "a", changed=True, dry_run=False,
+                                                     healthy=True, refused=[],
+                                                     validate={"valid": True})}))
+    cb.v2_runner_on_failed(Result("h1", {"recovery": doc("recover", "d", changed=False,
+                                                         dry_run=False,
+                                                         refused=[{"slot": 0}])}))
+    cb.v2_runner_on_unreachable(OldResult("h2", {"unreachable": True}))
+    assert rows(cb) == {
+        "h1": {"blocks": 4, "healthy": 2, "recovered": "1", "refused": 1, "corrupt": 1,
+               "unreachable": 0},
+        "h2": {"blocks": 0, "healthy": 0, "recovered": "0", "refused": 0, "corrupt": 0,
+               "unreachable": 1},
+    }
+
+
+def test_check_mode_predictions_are_marked():
+    cb = CallbackModule()
+    cb.v2_runner_on_ok(Result("h", {"cleanup": doc("cleanup", "a", changed=True,
+                                                   dry_run=True)}))
+    assert rows(cb)["h"]["recovered"] == "1*"
+    assert "nothing was written" in cb.table()
+
+
+def test_a_real_change_makes_health_unknown_and_loops_are_read():
+    cb = CallbackModule()
+    cb.v2_runner_on_ok(Result("h", {"diagnosis": doc("diagnose", "a", healthy=True)}))
+    cb.v2_runner_on_ok(Result("h", {"results": [
+        {"recovery": doc("recover", "a", changed=True, dry_run=False, refused=[])},
+        {"blocks": [{"address": "b",
+                     "validation": doc("validate", "b", changed=False, dry_run=False,
+                                       valid=False)}]},
+    ]}))
+    assert rows(cb)["h"] == {"blocks": 2, "healthy": 0, "recovered": "1", "refused": 0,
+                             "corrupt": 1, "unreachable": 0}
+
+
+def test_other_modules_are_ignored():
+    cb = CallbackModule()
+    cb.v2_runner_on_ok(Result("h", {"changed": True, "blocks": "not ours",
+                                    "recovery": {"changed": True}}))
+    assert cb.table() is None

@@ -1,0 +1,197 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""datablock_recover on real blocks left by real SIGKILLed processes."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.pylabhub.recovery.plugins.modules import datablock_recover
+from ansible_collections.pylabhub.recovery.tests.crashlab import snapshot
+
+FREE, WRITING, COMMITTED = 0, 1, 2
+
+
+def test_release_writer_check_apply_idempotent(run, lab, name):
+    slot, dead = lab.stuck_writer(name)
+    args = {"name": name, "slot": slot, "action": "release_writer"}
+    before = snapshot(name)
+
+    checked = run(datablock_recover, args, check_mode=True)
+    assert not checked.failed, checked
+    assert checked["changed"] is True
+    assert checked["recovery"]["dry_run"] is True
+    assert snapshot(name) == before, "check mode wrote to the block"
+
+    applied = run(datablock_recover, args)
+    assert not applied.failed and applied["changed"] is True
+    assert applied["recovery"]["dry_run"] is False
+    assert applied["recovery"]["outcomes"][0]["result"] == "SUCCESS"
+    assert applied["recovery"]["outcomes"][0]["holder"] == dict(
+        applied["recovery"]["outcomes"][0]["holder"], pid=dead, state="dead")
+    words = lab.slot_words(name, slot)
+    assert words["write_lock"] == 0 and words["slot_state"] == FREE
+    # the check-mode prediction named the same words the real run changed
+    assert ([c["target"] for c in checked["recovery"]["changes"]]
+            == [c["target"] for c in applied["recovery"]["changes"]])
+
+    after = snapshot(name)
+    again_check = run(datablock_recover, args, check_mode=True)
+    again = run(datablock_recover, args)
+    assert not again_check.failed and again_check["changed"] is False
+    assert not again.failed and again["changed"] is False
+    assert again["recovery"]["outcomes"][0]["result"] == "NOT_STUCK"
+    assert snapshot(name) == after
+
+
+def test_diff_shows_each_touched_slot_before_and_after(run, lab, name):
+    slot, dead = lab.stuck_writer(name)
+    out = run(datablock_recover, {"name": name, "slot": slot, "action": "release_writer"},
+              check_mode=True, diff=True)
+    diff = out["diff"]
+    assert diff["before_header"].startswith(name)
+    before, after = diff["before"], diff["after"]
+    assert "slot[%d]:" % slot in before and "slot[%d]:" % slot in after
+    assert "write_lock: %d" % dead in before and "write_lock: 0" in after
+    assert "slot_state: 1 (WRITING)" in before and "slot_state: 0 (FREE)" in after
+    assert "header:" in before and "write_index:" in before
+    # no diff unless asked for
+    assert "diff" not in run(datablock_recover, {"name": name, "slot": slot,
+                                                 "action": "release_writer"},
+                             check_mode=True).result
+
+
+def test_slot_all_and_digit_strings(run, lab, name):
+    slot, _dead = lab.stuck_writer(name)
+    out = run(datablock_recover, {"name": name, "slot": "all", "action": "release_writer"},
+              check_mode=True)
+    assert not out.failed and out["changed"] is True
+    assert len(out["recovery"]["outcomes"]) == 4
+    assert out["recovery"]["result"] == "SUCCESS"
+    out = run(datablock_recover, {"name": name, "slot": str(slot), "action": "release_writer"})
+    assert not out.failed and out["changed"] is True and out["recovery"]["slot"] == slot
+
+
+def test_live_holder_is_refused_with_pid_and_verdict(run, lab, name):
+    slot, live = lab.live_writer(name)
+    before = snapshot(name)
+    for check_mode in (True, False):
+        out = run(datablock_recover, {"name": name, "slot": slot, "action": "release_writer"},
+                  check_mode=check_mode)
+        assert out.failed, out
+        assert "pid %d" % live in out["msg"] and "verdict alive" in out["msg"]
+        assert out["code"] == "holder-alive"
+        assert out["changed"] is False
+        assert out["recovery"]["refused"][0]["holder"]["pid"] == live
+    assert snapshot(name) == before
+    assert lab.slot_words(name, slot)["write_lock"] == live
+
+
+def test_force_releases_a_live_holder_with_a_warning(run, lab, name):
+    slot, live = lab.live_writer(name)
+    out = run(datablock_recover, {"name": name, "slot": slot, "action": "release_writer",
+                                  "force": True})
+    assert not out.failed and out["changed"] is True
+    assert any("FORCED" in w and str(live) in w for w in out.warnings)
+    assert lab.slot_words(name, slot)["write_lock"] == 0
+
+
+def test_release_readers_of_a_dead_consumer(run, lab, name):
+    slot, _pid = lab.stuck_reader(name)
+    args = {"name": name, "slot": slot, "action": "release_readers"}
+    before = snapshot(name)
+    assert run(datablock_recover, args, check_mode=True)["changed"] is True
+    assert snapshot(name) == before
+    out = run(datablock_recover, args, diff=True)
+    assert out["changed"] is True
+    assert "reader_count: 1" in out["diff"]["before"]
+    assert "reader_count: 0" in out["diff"]["after"]
+    assert lab.slot_words(name, slot)["reader_count"] == 0
+    assert run(datablock_recover, args)["changed"] is False
+
+
+def test_heal_composite(run, lab, name):
+    slot, _dead = lab.stuck_writer(name)
+    args = {"name": name, "action": "heal"}
+    before = snapshot(name)
+    checked = run(datablock_recover, args, check_mode=True)
+    assert not checked.failed and checked["changed"] is True
+    assert checked["recovery"]["operation"] == "heal"
+    assert checked["recovery"]["healthy"] is True     # predicted
+    assert snapshot(name) == before
+    out = run(datablock_recover, dict(args, slot="all"))
+    assert not out.failed and out["changed"] is True and out["recovery"]["healthy"] is True
+    assert lab.slot_words(name, slot)["write_lock"] == 0
+    assert run(datablock_recover, args, check_mode=True)["changed"] is False
+    assert run(datablock_recover, args)["changed"] is False
+
+
+def test_heal_refuses_nothing_on_live_holder_but_changes_nothing(run, lab, name):
+    _slot, _live = lab.live_writer(name)
+    out = run(datablock_recover, {"name": name, "action": "heal"})
+    # an alive holder is simply not stuck: nothing to do
+    assert not out.failed and out["changed"] is False
+
+
+def test_nothing_to_do_on_a_healthy_block(run, lab, name):
+    lab.healthy(name)
+    out = run(datablock_recover, {"name": name, "slot": "all", "action": "force_reset"})
+    assert not out.failed and out["changed"] is False
+    assert out["recovery"]["result"] == "NOT_STUCK"
+
+
+def test_missing_block(run, name):
+    out = run(datablock_recover, {"name": name, "slot": 0, "action": "release_writer"})
+    assert out.failed and out["code"] == "not-found"
+    assert name in out["msg"] and out["error"]["code"] == "not-found"
+    assert "recovery" not in out.result
+
+
+def test_slot_out_of_range(run, lab, name):
+    lab.healthy(name)
+    out = run(datablock_recover, {"name": name, "slot": 9, "action": "release_writer"})
+    assert out.failed and out["code"] == "slot-out-of-range"
+    assert "0..3" in out["msg"] and out["error"]["capacity"] == 4
+
+
+@pytest.mark.parametrize("args, needle", [
+    ({"slot": 0}, "missing required arguments: action"),
+    ({"action": "release_writer"}, "slot"),
+    ({"slot": 0, "action": "explode"}, "value of action must be one of"),
+    ({"slot": "first", "action": "release_writer"}, "slot must be a slot index or 'all'"),
+    ({"slot": True, "action": "release_writer"}, "slot must be a slot index"),
+    ({"slot": 1.5, "action": "release_writer"}, "slot must be a slot index"),
+    ({"slot": 0, "action": "heal"}, "omit slot or give slot=all"),
+    ({"action": "heal", "force": True}, "never forced"),
+    ({"slot": 0, "action": "release_writer", "repair": True}, "only accepted with action=heal"),
+])
+def test_argument_errors(run, lab, name, args, needle):
+    lab.healthy(name)
+    before = snapshot(name)
+    out = run(datablock_recover, dict(args, name=name))
+    assert out.failed and needle in out["msg"], out
+    assert snapshot(name) == before
+
+
+def test_name_is_required(run):
+    out = run(datablock_recover, {"slot": 0, "action": "release_writer"})
+    assert out.failed and "name" in out["msg"]
+
+
+def test_invalid_name(run):
+    out = run(datablock_recover, {"name": "../etc/passwd", "slot": 0,
+                                  "action": "release_writer"})
+    assert out.failed and out["code"] == "invalid-name"
+
+
+@pytest.mark.usefixtures("without_optional_libraries")
+def test_missing_optional_libraries_are_reported_not_fatal(run, lab, name):
+    slot, _dead = lab.stuck_writer(name)
+    out = run(datablock_recover, {"name": name, "slot": slot, "action": "release_writer"})
+    assert not out.failed and out["changed"] is True
+    libs = out["optional_libraries"]
+    assert set(libs) == {"psutil", "posix_ipc"}
+    for lib in libs.values():
+        assert lib["present"] is False and lib["version"] is None
+        assert "Error" in lib["error"]          # ImportError / ModuleNotFoundError
