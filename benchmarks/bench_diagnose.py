@@ -61,17 +61,20 @@ def main() -> int:
     name = "plhbench_diag_%d" % os.getpid()
     build(name, args.slots, args.stride)
     try:
-        times = []
+        times, cpu = [], []
         for _ in range(args.runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = E.diagnose(name)
             times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
         assert len(result["slots"]) == args.slots
         assert result["stuck_slots"] == [args.slots - 1], result["stuck_slots"][:5]
         med = statistics.median(times)
         print("diagnose: %d slots x %d B, runs %s" % (
             args.slots, args.stride, ", ".join("%.3f s" % t for t in times)))
-        print("diagnose median: %.3f s  (%.0f slots/s)" % (med, args.slots / med))
+        print("diagnose median: %.3f s  (%.0f slots/s); CPU median %.3f s (%.0f slots/s); "
+              "load average %.1f" % (med, args.slots / med, statistics.median(cpu),
+                                     args.slots / statistics.median(cpu), os.getloadavg()[0]))
     finally:
         os.unlink("/dev/shm/" + name)
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -72,15 +73,19 @@ def main() -> int:
           % (path, args.slots, args.stride, args.slots * args.stride / 2**30,
              time.perf_counter() - t0))
     try:
-        tv, tb = [], []
+        tv, tb, cv, cb = [], [], [], []
         for _ in range(args.runs):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             result = E.validate(name)
             tv.append(time.perf_counter() - t0)
+            cv.append(time.process_time() - c0)        # all threads of this process
             assert result["ok"] and not result["findings"], result["findings"][:3]
+            r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             subprocess.run([b2sum, path], check=True, stdout=subprocess.DEVNULL)
             tb.append(time.perf_counter() - t0)
+            r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cb.append(r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime)
         v, b = statistics.median(tv), statistics.median(tb)
         gib = args.slots * args.stride / 2**30
         print("validate: runs %s" % ", ".join("%.3f s" % t for t in tv))
@@ -88,7 +93,10 @@ def main() -> int:
                                                       size / 2**30))
         print("validate median %.3f s (%.2f GiB/s), b2sum median %.3f s (%.2f GiB/s)"
               % (v, gib / v, b, size / 2**30 / b))
-        print("ratio validate/b2sum = %.2f (target <= 1.0; %d CPUs)" % (v / b, os.cpu_count()))
+        print("ratio validate/b2sum = %.2f wall (target <= 1.0; %d CPUs, load average %.1f); "
+              "CPU seconds: validate %.3f, b2sum %.3f (ratio %.2f)"
+              % (v / b, os.cpu_count(), os.getloadavg()[0], statistics.median(cv),
+                 statistics.median(cb), statistics.median(cv) / statistics.median(cb)))
     finally:
         os.unlink(path)
     return 0

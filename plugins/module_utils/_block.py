@@ -390,7 +390,11 @@ def open_block(address: str, writable: bool = False, strict: bool = True) -> Blo
     kind, path = resolve(address)
     fd, st = _open(kind, path, address, writable)
     try:
-        head = os.pread(fd, L.HEADER_SIZE, 0)
+        try:
+            head = os.pread(fd, L.HEADER_SIZE, 0)
+        except OSError as exc:       # e.g. EIO from /proc/<pid>/mem: not a block we can read
+            raise RecoveryError("%s: cannot read the header of %s: %s"
+                                % (address, path, exc.strerror))
         geometry, problems = inspect_header(head, st.st_size)
         fatal = [p for p in problems if isinstance(p, (NotADataBlock, BlockNotReady))]
         if fatal or st.st_size < L.HEADER_SIZE or (strict and problems):

@@ -10,7 +10,9 @@ uid, name and read position stale and never reconciles ``active_consumer_count``
 dead-pid -> our pid (so a consumer registering at the same moment cannot have its fresh
 identity wiped), clear heartbeat, uid, name, read position and evidence, then CAS our pid
 -> 0. Afterwards ``active_consumer_count`` and (Sequential_sync) ``read_index`` are
-*recomputed* from the surviving entries and set by CAS on the observed value.
+*recomputed* from the surviving entries and set by CAS on the observed value, but only
+when the table stays still for ~60 ms (a live consumer claims its entry a moment before it
+counts itself): a table that is moving is left for a later run.
 """
 
 from __future__ import annotations
@@ -38,8 +40,14 @@ def cleanup(scene: Scene) -> Dict[str, object]:
         if 0 <= index < scene.block.geo.capacity and scene.slot(index).reader_count:
             outcomes.append(plan_slot(scene, index, "release_readers"))
     # 2. the entries themselves
-    cleaned = 0
+    cleaned = counted = 0
     for c in dead:
+        if _still_inside(scene, c):
+            outcomes.append({"consumer": c.index, "pid": c.pid, "result": "FAILED",
+                             "message": "consumer %d (pid %d): its reader in slot %d could not "
+                             "be released yet (see that slot's outcome); entry kept so a later "
+                             "run can still attribute it" % (c.index, c.pid, c.reading)})
+            continue
         try:
             _clear_entry(scene, c)
         except ConcurrentChange as exc:
@@ -49,15 +57,28 @@ def cleanup(scene: Scene) -> Dict[str, object]:
             continue
         plan.commit()
         cleaned += 1
+        counted += 1 if c.heartbeat_ns else 0    # stamped after its count += 1
         outcomes.append({"consumer": c.index, "pid": c.pid, "result": "SUCCESS",
                          "message": "consumer %d (pid %d, %s): entry cleared; %s"
                          % (c.index, c.pid, c.name or "unnamed", "; ".join(c.verdict.evidence)),
                          "verdict": c.verdict.to_dict()})
     # 3. reconcile from survivors; upstream counts one action per entry cleaned
-    reconciled = _reconcile(scene)
+    reconciled = _reconcile(scene, counted)
     fixed = [r for r in reconciled if "after" in r]
     plan.count_recovery(cleaned or (1 if fixed else 0))
     return {"cleaned": cleaned, "outcomes": outcomes, "reconciled": reconciled}
+
+
+def _still_inside(scene: Scene, c: ConsumerView) -> bool:
+    """True when our evidence still says ``c`` reads a slot whose readers step 1 could not
+    release (refused, or a live reader moved the count): clearing the entry now would
+    wipe the only record of that reader, and the writer waiting on it would wait forever."""
+    if c.reading is None or not 0 <= c.reading < scene.block.geo.capacity:
+        return False
+    if scene.plan.get(CEV["reading"], L.consumer_evidence(c.index)) != c.reading + 1:
+        return False                      # step 1 released it and consumed the evidence
+    return bool(scene.plan.get(L.SLOT["reader_count"],
+                               scene.block.geo.slot_entry(c.reading)))
 
 
 def _clear_entry(scene: Scene, c: ConsumerView) -> None:
@@ -98,7 +119,7 @@ def _survey(plan) -> tuple:
 
 def _targets(seen: tuple) -> Dict[str, int]:
     """What the survivors say the count (and read_index) should be."""
-    pids, count, positions, read_index, _ = seen
+    pids, count, positions, read_index = seen[:4]
     survivors = [k for k, pid in enumerate(pids) if pid]
     out = {}
     if count != len(survivors):
@@ -110,7 +131,30 @@ def _targets(seen: tuple) -> Dict[str, int]:
     return out
 
 
-def _reconcile(scene: Scene) -> List[Dict[str, object]]:
+def _uncount(plan, counted: int) -> List[Dict[str, object]]:
+    """The table keeps moving (live consumers stamp their heartbeat at every read), so it
+    cannot be recounted: do what each cleared consumer's own unregister would have done,
+    count -= 1 per entry that had counted itself, never below zero, by CAS on the value
+    seen (retried: live consumers move the count too)."""
+    field = L.HEADER["active_consumer_count"]
+    for dummy in range(16):
+        count = plan.get(field)
+        if counted <= 0 or count == 0 or count >= 1 << 31:
+            return []
+        plan.begin()
+        try:
+            plan.cas("header.active_consumer_count", field, 0, count, max(0, count - counted))
+        except ConcurrentChange:
+            plan.rollback()
+            continue
+        plan.commit()
+        return [{"field": "active_consumer_count", "before": count,
+                 "after": max(0, count - counted)}]
+    return [{"field": "header.active_consumer_count", "result": "FAILED",
+             "message": "active_consumer_count kept changing; run again"}]
+
+
+def _reconcile(scene: Scene, counted: int = 0) -> List[Dict[str, object]]:
     plan = scene.plan
     seen = _survey(plan)
     if not _targets(seen):
@@ -118,12 +162,12 @@ def _reconcile(scene: Scene) -> List[Dict[str, object]]:
     # A live consumer claims its entry a moment before counting itself (and uncounts
     # itself a moment after freeing it): a mismatch is only acted on when every look over
     # ~60 ms reads the very same words, else a count "fixed" mid-(un)registration would
-    # drift or underflow when that consumer finishes. A moving table is left for later.
+    # drift or underflow when that consumer finishes. A moving table is only uncounted.
     for pause in _SETTLE_S:
         time.sleep(pause)
         if _survey(plan) != seen:
-            return []
-    _, count, _, read_index, _ = seen
+            return _uncount(plan, counted)
+    count, read_index = seen[1], seen[3]
     targets = _targets(seen)
     done: List[Dict[str, object]] = []
     plan.begin()

@@ -44,8 +44,8 @@ def explain_slot(scene: Scene, view: SlotView) -> Dict[str, object]:
     elif readers_stuck:
         waiting = (" ; writer pid %d waits for them forever" % view.write_lock
                    if view.state == _S.DRAINING and view.write_lock else "")
-        reason = "%d of %d reader(s) provably dead%s" % (view.releasable_readers,
-                                                          view.reader_count, waiting)
+        reason = "%d of %d reader(s) provably dead%s" % (
+            view.releasable_readers, view.reader_count, waiting)
         action = "release_readers"
     elif suspect:
         reason = ("write lock held by pid %d whose verdict is %s: not released without --force"

@@ -52,7 +52,7 @@ def _spawn(body: Callable[[Callable[[], None]], None], timeout: float = 5.0) -> 
             os._exit(code)
     os.close(w)
     try:
-        ready, _, _ = select.select([r], [], [], timeout)
+        ready = select.select([r], [], [], timeout)[0]
         if not ready or not os.read(r, 1):
             _kill([pid])
             raise RuntimeError("drill child %d did not reach its protocol point" % pid)
@@ -135,7 +135,7 @@ def _stage(point: str, block, rng: random.Random) -> Tuple[List[int], List[int],
         return [_spawn(reader(None if rng.random() < 0.5 else block.get("commit_index")
                               % geo.capacity))], [], []
     if point == "consumer_registered":
-        return [_spawn(reader(None)) for _ in range(rng.randint(1, 3))], [], []
+        return [_spawn(reader(None)) for dummy in range(rng.randint(1, 3))], [], []
     if point in ("writer_draining", "deadlock"):
         producer = R.Producer(block)
         while block.slot(block.get("write_index") % geo.capacity, "slot_state") != _S.COMMITTED:
@@ -153,6 +153,7 @@ def _stage(point: str, block, rng: random.Random) -> Tuple[List[int], List[int],
         if point == "deadlock":
             return [rd, wr_pid], [], []
         return [rd], [wr_pid], [target]
+
     # random: a publishing producer and two reading consumers, killed at a random moment
     def publisher(ready: Callable[[], None]) -> None:
         p = R.Producer(block)
@@ -183,7 +184,7 @@ def run_iteration(seed: int, index: int, capacity: int = 4, stride: int = 4096) 
     block = R.create(name, capacity=capacity, stride=stride)
     try:
         producer = R.Producer(block)
-        for _ in range(rng.randint(1, capacity)):
+        for dummy in range(rng.randint(1, capacity)):
             producer.publish(_payload(rng, stride))
         try:
             killed, survivors, exempt = _stage(point, block, rng)

@@ -21,6 +21,17 @@ EXIT_CONCURRENT = 6     # a word changed between plan and action; nothing half-d
 EXIT_INTERNAL = 7       # platform cannot do it (no atomics) or an internal error
 
 
+def one_line(text: object) -> str:
+    """``text`` with every unprintable character (newline, escape, line separator, lone
+    surrogate...) backslash-escaped: a hostile block name cannot break a message in two or
+    drive the operator's terminal, and the message can always be printed."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+                   for ch in text)
+
+
 class RecoveryError(Exception):
     """Base of every error this project raises on purpose."""
 
@@ -31,6 +42,15 @@ class RecoveryError(Exception):
         super().__init__(message)
         self.message = message
         self.details = details
+
+    @property
+    def message(self) -> str:
+        return self._message
+
+    @message.setter
+    def message(self, text: str) -> None:   # always one printable line (see one_line)
+        self._message = one_line(text)
+        self.args = (self._message,)
 
     def to_dict(self) -> dict:
         out = {"code": self.code, "message": self.message}

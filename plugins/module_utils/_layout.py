@@ -88,7 +88,8 @@ class Field:
 
 def _table(*fields: Field) -> Dict[str, Field]:
     table = {f.name: f for f in fields}
-    assert len(table) == len(fields), "duplicate field name"
+    if len(table) != len(fields):
+        raise AssertionError("duplicate field name in a layout table")
     return table
 
 
@@ -278,5 +279,6 @@ def read_position(k: int) -> int:
     return READ_POSITIONS_OFFSET + 8 * k
 
 
-assert CONSUMER_EVIDENCE_OFFSET + MAX_CONSUMERS * CONSUMER_EVIDENCE_SIZE <= HEADER_SIZE
-assert max(f.end for f in SLOT.values()) <= SLOT_ENTRY_SIZE
+if (CONSUMER_EVIDENCE_OFFSET + MAX_CONSUMERS * CONSUMER_EVIDENCE_SIZE > HEADER_SIZE
+        or max(f.end for f in SLOT.values()) > SLOT_ENTRY_SIZE):
+    raise AssertionError("evidence does not fit the bytes pylabhub leaves unused")

@@ -172,7 +172,7 @@ def judge(pid: int, *, recorded_start_ticks: Optional[int] = None,
     if stamps:
         # Process start is CLOCK_BOOTTIME based; minus all suspend so far it is a lower
         # bound of the start on CLOCK_MONOTONIC (ticks truncate down: also a lower bound).
-        held_at = max(v for _, v in stamps)
+        held_at = max(value for dummy, value in stamps)
         start_mono_min = st.start_ticks * 10**9 // snap.clk_tck - snap.suspended_ns
         if start_mono_min > held_at + 10**9 // snap.clk_tck:
             msg = ("pid %d started %s after the block recorded its holder at monotonic %d"

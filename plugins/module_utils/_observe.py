@@ -153,7 +153,7 @@ class Scene:
         # CAS with the state it stored after (an "orphan" that is not one): accept a look
         # only when the next look reads the very same words.
         words = _slot_words(self.plan, base)
-        for _ in range(_CONSISTENT_TRIES):
+        for dummy in range(_CONSISTENT_TRIES):
             again = _slot_words(self.plan, base)
             if again == words:
                 break
@@ -163,7 +163,7 @@ class Scene:
     def slot(self, index: int) -> SlotView:
         p, base = self.plan, self.block.geo.slot_entry(index)
         words = self._stable_words(base)
-        for _ in range(_CONSISTENT_TRIES):
+        for dummy in range(_CONSISTENT_TRIES):
             if not words[1]:
                 break
             # Readers are judged against the consumer table read AFTER their count: a

@@ -110,9 +110,8 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
     step = scene.plan.commit()
     scene.plan.count_recovery(1 if step else 0)
     left = (" (%d reader(s) kept: they may be live)" % new_readers) if new_readers else ""
-    result = outcome(index, SUCCESS, "slot %d: %s%s" % (index, _describe(view, writer_todo,
-                                                                            new_readers), left),
-                     view)
+    message = "slot %d: %s%s" % (index, _describe(view, writer_todo, new_readers), left)
+    result = outcome(index, SUCCESS, message, view)
     if warnings:
         result["warnings"] = warnings
     return result

@@ -11,6 +11,12 @@ data (the cached "verified" byte is never trusted). Without repair nothing is wr
 With repair, only COMMITTED slots whose checksum is wrong or missing get a new checksum,
 each under our own write lock, and each is listed; everything else stays as found.
 Hashing uses large zero-copy views and both cores (hashlib releases the GIL).
+
+Validation runs against live processes too, so nothing they pass through is reported: a
+state problem counts only when the same words are still there ~60 ms later, and a slot
+checksum mismatch only when the slot's lock, generation, state and stored checksum read
+after hashing equal those read before (a slot that keeps changing is "checksum-unverified",
+severity info).
 """
 
 from __future__ import annotations

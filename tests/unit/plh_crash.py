@@ -102,7 +102,7 @@ class Actor:
             if left <= 0:
                 self.kill()
                 raise RuntimeError("%s actor did not reach its point" % self.role)
-            ready, _, _ = select.select([fd], [], [], left)
+            ready = select.select([fd], [], [], left)[0]
             if ready:
                 chunk = os.read(fd, 4096)
                 if not chunk:
@@ -172,7 +172,7 @@ class Crashes:
         p = self.producer(name, 1)
         p.kill()
         pids = []
-        for _ in range(readers):
+        for unused in range(readers):
             r = self.actor("reader", name, 0)
             pids.append(r.pid)
             r.kill()
@@ -191,7 +191,7 @@ class Crashes:
         p = self.producer(name, 2)
         p.kill()
         pids = []
-        for _ in range(dead):
+        for unused in range(dead):
             c = self.actor("consumer", name)
             pids.append(c.pid)
             c.kill()

@@ -1,4 +1,4 @@
-"""pylabhub.recovery -- diagnose and recover pylabhub DataBlock 1.0 shared memory after crashes.
+"""Diagnose and recover pylabhub DataBlock 1.0 shared memory after crashes.
 
 A pylabhub *DataBlock* is a shared-memory ring of slots (``/dev/shm/<name>`` or a memfd).
 When a producer or a consumer dies (SIGKILL, crash, OOM) inside the protocol it can leave

@@ -214,8 +214,8 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     address = quote(str(block["address"]))
     for s in d["slots"]:
         if s.get("action"):
-            hints.append("%s recover %s --slot %s --action %s" % (PROG, address, s["index"],
-                                                                 s["action"]))
+            hints.append("%s recover %s --slot %s --action %s"
+                         % (PROG, address, s["index"], s["action"]))
     if any(c.get("action") for c in consumers):
         hints.append("%s cleanup %s" % (PROG, address))
     if hints:
@@ -258,8 +258,8 @@ def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
     lines += outcome_lines(r.get("outcomes") or [], style)
     for rec in r.get("reconciled") or []:
         if "before" in rec:
-            lines.append("  reconciled %s: %s -> %s" % (rec.get("field"), rec["before"],
-                                                       rec["after"]))
+            lines.append("  reconciled %s: %s -> %s"
+                         % (rec.get("field"), rec["before"], rec["after"]))
         else:
             lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
                                                     rec.get("message", "")))

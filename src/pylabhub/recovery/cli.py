@@ -10,7 +10,6 @@ decided here. It never imports ansible, and loads the engine only after parsing,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
@@ -177,6 +176,7 @@ class Out:
         self.style = R.Style(color)
 
     def data(self, obj: Any) -> None:
+        import json
         sys.stdout.write(json.dumps(obj, indent=2, default=_hexify) + "\n")
 
     def lines(self, lines: Sequence[str]) -> None:
@@ -363,28 +363,28 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
     return worst
 
 
-def _with_bar(fn: Callable[..., Dict[str, Any]], bar: Optional[R.ProgressBar],
+def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional[R.ProgressBar],
               **kw: Any) -> Dict[str, Any]:
     try:
-        return fn(progress=bar, **kw)
+        return fn(progress=progress, **kw)
     finally:
-        if bar is not None:
-            bar.close()
+        if progress is not None:
+            progress.close()
 
 
 def cmd_cleanup(args: argparse.Namespace, out: Out) -> int:
-    return _one_or_all(args, out, "cleanup", lambda address, bar: _engine().cleanup(
+    return _one_or_all(args, out, "cleanup", lambda address, progress: _engine().cleanup(
         address, dry_run=args.dry_run))
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
-    return _one_or_all(args, out, "validate", lambda address, bar: _with_bar(
-        _engine().validate, bar, address=address, repair=args.repair, dry_run=args.dry_run))
+    return _one_or_all(args, out, "validate", lambda address, progress: _with_bar(
+        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run))
 
 
 def cmd_heal(args: argparse.Namespace, out: Out) -> int:
-    return _one_or_all(args, out, "heal", lambda address, bar: _with_bar(
-        _engine().heal, bar, address=address, repair=args.repair, dry_run=args.dry_run))
+    return _one_or_all(args, out, "heal", lambda address, progress: _with_bar(
+        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run))
 
 
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,

@@ -22,7 +22,7 @@ UNIT = Path(__file__).resolve().parent.parent
 if str(UNIT) not in sys.path:
     sys.path.insert(0, str(UNIT))
 
-from plh_crash import crashes, names  # noqa: E402,F401  (fixtures)
+from plh_crash import crashes, names  # noqa: E402,F401 pylint: disable=unused-import
 
 REPO = UNIT.parent.parent
 SCHEMA_FILE = REPO / "docs" / "schema-v1.json"
@@ -92,7 +92,7 @@ def cli(schema):
         full_env.pop("PLH_DEBUG", None)
         full_env.update(env or {})
         p = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                           env=full_env, timeout=timeout)
+                           env=full_env, timeout=timeout, check=False)
         r = Run(args, p.returncode, p.stdout, p.stderr)
         assert "Traceback" not in p.stderr + p.stdout or full_env.get("PLH_DEBUG") == "1", r
         if "--json" in args and p.stdout:
@@ -125,7 +125,7 @@ def tty_cli():
             if time.monotonic() > deadline:
                 p.kill()
                 pytest.fail("CLI on a terminal did not finish: %r" % seen)
-            ready, _, _ = select.select([master], [], [], 0.05)
+            ready = select.select([master], [], [], 0.05)[0]
             if ready:
                 try:
                     chunk = os.read(master, 4096)

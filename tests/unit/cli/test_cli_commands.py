@@ -299,3 +299,78 @@ def test_read_only_commands_twice(cli, crashes, names, argv):
     one, two = cli(*args), cli(*args)
     assert one.rc == two.rc
     assert read_bytes(shm(name)) == before
+
+
+# --------------------------------------------------------------------------- addresses, --all
+def test_block_by_path(cli, crashes, names):
+    name = names()
+    crashes.stuck_writer(name)
+    r = cli("diagnose", shm(name), "--json")
+    assert r.rc == 1 and r.json["block"]["kind"] == "path" and r.json["stuck_slots"] == [0]
+    r = cli("recover", shm(name), "--slot", "0", "--action", "release_writer")
+    assert r.rc == 0 and image(name).slot(0)["lock"] == 0
+
+
+MEMFD_HOLDER = """
+import os, signal, sys
+data = open(sys.argv[1], "rb").read()
+fd = os.memfd_create(sys.argv[2])
+os.write(fd, data)
+print(fd, flush=True)
+while True:
+    signal.pause()
+"""
+
+
+def test_block_by_memfd_address(cli, crashes, names):
+    """A memfd-backed block (pylabhub's newer channels): list prints memfd:<pid>:<fd>, and
+    that address works in every command."""
+    import subprocess
+    import sys
+    source = names()
+    crashes.stuck_writer(source)
+    holder = subprocess.Popen([sys.executable, "-c", MEMFD_HOLDER, shm(source), "plh_memfd"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        fd = int(holder.stdout.readline())
+        address = "memfd:%d:%d" % (holder.pid, fd)
+        r = cli("list", address, "--json")
+        assert [(b["address"], b["kind"], b["name"]) for b in r.json["blocks"]] == [
+            (address, "memfd", "plh_memfd")]
+        assert address in cli("list", address).stdout
+        r = cli("diagnose", address, "--json")
+        assert r.rc == 1 and r.json["block"]["kind"] == "memfd" and r.json["stuck_slots"] == [0]
+        r = cli("recover", address, "--slot", "0", "--action", "release_writer", "--json")
+        assert r.rc == 0 and r.json["changed"], r
+        assert cli("diagnose", address).rc == 0
+        assert image(source).slot(0)["state"] == WRITING     # the memfd is its own copy
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+
+def test_all_reports_a_bad_block_and_goes_on(cli, crashes, names):
+    good, bad = names(), names()
+    crashes.stuck_writer(good)
+    crashes.committed(bad)
+    path = shm(bad)
+    with open(path, "r+b") as f:                     # one layout checksum byte flipped
+        f.seek(2528)
+        byte = f.read(1)
+        f.seek(2528)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    before = read_bytes(path)
+    r = cli("heal", "--all", "--match", names.prefix + "*", "--json")
+    assert r.rc == 4, r                               # the highest code of all blocks
+    errors = [b for b in r.json["blocks"] if "error" in b]
+    assert [(e["address"], e["error"]["code"]) for e in errors] == [(bad, "unsupported-layout")]
+    assert len(r.err_lines) == 1 and "layout checksum" in r.err_lines[0]
+    assert image(good).slot(0)["lock"] == 0 and read_bytes(path) == before
+    r = cli("validate", "--all", "--match", names.prefix + "*", "--json")
+    assert r.rc == 1
+    by = {b["block"]["address"]: b for b in r.json["blocks"]}
+    assert by[good]["valid"] and not by[bad]["valid"]
+    assert by[bad]["findings"][0]["code"] == "unsupported-layout"
+    h = cli("heal", "--all", "--match", names.prefix + "*")
+    assert h.rc == 4 and "1 error(s)" in h.stdout

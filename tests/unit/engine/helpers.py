@@ -26,7 +26,7 @@ import traceback
 from typing import Callable, Dict, List, Optional
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _engine as E, _layout as L, _procinfo, _runtime as R)
+    _engine as E, _layout as L, _procinfo, _runtime as R)
 
 import plh_spec as spec
 
@@ -353,11 +353,6 @@ class Lab:
         c.recv()
         assert c.reap() == 0
         return name
-
-    def create_here(self, **kw) -> tuple:
-        """A block created in this process (the producer heartbeat names this process)."""
-        name = self.name()
-        return name, R.create(name, **kw)
 
     def fixture(self, filename: str, dead_pid: Optional[int] = None) -> str:
         """Copy a fixture into /dev/shm; its foreign PIDs become a certainly dead PID."""

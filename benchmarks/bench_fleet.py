@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Benchmark: ``ansible-playbook pylabhub.recovery.heal`` on a 16-host fleet lab against
+``ansible all -m ansible.builtin.ping`` on the same hosts, same forks, same run. Prints
+both times (median of the rounds) and their ratio; the target is <= 1.5, i.e. heal costs
+about one module round trip per host, not one per block, slot or step.
+
+    python benchmarks/bench_fleet.py [--hosts 16] [--rounds 3] [--forks N] [-e VAR=VALUE]
+
+Needs root, util-linux and openssh-server (see lab/README.md). Every round first leaves
+fresh faults on every host with the lab's fault injector (two scenarios per host, new
+block names each round: stuck writers, readers stuck behind a waiting writer, dead
+consumers, corruption, healthy blocks; untimed), then times ping and heal, alternating
+which runs first. heal runs with the summary callback on, as documented, and with
+``datablock_recovery_allow_repair=true`` so that every block ends healthy (a heal that
+leaves anything unhealthy fails the benchmark). ssh control masters are opened by an
+untimed ping before the first round, so neither side pays for connection setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "lab"))
+import fleetlab  # noqa: E402
+
+BIN = Path(sys.executable).parent
+SCENARIOS = ("stuck_writer", "stuck_readers", "dead_consumers", "corruption",
+             "stuck_readers_dead_writer", "healthy")
+
+
+def _tool(name: str) -> str:
+    path = BIN / name
+    return str(path) if path.exists() else (shutil.which(name) or name)
+
+
+def inject_round(lab_dir: Path, hosts: list, rnd: int) -> int:
+    """Two scenarios on every host (rotating), block names unique to the round."""
+    jobs = []
+    for i, host in enumerate(hosts):
+        for k in (0, 3):
+            scenario = SCENARIOS[(i + k) % len(SCENARIOS)]
+            jobs.append((host, scenario, "r%d_%s" % (rnd, scenario)))
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(lambda j: fleetlab.inject(lab_dir, j[0], j[1], j[2]), jobs))
+    return len(jobs)
+
+
+def timed(argv: list, env: dict) -> tuple:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
+    return time.perf_counter() - t0, proc
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--hosts", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--forks", type=int, default=None,
+                    help="ansible forks for both commands (default: the lab's, min(hosts, 16))")
+    ap.add_argument("-e", "--extra-vars", action="append", default=[],
+                    help="extra variables for the heal playbook (repeatable)")
+    ap.add_argument("--target", type=float, default=1.5)
+    args = ap.parse_args()
+    forks = args.forks or min(args.hosts, fleetlab.MAX_FORKS)
+
+    lab_dir = Path(tempfile.mkdtemp(prefix="plh-bench-", dir="/tmp"))
+    env = dict(os.environ, ANSIBLE_CONFIG=str(lab_dir / "ansible.cfg"),
+               ANSIBLE_CALLBACKS_ENABLED="pylabhub.recovery.fleet_summary",
+               ANSIBLE_DEPRECATION_WARNINGS="False", ANSIBLE_NOCOLOR="1")
+    ping = [_tool("ansible"), "all", "-m", "ansible.builtin.ping", "--forks", str(forks)]
+    heal = [_tool("ansible-playbook"), "pylabhub.recovery.heal", "--forks", str(forks),
+            "-e", "datablock_recovery_allow_repair=true"]
+    for extra in args.extra_vars:
+        heal += ["-e", extra]
+    times = {"ping": [], "heal": []}
+    try:
+        t0 = time.perf_counter()
+        fleetlab.up(lab_dir, args.hosts, fleetlab.find_free_base(args.hosts))
+        hosts = [fleetlab.host_name(i) for i in range(1, args.hosts + 1)]
+        print("fleet lab: %d hosts up in %.2f s; forks %d" % (args.hosts, time.perf_counter() - t0,
+                                                               forks))
+        warm = subprocess.run(ping, env=env, capture_output=True, text=True, check=False)
+        if warm.returncode != 0:
+            print(warm.stdout + warm.stderr)
+            return 1
+        for rnd in range(1, args.rounds + 1):
+            t0 = time.perf_counter()
+            n = inject_round(lab_dir, hosts, rnd)
+            print("round %d: %d faults injected in %.1f s (untimed)"
+                  % (rnd, n, time.perf_counter() - t0))
+            order = ("ping", "heal") if rnd % 2 else ("heal", "ping")
+            for what in order:
+                seconds, proc = timed(ping if what == "ping" else heal, env)
+                if proc.returncode != 0:
+                    print("%s failed (exit %d):\n%s%s" % (what, proc.returncode,
+                                                         proc.stdout[-4000:], proc.stderr[-2000:]))
+                    return 1
+                if what == "heal" and "PYLABHUB FLEET SUMMARY" not in proc.stdout:
+                    print("heal printed no fleet summary:\n" + proc.stdout[-3000:])
+                    return 1
+                times[what].append(seconds)
+                print("  %-4s %6.2f s" % (what, seconds))
+    finally:
+        if (lab_dir / fleetlab.STATE_FILE).exists():
+            fleetlab.down(lab_dir)
+        shutil.rmtree(lab_dir, ignore_errors=True)
+
+    p, h = statistics.median(times["ping"]), statistics.median(times["heal"])
+    ratio = h / p
+    print("ansible all -m ansible.builtin.ping : %.2f s (median of %d)" % (p, len(times["ping"])))
+    print("ansible-playbook pylabhub.recovery.heal: %.2f s (median of %d)" % (h, len(times["heal"])))
+    print("ratio heal/ping: %.2f (target <= %.1f: %s)"
+          % (ratio, args.target, "met" if ratio <= args.target else "NOT met"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

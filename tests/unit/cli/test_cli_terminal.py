@@ -1,0 +1,160 @@
+"""datablock-admin on a terminal (confirmation, colour), the progress bar, and what it
+imports (never ansible; the engine only after parsing)."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import plh_spec as spec
+from plh_crash import read_bytes
+
+
+def shm(name):
+    return os.path.join("/dev/shm", name)
+
+
+# --------------------------------------------------------------------------- confirmation
+def test_force_on_a_terminal_asks_and_no_changes_nothing(tty_cli, crashes, names):
+    name = names()
+    crashes.live_writer(name)
+    before = read_bytes(shm(name))
+    rc, term, unused = tty_cli("recover", name, "--slot", "0", "--action", "release_writer",
+                               "--force", answer="n")
+    assert rc == 3, term
+    assert "warning: --force" in term and "[y/N]" in term and "not confirmed" in term
+    assert read_bytes(shm(name)) == before
+
+
+def test_force_on_a_terminal_yes_proceeds(tty_cli, crashes, names):
+    name = names()
+    crashes.live_writer(name)
+    rc, term, out = tty_cli("recover", name, "--slot", "0", "--action", "release_writer",
+                            "--force", answer="y")
+    assert rc == 0, term + out
+    assert spec.Image.read(shm(name)).slot(0)["lock"] == 0
+
+
+def test_yes_skips_the_question(tty_cli, crashes, names):
+    name = names()
+    crashes.corrupt(name)
+    rc, term, out = tty_cli("validate", name, "--repair", "--yes")
+    assert rc == 0, term + out
+    assert "[y/N]" not in term and "warning: --repair" in term
+    assert spec.Image.read(shm(name)).checksum_valid(1)
+
+
+def test_repair_on_a_terminal_eof_is_no(tty_cli, crashes, names):
+    name = names()
+    crashes.corrupt(name)
+    before = read_bytes(shm(name))
+    rc, term, unused = tty_cli("heal", name, "--repair", answer="")
+    assert rc == 3 and read_bytes(shm(name)) == before, term
+
+
+def test_dry_run_never_asks(tty_cli, crashes, names):
+    name = names()
+    crashes.live_writer(name)
+    rc, term, out = tty_cli("recover", name, "--slot", "0", "--action", "release_writer",
+                            "--force", "--dry-run")
+    assert rc == 0 and "[y/N]" not in term, term + out
+
+
+def test_without_a_terminal_the_flag_is_consent(cli, crashes, names):
+    """stdin is /dev/null here: no question, no hang, the warning after the result."""
+    name = names()
+    crashes.live_writer(name)
+    r = cli("recover", name, "--slot", "0", "--action", "release_writer", "--force")
+    assert r.rc == 0 and "[y/N]" not in r.stderr and "warning: --force" in r.stderr, r
+
+
+# --------------------------------------------------------------------------- colour
+def test_colour_only_on_a_terminal(tty_cli, cli, crashes, names):
+    name = names()
+    crashes.stuck_writer(name)
+    rc, term, unused = tty_cli("diagnose", name, stdout_tty=True)
+    assert rc == 1 and "\x1b[" in term, term
+    rc, term, unused = tty_cli("diagnose", name, stdout_tty=True, env={"NO_COLOR": "1"})
+    assert rc == 1 and "\x1b[" not in term
+    rc, term, unused = tty_cli("diagnose", name, "--no-color", stdout_tty=True)
+    assert rc == 1 and "\x1b[" not in term
+    r = cli("diagnose", name)                          # a pipe
+    assert r.rc == 1 and "\x1b[" not in r.stdout
+
+
+# --------------------------------------------------------------------------- progress bar
+def test_progress_bar_draws_and_erases():
+    from pylabhub.recovery._render import ProgressBar
+    stream = io.StringIO()
+    progress = ProgressBar("blk", stream, delay=0.0)
+    progress(1 << 20, 4 << 20)
+    progress(4 << 20, 4 << 20)
+    progress.close()
+    text = stream.getvalue()
+    assert "blk [" in text and "100%" in text and "4/4 MiB" in text
+    assert text.endswith("\r\x1b[K")
+
+
+def test_progress_bar_quiet_for_short_work():
+    from pylabhub.recovery._render import ProgressBar
+    stream = io.StringIO()
+    progress = ProgressBar("blk", stream, delay=60.0)
+    progress(4 << 20, 4 << 20)
+    progress.close()
+    assert stream.getvalue() == ""
+
+
+def test_validate_feeds_the_engine_progress_callback(crashes, names):
+    """The CLI hands the engine a ProgressBar when stderr is a terminal; the engine calls
+    it with (done, total) bytes."""
+    from pylabhub.recovery import cli
+    assert cli._progress("x") is None or sys.stderr.isatty()
+    name = names()
+    crashes.committed(name)
+    calls = []
+
+    def record(done, total):
+        calls.append((done, total))
+    result = cli._engine().validate(name, progress=record)
+    assert result["valid"] and calls and calls[-1][0] == calls[-1][1] > 0
+
+
+# --------------------------------------------------------------------------- imports
+def _modules_after(code):
+    out = subprocess.run([sys.executable, "-c", code + "\nimport sys\nprint('\\n'.join("
+                          "sorted(sys.modules)))"], capture_output=True, text=True, check=True)
+    return set(out.stdout.split())
+
+
+def test_cli_never_imports_ansible(crashes, names):
+    name = names()
+    crashes.stuck_writer(name)
+    for code in ("import pylabhub.recovery.cli",
+                 textwrap.dedent("""
+                     from pylabhub.recovery.cli import main
+                     for argv in (['list'], ['diagnose', %r], ['heal', %r, '--dry-run'],
+                                  ['validate', %r, '--json']):
+                         main(argv)
+                 """ % (name, name, name))):
+        mods = _modules_after(code)
+        assert not [m for m in mods if m == "ansible" or m.startswith("ansible.")], code
+
+
+def test_help_and_version_do_not_load_the_engine():
+    mods = _modules_after("import sys\nfrom pylabhub.recovery.cli import main\n"
+                          "try:\n    main(['--version'])\nexcept SystemExit:\n    pass")
+    core = "ansible_collections.pylabhub.recovery.plugins.module_utils."
+    assert core + "_errors" in mods
+    assert core + "_engine" not in mods and core + "_block" not in mods
+
+
+def test_importtime_has_no_ansible():
+    r = subprocess.run([sys.executable, "-X", "importtime", "-c", "import pylabhub.recovery.cli"],
+                       capture_output=True, text=True, check=True)
+    names = [line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+             if line.startswith("import time:")]
+    assert "pylabhub.recovery.cli" in names
+    assert not [n for n in names if n == "ansible" or n.startswith("ansible.")]
