@@ -91,7 +91,7 @@ def _clear_entry(scene: Scene, c: ConsumerView) -> None:
     for name in ("consumer_uid", "consumer_name"):
         fld = CONS[name]
         before = scene.plan.read(base + fld.offset, fld.size)
-        plan.put(label + name, base + fld.offset, before, b"\0" * fld.size)
+        plan.put(label + name, base + fld.offset, before, b"\0" * fld.size, text=True)
     pos = L.read_position(c.index)
     plan.cas(label + "read_position", L.READ_POSITION, pos, plan.get(L.READ_POSITION, pos), 0)
     if scene.has_evidence:

@@ -71,6 +71,9 @@ def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
 
 
 def diagnose(address: str, slot: Optional[int] = None) -> dict:
+    """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
+    every holder with its evidence, whether the slot is stuck, why, and the action that
+    releases it; plus consumers, producer and block-wide findings. Read-only."""
     with open_block(address) as block:
         plan = Plan(block, dry_run=True)
         return _envelope("diagnose", block, None, **report(Scene(plan), slot))
@@ -78,6 +81,10 @@ def diagnose(address: str, slot: Optional[int] = None) -> dict:
 
 def recover(address: str, slot, action: str, force: bool = False,
             dry_run: bool = False) -> dict:
+    """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
+    index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
+    committed data is never made unreadable and half-written data never readable.
+    ``dry_run`` returns the identical plan without writing."""
     check_action(action)
     with open_block(address, writable=not dry_run) as block:
         plan = Plan(block, dry_run)
@@ -91,6 +98,9 @@ def recover(address: str, slot, action: str, force: bool = False,
 
 
 def cleanup(address: str, dry_run: bool = False) -> dict:
+    """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
+    position, evidence) after releasing the readers attributed to it, then recompute
+    active_consumer_count and read_index from the survivors."""
     with open_block(address, writable=not dry_run) as block:
         plan = Plan(block, dry_run)
         body = _cleanup(Scene(plan))
@@ -103,6 +113,9 @@ def cleanup(address: str, dry_run: bool = False) -> dict:
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
              progress: Progress = None) -> dict:
+    """Check header, state sanity and every checksum (recomputed, never the cached
+    "verified" flag). Writes nothing unless ``repair``, which re-blesses only COMMITTED
+    slots and lists each. ``progress(done_bytes, total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
     with open_block(address, writable=writes, strict=False) as block:
         plan = Plan(block, dry_run=not writes)
@@ -113,13 +126,17 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
          progress: Progress = None) -> dict:
+    """The safe composite: cleanup, release what dead holders own, validate (repair only
+    when asked). Never forced; suspect or unknown holders are reported as refused."""
     with open_block(address, writable=not dry_run) as block:
         plan = Plan(block, dry_run)
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
         body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
-        return _envelope("heal", block, plan, ok=not body["refused"] and not any(
-            o.get("result") == FAILED for o in outcomes), warnings=_warnings(outcomes), **body)
+        failed = any(o.get("result") == FAILED for o in outcomes)
+        return _envelope("heal", block, plan, repair=repair,
+                         ok=not body["refused"] and not failed,
+                         warnings=_warnings(outcomes), **body)
 
 
 def discover(pattern: Optional[str] = None) -> List[dict]:
@@ -131,24 +148,33 @@ def discover(pattern: Optional[str] = None) -> List[dict]:
 def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) -> dict:
     """Run ``operation`` (diagnose, cleanup, validate or heal) on every block discovered.
 
-    One call per host for a fleet: a block that cannot be attached (foreign layout,
-    mid-creation, permission) is reported under ``errors`` and does not stop the others.
+    One call per host for a fleet. Entries: ``address``, ``status`` (discovery's),
+    ``result`` (the operation's dict or None), ``error`` (``code``/``message`` or None) and
+    ``skipped`` (why not touched, or None). A block whose header is not sound is skipped
+    by everything but validate (which reports exactly those problems); an error on one
+    block does not stop the others.
     """
     from ._errors import RecoveryError, UsageError
     run = {"diagnose": diagnose, "cleanup": cleanup, "validate": validate, "heal": heal}
     if operation not in run:
         raise UsageError("%r cannot run on every block; choose one of %s"
                          % (operation, ", ".join(sorted(run))))
-    results: List[dict] = []
-    errors: List[dict] = []
-    for entry in discover(pattern):
-        address = str(entry["address"])
+    entries: List[dict] = []
+    for found in discover(pattern):
+        entry = {"address": found["address"], "status": found["status"], "result": None,
+                 "error": None, "skipped": None}
+        entries.append(entry)
+        if found["status"] != "ok" and operation != "validate":
+            entry["skipped"] = "header not sound: %s" % "; ".join(found["problems"])
+            continue
         try:
-            results.append(run[operation](address, **kwargs))
+            entry["result"] = run[operation](found["address"], **kwargs)
         except RecoveryError as exc:
-            errors.append({"address": address, "error": exc.to_dict()})
-    ok = not errors and all(r.get("ok", r.get("healthy", True)) for r in results)
+            entry["error"] = exc.to_dict()
+    results = [e["result"] for e in entries if e["result"] is not None]
     return {"schema": SCHEMA, "operation": operation, "pattern": pattern,
             "dry_run": bool(kwargs.get("dry_run", False)),
-            "changed": any(r.get("changed") for r in results), "ok": ok,
-            "blocks": results, "errors": errors}
+            "changed": any(r.get("changed") for r in results),
+            "ok": not any(e["error"] for e in entries) and all(
+                r.get("ok", r.get("healthy", True)) for r in results),
+            "blocks": entries}

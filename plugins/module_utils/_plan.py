@@ -40,10 +40,15 @@ class Change:
     offset: int = field(repr=False, default=0)
     size: int = field(repr=False, default=0)
     atomic: bool = field(repr=False, default=True)
+    text: bool = field(repr=False, default=False)   # NUL-terminated text, shown as a string
 
     def to_dict(self) -> dict:
         def show(v: Value):
-            return v.hex() if isinstance(v, (bytes, bytearray)) else v
+            if not isinstance(v, (bytes, bytearray)):
+                return v
+            if self.text:
+                return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+            return v.hex()
         return {"target": self.target, "before": show(self.before), "after": show(self.after)}
 
 
@@ -121,15 +126,17 @@ class Plan:
                                    % (target, expected, seen), target=target)
         self._record(Change(target, expected, new, offset, fld.size, True))
 
-    def put(self, target: str, offset: int, before: bytes, after: bytes) -> None:
-        """Replace non-atomic bytes (text, checksums) in a record we hold the claim on."""
+    def put(self, target: str, offset: int, before: bytes, after: bytes,
+            text: bool = False) -> None:
+        """Replace non-atomic bytes (text, checksums) in a record we hold the claim on;
+        ``text`` shows them as strings in results (else hex)."""
         if before == after:
             return
         if not self.dry_run:
             if self.block.read(offset, len(before)) != before:
                 raise ConcurrentChange("%s changed under us" % target, target=target)
             self.block.write(offset, after)
-        self._record(Change(target, before, after, offset, len(after), False))
+        self._record(Change(target, before, after, offset, len(after), False, text))
 
     def _record(self, ch: Change) -> None:
         self._overlay[(ch.offset, ch.size)] = ch.after

@@ -113,11 +113,7 @@ def _render(field, value):
     if field == "slot_state" and isinstance(value, int):
         return "%d (%s)" % (value, enum_name(SlotState, value))
     if field in ("consumer_name", "consumer_uid") and isinstance(value, str):
-        try:  # the engine reports byte ranges as hex; these two are NUL-padded text
-            text = bytes.fromhex(value).split(b"\0", 1)[0].decode("utf-8", "replace")
-        except ValueError:
-            return value
-        return repr(text)
+        return repr(value)  # the engine reports text fields decoded
     return str(value)
 
 
@@ -201,6 +197,18 @@ class DataBlockModule(object):
             return func(*args, **kwargs), None
         except RecoveryError as exc:
             return None, error_dict(exc)
+
+    def each(self, operation, key, **kwargs):
+        """Run an engine operation on every block (``engine.each_block``: one call per
+        host); each entry's ``result`` is returned under ``key`` (the module's RETURN)."""
+        summary = self.call(self.engine.each_block, operation, self.params.get("pattern"),
+                            dry_run=self.check_mode, **kwargs)
+        for entry in summary["blocks"]:
+            entry[key] = entry.pop("result")
+            if entry["skipped"]:
+                self.module.warn("%s skipped: %s" % (entry["address"], entry["skipped"]))
+            self.record(entry[key])
+        return summary
 
     def discover(self, pattern=None):
         return self.call(_discovery.discover, pattern)

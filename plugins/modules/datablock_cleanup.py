@@ -154,31 +154,17 @@ def main():
                    changed=result["changed"], cleanup=result, code="failed")
         m.exit(changed=result["changed"], cleanup=result, cleaned=result["cleaned"])
 
-    entries, failures, changed, cleaned = [], [], False, 0
-    for found in m.discover(m.params["pattern"]):
-        entry = {"address": found["address"], "status": found["status"], "cleanup": None,
-                 "error": None, "skipped": None}
-        entries.append(entry)
-        if found["status"] != "ok":
-            entry["skipped"] = "header not sound: %s" % "; ".join(found["problems"])
-            m.module.warn("%s skipped: %s" % (found["address"], entry["skipped"]))
-            continue
-        result, error = m.attempt(m.engine.cleanup, found["address"], dry_run=m.check_mode)
-        if error:
-            entry["error"] = error
-            failures.append(error["message"])
-            continue
-        entry["cleanup"] = result
-        m.record(result)
-        changed = changed or bool(result["changed"])
-        cleaned += int(result["cleaned"])
-        problems = problem_messages(result)
-        if problems or not result.get("ok", True):
-            failures.append("%s: %s" % (found["address"], "; ".join(problems) or "not ok"))
+    summary = m.each("cleanup", "cleanup")
+    failures = ["%s: %s" % (e["address"], e["error"]["message"]) for e in summary["blocks"]
+                if e["error"]]
+    failures += ["%s: %s" % (e["address"], "; ".join(problem_messages(e["cleanup"])) or "not ok")
+                 for e in summary["blocks"] if e["cleanup"] and not e["cleanup"].get("ok", True)]
+    cleaned = sum(int(e["cleanup"]["cleaned"]) for e in summary["blocks"] if e["cleanup"])
     if failures:
         m.fail("%d block(s) failed: %s" % (len(failures), "; ".join(failures)),
-               changed=changed, blocks=entries, cleaned=cleaned, code="failed")
-    m.exit(changed=changed, blocks=entries, cleaned=cleaned)
+               changed=summary["changed"], blocks=summary["blocks"], cleaned=cleaned,
+               code="failed")
+    m.exit(changed=summary["changed"], blocks=summary["blocks"], cleaned=cleaned)
 
 
 if __name__ == "__main__":

@@ -65,10 +65,13 @@ options:
     default: false
 extends_documentation_fragment:
   - pylabhub.recovery.common
-  - pylabhub.recovery.common.name
+  - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
 notes:
+  - O(all=true) (with O(pattern)) is accepted with O(action=heal) only - every block on
+    the host healed in one module call (one round trip per host for a fleet); blocks
+    whose header is not sound are skipped with a warning and listed in RV(blocks).
   - O(action=heal) fails only when an action was refused or failed. A block that heal
     leaves unhealthy for another reason (for example corruption without O(repair=true))
     is reported in RV(recovery.healthy) and RV(recovery.validate).
@@ -91,12 +94,11 @@ EXAMPLES = r'''
     slot: all
     action: release_readers
 
-- name: Heal every block the fleet reports, repairing checksums of committed slots
+- name: Heal every block on every host in one call per host, repairing committed checksums
   pylabhub.recovery.datablock_recover:
-    name: "{{ item.address }}"
+    all: true
     action: heal
     repair: true
-  loop: "{{ found.blocks }}"
 
 - name: Reset a slot whose holder is hung, knowingly (forced releases are warnings)
   pylabhub.recovery.datablock_recover:
@@ -214,6 +216,21 @@ recovery:
       description: Heal only - the block is healthy afterwards, valid, and nothing was refused.
       type: bool
       sample: true
+blocks:
+  description:
+    - With O(all=true) (O(action=heal)), one entry per block found - C(address), C(status)
+      (from discovery), C(recovery) (the heal result as RV(recovery), or null), C(error)
+      (C(code)/C(message), or null) and C(skipped) (why the block was not touched, or null).
+  returned: with O(all=true)
+  type: list
+  elements: dict
+  sample: [{"address": "my_datablock", "status": "ok", "recovery": {"healthy": true},
+            "error": null, "skipped": null}]
+healthy:
+  description: With O(all=true), whether every healed block is healthy afterwards.
+  returned: with O(all=true)
+  type: bool
+  sample: true
 optional_libraries:
   description:
     - Presence of the optional libraries on the managed host. Each value has C(present)
@@ -242,8 +259,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 def main():
     m = DataBlockModule(
-        argument_spec("name", "slot", "force", "repair",
-                      name=dict(required=True),
+        argument_spec("name", "all", "pattern", "slot", "force", "repair",
                       action=dict(type="str", required=True, choices=list(ACTIONS))),
         required_if=[("action", action, ["slot"]) for action in ACTIONS if action != "heal"],
     )
@@ -252,6 +268,7 @@ def main():
         slot = parse_slot(p["slot"])
     except ValueError as exc:
         m.fail(str(exc), code="usage")
+    address = m.targets()
     if p["action"] == "heal":
         if slot not in (None, "all"):
             m.fail("action=heal works on the whole block: omit slot or give slot=all",
@@ -259,12 +276,17 @@ def main():
         if p["force"]:
             m.fail("action=heal is never forced: force=true is not accepted with it",
                    code="usage")
-        result = m.call(m.engine.heal, p["name"], repair=p["repair"], dry_run=m.check_mode)
+        if address is None:
+            heal_all(m)
+        result = m.call(m.engine.heal, address, repair=p["repair"], dry_run=m.check_mode)
     else:
+        if address is None:
+            m.fail("all=true is accepted with action=heal only; slot actions need a name",
+                   code="usage")
         if p["repair"]:
             m.fail("repair=true is only accepted with action=heal (or use "
                    "pylabhub.recovery.datablock_validate)", code="usage")
-        result = m.call(m.engine.recover, p["name"], slot, p["action"], force=p["force"],
+        result = m.call(m.engine.recover, address, slot, p["action"], force=p["force"],
                         dry_run=m.check_mode)
     m.record(result)
     problems = problem_messages(result)
@@ -273,6 +295,23 @@ def main():
                changed=result.get("changed"), recovery=result,
                code="holder-alive" if result.get("refused") else "failed")
     m.exit(changed=result.get("changed"), recovery=result)
+
+
+def heal_all(m):
+    """action=heal, all=true: every block in one engine call; fails like one block would,
+    naming each block that refused or failed."""
+    summary = m.each("heal", "recovery", repair=m.params["repair"])
+    problems = ["%s: %s" % (e["address"], e["error"]["message"])
+                for e in summary["blocks"] if e["error"]]
+    problems += ["%s: %s" % (e["address"], "; ".join(problem_messages(e["recovery"])))
+                 for e in summary["blocks"] if e["recovery"] and problem_messages(e["recovery"])]
+    healthy = all(e["recovery"]["healthy"] for e in summary["blocks"] if e["recovery"])
+    if problems:
+        m.fail("%d block(s) refused or failed: %s" % (len(problems), "; ".join(problems)),
+               changed=summary["changed"], blocks=summary["blocks"], healthy=healthy,
+               code="holder-alive" if any(e["recovery"] and e["recovery"].get("refused")
+                                          for e in summary["blocks"]) else "failed")
+    m.exit(changed=summary["changed"], blocks=summary["blocks"], healthy=healthy)
 
 
 if __name__ == "__main__":

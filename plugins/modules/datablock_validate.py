@@ -150,13 +150,14 @@ validation:
 blocks:
   description:
     - With O(all=true), one entry per block found - C(address), C(status) (from
-      discovery), C(validation) (the engine result as above, or null) and C(error)
-      (C(code)/C(message), or null).
+      discovery), C(validation) (the engine result as above, or null), C(error)
+      (C(code)/C(message), or null) and C(skipped) (always null - validate reports a
+      damaged header as findings).
   returned: with O(all=true)
   type: list
   elements: dict
   sample: [{"address": "my_datablock", "status": "ok", "validation": {"valid": true},
-            "error": null}]
+            "error": null, "skipped": null}]
 optional_libraries:
   description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
   returned: always
@@ -203,28 +204,17 @@ def main():
                    valid=False, code="corrupt")
         m.exit(changed=result["changed"], validation=result, valid=valid)
 
-    entries, corrupt, errors, changed = [], [], [], False
-    for found in m.discover(m.params["pattern"]):
-        entry = {"address": found["address"], "status": found["status"], "validation": None,
-                 "error": None}
-        entries.append(entry)
-        result, error = m.attempt(m.engine.validate, found["address"], repair=p["repair"],
-                                  dry_run=m.check_mode)
-        if error:
-            entry["error"] = error
-            errors.append(error["message"])
-            continue
-        entry["validation"] = result
-        m.record(result)
-        changed = changed or bool(result["changed"])
-        if not result["valid"]:
-            corrupt.append(_describe(found["address"], result))
+    summary = m.each("validate", "validation", repair=p["repair"])
+    entries = summary["blocks"]
+    errors = ["%s: %s" % (e["address"], e["error"]["message"]) for e in entries if e["error"]]
+    corrupt = [_describe(e["address"], e["validation"]) for e in entries
+               if e["validation"] and not e["validation"]["valid"]]
     valid = not corrupt
     if errors or (corrupt and p["fail_on_corruption"]):
         m.fail("; ".join(errors + (corrupt if p["fail_on_corruption"] else [])),
-               changed=changed, blocks=entries, valid=valid,
+               changed=summary["changed"], blocks=entries, valid=valid,
                code="corrupt" if corrupt and p["fail_on_corruption"] else "failed")
-    m.exit(changed=changed, blocks=entries, valid=valid)
+    m.exit(changed=summary["changed"], blocks=entries, valid=valid)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,9 @@ a writer is SIGKILLed holding the next slot and a reader is SIGKILLed inside an 
 slot no live consumer reads, and then release_writer/force_reset/release_readers run with
 force on exactly those slots.
 
+The two sabotage tests at the end prove the checks bite: an engine that releases live
+readers or steals live locks is caught within 1.5 s.
+
 Checked continuously: the producer verifies before each commit that it still holds its
 lock, its slot is still WRITING and its data is what it wrote (no live lock stolen); the
 consumers verify each checksum, that their slot's reader_count includes them and that
@@ -31,7 +34,7 @@ import time
 import traceback
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _engine as E, _layout as L, _runtime as R)
+    _engine as E, _layout as L, _observe as O, _runtime as R)
 
 SECONDS = float(os.environ.get("PLH_RACE_SECONDS", "5"))
 CAPACITY, STRIDE = 4, 1024
@@ -102,7 +105,8 @@ def _producer(name, ctl):
             base = block.geo.slot_entry(ws.index)
             gen = block.get(SLOT["write_generation"], base)
             seq += 1
-            data = (b"%d:%d:" % (pid, seq) * (STRIDE // 8))[:STRIDE]
+            token = b"%d:%d:" % (pid, seq)
+            data = (token * (STRIDE // len(token) + 1))[:STRIDE]
             p.write(ws, data)
             lock, state = block.get(SLOT["write_lock"], base), block.get(SLOT["slot_state"], base)
             if lock != pid or state != _S.WRITING:
@@ -243,57 +247,68 @@ def _forced_round(name, ctl, rng, stats, problems):
         _ctl_set(ctl, PAUSE, 0)
 
 
-def test_recovery_against_live_processes(shm_name, figures):
+def race(name, seconds):
+    """Run the race for ``seconds``; return what every process saw (asserts nothing
+    about the engine, so the sabotage tests can use it too)."""
     rng = random.Random(7)
-    R.create(shm_name, capacity=CAPACITY, stride=STRIDE).close()
+    R.create(name, capacity=CAPACITY, stride=STRIDE).close()
     ctl = mmap.mmap(-1, 4096)
-    children = dict([_producer(shm_name, ctl)] + [_consumer(shm_name, ctl, k) for k in (1, 2)])
+    children = dict([_producer(name, ctl)] + [_consumer(name, ctl, k) for k in (1, 2)])
     problems = []
     stats = {"rounds": 0, "calls": 0, "forced": 0, "dead_injected": 0}
-    reports = []
+    reports, hung = [], []
     started = time.monotonic()
     try:
-        with R.attach(shm_name, writable=False) as watch:
-            while time.monotonic() - started < SECONDS:
+        with R.attach(name, writable=False) as watch:
+            while time.monotonic() - started < seconds:
                 stats["rounds"] += 1
                 if stats["rounds"] % 3 == 1:       # dead holders next to the live ones
                     what = rng.choice(("reader", "reader", "registered"))
-                    if _spawn_dead(shm_name, what) == b"1":
+                    if _spawn_dead(name, what) == b"1":
                         stats["dead_injected"] += 1
                 for action in ACTIONS:
-                    res = E.recover(shm_name, "all", action)
+                    res = E.recover(name, "all", action)
                     if res["warnings"]:
                         problems.append("unforced %s warned: %s" % (action, res["warnings"]))
-                E.cleanup(shm_name)
-                E.heal(shm_name, repair=stats["rounds"] % 4 == 0)
-                checked = E.validate(shm_name)
+                E.cleanup(name)
+                E.heal(name, repair=stats["rounds"] % 4 == 0)
+                checked = E.validate(name)
                 errors = [f for f in checked["findings"] if f["severity"] == "error"]
                 if errors:
                     problems.append("validate under live load: %s" % errors)
                 stats["calls"] += len(ACTIONS) + 3
                 problems.extend(_counts_sane(watch, "recovery"))
                 if stats["rounds"] % 5 == 0:
-                    _forced_round(shm_name, ctl, rng, stats, problems)
+                    _forced_round(name, ctl, rng, stats, problems)
                     stats["calls"] += 2
-        ran = time.monotonic() - started
+        stats["seconds"] = time.monotonic() - started
         _ctl_set(ctl, STOP, 1)
-        reports, hung = _collect(children, 20.0, shm_name)
+        reports, hung = _collect(children, 20.0, name)
         children = {}
-        assert not hung, "processes did not stop: %s" % hung
     finally:
         _ctl_set(ctl, STOP, 1)
         for pid, fd in children.items():
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
             os.close(fd)
+    stats["commits"] = sum(r["stats"].get("commits", 0) for r in reports)
+    stats["reads"] = sum(r["stats"].get("reads", 0) for r in reports)
     violations = [v for r in reports for v in r.get("violations", [])]
-    assert not violations, "\n".join(violations[:20])
-    assert not problems, "\n".join(str(p) for p in problems[:20])
-    commits = sum(r["stats"].get("commits", 0) for r in reports)
-    reads = sum(r["stats"].get("reads", 0) for r in reports)
-    assert commits > 10 and reads > 10, reports
+    violations += ["process %d did not stop (stuck behind a lost reader or lock?)" % pid
+                   for pid in hung]
+    return {"violations": violations, "problems": problems, "stats": stats}
+
+
+def test_recovery_against_live_processes(shm_name, figures):
+    out = race(shm_name, SECONDS)
+    stats = out["stats"]
+    assert not out["violations"], "\n".join(out["violations"][:20])
+    assert not out["problems"], "\n".join(str(p) for p in out["problems"][:20])
+    assert stats["commits"] > 10 and stats["reads"] > 10, stats
+    assert stats["forced"] and stats["dead_injected"], stats
     # everyone stopped cleanly; one heal for the injected dead holders: no torn state
     healed = E.heal(shm_name)
+    assert healed["healthy"], healed
     final = E.validate(shm_name)
     assert final["valid"], final["findings"]
     report = E.diagnose(shm_name)
@@ -303,9 +318,32 @@ def test_recovery_against_live_processes(shm_name, figures):
             assert block.slot(i, "write_lock") == 0 and block.slot(i, "reader_count") == 0
             assert block.slot(i, "slot_state") in (_S.FREE, _S.COMMITTED)
         assert block.get("active_consumer_count") == 0
-    assert healed["healthy"], healed
     figures["race seconds run"] = (
         "%.1f s: %d rounds, %d recovery calls (%d forced on dead holders), %d dead holders "
         "injected, %d commits, %d verified reads, 0 violations"
-        % (ran, stats["rounds"], stats["calls"], stats["forced"], stats["dead_injected"],
-           commits, reads))
+        % (stats["seconds"], stats["rounds"], stats["calls"], stats["forced"],
+           stats["dead_injected"], stats["commits"], stats["reads"]))
+
+
+def test_race_detects_stolen_live_readers(shm_name, monkeypatch):
+    """Sabotage: every reader counts as provably dead. The live processes must notice."""
+    real = O.Scene._attribute
+
+    def steal(self, view):
+        real(self, view)
+        view.releasable_readers = view.reader_count
+    monkeypatch.setattr(O.Scene, "_attribute", steal)
+    out = race(shm_name, 1.5)
+    assert any("underflow" in v or "live reader" in v or "rewritten" in v
+               for v in out["violations"] + out["problems"]), out
+
+
+def test_race_detects_a_stolen_live_lock(shm_name, monkeypatch):
+    """Sabotage: every lock holder is judged dead. The live producer must notice."""
+    real = O.Scene.writer_verdict
+
+    def dead(self, pid, base):
+        return O.Verdict(pid, "dead", ("sabotage",) + real(self, pid, base).evidence)
+    monkeypatch.setattr(O.Scene, "writer_verdict", dead)
+    out = race(shm_name, 1.5)
+    assert any("live lock stolen" in v for v in out["violations"]), out

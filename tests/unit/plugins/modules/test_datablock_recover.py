@@ -195,3 +195,30 @@ def test_missing_optional_libraries_are_reported_not_fatal(run, lab, name):
     for lib in libs.values():
         assert lib["present"] is False and lib["version"] is None
         assert "Error" in lib["error"]          # ImportError / ModuleNotFoundError
+
+
+def test_heal_all_in_one_call(run, lab, name):
+    """all=true heals every block (here: those matching the test's pattern) in one call:
+    check mode predicts, apply fixes, a second apply changes nothing."""
+    stuck = name + "_w"
+    slot, dead = lab.stuck_writer(stuck)
+    args = {"all": True, "pattern": name + "_*", "action": "heal"}
+    before = snapshot(stuck)
+
+    checked = run(datablock_recover, args, check_mode=True)
+    assert not checked.failed, checked
+    assert checked["changed"] is True and snapshot(stuck) == before
+    assert [b["address"] for b in checked["blocks"]] == [stuck]
+
+    applied = run(datablock_recover, args)
+    assert not applied.failed and applied["changed"] is True and applied["healthy"] is True
+    assert applied["blocks"][0]["recovery"]["outcomes"][0]["holder"]["pid"] == dead
+    assert lab.slot_words(stuck, slot)["write_lock"] == 0
+
+    again = run(datablock_recover, args)
+    assert not again.failed and again["changed"] is False
+
+
+def test_all_only_with_heal(run, lab, name):
+    out = run(datablock_recover, {"all": True, "action": "release_writer", "slot": 0})
+    assert out.failed and out["code"] == "usage" and "action=heal" in out["msg"]
