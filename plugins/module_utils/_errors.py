@@ -135,3 +135,17 @@ class ConcurrentChange(RecoveryError):
 class AtomicsUnavailable(RecoveryError):
     code = "atomics-unavailable"
     exit_code = EXIT_INTERNAL
+
+
+def exit_code_for(code: object) -> int:
+    """The exit code of the error whose ``code`` slug is ``code`` (the ``code`` of an
+    error dict, e.g. from :meth:`RecoveryError.to_dict`), read from the class hierarchy
+    itself (subclasses defined elsewhere included), so it cannot drift from the classes.
+    A code no class carries (``internal``, or an unknown one) is :data:`EXIT_INTERNAL`."""
+    pending = [RecoveryError]
+    while pending:
+        cls = pending.pop(0)
+        if cls.code == code:
+            return cls.exit_code
+        pending.extend(cls.__subclasses__())
+    return EXIT_INTERNAL

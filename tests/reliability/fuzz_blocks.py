@@ -301,10 +301,10 @@ def apply(image, ops):
         if kind in ("reseal", "regeometry"):
             if len(img) < 4096:
                 continue
-            u = lambda o, n: int.from_bytes(img[o:o + n], "little")  # noqa: E731
-            img[2528:2560] = L.layout_checksum(u(164, 4), u(156, 4), u(160, 4), u(168, 4),
-                                               img[172], img[148], img[152])
-            geo = L.Geometry.from_stored(u(164, 4), u(160, 4), u(168, 4))
+            cap, page, stride, flex = (_u(img, o, 4) for o in (164, 156, 160, 168))
+            img[2528:2560] = L.layout_checksum(cap, page, stride, flex, img[172], img[148],
+                                               img[152])
+            geo = L.Geometry.from_stored(cap, stride, flex)
             if how != "checksum" and not geo.problem() and geo.total_size <= 1 << 22:
                 img[8:16] = geo.total_size.to_bytes(8, "little")
                 if how == "checksum+total+file":

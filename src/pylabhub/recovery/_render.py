@@ -308,6 +308,33 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -> List[str]:
+    """The crash drill's summary, its kill points and every failed iteration."""
+    failed = len(d.get("failures") or [])
+    lines = ["crash drill: seed %s, %s iteration(s) in %s" % (d["seed"], d["iterations"],
+                                                              duration(d["seconds"])),
+             "  processes killed: %s" % d["kills"],
+             "  survived: %s/%s" % (style(str(d["survived"]), "red" if failed else "green"),
+                                    d["iterations"]),
+             "  committed slots: %s checked, %s lost" % (
+                 d["committed_checked"],
+                 style(str(d["committed_lost"]), "red" if d["committed_lost"] else "green")),
+             "  kill points:"]
+    lines += table(["POINT", "ITERATIONS"],
+                   [[p, str(n)] for p, n in (d.get("points") or {}).items()], style, "    ")
+    if failed:
+        lines.append("  failures:")
+        for f in d["failures"]:
+            lines.append("    iteration %s (%s): %s" % (
+                f["iteration"], f["point"], "; ".join(f.get("problems") or []) or "failed"))
+    word = style("ok", "green") if d["ok"] else style("FAILED", "red", "bold")
+    lines.append("  result: %s%s" % (word, "" if d["ok"] else
+                                     " (%d iteration(s) failed)" % failed))
+    if rerun:
+        lines.append("  rerun: %s" % rerun)
+    return lines
+
+
 RENDER = {"diagnose": render_diagnose, "recover": render_recover, "cleanup": render_cleanup,
           "validate": render_validate, "heal": render_heal}
 
@@ -317,15 +344,18 @@ class ProgressBar:
     """A one-line bar on a terminal stream, for the engine's ``progress(done, total)``.
 
     Shown only once the work has lasted ``delay`` seconds (short validations stay quiet),
-    redrawn at most ten times a second, erased when done.
+    redrawn at most ten times a second, erased when done. ``done``/``total`` are shown
+    shifted right by ``scale`` bits, in ``unit`` (bytes as MiB by default).
     """
 
     def __init__(self, label: str, stream: TextIO = sys.stderr, delay: float = 0.25,
-                 width: int = 30) -> None:
+                 width: int = 30, scale: int = 20, unit: str = "MiB") -> None:
         self.label = label
         self.stream = stream
         self.delay = delay
         self.width = width
+        self.scale = scale
+        self.unit = unit
         self.t0 = time.monotonic()
         self.last = 0.0
         self.shown = False
@@ -337,9 +367,9 @@ class ProgressBar:
         self.last = now
         frac = (done / total) if total else 1.0
         fill = int(self.width * frac)
-        self.stream.write("\r%s [%s%s] %3d%% %d/%d MiB" % (
+        self.stream.write("\r%s [%s%s] %3d%% %d/%d %s" % (
             self.label, "#" * fill, "." * (self.width - fill), int(frac * 100),
-            done >> 20, total >> 20))
+            done >> self.scale, total >> self.scale, self.unit))
         self.stream.flush()
         self.shown = True
 

@@ -15,8 +15,8 @@ import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
-    EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_OK, EXIT_REFUSED, EXIT_USAGE,
-    RecoveryError, UsageError)
+    EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_REFUSED,
+    EXIT_USAGE, RecoveryError, UsageError, exit_code_for)
 
 from . import _render as R
 from ._version import __version__
@@ -26,13 +26,15 @@ SCHEMA = "pylabhub.recovery/v1"
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 ACTIONS = ("release_writer", "release_readers", "force_reset")
+DRILL_ITERATIONS, DRILL_CAPACITY, DRILL_STRIDE = 20, 4, 4096
 _CORE = "ansible_collections.pylabhub.recovery.plugins.module_utils"
 
 EXIT_CODES = """\
 exit codes:
   0    healthy, done, or nothing to do
   1    findings: diagnose found stuck slots or an unhealthy block, validate found
-       corruption, heal left something unhealthy, recover/cleanup done only in part
+       corruption, heal left something unhealthy, recover/cleanup done only in part,
+       drill had an iteration fail
   2    usage error: bad arguments, bad block name or path, slot out of range
   3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
        --force), or the confirmation was declined
@@ -43,7 +45,8 @@ exit codes:
        action; nothing was left half-done, run the command again
   7    internal error (PLH_DEBUG=1 prints the traceback)
   130  interrupted;  141  stdout closed early (broken pipe)
-  With --all the exit code is the highest of all blocks."""
+  With --all the exit code is the highest of all blocks; a block skipped because its
+  header is not sound counts as 4."""
 
 ADDRESS_HELP = ("the block: a shm name (my_datablock), an absolute path, or a memfd "
                 "address memfd:<pid>:<fd> as 'list' prints it")
@@ -57,11 +60,28 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin recover my_datablock --slot 0 --action release_readers --force
   datablock-admin cleanup my_datablock
   datablock-admin validate my_datablock [--repair]
-  datablock-admin heal my_datablock | --all
+  datablock-admin heal my_datablock | --all [--match PATTERN]
+  datablock-admin drill [--iterations N] [--seed S]
 
 Every command takes --json (schema pylabhub.recovery/v1), --no-color and -y/--yes
 (before or after COMMAND); every command that can write takes --dry-run (shows
 exactly what would change, writes nothing). 'COMMAND --help' for its options."""
+
+DRILL_DESCRIPTION = """\
+Crash drill: prove, on this machine, that recovery works.
+
+Each iteration creates a scratch block (/dev/shm/plh_drill_<pid>_<i>, removed after),
+commits known data, starts real producer and consumer processes, SIGKILLs them at a
+protocol point chosen by a seeded random generator (writer holding the lock, mid-write,
+before commit, reader inside a slot, registered consumer, writer draining behind a
+reader, writer and reader deadlocked, or a random moment of a busy block), heals the
+block, and checks that it then validates and diagnoses healthy, that no slot that was
+committed when the kill landed changed or was lost, that new data can be committed and
+read back, and that a writer left waiting behind a dead reader finishes. The blocks of
+your applications are never touched.
+
+The summary prints the seed: --seed S --iterations N reruns exactly the same kill points.
+Exit code 0 when every iteration survived, 1 when one failed (each failure is listed)."""
 
 
 class Declined(RecoveryError):
@@ -92,6 +112,26 @@ def _slot(text: str):
         return int(text, 10)
     except ValueError:
         raise argparse.ArgumentTypeError("invalid slot %r: give a slot index or 'all'" % text)
+
+
+def _positive(text: str) -> int:
+    try:
+        number = int(text, 10)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise argparse.ArgumentTypeError("invalid value %r: give a positive integer" % text)
+    return number
+
+
+def _seed(text: str) -> int:
+    try:
+        number = int(text, 10)
+    except ValueError:
+        number = -1
+    if number < 0:
+        raise argparse.ArgumentTypeError("invalid seed %r: give an integer >= 0" % text)
+    return number
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -154,6 +194,18 @@ def build_parser() -> argparse.ArgumentParser:
             c.add_argument("--repair", action="store_true",
                            help="re-compute mismatching checksums of COMMITTED slots "
                                 "(asks on a terminal)")
+
+    c = sub.add_parser("drill", help="crash drill: prove on this machine that recovery works",
+                       description=DRILL_DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt,
+                       parents=[common])
+    c.add_argument("--iterations", type=_positive, default=DRILL_ITERATIONS, metavar="N",
+                   help="kill-heal-check rounds (default: %d)" % DRILL_ITERATIONS)
+    c.add_argument("--seed", type=_seed, metavar="S",
+                   help="seed of the kill points (default: random; the summary prints it)")
+    c.add_argument("--capacity", type=_positive, default=DRILL_CAPACITY, metavar="N",
+                   help="slots of each scratch block (default: %d)" % DRILL_CAPACITY)
+    c.add_argument("--stride", type=_positive, default=DRILL_STRIDE, metavar="S",
+                   help="bytes per slot, a multiple of 64 (default: %d)" % DRILL_STRIDE)
     return p
 
 
@@ -312,7 +364,9 @@ def cmd_recover(args: argparse.Namespace, out: Out) -> int:
 
 
 def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
-                call: Callable[[str, Any], Dict[str, Any]]) -> int:
+                call: Callable[[str, Any], Dict[str, Any]], **kwargs: Any) -> int:
+    """One block (``call(address, progress)``), or with --all every block through one
+    ``each_block(operation, --match, **kwargs)`` call of the engine."""
     if args.all == bool(args.address):
         raise _ArgError("%s %s" % (PROG, operation),
                         "give a BLOCK or --all (not both)" if args.all else
@@ -322,44 +376,57 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
     deferred = _consent(args, "--repair re-computes the checksum of COMMITTED slots whose "
                               "data no longer matches it: readers will then accept that data "
                               "as valid") if getattr(args, "repair", False) else None
-    if not args.all:
-        result = call(args.address, _progress(args.address))
-        _warn(deferred)
-        if out.json:
-            out.data(result)
-        else:
-            out.lines(R.RENDER[operation](result, out.style))
-        _report_outcomes(result)
-        return exit_code(operation, result)
+    if args.all:
+        return _every_block(out, operation, deferred, args.match, kwargs)
+    result = call(args.address, _progress(args.address))
+    _warn(deferred)
+    if out.json:
+        out.data(result)
+    else:
+        out.lines(R.RENDER[operation](result, out.style))
+    _report_outcomes(result)
+    return exit_code(operation, result)
 
-    blocks: List[Dict[str, Any]] = []
+
+def entry_exit_code(operation: str, entry: Dict[str, Any]) -> int:
+    """The exit code of one ``each_block`` entry: its error's (from the error classes),
+    4 (no usable block) when it was skipped, else its result's."""
+    if entry.get("error"):
+        return exit_code_for(entry["error"].get("code"))
+    if entry.get("skipped"):
+        return EXIT_NO_BLOCK
+    return exit_code(operation, entry["result"])
+
+
+def _every_block(out: Out, operation: str, deferred: Optional[str], pattern: Optional[str],
+                 kwargs: Dict[str, Any]) -> int:
+    summary = _engine().each_block(operation, pattern, **kwargs)
+    entries = summary["blocks"]
+    if any(e["result"] is not None for e in entries):
+        _warn(deferred)
     worst = EXIT_OK
     lines: List[str] = []
-    entries = _discover(args.match)
-    if entries:
-        _warn(deferred)
     for entry in entries:
-        address = str(entry["address"])
-        try:
-            result = call(address, _progress(address))
-        except RecoveryError as err:
-            blocks.append({"address": address, "error": err.to_dict()})
-            Out.err("error", err.message)
-            worst = max(worst, err.exit_code)
-            continue
-        blocks.append(result)
-        _report_outcomes(result)
-        worst = max(worst, exit_code(operation, result))
-        if not out.json:
-            lines += R.RENDER[operation](result, out.style) + [""]
+        worst = max(worst, entry_exit_code(operation, entry))
+        if entry["error"]:
+            Out.err("error", entry["error"].get("message", ""))     # names the block
+        elif entry["skipped"]:
+            Out.err("skipped", "%s: %s" % (entry["address"], entry["skipped"]))
+        else:
+            _report_outcomes(entry["result"])
+            lines += R.RENDER[operation](entry["result"], out.style) + [""]
     if out.json:
-        out.data({"schema": SCHEMA, "operation": operation, "blocks": blocks})
+        out.data(summary)
+        return worst
+    errors = sum(1 for e in entries if e["error"])
+    skipped = sum(1 for e in entries if e["skipped"])
+    if not entries:
+        lines.append("no DataBlock found")
     else:
-        errors = sum(1 for b in blocks if "error" in b)
-        lines.append("%d block(s)%s; exit %d" % (len(blocks), (", %d error(s)" % errors)
-                                                 if errors else "", worst)
-                     if entries else "no DataBlock found")
-        out.lines(lines)
+        lines.append("%d block(s)%s%s; exit %d" % (
+            len(entries), (", %d error(s)" % errors) if errors else "",
+            (", %d skipped" % skipped) if skipped else "", worst))
+    out.lines(lines)
     return worst
 
 
@@ -374,21 +441,49 @@ def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional[R.ProgressBa
 
 def cmd_cleanup(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "cleanup", lambda address, progress: _engine().cleanup(
-        address, dry_run=args.dry_run))
+        address, dry_run=args.dry_run), dry_run=args.dry_run)
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "validate", lambda address, progress: _with_bar(
-        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run))
+        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run),
+        repair=args.repair, dry_run=args.dry_run)
 
 
 def cmd_heal(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "heal", lambda address, progress: _with_bar(
-        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run))
+        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run),
+        repair=args.repair, dry_run=args.dry_run)
+
+
+def cmd_drill(args: argparse.Namespace, out: Out) -> int:
+    import importlib
+    problem = importlib.import_module(_CORE + "._layout").Geometry(
+        args.capacity, args.stride, 0).problem()
+    if problem:
+        raise _ArgError("%s drill" % PROG, "--stride: " + problem)
+    meter = R.ProgressBar("drill", scale=0, unit="iterations") if sys.stderr.isatty() else None
+    try:
+        result = importlib.import_module(_CORE + "._drill").drill(
+            args.iterations, args.seed, capacity=args.capacity, stride=args.stride,
+            progress=meter)
+    finally:
+        if meter is not None:
+            meter.close()
+    if out.json:
+        out.data(result)
+    else:
+        rerun = "%s drill --iterations %d --seed %d%s%s" % (
+            PROG, result["iterations"], result["seed"],
+            " --capacity %d" % args.capacity if args.capacity != DRILL_CAPACITY else "",
+            " --stride %d" % args.stride if args.stride != DRILL_STRIDE else "")
+        out.lines(R.render_drill(result, out.style, rerun))
+    return EXIT_OK if result["ok"] else EXIT_FINDINGS
 
 
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
-            "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal}
+            "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
+            "drill": cmd_drill}
 
 
 # --------------------------------------------------------------------------- main

@@ -353,3 +353,15 @@ def test_fixture_heal_via_engine(fixtures_dir, names):
     assert result["healthy"] and result["changed"]
     assert recovery.heal(name)["changed"] is False
     assert recovery.discover(name)[0]["address"] == name
+
+
+def test_run_drill():
+    d = recovery.run_drill(3, seed=11)
+    assert (d["schema"], d["operation"], d["seed"], d["iterations"]) == (
+        recovery.SCHEMA, "drill", 11, 3)
+    assert d["ok"] and d["survived"] == 3 and d["committed_lost"] == 0
+    assert recovery.run_drill(3, seed=11)["points"] == d["points"]
+    for bad in (0, -1):
+        with pytest.raises(recovery.UsageError):
+            recovery.run_drill(bad)
+    assert "SIGKILL" in recovery.run_drill.__doc__ and "run_drill" in recovery.__all__

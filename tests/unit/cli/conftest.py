@@ -49,7 +49,7 @@ def check_schema(validator, doc, context=""):
     elif doc.get("operation") == "list":
         which = "list_output"
     elif "blocks" in doc:
-        which = "multi_output"
+        which = "each_block"
     else:
         which = str(doc.get("operation"))
     sub = dict(validator.schema, **{"$ref": "#/$defs/" + which})

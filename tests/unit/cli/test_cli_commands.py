@@ -190,9 +190,15 @@ def test_heal_all_with_match(cli, crashes, names):
     crashes.corrupt(co)
     r = cli("heal", "--all", "--match", names.prefix + "*", "--json")
     assert r.rc == 1, r                         # corruption is left without --repair
-    by = {b["block"]["address"]: b for b in r.json["blocks"]}
+    j = r.json                                  # exactly the engine's each_block document
+    assert (j["operation"], j["pattern"], j["dry_run"], j["changed"], j["ok"]) == (
+        "heal", names.prefix + "*", False, True, True)    # ok: nothing refused or failed
+    by = {b["address"]: b for b in j["blocks"]}
     assert set(by) == {sw, dc, co}
-    assert by[sw]["healthy"] and by[dc]["healthy"] and not by[co]["healthy"]
+    assert all(b["status"] == "ok" and b["error"] is None and b["skipped"] is None
+               and b["result"]["block"]["address"] == a for a, b in by.items())
+    assert by[sw]["result"]["healthy"] and by[dc]["result"]["healthy"]
+    assert not by[co]["result"]["healthy"]
     assert image(dc).active_consumers == 1
     r = cli("heal", "--all", "--match", names.prefix + "*", "--repair")
     assert r.rc == 0, r
@@ -205,11 +211,21 @@ def test_validate_all_and_cleanup_all(cli, crashes, names):
     crashes.dead_consumers(a)
     crashes.corrupt(b)
     r = cli("validate", "--all", "--match", names.prefix + "*", "--json")
-    assert r.rc == 1 and r.json["operation"] == "validate"
-    assert [x["valid"] for x in sorted(r.json["blocks"], key=lambda x: x["block"]["address"])] \
+    assert r.rc == 1 and r.json["operation"] == "validate" and r.json["ok"] is False
+    assert [x["result"]["valid"] for x in sorted(r.json["blocks"], key=lambda x: x["address"])] \
         == [True, False]
     r = cli("cleanup", "--all", "--match", names.prefix + "*", "--json")
     assert r.rc == 0 and len(r.json["blocks"]) == 2
+    assert r.json["changed"] is True and r.json["ok"] is True
+    r = cli("cleanup", "--all", "--match", names.prefix + "*", "--json", "--dry-run")
+    assert r.rc == 0 and r.json["dry_run"] is True and r.json["changed"] is False
+
+
+def test_all_without_a_match_is_an_empty_document(cli, names):
+    r = cli("heal", "--all", "--match", names.prefix + "-none-*", "--json")
+    assert r.rc == 0 and r.json["blocks"] == [] and r.json["ok"] is True
+    r = cli("heal", "--all", "--match", names.prefix + "-none-*")
+    assert r.rc == 0 and r.stdout.strip() == "no DataBlock found"
 
 
 def test_global_options_before_the_command(cli, crashes, names):
@@ -362,15 +378,36 @@ def test_all_reports_a_bad_block_and_goes_on(cli, crashes, names):
         f.write(bytes([byte[0] ^ 0xFF]))
     before = read_bytes(path)
     r = cli("heal", "--all", "--match", names.prefix + "*", "--json")
-    assert r.rc == 4, r                               # the highest code of all blocks
-    errors = [b for b in r.json["blocks"] if "error" in b]
-    assert [(e["address"], e["error"]["code"]) for e in errors] == [(bad, "unsupported-layout")]
-    assert len(r.err_lines) == 1 and "layout checksum" in r.err_lines[0]
+    assert r.rc == 4, r                 # a skipped block counts as "no usable block" (4)
+    by = {b["address"]: b for b in r.json["blocks"]}
+    assert by[bad]["status"] == "unsupported-layout" and by[bad]["result"] is None
+    assert "layout checksum" in by[bad]["skipped"] and by[bad]["error"] is None
+    assert by[good]["result"]["healthy"] and r.json["ok"] is True
+    assert len(r.err_lines) == 1 and "skipped" in r.err_lines[0] and bad in r.err_lines[0]
+    assert "layout checksum" in r.err_lines[0]
     assert image(good).slot(0)["lock"] == 0 and read_bytes(path) == before
     r = cli("validate", "--all", "--match", names.prefix + "*", "--json")
-    assert r.rc == 1
-    by = {b["block"]["address"]: b for b in r.json["blocks"]}
+    assert r.rc == 1                    # validate is never skipped: the header is a finding
+    by = {b["address"]: b["result"] for b in r.json["blocks"]}
     assert by[good]["valid"] and not by[bad]["valid"]
     assert by[bad]["findings"][0]["code"] == "unsupported-layout"
     h = cli("heal", "--all", "--match", names.prefix + "*")
-    assert h.rc == 4 and "1 error(s)" in h.stdout
+    assert h.rc == 4 and "2 block(s), 1 skipped; exit 4" in h.stdout
+
+
+def test_all_exit_code_of_an_entry():
+    """--all: an entry's error gives the exit code its error class carries (exit_code_for
+    reads the class hierarchy, the CLI's own Declined included); a skipped entry gives 4."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _errors
+    for cls in (_errors.WrongOwner, _errors.UnsupportedLayout, _errors.ConcurrentChange,
+                _errors.InvalidName, _errors.AtomicsUnavailable):
+        assert _errors.exit_code_for(cls.code) == cls.exit_code
+    assert _errors.exit_code_for("internal") == _errors.EXIT_INTERNAL
+    assert _errors.exit_code_for("no-such-code") == _errors.EXIT_INTERNAL
+    from pylabhub.recovery import cli as cli_module
+    assert _errors.exit_code_for(cli_module.Declined.code) == _errors.EXIT_REFUSED
+    entry = {"address": "x", "status": "ok", "result": None, "skipped": None,
+             "error": {"code": "permission", "message": "x: permission denied"}}
+    assert cli_module.entry_exit_code("heal", entry) == _errors.EXIT_PERMISSION
+    entry.update(error=None, skipped="header not sound: truncated")
+    assert cli_module.entry_exit_code("heal", entry) == _errors.EXIT_NO_BLOCK
