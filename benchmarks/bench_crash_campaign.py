@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: the long crash campaign (issue 7). Real producer/consumer processes are
 SIGKILLed at seeded protocol points, the block is healed and checked (the crash drill,
 ``_drill.drill``), over several seeds. Prints kills survived / kills, committed slots

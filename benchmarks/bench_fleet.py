@@ -85,10 +85,16 @@ def main() -> int:
     times = {"ping": [], "heal": []}
     try:
         t0 = time.perf_counter()
-        fleetlab.up(lab_dir, args.hosts, fleetlab.find_free_base(args.hosts))
+        for attempt in range(3):   # a port found free may be taken before sshd binds it
+            try:
+                fleetlab.up(lab_dir, args.hosts, fleetlab.find_free_base(args.hosts))
+                break
+            except fleetlab.LabError:
+                if attempt == 2:
+                    raise
         hosts = [fleetlab.host_name(i) for i in range(1, args.hosts + 1)]
-        print("fleet lab: %d hosts up in %.2f s; forks %d" % (args.hosts, time.perf_counter() - t0,
-                                                               forks))
+        print("fleet lab: %d hosts up in %.2f s; forks %d; heal %s"
+              % (args.hosts, time.perf_counter() - t0, forks, " ".join(heal[1:])))
         warm = subprocess.run(ping, env=env, capture_output=True, text=True, check=False)
         if warm.returncode != 0:
             print(warm.stdout + warm.stderr)
@@ -102,8 +108,8 @@ def main() -> int:
             for what in order:
                 seconds, proc = timed(ping if what == "ping" else heal, env)
                 if proc.returncode != 0:
-                    print("%s failed (exit %d):\n%s%s" % (what, proc.returncode,
-                                                         proc.stdout[-4000:], proc.stderr[-2000:]))
+                    print("%s failed (exit %d):\n%s%s"
+                          % (what, proc.returncode, proc.stdout[-4000:], proc.stderr[-2000:]))
                     return 1
                 if what == "heal" and "PYLABHUB FLEET SUMMARY" not in proc.stdout:
                     print("heal printed no fleet summary:\n" + proc.stdout[-3000:])

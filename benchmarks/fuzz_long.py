@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Long fuzzing campaign (issue 7): tests/reliability/fuzz_blocks.py with many more
 hypothesis examples, in a child process (a read outside a mapping would kill it: that is
 reported, not hidden). Prints the campaign summary; exits non-zero on any failure.
@@ -32,8 +31,8 @@ def main() -> int:
     t0 = time.monotonic()
     rc = subprocess.call(cmd)
     if rc < 0:
-        print("fuzz child died of %s after %.0f s" % (signal.Signals(-rc).name,
-                                                     time.monotonic() - t0))
+        died = signal.Signals(-rc).name
+        print("fuzz child died of %s after %.0f s" % (died, time.monotonic() - t0))
         return 2
     print("exit %d after %.1f s" % (rc, time.monotonic() - t0))
     return rc

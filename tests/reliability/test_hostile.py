@@ -20,7 +20,6 @@ import signal
 import socket
 import stat
 import subprocess
-import sys
 import tempfile
 import textwrap
 
@@ -39,14 +38,14 @@ OPS = (
     ("attach", lambda a: B.open_block(a).close()),
     ("attach(rw)", lambda a: B.open_block(a, writable=True).close()),
     ("attach(lenient)", lambda a: B.open_block(a, strict=False).close()),
-    ("diagnose", lambda a: E.diagnose(a)),
-    ("validate", lambda a: E.validate(a)),
+    ("diagnose", E.diagnose),
+    ("validate", E.validate),
     ("validate(repair)", lambda a: E.validate(a, repair=True)),
     ("recover(all, release_writer)", lambda a: E.recover(a, "all", "release_writer")),
     ("recover(all, release_readers, force)",
      lambda a: E.recover(a, "all", "release_readers", force=True)),
     ("recover(0, force_reset, force)", lambda a: E.recover(a, 0, "force_reset", force=True)),
-    ("cleanup", lambda a: E.cleanup(a)),
+    ("cleanup", E.cleanup),
     ("heal(repair)", lambda a: E.heal(a, repair=True)),
 )
 VALIDATING = ("validate", "validate(repair)", "attach(lenient)")
@@ -484,7 +483,7 @@ def unprivileged_python():
                "/usr/bin/python3", "-s", "-c", _CHILD]
         probe = subprocess.run(cmd[:-2] + ["-c", "import os; print(os.geteuid())"],
                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                               universal_newlines=True, timeout=30)
+                               universal_newlines=True, timeout=30, check=False)
         if probe.returncode != 0 or probe.stdout.strip() != str(NOBODY):
             pytest.skip("cannot run as uid %d here: %s" % (NOBODY, probe.stderr.strip()))
         yield cmd, env
@@ -513,7 +512,7 @@ def test_unprivileged_user_gets_permission_errors(zoo, unprivileged_python):
         before = world()
         proc = subprocess.run(cmd + list(cases) + [PREFIX + "nobody0600"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                              universal_newlines=True, timeout=120)
+                              universal_newlines=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         assert world() == before, "the unprivileged run changed something"
         out = json.loads(proc.stdout)
