@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: diagnose of a 65,536-slot block (stride 64). Prints seconds and slots/s
 (median of 3). Run from anywhere: ``python benchmarks/bench_diagnose.py [--slots N]``.
 
@@ -62,7 +61,7 @@ def main() -> int:
     build(name, args.slots, args.stride)
     try:
         times, cpu = [], []
-        for _ in range(args.runs):
+        for dummy in range(args.runs):
             t0, c0 = time.perf_counter(), time.process_time()
             result = E.diagnose(name)
             times.append(time.perf_counter() - t0)

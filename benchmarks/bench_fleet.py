@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: ``ansible-playbook pylabhub.recovery.heal`` on a 16-host fleet lab against
 ``ansible all -m ansible.builtin.ping`` on the same hosts, same forks, same run. Prints
 both times (median of the rounds) and their ratio; the target is <= 1.5, i.e. heal costs

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Benchmark: validate of a block holding >= 1 GiB of committed slots against ``b2sum``
 over the same bytes, in the same run. Prints both times (median of 3) and the ratio
 validate / b2sum (target <= 1.0). ``python benchmarks/bench_validate.py [--slots N]``.
@@ -74,7 +73,7 @@ def main() -> int:
              time.perf_counter() - t0))
     try:
         tv, tb, cv, cb = [], [], [], []
-        for _ in range(args.runs):
+        for dummy in range(args.runs):
             t0, c0 = time.perf_counter(), time.process_time()
             result = E.validate(name)
             tv.append(time.perf_counter() - t0)

@@ -85,8 +85,7 @@ def test_runtime_block_reads_as_the_spec_says(shm_name):
         assert (img.write_index, img.read_index) == (0, 0)
         assert img.data[192:200] == b"\xff" * 8 and img.commit_index == spec.NO_COMMIT
         assert img.layout_hash == spec.LAYOUT_HASH
-        record = bytes.fromhex("03000000" "00100000" "c0000000" "0010000000000000"
-                               "00" "02" "01" "00")  # the 24-byte record, spelled out
+        record = bytes.fromhex("03000000 00100000 c0000000 0010000000000000 00 02 01 00")  # the 24-byte record
         assert len(record) == 24
         assert img.layout_checksum == spec.blake(record) == spec.layout_checksum(
             n, 4096, s, f, 0, 2, 1)
@@ -138,7 +137,7 @@ def test_runtime_block_reads_as_the_spec_says(shm_name):
         img = Image.read(shm_path(shm_name))
         entry = img.consumer(0)
         assert (entry["pid"], entry["uid"], entry["name"]) == (os.getpid(), "CONS-UID-7",
-                                                              "reader-1")
+                                                               "reader-1")
         assert t1 <= entry["heartbeat_ns"] <= t2
         assert img.active_consumers == 1 and img.consumer(1)["pid"] == 0
         rs = c.acquire()

@@ -112,7 +112,7 @@ def ring(shm_name):
 
 
 def writer_scenario(ring, children, what):
-    name, _ = ring
+    name = ring[0]
     before = Image.read(shm(name))
     t0 = time.monotonic_ns()
     p = children(name, what)
@@ -172,7 +172,7 @@ def test_killed_before_commit(ring, children):
 
 
 def test_killed_reader_inside_a_slot(ring, children):
-    name, _ = ring
+    name = ring[0]
     before = Image.read(shm(name))
     p = children(name, "reading")
     index = wait_ready(p)
@@ -194,7 +194,7 @@ def test_killed_reader_inside_a_slot(ring, children):
 
 
 def test_killed_registered_consumer(ring, children):
-    name, _ = ring
+    name = ring[0]
     t0 = time.monotonic_ns()
     p = children(name, "registered")
     k = wait_ready(p)

@@ -146,7 +146,7 @@ class Child:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise ChildFailed("child %d sent nothing within %.1f s" % (self.pid, timeout))
-            ready, _, _ = select.select([self._r], [], [], left)
+            ready = select.select([self._r], [], [], left)[0]
             if ready:
                 chunk = os.read(self._r, 65536)
                 if not chunk:
@@ -206,7 +206,7 @@ def reaped_pid() -> int:
 # -- child programs (run inside Child) -------------------------------------------------------
 def _commit_n(p: R.Producer, n: int) -> List[int]:
     ids = []
-    for _ in range(n):
+    for dummy in range(n):
         ws = p.acquire()
         p.write(ws, payload(ws.slot_id, p.block.geo.stride))
         p.commit(ws)

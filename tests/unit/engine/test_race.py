@@ -71,7 +71,7 @@ def test_recovery_never_disturbs_live_processes(lab):
     # the children outlive the recovery loop: every holder is alive while recovery runs
     producer = lab.child(race_producer, name, DURATION + 1.5, linger=False)
     consumers = [lab.child(race_consumer, name, DURATION + 1.5, linger=False)
-                 for _ in range(2)]
+                 for dummy in range(2)]
     for c in [producer] + consumers:
         c.recv()
     ops = {
@@ -157,7 +157,7 @@ def test_cleanup_never_corrupts_consumer_count_of_churning_consumers(lab):
     while cleanup and heal loop: the count never underflows or drifts."""
     name = lab.create(capacity=CAPACITY, stride=STRIDE, evidence=True, commits=CAPACITY)
     churners = [lab.child(churn_consumer, name, DURATION + 1.5, linger=False)
-                for _ in range(2)]
+                for dummy in range(2)]
     for c in churners:
         c.recv()
     seen, runs = set(), 0

@@ -73,7 +73,7 @@ def block_with_readers(lab, evidence, dead=2, live=0, producer_alive=True, slot=
         producer = lab.child(writer_program, name, 0, "idle")
         producer.recv()
     readers = []
-    for _ in range(dead + live):
+    for dummy in range(dead + live):
         r = lab.child(reader_program, name, slot)
         assert r.recv()["index"] == slot
         readers.append(r)
@@ -84,7 +84,7 @@ def block_with_readers(lab, evidence, dead=2, live=0, producer_alive=True, slot=
 
 
 def test_release_readers_of_dead_consumers_without_force(lab):
-    name, producer, _ = block_with_readers(lab, True, dead=2, producer_alive=True)
+    name, producer, unused_readers = block_with_readers(lab, True, dead=2, producer_alive=True)
     result = E.recover(name, 2, "release_readers")
     assert result["ok"] and result["result"] == "SUCCESS" and not result["warnings"]
     img = image(name)
@@ -117,7 +117,7 @@ def test_release_readers_keeps_live_share(lab):
 
 
 def test_release_readers_no_evidence_live_producer_refused(lab):
-    name, producer, _ = block_with_readers(lab, False, dead=2, producer_alive=True)
+    name, producer, unused_readers = block_with_readers(lab, False, dead=2, producer_alive=True)
     before = file_bytes(name)
     result = E.recover(name, 2, "release_readers")
     assert result["result"] == "UNSAFE" and not result["ok"] and not result["changed"]
@@ -129,7 +129,7 @@ def test_release_readers_no_evidence_live_producer_refused(lab):
 
 @pytest.mark.parametrize("evidence", [True, False], ids=["evidence", "plain"])
 def test_release_readers_nobody_alive(lab, evidence):
-    name, _, _ = block_with_readers(lab, evidence, dead=3, producer_alive=False)
+    name, unused_producer, unused_readers = block_with_readers(lab, evidence, dead=3, producer_alive=False)
     result = E.recover(name, 2, "release_readers")
     assert result["ok"] and result["result"] == "SUCCESS" and not result["warnings"]
     assert image(name).slot(2)["readers"] == 0 and image(name).slot(2)["state"] == COMMITTED

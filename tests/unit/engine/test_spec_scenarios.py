@@ -46,7 +46,7 @@ def make(lab, kind: str, committed: bool = True):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_1_zombie_writer_released(lab, kind):
-    name, s, _ = make(lab, kind, committed=False)
+    name, s, unused_committed = make(lab, kind, committed=False)
     poke(name, slot_off(s), 8, DEAD_PID)
     poke(name, slot_off(s) + 12, 1, WRITING)
     result = E.recover(name, s, "release_writer")
@@ -59,7 +59,7 @@ def test_1_zombie_writer_released(lab, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_2_zombie_readers_released_without_force(lab, kind):
-    name, _, s = make(lab, kind)
+    name, unused_writer, s = make(lab, kind)
     before = committed_snapshot(name)
     assert s in before
     poke(name, slot_off(s) + 8, 4, 3)
@@ -73,7 +73,7 @@ def test_2_zombie_readers_released_without_force(lab, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_3_force_reset_of_dead_writer_needs_no_force(lab, kind):
-    name, s, _ = make(lab, kind, committed=False)
+    name, s, unused_committed = make(lab, kind, committed=False)
     poke(name, slot_off(s), 8, DEAD_PID)
     poke(name, slot_off(s) + 12, 1, WRITING)
     result = E.recover(name, s, "force_reset")
@@ -84,7 +84,7 @@ def test_3_force_reset_of_dead_writer_needs_no_force(lab, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_4_dead_consumer_cleaned(lab, kind):
-    name, _, _ = make(lab, kind)
+    name, unused_writer, unused_committed = make(lab, kind)
     count = image(name).active_consumers
     poke(name, 496, 8, DEAD_PID)
     poke(name, 208, 4, count + 1)
@@ -98,7 +98,7 @@ def test_4_dead_consumer_cleaned(lab, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_5_liveness_dead_pid_dead_own_pid_alive(lab, kind):
-    name, s, _ = make(lab, kind, committed=False)
+    name, s, unused_committed = make(lab, kind, committed=False)
     poke(name, slot_off(s), 8, DEAD_PID)
     poke(name, slot_off(s) + 12, 1, WRITING)
     slot = E.diagnose(name, s)["slots"][0]
@@ -110,7 +110,7 @@ def test_5_liveness_dead_pid_dead_own_pid_alive(lab, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_6_live_writer_refused(lab, kind):
-    name, s, _ = make(lab, kind, committed=False)
+    name, s, unused_committed = make(lab, kind, committed=False)
     poke(name, slot_off(s), 8, os.getpid())
     poke(name, slot_off(s) + 12, 1, WRITING)
     before = file_bytes(name)
@@ -124,7 +124,7 @@ def test_6_live_writer_refused(lab, kind):
 
 @pytest.mark.parametrize("kind", KINDS)
 def test_7_integrity(lab, kind):
-    name, _, _ = make(lab, kind, committed=False)
+    name, unused_writer, unused_committed = make(lab, kind, committed=False)
     assert E.validate(name)["ok"]
     publish_in_child(lab, name, 2)          # two checksummed writes
     result = E.validate(name)

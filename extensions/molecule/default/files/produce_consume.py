@@ -11,7 +11,6 @@ holding ansible_collections/pylabhub/recovery."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 
