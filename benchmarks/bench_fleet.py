@@ -84,13 +84,7 @@ def main() -> int:
     times = {"ping": [], "heal": []}
     try:
         t0 = time.perf_counter()
-        for attempt in range(3):   # a port found free may be taken before sshd binds it
-            try:
-                fleetlab.up(lab_dir, args.hosts, fleetlab.find_free_base(args.hosts))
-                break
-            except fleetlab.LabError:
-                if attempt == 2:
-                    raise
+        fleetlab.up(lab_dir, args.hosts, 0)      # 0: free ports, retried if one is taken
         hosts = [fleetlab.host_name(i) for i in range(1, args.hosts + 1)]
         print("fleet lab: %d hosts up in %.2f s; forks %d; heal %s"
               % (args.hosts, time.perf_counter() - t0, forks, " ".join(heal[1:])))

@@ -281,7 +281,25 @@ def _write_ansible_files(lab_dir: Path, hosts: List[dict], python: str, key: Pat
 def up(directory: os.PathLike, hosts: int, base_port: Optional[int] = None,
        shm_size: str = "64m", python: Optional[str] = None, log_level: str = "QUIET",
        timeout: float = 30.0) -> dict:
-    """Bring up ``hosts`` namespace hosts; returns the state (with ``seconds``)."""
+    """Bring up ``hosts`` namespace hosts; returns the state (with ``seconds``).
+
+    ``base_port=0`` picks free ports, and picks again (up to 3 tries) when another
+    process takes one between the check and sshd's bind: every caller gets that for free.
+    """
+    if base_port != 0:
+        return _up_once(directory, hosts, base_port, shm_size, python, log_level, timeout)
+    for attempt in range(3):
+        try:
+            return _up_once(directory, hosts, find_free_base(hosts), shm_size, python,
+                            log_level, timeout)
+        except LabError:
+            if attempt == 2:
+                raise
+    raise AssertionError("not reached")
+
+
+def _up_once(directory: os.PathLike, hosts: int, base_port: Optional[int], shm_size: str,
+             python: Optional[str], log_level: str, timeout: float) -> dict:
     t0 = time.monotonic()
     if os.geteuid() != 0:
         raise LabError("fleetlab needs root (namespaces, mounts, sshd)")
@@ -714,11 +732,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         if args.cmd == "_init":
             return _init_main(args.host, args.config, args.shm_size)
         if args.cmd == "up":
-            base = args.base_port
-            if base == 0:
-                base = find_free_base(args.hosts)
-            st = up(args.dir, args.hosts, base, args.shm_size, args.python, args.log_level,
-                    args.timeout)
+            st = up(args.dir, args.hosts, args.base_port, args.shm_size, args.python,
+                    args.log_level, args.timeout)
             if args.json:
                 print(json.dumps(st, indent=1))
             else:
