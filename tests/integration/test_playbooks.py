@@ -286,3 +286,15 @@ def test_fleet_summary_adhoc(workdir, lab):
     out = _run(cmd, workdir, extra_env={"ANSIBLE_CALLBACKS_ENABLED":
                                         "pylabhub.recovery.fleet_summary"})
     assert "PYLABHUB FLEET SUMMARY" not in out
+
+
+def test_drill_playbook_by_fqcn(workdir):
+    """``ansible-playbook pylabhub.recovery.drill``: the drill runs on the host through the
+    module and reports what it proved; a fixed seed makes the run repeatable."""
+    out = _run([os.path.join(BIN, "ansible-playbook"), "-i", "inventory",
+                "pylabhub.recovery.drill", "-e", "drill_iterations=12", "-e", "drill_seed=5"],
+               workdir)
+    assert "seed 5: 12/12 iterations survived" in out, out
+    assert re.search(r"\b0 lost\b", out), out
+    recap = {m.group(1): m.groups()[1:] for m in RECAP.finditer(out)}
+    assert recap["localhost"][3] == "0", out   # failed=0
