@@ -105,10 +105,13 @@ def cleanup(address: str, dry_run: bool = False) -> dict:
         plan = Plan(block, dry_run)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
-        refused = [o for o in outcomes if o.get("result") == UNSAFE]  # type: ignore
-        failed = any(o.get("result") == FAILED for o in outcomes)  # type: ignore
-        return _envelope("cleanup", block, plan, ok=not failed and not refused,
-                         refused=refused, warnings=_warnings(outcomes), **body)
+        result = aggregate(outcomes)  # type: ignore[arg-type]
+        if result == NOT_STUCK and plan.changed:
+            result = SUCCESS             # only counts were reconciled
+        return _envelope("cleanup", block, plan, result=result,
+                         ok=result in (SUCCESS, NOT_STUCK),
+                         refused=[o for o in outcomes if o.get("result") == UNSAFE],
+                         warnings=_warnings(outcomes), **body)
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,

@@ -262,8 +262,25 @@ def _summary(outcomes: List[Outcome]) -> str:
     return "nothing to do: no slot needed recovery"
 
 
+class _ComparesAsResult:
+    """Reports compare equal to their :class:`RecoveryResult` (and its int), as
+    pylabhub's C API returns plain result codes; two reports compare by the engine data."""
+
+    result: RecoveryResult
+    raw: Dict[str, Any]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, type(self)):
+            return self.raw == other.raw
+        if isinstance(other, int) and not isinstance(other, bool):
+            return int(self.result) == int(other)
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 @dataclass(eq=False)
-class RecoveryReport:
+class RecoveryReport(_ComparesAsResult):
     """Result of ``release_zombie_writer``/``release_zombie_readers``/``force_reset_*``.
 
     ``result``: the overall :class:`RecoveryResult` (worst of the slots). ``changed``:
@@ -286,16 +303,6 @@ class RecoveryReport:
         """True for SUCCESS and NOT_STUCK (done, or nothing to do)."""
         return self.result in (RecoveryResult.SUCCESS, RecoveryResult.NOT_STUCK)
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, RecoveryReport):
-            return (self.result, self.changed, self.changes, self.message, self.raw) == (
-                other.result, other.changed, other.changes, other.message, other.raw)
-        if isinstance(other, int) and not isinstance(other, bool):
-            return int(self.result) == int(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
     @classmethod
     def from_engine(cls, raw: Dict[str, Any]) -> "RecoveryReport":
         outcomes = [Outcome.from_engine(o) for o in raw.get("outcomes", [])]
@@ -310,7 +317,7 @@ class RecoveryReport:
 
 
 @dataclass(eq=False)
-class CleanupReport:
+class CleanupReport(_ComparesAsResult):
     """Result of ``cleanup_dead_consumers``.
 
     ``cleaned``: consumer entries of dead processes cleared. ``reconciled``: header
@@ -332,27 +339,10 @@ class CleanupReport:
     def ok(self) -> bool:
         return self.result in (RecoveryResult.SUCCESS, RecoveryResult.NOT_STUCK)
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, CleanupReport):
-            return self.raw == other.raw
-        if isinstance(other, int) and not isinstance(other, bool):
-            return int(self.result) == int(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
-
     @classmethod
     def from_engine(cls, raw: Dict[str, Any]) -> "CleanupReport":
         outcomes = [Outcome.from_engine(o) for o in raw.get("outcomes", [])]
-        results = {o.result for o in outcomes}
-        if RecoveryResult.FAILED in results:
-            result = RecoveryResult.FAILED
-        elif RecoveryResult.UNSAFE in results:
-            result = RecoveryResult.UNSAFE
-        elif raw["changed"]:
-            result = RecoveryResult.SUCCESS
-        else:
-            result = RecoveryResult.NOT_STUCK
+        result = RecoveryResult.from_name(raw["result"])
         message = _summary(outcomes) if outcomes else (
             "reconciled %s" % ", ".join(r["field"] for r in raw.get("reconciled", []))
             if raw.get("reconciled") else "nothing to do: no dead consumer")
@@ -384,7 +374,7 @@ class Finding:
 
 
 @dataclass(eq=False)
-class IntegrityReport:
+class IntegrityReport(_ComparesAsResult):
     """Result of ``validate_integrity``: ``valid`` (no error left), the ``findings``, and
     ``reblessed``: the slots whose checksum ``repair=True`` recomputed."""
 
@@ -400,15 +390,6 @@ class IntegrityReport:
     def result(self) -> RecoveryResult:
         """pylabhub's view: SUCCESS when valid, else FAILED."""
         return RecoveryResult.SUCCESS if self.valid else RecoveryResult.FAILED
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, IntegrityReport):
-            return self.raw == other.raw
-        if isinstance(other, int) and not isinstance(other, bool):
-            return int(self.result) == int(other)
-        return NotImplemented
-
-    __hash__ = None  # type: ignore[assignment]
 
     @classmethod
     def from_engine(cls, raw: Dict[str, Any]) -> "IntegrityReport":
