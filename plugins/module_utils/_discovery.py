@@ -20,7 +20,8 @@ from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import SHM_DIR, inspect_header
-from ._liveness import ALIVE, DEAD, SUSPECT_HUNG, Snapshot, judge
+from ._liveness import ALIVE, DEAD, SUSPECT_HUNG, Snapshot
+from ._observe import producer_verdict
 
 MEMFD_LINK = "/memfd:"
 _DELETED = " (deleted)"
@@ -86,14 +87,7 @@ def _describe(address: str, kind: str, path: str, name: str, st: os.stat_result,
     evidence = full and (_decode(head, "ev_marker") == L.EVIDENCE_MARKER
                          and _decode(head, "ev_version") == L.EVIDENCE_VERSION)
     pid = _decode(head, "producer_heartbeat_pid") if full else 0
-    verdict = None
-    if pid:
-        kw = {}
-        if evidence and _decode(head, "ev_producer_pid") == pid:
-            kw = {"recorded_start_ticks": _decode(head, "ev_producer_start"),
-                  "recorded_boot_id": _decode(head, "ev_boot_id")}
-        verdict = judge(pid, heartbeat_ns=_decode(head, "producer_heartbeat_ns"), now=snap,
-                        **kw)
+    verdict = producer_verdict(lambda name: _decode(head, name), snap) if pid else None
     entry["has_evidence"] = bool(evidence)
     entry["producer_pid"] = pid if full else None
     entry["producer_verdict"] = verdict.to_dict() if verdict else None

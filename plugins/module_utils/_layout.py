@@ -157,6 +157,7 @@ HEADER = _table(
     Field("ev_boot_id", 2648, 16, "bytes"),
     _a("ev_producer_pid", 2664, 8),
     _a("ev_producer_start", 2672, 8),
+    _a("ev_producer_pidns", 2680, 8),
 )
 
 CONSUMER_TABLE_OFFSET = 496         # 8 heartbeat entries x 128 bytes
@@ -176,6 +177,7 @@ CONSUMER_EVIDENCE = _table(
     _a("pid", 0, 8),
     _a("start", 8, 8),
     _a("reading", 16, 8),           # slot id + 1 of the slot being read; 0 = none
+    _a("pidns", 24, 8),             # inode of the consumer's PID namespace
 )
 
 SLOT = _table(
@@ -189,6 +191,7 @@ SLOT = _table(
     _a("ev_writer_start", 32, 8),
     _a("ev_locked_ns", 40, 8),
     _a("ev_changed_ns", 48, 8),
+    _a("ev_writer_pidns", 56, 8),   # inode of the writer's PID namespace
 )
 
 READ_POSITION = Field("read_position", 0, 8, "u", True)   # at read_position(k)

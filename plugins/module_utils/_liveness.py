@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from ._procinfo import (
     PID_MAX_LIMIT, PROBE_EXISTS, PROBE_NO_SUCH, PROBE_OTHER_USER, boot_id, boottime_ns,
-    clock_ticks, live_thread_count, monotonic_ns, pid_probe, process_stat,
+    clock_ticks, live_thread_count, monotonic_ns, pid_namespace, pid_probe, process_stat,
 )
 
 ALIVE = "alive"
@@ -64,11 +64,12 @@ class Snapshot:
     boot_id: Optional[bytes]
     clk_tck: int = 100
     live: bool = False
+    pidns: Optional[int] = None       # inode of this process's PID namespace
 
     @classmethod
     def take(cls) -> "Snapshot":
         mono = monotonic_ns()  # monotonic first: the suspend offset errs on the large side
-        return cls(mono, boottime_ns(), boot_id(), clock_ticks(), True)
+        return cls(mono, boottime_ns(), boot_id(), clock_ticks(), True, pid_namespace())
 
     def refreshed(self) -> "Snapshot":
         if not self.live:
@@ -86,14 +87,16 @@ def judge(pid: int, *, recorded_start_ticks: Optional[int] = None,
           recorded_boot_id: Optional[bytes] = None, since_ns: Optional[int] = None,
           heartbeat_ns: Optional[int] = None,
           stale_after_ns: int = DEFAULT_STALE_AFTER_NS,
-          now: Optional[Snapshot] = None) -> Verdict:
+          now: Optional[Snapshot] = None, recorded_pidns: Optional[int] = None) -> Verdict:
     """Judge whether ``pid`` (recorded in a block as a holder) still holds anything.
 
     ``recorded_start_ticks``/``recorded_boot_id``: our runtime's evidence of the holder's
     identity (None for blocks written by the C++ library; an all-zero boot id = unknown).
     ``since_ns``: CLOCK_MONOTONIC time at which the block says ``pid`` already held (lock
     taken, heartbeat...); ``heartbeat_ns``: last heartbeat. ``now``: a Snapshot (default:
-    take one). pid 0 means "no holder" and must not be judged: ValueError.
+    take one). ``recorded_pidns``: inode of the PID namespace the holder recorded (our
+    evidence); when it is not ours the PID number cannot be probed here: UNKNOWN.
+    pid 0 means "no holder" and must not be judged: ValueError.
     """
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         raise ValueError("pid %r is not a process id (0 = no holder: nothing to judge)" % (pid,))
@@ -117,7 +120,13 @@ def judge(pid: int, *, recorded_start_ticks: Optional[int] = None,
             same_boot = True
             ev.append("recorded on this boot (%s)" % _uuid(snap.boot_id))
 
-    # 2. Does any process have this PID?
+    # 2. A PID of another PID namespace (another container) names some other process here.
+    if recorded_pidns and snap.pidns and recorded_pidns != snap.pidns:
+        return verdict(UNKNOWN, "pid %d was recorded in PID namespace %d but this process "
+                       "runs in %d: that number names another process here; run recovery "
+                       "in the holder's namespace" % (pid, recorded_pidns, snap.pidns))
+
+    # 3. Does any process have this PID?
     if pid >= PID_MAX_LIMIT:
         return verdict(DEAD, "pid %d >= %d (PID_MAX_LIMIT): no process can have it"
                        % (pid, PID_MAX_LIMIT))
@@ -129,7 +138,7 @@ def judge(pid: int, *, recorded_start_ticks: Optional[int] = None,
     ev.append("kill(%d, 0): %s" % (pid, "success (process exists)" if probe == PROBE_EXISTS
                                    else "EPERM (exists, owned by another user)"))
 
-    # 3. It exists (ours or another user's alike): is it still the holder, and running?
+    # 4. It exists (ours or another user's alike): is it still the holder, and running?
     st = process_stat(pid)
     threads = None  # type: Optional[int]
     snap = snap.refreshed()  # clocks read after /proc and after the caller read the block

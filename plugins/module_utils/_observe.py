@@ -20,7 +20,7 @@ The rules deciding *who may be released* live here, once:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._liveness import DEAD, Snapshot, Verdict, judge
@@ -32,6 +32,26 @@ CEV = L.CONSUMER_EVIDENCE
 _CONSISTENT_TRIES = 16
 _WORDS = tuple(SLOT[n] for n in ("write_lock", "reader_count", "slot_state", "writer_waiting",
                                  "write_generation"))
+
+
+def producer_verdict(get: Callable[[str], object], now: Snapshot) -> Optional[Verdict]:
+    """The producer heartbeat's pid, judged with our evidence when it names that pid.
+
+    ``get(header_field_name)`` reads the header (a Plan, or raw header bytes in discovery),
+    so the block's own view and the host listing judge a producer by one rule."""
+    pid = get("producer_heartbeat_pid")
+    if not pid:
+        return None
+    recorded = {}  # type: Dict[str, object]
+    if (get("ev_marker") == L.EVIDENCE_MARKER and get("ev_version") == L.EVIDENCE_VERSION
+            and get("ev_producer_pid") == pid):
+        recorded = {"recorded_start_ticks": get("ev_producer_start") or None,
+                    "recorded_boot_id": get("ev_boot_id"),
+                    "recorded_pidns": get("ev_producer_pidns") or None}
+        if recorded["recorded_start_ticks"] is None:
+            recorded["recorded_boot_id"] = None
+    return judge(int(pid), heartbeat_ns=get("producer_heartbeat_ns") or None,  # type: ignore
+                 now=now, **recorded)  # type: ignore[arg-type]
 
 
 def _slot_words(plan: Plan, base: int) -> Tuple[int, ...]:
@@ -91,26 +111,19 @@ class Scene:
         self._cache: Dict[Tuple, Verdict] = {}
         self.producer_pid = plan.hdr("producer_heartbeat_pid")
         self.producer_hb = plan.hdr("producer_heartbeat_ns")
-        self.producer = self._producer_verdict()
+        self.producer = producer_verdict(plan.hdr, self.now)
         self.consumers = self._consumers()
 
     # -- verdicts ---------------------------------------------------------------------
     def judge(self, pid: int, start: Optional[int] = None, since: Optional[int] = None,
-              heartbeat: Optional[int] = None) -> Verdict:
-        key = (pid, start, since, heartbeat)
+              heartbeat: Optional[int] = None, pidns: Optional[int] = None) -> Verdict:
+        key = (pid, start, since, heartbeat, pidns)
         if key not in self._cache:
             self._cache[key] = judge(pid, recorded_start_ticks=start,
                                      recorded_boot_id=self.boot_id if start else None,
-                                     since_ns=since, heartbeat_ns=heartbeat, now=self.now)
+                                     since_ns=since, heartbeat_ns=heartbeat, now=self.now,
+                                     recorded_pidns=pidns)
         return self._cache[key]
-
-    def _producer_verdict(self) -> Optional[Verdict]:
-        if not self.producer_pid:
-            return None
-        start = None
-        if self.has_evidence and self.plan.hdr("ev_producer_pid") == self.producer_pid:
-            start = self.plan.hdr("ev_producer_start") or None
-        return self.judge(self.producer_pid, start, heartbeat=self.producer_hb or None)
 
     def _consumers(self) -> List[ConsumerView]:
         return [c for c in (self._consumer(k) for k in range(L.MAX_CONSUMERS)) if c]
@@ -121,17 +134,19 @@ class Scene:
         if not pid:
             return None
         hb = self.plan.get(CONS["last_heartbeat_ns"], base)
-        reading, start, ours = None, None, False
+        reading, start, pidns, ours = None, None, None, False
         if self.has_evidence:
             ev = L.consumer_evidence(k)
             if self.plan.get(CEV["pid"], ev) == pid:
                 ours = True
                 start = self.plan.get(CEV["start"], ev) or None
+                pidns = self.plan.get(CEV["pidns"], ev) or None
                 value = self.plan.get(CEV["reading"], ev)
                 reading = value - 1 if value else None
         view = ConsumerView(k, pid, hb, self.plan.get(CONS["consumer_uid"], base),
                             self.plan.get(CONS["consumer_name"], base), reading, ours)
-        view.verdict = self.judge(pid, start, since=hb or None, heartbeat=hb or None)
+        view.verdict = self.judge(pid, start, since=hb or None, heartbeat=hb or None,
+                                  pidns=pidns)
         return view
 
     @property
@@ -139,13 +154,14 @@ class Scene:
         return [c for c in self.consumers if not c.dead]
 
     def writer_verdict(self, pid: int, base: int) -> Verdict:
-        start = since = None
+        start = since = pidns = None
         if self.has_evidence and self.plan.get(SLOT["ev_writer_pid"], base) == pid:
             start = self.plan.get(SLOT["ev_writer_start"], base) or None
             since = self.plan.get(SLOT["ev_locked_ns"], base) or None
+            pidns = self.plan.get(SLOT["ev_writer_pidns"], base) or None
         elif pid == self.producer_pid and self.producer_hb:
             since = self.producer_hb   # C++ blocks: the producer's heartbeat names it
-        return self.judge(pid, start, since=since)
+        return self.judge(pid, start, since=since, pidns=pidns)
 
     # -- slots ------------------------------------------------------------------------
     def _stable_words(self, base: int) -> Tuple[int, ...]:

@@ -107,6 +107,17 @@ def process_state(pid: int) -> Optional[str]:
     return st.state if st else None
 
 
+def pid_namespace(pid: Optional[int] = None) -> Optional[int]:
+    """Inode of the PID namespace of ``pid`` (default: this process), or None.
+
+    A PID means something only inside its namespace: a holder recorded from another
+    container must not be probed by its number here."""
+    try:
+        return os.stat("/proc/%s/ns/pid" % ("self" if pid is None else int(pid))).st_ino
+    except (OSError, ValueError):
+        return None
+
+
 def own_start_ticks() -> int:
     """Start ticks of this process (always readable: /proc/self is never hidden)."""
     st = process_stat(os.getpid())

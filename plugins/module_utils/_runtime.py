@@ -131,10 +131,12 @@ class Producer:
         self.block = block
         self.pid = os.getpid()
         self.start = _procinfo.own_start_ticks() or 0
+        self.pidns = _procinfo.pid_namespace() or 0
         self.evidence = block.has_evidence
         if self.evidence:
-            block.set("ev_producer_pid", self.pid)
             block.set("ev_producer_start", self.start)
+            block.set("ev_producer_pidns", self.pidns)
+            block.set("ev_producer_pid", self.pid)
         self.heartbeat()
 
     def heartbeat(self) -> None:
@@ -145,9 +147,10 @@ class Producer:
         if not self.evidence:
             return
         now = time.monotonic_ns()
-        if locked:
-            self.block.set(SLOT["ev_writer_pid"], self.pid, base)
+        if locked:  # identity before the pid: evidence counts only once the pid matches
             self.block.set(SLOT["ev_writer_start"], self.start, base)
+            self.block.set(SLOT["ev_writer_pidns"], self.pidns, base)
+            self.block.set(SLOT["ev_writer_pid"], self.pid, base)
             self.block.set(SLOT["ev_locked_ns"], now, base)
         self.block.set(SLOT["ev_changed_ns"], now, base)
 
@@ -231,6 +234,7 @@ class Consumer:
         self.block = block
         self.pid = os.getpid()
         self.start = _procinfo.own_start_ticks() or 0
+        self.pidns = _procinfo.pid_namespace() or 0
         self.evidence = block.has_evidence
         self.index = self._register(name, uid)
 
@@ -243,6 +247,7 @@ class Consumer:
                     ev = L.consumer_evidence(k)
                     b.set(CEV["reading"], 0, ev)
                     b.set(CEV["start"], self.start, ev)
+                    b.set(CEV["pidns"], self.pidns, ev)
                     b.set(CEV["pid"], self.pid, ev)
                 b.set(CONS["consumer_uid"], uid, base)
                 b.set(CONS["consumer_name"], name, base)
@@ -317,5 +322,5 @@ class Consumer:
             b.set(CONS["consumer_name"], "", base)
             if self.evidence:
                 ev = L.consumer_evidence(self.index)
-                for name in ("pid", "start", "reading"):
+                for name in ("pid", "start", "reading", "pidns"):
                     b.set(CEV[name], 0, ev)

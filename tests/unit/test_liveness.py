@@ -326,3 +326,20 @@ def test_other_users_process_judged_by_start_time(spawn):
     assert out["wrong"]["state"] == "dead", out["wrong"]
     assert any("pid reused" in e for e in out["wrong"]["evidence"]), out["wrong"]
     assert out["older_since"]["state"] == "dead", out["older_since"]
+
+
+def test_pid_of_another_pid_namespace_unknown_never_dead(spawn):
+    """A pid recorded in another PID namespace (another container) names some other
+    process here, or none: it is never probed by its number, the verdict is unknown."""
+    own = procinfo.pid_namespace()
+    assert own and procinfo.pid_namespace(os.getpid()) == own
+    gone = spawn(["true"])
+    gone.wait()
+    for pid in (os.getpid(), gone.pid):          # a live process here, and no process here
+        v = judge(pid, recorded_pidns=own + 1)
+        assert v.state == liveness.UNKNOWN and "PID namespace" in text(v), v
+    assert judge(os.getpid(), recorded_pidns=own).state == liveness.ALIVE
+    assert judge(gone.pid, recorded_pidns=own).is_dead
+    # another boot still wins: every pid of another boot is dead, whatever its namespace
+    assert judge(os.getpid(), recorded_pidns=own + 1, recorded_boot_id=bytes(range(1, 17))
+                 ).is_dead
