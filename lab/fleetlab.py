@@ -63,6 +63,18 @@ def _which(name: str, fallback: Optional[str] = None) -> str:
     return found
 
 
+def missing_prerequisites() -> Optional[str]:
+    """Why a lab cannot be brought up on this machine, or None: what `up` needs."""
+    if os.geteuid() != 0:
+        return "needs root (namespaces, mounts, sshd)"
+    for tool in ("unshare", "nsenter", "ssh", "ssh-keygen"):
+        if not shutil.which(tool):
+            return "%s not installed" % tool
+    if not os.access(SSHD, os.X_OK):
+        return "openssh-server not installed"
+    return None
+
+
 def host_name(i: int) -> str:
     return "lab-%02d" % i
 

@@ -46,25 +46,13 @@ HOSTS = ("lab-01", "lab-02", "lab-03", "lab-04")
 FAULTS = (("lab-01", "stuck_writer"), ("lab-01", "healthy"), ("lab-02", "stuck_readers"),
           ("lab-03", "dead_consumers"), ("lab-04", "corruption"))
 
-
-def _missing():
-    if os.geteuid() != 0:
-        return "needs root (namespaces, mounts, sshd)"
-    for tool in ("unshare", "nsenter", "ssh", "ssh-keygen"):
-        if not shutil.which(tool):
-            return "%s not installed" % tool
-    if not os.access("/usr/sbin/sshd", os.X_OK):
-        return "openssh-server not installed"
-    if not PLAYBOOK.exists():
-        return "ansible-playbook not installed beside %s" % sys.executable
-    return None
-
-
-if _missing():
-    pytest.skip(_missing(), allow_module_level=True)
-
 sys.path.insert(0, str(FLEETLAB.parent))
 import fleetlab  # noqa: E402
+
+_MISSING = fleetlab.missing_prerequisites() or (
+    None if PLAYBOOK.exists() else "ansible-playbook not installed beside %s" % sys.executable)
+if _MISSING:
+    pytest.skip(_MISSING, allow_module_level=True)
 
 # The bytes of every block of a host, read inside the host with the core's open_block.
 READ_BLOCKS = textwrap.dedent("""

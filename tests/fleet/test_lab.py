@@ -29,24 +29,13 @@ ANSIBLE = Path(sys.executable).parent / "ansible"
 HOSTS = ("lab-01", "lab-02", "lab-03")
 
 
-def _missing():
-    if os.geteuid() != 0:
-        return "needs root (namespaces, mounts, sshd)"
-    for tool in ("unshare", "nsenter", "ssh", "ssh-keygen"):
-        if not shutil.which(tool):
-            return "%s not installed" % tool
-    if not os.access("/usr/sbin/sshd", os.X_OK):
-        return "openssh-server not installed"
-    if not ANSIBLE.exists() and not shutil.which("ansible"):
-        return "ansible not installed"
-    return None
-
-
-if _missing():
-    pytest.skip(_missing(), allow_module_level=True)
-
 sys.path.insert(0, str(FLEETLAB.parent))
 import fleetlab  # noqa: E402
+
+_MISSING = fleetlab.missing_prerequisites() or (
+    None if ANSIBLE.exists() or shutil.which("ansible") else "ansible not installed")
+if _MISSING:
+    pytest.skip(_MISSING, allow_module_level=True)
 
 
 def _ansible(lab_dir, *args, timeout=90):
