@@ -29,7 +29,7 @@ def _age_s(scene: Scene, stamp: Optional[int]) -> Optional[float]:
 def explain_slot(scene: Scene, view: SlotView) -> Dict[str, object]:
     writer_stuck = bool((view.write_lock and view.writer_dead) or view.orphaned)
     readers_stuck = view.releasable_readers > 0
-    suspect = bool(view.write_lock and not view.writer_dead and view.writer.state != "alive")
+    suspect = view.writer_suspect
     state = L.enum_name(_S, view.state)
     reason, action, since = "", None, None
     if writer_stuck and readers_stuck:

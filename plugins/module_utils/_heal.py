@@ -31,7 +31,7 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
         view = scene.slot(i)
         if (view.write_lock and view.writer_dead) or view.orphaned:
             outcomes.append(plan_slot(scene, i, "release_writer"))
-        elif view.write_lock and view.writer.state != "alive":
+        elif view.writer_suspect:
             outcomes.append(plan_slot(scene, i, "release_writer"))    # refused, reported
         view = scene.slot(i)
         if view.releasable_readers:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
-from ._liveness import DEAD, Snapshot, Verdict, judge
+from ._liveness import ALIVE, DEAD, Snapshot, Verdict, judge
 from ._plan import Plan
 
 SLOT = L.SLOT
@@ -92,6 +92,13 @@ class SlotView:
     @property
     def writer_dead(self) -> bool:
         return self.writer is not None and self.writer.is_dead
+
+    @property
+    def writer_suspect(self) -> bool:
+        """Locked by a holder neither proven dead nor plainly alive (suspect-hung,
+        unknown): only a forced action may release it; heal reports it as refused."""
+        return bool(self.write_lock and self.writer is not None
+                    and self.writer.state not in (DEAD, ALIVE))
 
     @property
     def orphaned(self) -> bool:
@@ -216,10 +223,3 @@ class Scene:
             view.releasable_readers = count
         else:
             view.releasable_readers = max(0, min(dead_in, count - view.live_possible))
-
-    def writer_is_alive_anywhere(self) -> bool:
-        return bool(self.producer and not self.producer.is_dead)
-
-
-def is_dead(verdict: Optional[Verdict]) -> bool:
-    return verdict is not None and verdict.state == DEAD
