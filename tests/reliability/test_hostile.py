@@ -16,7 +16,6 @@ import hashlib
 import json
 import os
 import shutil
-import signal
 import socket
 import stat
 import subprocess
@@ -25,6 +24,7 @@ import textwrap
 
 import pytest
 
+from ansible_collections.pylabhub.recovery.tests.support import Hang, deadline
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _discovery, _engine as E, _errors, _layout as L, _runtime as R)
 
@@ -114,23 +114,6 @@ def watched_os():
         os.open = real_open
 
 
-class Hang(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def deadline(seconds=10.0):
-    def alarm(signum, frame):
-        raise Hang("no answer after %.0f s (hung on a FIFO?)" % seconds)
-    old = signal.signal(signal.SIGALRM, alarm)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def run_all_ops(address, extra_paths=()):
     """Every op on ``address``: {op: RecoveryError or result}; asserts nothing changed."""
     before = world(extra_paths)
@@ -139,7 +122,7 @@ def run_all_ops(address, extra_paths=()):
         for label, op in OPS:
             TRIED["calls"] += 1
             try:
-                with deadline():
+                with deadline(10.0, "%s(%r)" % (label, address)):
                     out[label] = op(address)
             except _errors.RecoveryError as exc:
                 out[label] = exc
@@ -415,7 +398,7 @@ def test_discovery_amid_hostile_entries(zoo):
     no change."""
     TRIED["calls"] += 1
     before = world()
-    with watched_os() as calls, deadline():
+    with watched_os() as calls, deadline(10.0, "discover"):
         found = {e["name"]: e for e in _discovery.discover(pattern=PREFIX + "*")}
     assert not calls and world() == before
     assert found[PREFIX + "ok"]["status"] == "ok"

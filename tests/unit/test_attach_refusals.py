@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import signal
 import stat
 import struct
 import subprocess
@@ -15,6 +14,7 @@ import textwrap
 
 import pytest
 
+from ansible_collections.pylabhub.recovery.tests.support import deadline
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _errors as E, _layout as L, _runtime as R)
 
@@ -72,27 +72,13 @@ def snapshot(path):
         os.close(fd)
 
 
-@contextlib.contextmanager
-def deadline(seconds=5.0):
-    """Fail instead of hanging (a FIFO opened without O_NONBLOCK would block forever)."""
-    def boom(*_):
-        raise TimeoutError("open_block hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def refused(address, cls, *needles, path=None, strict=True, modes=(True, False)):
     """open_block(address) raises ``cls`` (writable and read-only), the message names the
     address and every needle, and the file's bytes are unchanged."""
     path = path or (shm(address) if "/" not in address else address)
     before = snapshot(path) if "\0" not in path else None
     for writable in modes:
-        with deadline():
+        with deadline(5.0, "open_block"):
             with pytest.raises(cls) as info:
                 B.open_block(address, writable=writable, strict=strict)
         err = info.value

@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from ansible_collections.pylabhub.recovery.tests.support import deadline
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _discovery as D, _layout as L, _runtime as R)
 
@@ -86,21 +86,8 @@ def children():
         p.stderr.close()
 
 
-@contextlib.contextmanager
-def deadline(seconds=20.0):
-    def boom(*_):
-        raise TimeoutError("discover() hung")
-    old = signal.signal(signal.SIGALRM, boom)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-
-
 def discover(*args, **kw):
-    with deadline():
+    with deadline(20.0, "discover()"):
         out = D.discover(*args, **kw)
     assert json.loads(json.dumps(out)) == out               # JSON-ready
     assert [e["address"] for e in out] == sorted(e["address"] for e in out)
