@@ -93,22 +93,14 @@ def collections_dir():
     return _STATE["tmp"]
 
 
-@pytest.fixture(scope="session")
-def shared_dir(repo_root):
-    """The ``shared/`` folder beside the repo (or ``$PLH_SHARED_DIR``)."""
-    path = Path(os.environ.get("PLH_SHARED_DIR") or (repo_root.parent / "shared"))
-    if not path.is_dir():
-        pytest.fail("shared dir not found: %s (set PLH_SHARED_DIR)" % path, pytrace=False)
-    return path
+FIXTURES_DIR = REPO_ROOT / "tests" / "fixtures" / "pylabhub-1.0"
 
 
 @pytest.fixture(scope="session")
-def fixtures_dir(shared_dir):
-    """The DataBlock 1.0 fixture images shipped in ``shared/``."""
-    path = shared_dir / "fixtures" / "pylabhub-1.0"
-    if not path.is_dir():
-        pytest.fail("fixtures dir not found: %s" % path, pytrace=False)
-    return path
+def fixtures_dir():
+    """Real pylabhub 1.0 segments, kept in the repository (tests/fixtures/pylabhub-1.0,
+    see its README for where they come from)."""
+    return FIXTURES_DIR
 
 
 @pytest.fixture

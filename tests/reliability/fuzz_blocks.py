@@ -163,8 +163,7 @@ def load_bases(fixtures_dir=None):
             except FileNotFoundError:
                 pass
     if fixtures_dir is None:
-        fixtures_dir = os.environ.get("PLH_SHARED_DIR") or str(REPO_ROOT.parent / "shared")
-        fixtures_dir = os.path.join(fixtures_dir, "fixtures", "pylabhub-1.0")
+        fixtures_dir = str(REPO_ROOT / "tests" / "fixtures" / "pylabhub-1.0")
     for fname in FIXTURES:
         path = os.path.join(fixtures_dir, fname)
         if not os.path.exists(path):

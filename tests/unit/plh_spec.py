@@ -1,6 +1,6 @@
 """A spec-level reader of pylabhub DataBlock 1.0 images, for tests only.
 
-Written from the tables of the spec (shared/spec/pylabhub-datablock-1.0.md) and of
+Written from the tables of the spec (docs/spec/pylabhub-datablock-1.0.md) and of
 docs/architecture.md (our recovery evidence) with plain ``struct`` offsets, and
 deliberately independent of ``plugins/module_utils/_layout.py``: when the two agree on a
 real block, the core's declarative layout is byte-compatible with the format.
