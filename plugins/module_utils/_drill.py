@@ -228,7 +228,7 @@ def run_iteration(seed: int, index: int, capacity: int = 4, stride: int = 4096) 
 def _still_works(block, rng: random.Random) -> List[str]:
     data = _payload(rng, block.geo.stride)
     try:
-        ws = R.Producer(block).publish(data, timeout=2.0)
+        ws = R.Producer(block).publish(data, timeout=2.0, drain_timeout=2.0)
         consumer = R.Consumer(block, name="drill-check")
         try:
             rs = consumer.acquire()

@@ -168,8 +168,14 @@ class Producer:
         _wait(take, timeout, "the write lock")
         self._mark(base, locked=True)
 
-    def acquire(self, timeout: Optional[float] = 5.0) -> WriteSlot:
-        """Claim the next slot id, lock it, drain readers of a committed slot, mark WRITING."""
+    def acquire(self, timeout: Optional[float] = 5.0,
+                drain_timeout: Optional[float] = None) -> WriteSlot:
+        """Claim the next slot id, lock it, drain readers of a committed slot, mark WRITING.
+
+        Like pylabhub's producer, draining waits for ever by default (``drain_timeout``
+        None); a caller that must not hang (the drill's final check) gives a bound, and on
+        timeout the slot is handed back exactly as it was (COMMITTED, no waiting writer,
+        unlocked, the slot id unclaimed)."""
         b = self.block
         slot_id = b.add("write_index", 1)
         index = slot_id % b.geo.capacity
@@ -184,7 +190,17 @@ class Producer:
             b.set(SLOT["slot_state"], L.SlotState.DRAINING, base)
             b.set(SLOT["writer_waiting"], 1, base)
             self._mark(base)
-            _wait(lambda: b.get(SLOT["reader_count"], base) == 0, None, "readers to drain")
+            try:
+                _wait(lambda: b.get(SLOT["reader_count"], base) == 0, drain_timeout,
+                      "readers to drain")
+            except Timeout:
+                b.set(SLOT["slot_state"], L.SlotState.COMMITTED, base)
+                b.set(SLOT["writer_waiting"], 0, base)
+                self._mark(base)
+                b.set(SLOT["write_lock"], 0, base)
+                b.cas("write_index", slot_id + 1, slot_id)
+                b.add("writer_reader_timeout_count", 1)
+                raise
         b.set(SLOT["slot_state"], L.SlotState.WRITING, base)
         b.set(SLOT["writer_waiting"], 0, base)
         self._mark(base)
@@ -219,9 +235,10 @@ class Producer:
         b.set(SLOT["write_lock"], 0, base)
         b.cas("write_index", ws.slot_id + 1, ws.slot_id)
 
-    def publish(self, data: bytes, timeout: Optional[float] = 5.0) -> WriteSlot:
+    def publish(self, data: bytes, timeout: Optional[float] = 5.0,
+                drain_timeout: Optional[float] = None) -> WriteSlot:
         """acquire + write + commit."""
-        ws = self.acquire(timeout)
+        ws = self.acquire(timeout, drain_timeout)
         self.write(ws, data)
         self.commit(ws)
         return ws
