@@ -267,6 +267,13 @@ class Block:
         except Exception:
             pass
 
+    def mapping(self) -> Tuple[int, int]:
+        """(start address, fd) of this attachment: the kernel scan leaves the recovery
+        engine's own mapping out of this process's entry (see _kernel.engine_mapping)."""
+        if self._addr is None:
+            raise RecoveryError("%s: block is closed" % self.address)
+        return self._addr, self._fd
+
     @property
     def name(self) -> str:
         return os.path.basename(self.path) if self.kind == "shm" else self.address
