@@ -11,14 +11,17 @@ hierarchy. Nothing here decides policy: that lives in the modules it calls.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+import contextlib
+from typing import Dict, Iterable, Iterator, List, Optional
 
+from . import _kernel
 from . import _layout as L
 from ._block import Block, open_block
 from ._cleanup import cleanup as _cleanup
 from ._diagnose import report
 from ._heal import heal as _heal
-from ._observe import Scene
+from ._kernel import Scans
+from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import (FAILED, NOT_STUCK, SUCCESS, UNSAFE, check_action, plan_slot,
                        targets)
@@ -66,28 +69,51 @@ def aggregate(outcomes: Iterable[Dict[str, object]]) -> str:
     return max(results, key=lambda r: _RANK.get(r, 3)) if results else NOT_STUCK
 
 
+@contextlib.contextmanager
+def _attached(address: str, writable: bool, strict: bool = True) -> Iterator[Block]:
+    """The block, attached for one engine call. Its mapping is the engine's own (left out
+    of the kernel scan: recovery is not a holder) and a writable attachment registers
+    this process as a recovery run (``_kernel.registration``) for concurrent runs."""
+    with open_block(address, writable=writable, strict=strict) as block:
+        with _kernel.engine_mapping(block):
+            if not writable:
+                yield block
+                return
+            with _kernel.registration():
+                yield block
+
+
+def _plan(block: Block, dry_run: bool, scan: Optional[Scans]) -> Plan:
+    plan = Plan(block, dry_run)
+    plan.scans = scan            # shared kernel scans (None: the first Scene makes them)
+    return plan
+
+
 def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
 
 
-def diagnose(address: str, slot: Optional[int] = None) -> dict:
+def diagnose(address: str, slot: Optional[int] = None, scan: Optional[Scans] = None) -> dict:
     """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
     every holder with its evidence, whether the slot is stuck, why, and the action that
-    releases it; plus consumers, producer and block-wide findings. Read-only."""
-    with open_block(address) as block:
-        plan = Plan(block, dry_run=True)
+    releases it; plus consumers, producer and block-wide findings. Read-only.
+
+    ``scan`` (every operation takes it): the kernel scans to share with other blocks of
+    one call (``each_block``); by default one is taken when a verdict needs it."""
+    with _attached(address, False) as block:
+        plan = _plan(block, True, scan)
         return _envelope("diagnose", block, None, **report(Scene(plan), slot))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
-            dry_run: bool = False) -> dict:
+            dry_run: bool = False, scan: Optional[Scans] = None) -> dict:
     """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
     index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
     committed data is never made unreadable and half-written data never readable.
     ``dry_run`` returns the identical plan without writing."""
     check_action(action)
-    with open_block(address, writable=not dry_run) as block:
-        plan = Plan(block, dry_run)
+    with _attached(address, not dry_run) as block:
+        plan = _plan(block, dry_run, scan)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
         result = aggregate(outcomes)
@@ -97,12 +123,12 @@ def recover(address: str, slot, action: str, force: bool = False,
                          refused=[o for o in outcomes if o["result"] == UNSAFE])
 
 
-def cleanup(address: str, dry_run: bool = False) -> dict:
+def cleanup(address: str, dry_run: bool = False, scan: Optional[Scans] = None) -> dict:
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
-    with open_block(address, writable=not dry_run) as block:
-        plan = Plan(block, dry_run)
+    with _attached(address, not dry_run) as block:
+        plan = _plan(block, dry_run, scan)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
         result = aggregate(outcomes)  # type: ignore[arg-type]
@@ -115,24 +141,24 @@ def cleanup(address: str, dry_run: bool = False) -> dict:
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
-             progress: Progress = None) -> dict:
+             progress: Progress = None, scan: Optional[Scans] = None) -> dict:
     """Check header, state sanity and every checksum (recomputed, never the cached
     "verified" flag). Writes nothing unless ``repair``, which re-blesses only COMMITTED
     slots and lists each. ``progress(done_bytes, total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
-    with open_block(address, writable=writes, strict=False) as block:
-        plan = Plan(block, dry_run=not writes)
+    with _attached(address, writes, strict=False) as block:
+        plan = _plan(block, not writes, scan)
         body = _validate(plan, repair=repair, progress=progress)
         return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
                          dry_run=dry_run, **body)
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
-         progress: Progress = None) -> dict:
+         progress: Progress = None, scan: Optional[Scans] = None) -> dict:
     """The safe composite: cleanup, release what dead holders own, validate (repair only
     when asked). Never forced; suspect or unknown holders are reported as refused."""
-    with open_block(address, writable=not dry_run) as block:
-        plan = Plan(block, dry_run)
+    with _attached(address, not dry_run) as block:
+        plan = _plan(block, dry_run, scan)
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
         body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
@@ -142,10 +168,11 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
                          warnings=_warnings(outcomes), **body)
 
 
-def discover(pattern: Optional[str] = None) -> List[dict]:
-    """Every DataBlock on this host (see :mod:`_discovery`)."""
+def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> List[dict]:
+    """Every DataBlock on this host (see :mod:`_discovery`), producers judged by one
+    kernel scan taken after every header was read."""
     from ._discovery import discover as _discover
-    return _discover(pattern)
+    return _discover(pattern, scans=scan)
 
 
 def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) -> dict:
@@ -156,24 +183,37 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
     ``skipped`` (why not touched, or None). A block whose header is not sound is skipped
     by everything but validate (which reports exactly those problems); an error on one
     block does not stop the others.
+
+    One kernel scan serves every block: each block's holder words are read (by pread,
+    ``_observe.preobserve``) before it is taken, so a holder is proven absent by it; only
+    a word that changed since is judged by a newer scan.
     """
+    from ._discovery import discover as _discover
     from ._errors import RecoveryError, UsageError
     run = {"diagnose": diagnose, "cleanup": cleanup, "validate": validate, "heal": heal}
     if operation not in run:
         raise UsageError("%r cannot run on every block; choose one of %s"
                          % (operation, ", ".join(sorted(run))))
+    mutating = operation != "diagnose" and not kwargs.get("dry_run") and (
+        operation != "validate" or bool(kwargs.get("repair")))
+    scans = Scans()
     entries: List[dict] = []
-    for found in discover(pattern):
-        entry = {"address": found["address"], "status": found["status"], "result": None,
-                 "error": None, "skipped": None}
-        entries.append(entry)
-        if found["status"] != "ok" and operation != "validate":
-            entry["skipped"] = "header not sound: %s" % "; ".join(found["problems"])
-            continue
-        try:
-            entry["result"] = run[operation](found["address"], **kwargs)
-        except RecoveryError as exc:
-            entry["error"] = exc.to_dict()
+    with _kernel.registration() if mutating else contextlib.nullcontext():
+        found_all = _discover(pattern, verdicts=False)
+        for found in found_all:
+            if found["status"] == "ok":
+                preobserve(scans, str(found["path"]), str(found["kind"]))
+        for found in found_all:
+            entry = {"address": found["address"], "status": found["status"], "result": None,
+                     "error": None, "skipped": None}
+            entries.append(entry)
+            if found["status"] != "ok" and operation != "validate":
+                entry["skipped"] = "header not sound: %s" % "; ".join(found["problems"])
+                continue
+            try:
+                entry["result"] = run[operation](found["address"], scan=scans, **kwargs)
+            except RecoveryError as exc:
+                entry["error"] = exc.to_dict()
     results = [e["result"] for e in entries if e["result"] is not None]
     return {"schema": SCHEMA, "operation": operation, "pattern": pattern,
             "dry_run": bool(kwargs.get("dry_run", False)),
