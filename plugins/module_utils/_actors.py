@@ -247,6 +247,8 @@ class Actor:
             return self.exit_status
         deadline = time.monotonic() + timeout
         if self.namespace is not None and self.ns_pid:
+            if self.namespace.closed:    # its PID 1 is gone: so is everything inside
+                return None
             self.exit_status = self.namespace.wait(self.ns_pid, timeout)
             return self.exit_status
         if self._proc is not None:      # ours, or unshare (which passes the status on)
@@ -303,6 +305,7 @@ class ActorNamespace:
             theirs.close()
         self._sock = ours
         self._wire = _Wire(ours)
+        self.closed = False
         hello = self._wire.recv(timeout)
         if not hello or hello.get("event") != "started":
             raise ActorError("actor namespace did not start: %r" % (hello,))
@@ -331,6 +334,10 @@ class ActorNamespace:
         return reply["status"]
 
     def close(self) -> None:
+        """End the namespace: its PID 1 exits, and the kernel kills every actor in it."""
+        if self.closed:
+            return
+        self.closed = True
         try:
             self._wire.send({"op": "quit"})
         except OSError:

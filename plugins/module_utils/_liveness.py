@@ -170,8 +170,9 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
         # 2. complete scope: absence is death
         fresh = observed_ns is None or current.started_ns > observed_ns
         if scope.complete and fresh:
+            st = process_stat(pid)      # whoever has the number here: supporting only
             _support(ev, pid, recorded_start_ticks, recorded_boot_id, since_ns,
-                     heartbeat_ns, stale_after_ns, snap, None)
+                     heartbeat_ns, stale_after_ns, snap, st.start_ticks if st else None)
             return verdict(DEAD, "no process that has this block mapped or open has pid %d "
                            "in any PID namespace (scan complete: %s)" % (pid, scope.reason))
         ev.append("scan %s: %s" % (scope.name, scope.reason) if not scope.complete else
