@@ -424,3 +424,68 @@ def test_stale_consumer_evidence_of_an_earlier_process_is_not_trusted(name, acto
         assert slot0.releasable_readers == 0
     out = E.recover(name, 0, "release_readers")
     assert out["result"] == "UNSAFE" and not out["changed"], out
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("unshare"), reason="needs root and unshare(1)")
+def test_evidence_of_a_process_in_another_time_namespace_is_not_trusted(name, actors):
+    """Its start tick even matches ours (no boottime offset), yet a process in another
+    time namespace writes stamps we cannot compare: its evidence is not trusted."""
+    prod = actors(name, [("producer",), ("publish", 1)])
+    prod.wait_point()
+    shifted = actors(name, [("consumer", "t")],
+                     wrap=["unshare", "--time", "--monotonic", "500", "--fork", "--kill-child"])
+    shifted.wait_point()
+    with R.attach(name, writable=False) as b, K.engine_mapping(b):
+        scene = O.Scene(P.Plan(b, True))
+        (view,) = [c for c in scene.consumers if c.pid == shifted.pid]
+        assert view.verdict.state == "alive"
+        assert view.evidence.start == shifted.start_ticks            # the ticks agree ...
+        assert view.trusted is None and not view.has_evidence        # ... still distrusted
+
+
+def test_each_block_takes_one_scan_for_every_block(monkeypatch):
+    """Every block's holder words are read before the one scan of each_block, so dead
+    holders in many blocks are proven dead by that single scan."""
+    prefix = "plhkern1_%d_" % os.getpid()
+    names = [prefix + str(i) for i in range(3)]
+    taken = []
+    real = K.HostScan.take
+
+    def counted(*args, **kw):
+        scan = real(*args, **kw)
+        taken.append(scan)
+        return scan
+    monkeypatch.setattr(K.HostScan, "take", counted)
+    try:
+        for n in names:
+            with R.create(n, capacity=2) as b:
+                base = b.geo.slot_entry(1)
+                b.set(L.SLOT["write_lock"], 2147483647, base)      # a writer that is gone
+                b.set(L.SLOT["slot_state"], L.SlotState.WRITING, base)
+                b.set("producer_heartbeat_pid", 0)
+        out = E.each_block("heal", prefix + "*")
+        assert [e["address"] for e in out["blocks"]] == names
+        for e in out["blocks"]:
+            (o,) = [o for o in e["result"]["outcomes"] if o["slot"] == 1]
+            assert o["result"] == "SUCCESS" and o["holder"]["state"] == "dead", o
+        assert len(taken) == 1, len(taken)
+    finally:
+        for n in names:
+            os.unlink("/dev/shm/" + n)
+
+
+def test_an_fd_table_root_may_list_but_not_read_counts_as_unreadable():
+    """A process whose fd links cannot be read (ptrace refused) is unreadable, never
+    "holds nothing": found here only where such a process exists (a VM agent as pid 1)."""
+    if not ROOT:
+        pytest.skip("needs root")
+    for pid in K.HostScan.take().unreadable:
+        try:
+            names = os.listdir("/proc/%d/fd" % pid)
+        except OSError:
+            continue
+        if names:
+            with pytest.raises(PermissionError):
+                K._candidate_fds("/proc", pid, (), set())
+            return
+    pytest.skip("no process here whose fd table is listable but unreadable")
