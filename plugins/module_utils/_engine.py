@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 from typing import Dict, Iterable, Iterator, List, Optional
 
-from . import _kernel
+from . import _kernel, _registry
 from . import _layout as L
 from ._block import Block, open_block
 from ._cleanup import cleanup as _cleanup
@@ -73,13 +73,13 @@ def aggregate(outcomes: Iterable[Dict[str, object]]) -> str:
 def _attached(address: str, writable: bool, strict: bool = True) -> Iterator[Block]:
     """The block, attached for one engine call. Its mapping is the engine's own (left out
     of the kernel scan: recovery is not a holder) and a writable attachment registers
-    this process as a recovery run (``_kernel.registration``) for concurrent runs."""
+    this process as a recovery run (``_registry.registration``) for concurrent runs."""
     with open_block(address, writable=writable, strict=strict) as block:
         with _kernel.engine_mapping(block):
             if not writable:
                 yield block
                 return
-            with _kernel.registration():
+            with _registry.registration():
                 yield block
 
 
@@ -198,7 +198,7 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
         operation != "validate" or bool(kwargs.get("repair")))
     scans = Scans()
     entries: List[dict] = []
-    with _kernel.registration() if mutating else contextlib.nullcontext():
+    with _registry.registration() if mutating else contextlib.nullcontext():
         found_all = _discover(pattern, verdicts=False)
         for found in found_all:
             if found["status"] == "ok":

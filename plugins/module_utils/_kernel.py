@@ -28,27 +28,26 @@ new scan only when a verdict needs absence and the latest one is older than that
 
 **Recovery processes** are not holders of anything a reader or writer does: this
 process's own engine mappings are left out of the scan, and mutating engine calls register
-themselves in ``/run/pylabhub-recovery/<pid>`` (start ticks inside) so that concurrent
-recovery runs can tell them from readers (:attr:`Proc.recovery_uid`).
+themselves (:mod:`_registry`) so that concurrent recovery runs can tell them from readers
+(:attr:`Proc.recovery_uid`). Mount facts for the scope live in :mod:`_mounts`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import os
 import re
-import stat
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
 
-from ._procinfo import clock_ticks, parse_stat
+from ._mounts import fs_birth_ns, mounts_of, pid1_start_realtime_ns
+from ._procinfo import parse_stat
+from ._registry import registrations
 
 HOST, NAMESPACE, PARTIAL = "host", "namespace", "partial"
 PROC_PID_INIT_INO = 0xEFFFFFFC            # inode of the initial PID namespace (proc_ns.h)
-REGISTRY_DIR = "/run/pylabhub-recovery"
 CANDIDATE_PREFIXES = ("/dev/shm/", "/memfd:")
 # Filesystems whose /proc/PID/maps lines carry the same device number stat() reports
 # (overlayfs and btrfs subvolumes do not: their mappings would be invisible by key).
@@ -205,134 +204,6 @@ def engine_mapping(block) -> Iterator[None]:
     finally:
         _OWN_MAPS.discard(addr)
         _OWN_FDS.discard(fd)
-
-
-# --------------------------------------------------------------------------- registration
-_REG = {"depth": 0, "path": None}  # type: Dict[str, object]
-
-
-def _sound_registry_dir(path: str) -> bool:
-    """A directory (not a symlink) owned by root that nobody else can plant entries in
-    unnoticed: not group/world writable, or world writable with the sticky bit."""
-    try:
-        st = os.lstat(path)
-    except OSError:
-        return False
-    mode = stat.S_IMODE(st.st_mode)
-    return (stat.S_ISDIR(st.st_mode) and st.st_uid == 0
-            and (not mode & 0o022 or bool(mode & 0o1000)))
-
-
-_OWN_TICKS = {}  # type: Dict[int, int]
-
-
-def _own_start_ticks() -> Optional[int]:
-    """Start ticks of this process (cached per pid: a fork has its own)."""
-    pid = os.getpid()
-    if pid not in _OWN_TICKS:
-        try:
-            st = parse_stat(_read("/proc/self/stat") or b"")
-        except PermissionError:
-            st = None
-        if st is None:
-            return None
-        _OWN_TICKS[pid] = st.start_ticks
-    return _OWN_TICKS[pid]
-
-
-@contextlib.contextmanager
-def registration(directory: str = REGISTRY_DIR) -> Iterator[Optional[str]]:
-    """Register this process as a recovery run while the body runs (nestable).
-
-    Creates ``<directory>`` (root only; mode 1777 so every user's recovery can register,
-    sticky so none can remove another's entry) when missing, then ``<directory>/<pid>``
-    exclusively with O_NOFOLLOW holding our start ticks; removed afterwards. Failure to
-    register is not an error: other recovery runs then count this process as an ordinary
-    opener, which only makes them more careful."""
-    if _REG["depth"]:
-        _REG["depth"] = int(_REG["depth"]) + 1  # type: ignore[call-overload]
-        try:
-            yield _REG["path"]  # type: ignore[misc]
-        finally:
-            _REG["depth"] = int(_REG["depth"]) - 1  # type: ignore[call-overload]
-        return
-    path = _register(directory)
-    _REG.update(depth=1, path=path)
-    try:
-        yield path
-    finally:
-        _REG.update(depth=0, path=None)
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
-
-
-def _register(directory: str) -> Optional[str]:
-    ticks = _own_start_ticks()
-    if ticks is None:
-        return None
-    if not os.path.lexists(directory) and os.geteuid() == 0:
-        old = os.umask(0)
-        try:
-            os.mkdir(directory, 0o1777)
-        except OSError:
-            pass
-        finally:
-            os.umask(old)
-    if not _sound_registry_dir(directory):
-        return None
-    path = os.path.join(directory, str(os.getpid()))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    for dummy in range(2):
-        try:
-            fd = os.open(path, flags, 0o644)
-        except FileExistsError:
-            # left by a dead process that had our pid: ours to replace if we own it
-            try:
-                st = os.lstat(path)
-                if os.geteuid() != 0 and st.st_uid != os.geteuid():
-                    return None
-                os.unlink(path)
-            except OSError:
-                return None
-            continue
-        except OSError:
-            return None
-        try:
-            os.write(fd, b"%d\n" % ticks)
-        finally:
-            os.close(fd)
-        return path
-    return None
-
-
-def _registrations(directory: str = REGISTRY_DIR) -> Dict[int, Tuple[int, int]]:
-    """{pid: (owner uid, start ticks)} of the registry's well-formed entries."""
-    out = {}  # type: Dict[int, Tuple[int, int]]
-    if not _sound_registry_dir(directory):
-        return out
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return out
-    for name in names:
-        if not name.isdigit():
-            continue
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            out[int(name)] = (st.st_uid, int(os.read(fd, 32).split()[0]))
-        except (OSError, ValueError, IndexError):
-            continue
-        finally:
-            os.close(fd)
-    return out
 
 
 # --------------------------------------------------------------------------- /proc readers
@@ -549,7 +420,7 @@ def read_proc(pid: int, registered: Optional[Dict[int, Tuple[int, int]]] = None,
     start = st.start_ticks if st else None
     own = pid == os.getpid()
     if registered is None:
-        registered = {} if own else _registrations()
+        registered = {} if own else registrations()
     reg = registered.get(pid) if not own else None      # ours: the engine is not a holder
     recovery_uid = reg[0] if reg and start is not None and reg[1] == start else None
     return Proc(pid, nspid, st.state if st else "?", start, uid,
@@ -651,7 +522,7 @@ class HostScan:
                 found[key] = found[key].merged(hold) if key in found else hold
             if found:
                 matched[pid] = found
-        registered = _registrations() if matched else {}
+        registered = registrations() if matched else {}
         for pid, found in matched.items():
             info = self._proc(pid, registered)
             if info is None:
@@ -696,7 +567,7 @@ class HostScan:
                             ", ..." if len(self.unreadable) > 5 else ""))
         if block.dev not in self.devices:
             return Scope(PARTIAL, "this scan did not index the block's filesystem")
-        mounts = _mounts_of(self.proc, block.dev) if block.kind != "memfd" else []
+        mounts = mounts_of(self.proc, block.dev) if block.kind != "memfd" else []
         if block.kind != "memfd":
             if not mounts:
                 return Scope(PARTIAL, "the block's filesystem (device %d:%d) is not mounted "
@@ -715,8 +586,8 @@ class HostScan:
         if tagged:
             return Scope(PARTIAL, "nested PID namespace; %s is %s with other mount "
                          "namespaces" % (tagged[0].mountpoint, " ".join(tagged[0].tags)))
-        born = _fs_birth_ns(mounts, block.dev)
-        ns_start = _pid1_start_realtime_ns(self.proc)
+        born = fs_birth_ns(mounts, block.dev)
+        ns_start = pid1_start_realtime_ns(self.proc)
         if born is None or ns_start is None:
             return Scope(PARTIAL, "nested PID namespace; cannot tell when %s was mounted "
                          "(no birth time)" % mounts[0].mountpoint)
@@ -731,103 +602,6 @@ class HostScan:
 
 def _count(n: int, one: str, many: str) -> str:
     return "%d %s" % (n, one if n == 1 else many)
-
-
-# --------------------------------------------------------------------------- mounts
-@dataclass(frozen=True)
-class Mount:
-    dev: int
-    root: str
-    mountpoint: str
-    tags: Tuple[str, ...]
-    fstype: str
-
-
-def _unescape(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def _mounts_of(proc: str, dev: int) -> List[Mount]:
-    """Every mount of the filesystem ``dev`` in our mount namespace (mountinfo)."""
-    try:
-        with open(proc + "/self/mountinfo", "r", errors="replace") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return []
-    want = "%d:%d" % (os.major(dev), os.minor(dev))
-    out = []
-    for line in lines:
-        parts = line.split(" ")
-        if len(parts) < 10 or parts[2] != want or "-" not in parts[6:]:
-            continue
-        dash = parts.index("-", 6)
-        tags = tuple(t for t in parts[6:dash] if t.split(":")[0] in ("shared", "master"))
-        out.append(Mount(dev, _unescape(parts[3]), _unescape(parts[4]), tags,
-                         parts[dash + 1]))
-    return out
-
-
-class _StatxTs(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32),
-                ("reserved", ctypes.c_int32)]
-
-
-class _Statx(ctypes.Structure):
-    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
-                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
-                ("mode", ctypes.c_uint16), ("pad0", ctypes.c_uint16),
-                ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
-                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
-                ("atime", _StatxTs), ("btime", _StatxTs), ("ctime", _StatxTs),
-                ("mtime", _StatxTs), ("rdev_major", ctypes.c_uint32),
-                ("rdev_minor", ctypes.c_uint32), ("dev_major", ctypes.c_uint32),
-                ("dev_minor", ctypes.c_uint32), ("spare", ctypes.c_uint64 * 14)]
-
-
-_AT_FDCWD, _AT_SYMLINK_NOFOLLOW, _STATX_BTIME = -100, 0x100, 0x800
-
-
-def birth_ns(path: str) -> Optional[Tuple[int, int]]:
-    """(birth time in CLOCK_REALTIME ns, st_dev) of ``path`` via statx, or None when the
-    kernel, libc or filesystem does not report one."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fn = libc.statx
-    except (OSError, AttributeError):
-        return None
-    buf = _Statx()
-    if fn(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME,
-          ctypes.byref(buf)) != 0 or not buf.mask & _STATX_BTIME:
-        return None
-    return (buf.btime.tv_sec * 10**9 + buf.btime.tv_nsec,
-            os.makedev(buf.dev_major, buf.dev_minor))
-
-
-def _fs_birth_ns(mounts: List[Mount], dev: int) -> Optional[int]:
-    """Birth time of the root of filesystem ``dev`` through a mount showing its root
-    (a mount point another mount covers is skipped: statx must land on ``dev``)."""
-    for m in mounts:
-        if m.root != "/":
-            continue
-        got = birth_ns(m.mountpoint)
-        if got is not None and got[1] == dev:
-            return got[0]
-    return None
-
-
-def _pid1_start_realtime_ns(proc: str) -> Optional[int]:
-    """Latest CLOCK_REALTIME at which PID 1 of our namespace can have started (its start
-    ticks are truncated, so one tick is added)."""
-    try:
-        st = parse_stat(_read(proc + "/1/stat") or b"")
-    except PermissionError:
-        return None
-    if st is None:
-        return None
-    hz = clock_ticks()
-    offset = time.time_ns() - time.clock_gettime_ns(time.CLOCK_BOOTTIME)
-    return offset + (st.start_ticks + 1) * 10**9 // hz
 
 
 # --------------------------------------------------------------------------- per call

@@ -26,7 +26,7 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.tests.support import Hang, deadline
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _discovery, _engine as E, _errors, _kernel, _layout as L, _runtime as R)
+    _block as B, _discovery, _engine as E, _errors, _layout as L, _registry, _runtime as R)
 
 SHM = "/dev/shm"
 PREFIX = "plhhostile_%d_" % os.getpid()
@@ -96,7 +96,7 @@ def watched_os():
     def registry(args):
         # a mutating call registers itself as a recovery run (docs/architecture.md,
         # "Recovery processes"): the one file change it is allowed, outside any block
-        return bool(args) and str(args[0]).startswith(_kernel.REGISTRY_DIR + "/")
+        return bool(args) and str(args[0]).startswith(_registry.REGISTRY_DIR + "/")
 
     def spy(name):
         def call(*args, **kw):

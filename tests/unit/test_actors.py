@@ -12,7 +12,7 @@ import shutil
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _actors as A, _kernel as K, _layout as L, _observe as O, _plan as P, _runtime as R)
+    _actors as A, _kernel as K, _observe as O, _plan as P, _runtime as R)
 
 import plh_spec as spec
 

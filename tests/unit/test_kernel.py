@@ -8,7 +8,6 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _actors as A, _engine as E, _kernel as K, _layout as L, _liveness as liveness,
-    _observe as O, _plan as P, _procinfo as procinfo, _runtime as R)
+    _observe as O, _plan as P, _procinfo as procinfo, _registry as G, _runtime as R)
 from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
 
 _COUNTER = itertools.count(1)
@@ -90,9 +89,11 @@ def test_scan_indexes_mappings_and_fds_by_device_and_inode(name, actors):
         assert proc.nspid == (rw.pid,) and proc.start_ticks == rw.start_ticks
         assert proc.comm == "python" or proc.comm.startswith("python")
         assert proc.pidns == procinfo.pid_namespace() and proc.recovery_uid is None
-        # only processes that touch a block filesystem were identified
-        assert all(any(k[0] in scan.devices for k in scan.holds if pid in scan.holds[k])
-                   for pid in scan.procs)
+        # only processes that matched (a block-filesystem mapping or a candidate fd) were
+        # identified: their status was read, nobody else's
+        assert set(scan.procs) == {pid for found in scan.holds.values() for pid in found}
+        assert all(k[0] in scan.devices for k in scan.holds
+                   if any(h.mapped for h in scan.holds[k].values()))
         assert scan.with_pid(bid.key, rw.pid) == [(proc, holds[rw.pid])]
         assert scan.with_pid(bid.key, 2 ** 22 + 5) == []
     finally:
@@ -298,24 +299,24 @@ def test_scans_judge_absence_only_with_a_scan_younger_than_the_record(name, acto
 
 def test_registration_file_is_created_safely_and_removed(tmp_path):
     reg = tmp_path / "registry"
-    assert not K._sound_registry_dir(str(reg))
+    assert not G.sound_directory(str(reg))
     reg.mkdir(mode=0o777)
     os.chmod(str(reg), 0o777)                           # world writable, no sticky bit
-    with K.registration(str(reg)) as path:
+    with G.registration(str(reg)) as path:
         assert path is None                             # refused: not a sound directory
     os.chmod(str(reg), 0o1777)
     if not ROOT:
         pytest.skip("the registry must be root's")
-    with K.registration(str(reg)) as path:
+    with G.registration(str(reg)) as path:
         assert path == str(reg / str(os.getpid()))
         assert int(open(path).read()) == procinfo.own_start_ticks()
-        with K.registration(str(reg)) as inner:         # nested: the same entry
+        with G.registration(str(reg)) as inner:         # nested: the same entry
             assert inner == path
         assert os.path.exists(path)
-        assert K._registrations(str(reg)) == {os.getpid(): (0, procinfo.own_start_ticks())}
+        assert G.registrations(str(reg)) == {os.getpid(): (0, procinfo.own_start_ticks())}
     assert not os.path.exists(path)
     os.symlink("/etc/passwd", str(reg / str(os.getpid())))  # planted: replaced, never followed
-    with K.registration(str(reg)) as path:
+    with G.registration(str(reg)) as path:
         assert os.path.isfile(path) and not os.path.islink(path)
     assert open("/etc/passwd").read().startswith("root:")
 
@@ -342,7 +343,7 @@ def test_a_registered_recovery_run_is_not_an_opener_an_unregistered_process_is(n
         while procinfo.process_state(heal.pid) not in ("T", "t"):
             assert time.monotonic() < deadline and heal.poll() is None, "heal never paused"
             time.sleep(0.005)
-        assert os.path.exists(os.path.join(K.REGISTRY_DIR, str(heal.pid)))
+        assert os.path.exists(os.path.join(G.REGISTRY_DIR, str(heal.pid)))
         with R.attach(name, writable=False) as b:
             scene = O.Scene(P.Plan(b, True))
             openers = {o.pid for o in scene.openers()}
@@ -356,7 +357,7 @@ def test_a_registered_recovery_run_is_not_an_opener_an_unregistered_process_is(n
         heal.wait()
         # a SIGKILLed run leaves its entry; it never matches a live process again (pid +
         # start ticks) and the next run with that pid replaces it
-        stale = os.path.join(K.REGISTRY_DIR, str(heal.pid))
+        stale = os.path.join(G.REGISTRY_DIR, str(heal.pid))
         if os.path.exists(stale):
             os.unlink(stale)
 

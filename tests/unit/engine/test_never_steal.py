@@ -17,7 +17,7 @@ import time
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _actors as A, _engine as E, _layout as L, _runtime as R)
+    _actors as A, _engine as E, _runtime as R)
 
 from .helpers import file_bytes, image
 
