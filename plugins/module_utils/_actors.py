@@ -203,8 +203,8 @@ class Actor:
             raise ActorError("%s (pid %s) ended early (status %s)"
                              % (self.label, self.pid or "?", self.wait_exit(5.0)))
         if msg.get("event") == "error":
-            raise ActorError("%s (pid %s) failed:\n%s" % (self.label, self.pid or "?",
-                                                           msg.get("traceback")))
+            raise ActorError("%s (pid %s) failed:\n%s"
+                             % (self.label, self.pid or "?", msg.get("traceback")))
         self.reports.append(msg)
         return msg
 

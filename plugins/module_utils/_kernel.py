@@ -571,8 +571,8 @@ class HostScan:
         if block.kind != "memfd":
             if not mounts:
                 return Scope(PARTIAL, "the block's filesystem (device %d:%d) is not mounted "
-                             "in this mount namespace" % (os.major(block.dev),
-                                                           os.minor(block.dev)))
+                             "in this mount namespace"
+                             % (os.major(block.dev), os.minor(block.dev)))
             fstype = mounts[0].fstype
             if fstype not in LOCAL_FS:
                 return Scope(PARTIAL, "the block lives on %s, whose mappings /proc may not "

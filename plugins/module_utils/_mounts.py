@@ -22,6 +22,7 @@ from typing import List, Optional, Tuple
 
 from ._procinfo import clock_ticks, parse_stat
 
+
 @dataclass(frozen=True)
 class Mount:
     dev: int

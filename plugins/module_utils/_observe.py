@@ -171,8 +171,9 @@ def preobserve(scans: Scans, path: str, kind: str) -> None:
     attaching it, and note when each was seen (``scans.first_seen``): a scan taken after
     this can prove the holders named here absent. ``each_block`` does it for every block
     before its one scan. A block that cannot be read is skipped (its own call reads it)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if kind == "memfd" else
-                                                           os.O_NOFOLLOW)
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+    if kind != "memfd":
+        flags |= os.O_NOFOLLOW
     t = monotonic_ns()
     try:
         fd = os.open(path, flags)

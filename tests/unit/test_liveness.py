@@ -401,7 +401,7 @@ def test_other_users_holder_is_unknown_not_alive_not_dead(spawn, block):
     if exe is None:
         pytest.skip("needs root and a python runnable by uid 65534")
     h = holder(spawn, "rw", block[0])
-    ticks = procinfo.process_start_ticks(h.pid)
+    ticks = int(procinfo.process_start_ticks(h.pid))
     gone = spawn(["true"])
     gone.wait()
     code = SHIM + textwrap.dedent("""

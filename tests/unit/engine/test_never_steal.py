@@ -95,8 +95,8 @@ def refused_writer(result, pid):
     (True, ("--boottime", "-100")),          # our evidence: start ticks look "reused"
     (False, ("--monotonic", "500")),         # C++ block: heartbeat "from another boot"
 ], ids=["evidence-boottime", "cpp-monotonic"])
-def test_d1_live_producer_in_a_time_namespace_is_never_released(shm_name, actors,
-                                                                 evidence, shift):
+def test_d1_live_producer_in_a_time_namespace_is_never_released(
+        shm_name, actors, evidence, shift):
     R.create(shm_name, capacity=4, evidence=evidence).close()
     w = actors(shm_name, [("producer",), ("publish", 1), ("acquire",)], pause="writing",
                nth=2, style="ours" if evidence else "cpp",
