@@ -5,7 +5,6 @@ right with several reads held (D3). Real processes throughout."""
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 
@@ -17,32 +16,14 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (
 import plh_spec as spec
 
 FREE, WRITING, COMMITTED, DRAINING = 0, 1, 2, 3
-_COUNTER = itertools.count(1)
+BLOCK_GEOMETRY = (2, 256)        # of the block_name fixture (tests/conftest.py)
 SEVERAL = 0xFFFFFFFFFFFFFFFF
 
 
 @pytest.fixture
-def name():
-    n = "plhact_%d_%d" % (os.getpid(), next(_COUNTER))
-    R.create(n, capacity=2, stride=256).close()
-    yield n
-    try:
-        os.unlink("/dev/shm/" + n)
-    except FileNotFoundError:
-        pass
+def name(block_name):
+    return block_name
 
-
-@pytest.fixture
-def actors():
-    started = []
-
-    def start(*args, **kw):
-        a = A.Actor(*args, **kw).start()
-        started.append(a)
-        return a
-    yield start
-    for a in reversed(started):
-        a.close()
 
 
 def img(name):

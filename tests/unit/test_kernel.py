@@ -21,6 +21,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (
 from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
 
 _COUNTER = itertools.count(1)
+BLOCK_GEOMETRY = (4, 4096)        # of the block_name fixture (tests/conftest.py)
 ROOT = os.geteuid() == 0
 MU_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "plugins",
                       "module_utils")
@@ -35,27 +36,9 @@ needs_unshare = pytest.mark.skipif(not ROOT or not shutil.which("unshare"),
 
 
 @pytest.fixture
-def name():
-    n = "plhkern_%d_%d" % (os.getpid(), next(_COUNTER))
-    R.create(n, capacity=4, stride=4096).close()
-    yield n
-    try:
-        os.unlink("/dev/shm/" + n)
-    except FileNotFoundError:
-        pass
+def name(block_name):
+    return block_name
 
-
-@pytest.fixture
-def actors():
-    started = []
-
-    def start(*args, **kw):
-        a = A.Actor(*args, **kw).start()
-        started.append(a)
-        return a
-    yield start
-    for a in started:
-        a.close()
 
 
 def ident(name):

@@ -29,18 +29,6 @@ NS = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
 PID = 4242                  # the pid every reused-pid scenario hands out twice
 
 
-@pytest.fixture
-def actors():
-    started = []
-
-    def start(*args, **kw):
-        a = A.Actor(*args, **kw).start()
-        started.append(a)
-        return a
-    yield start
-    for a in reversed(started):
-        a.close()
-
 
 @pytest.fixture
 def pidns():
