@@ -25,7 +25,6 @@ def name(block_name):
     return block_name
 
 
-
 def img(name):
     return spec.Image.read("/dev/shm/" + name)
 

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _actors as A, _engine as E, _kernel as K, _layout as L, _liveness as liveness,
+    _engine as E, _kernel as K, _layout as L, _liveness as liveness,
     _observe as O, _plan as P, _procinfo as procinfo, _registry as G, _runtime as R)
 from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
 
@@ -38,7 +38,6 @@ needs_unshare = pytest.mark.skipif(not ROOT or not shutil.which("unshare"),
 @pytest.fixture
 def name(block_name):
     return block_name
-
 
 
 def ident(name):
@@ -169,7 +168,7 @@ def test_host_scope_in_the_initial_namespace_as_root(name):
 
 NS_CODE = textwrap.dedent("""
     from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _actors as A, _engine as E, _kernel as K, _liveness as V, _runtime as R)
+        _engine as E, _kernel as K, _liveness as V, _runtime as R)
     name = NAME
     b = R.create(name, capacity=2)
     bid = K.BlockId.of(b)

@@ -29,7 +29,6 @@ NS = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
 PID = 4242                  # the pid every reused-pid scenario hands out twice
 
 
-
 @pytest.fixture
 def pidns():
     """A PID namespace of our own where actors get chosen pids."""
