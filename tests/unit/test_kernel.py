@@ -168,7 +168,7 @@ def test_host_scope_in_the_initial_namespace_as_root(name):
 
 NS_CODE = textwrap.dedent("""
     from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _engine as E, _kernel as K, _liveness as V, _runtime as R)
+        _actors as A, _engine as E, _kernel as K, _liveness as V, _runtime as R)
     name = NAME
     b = R.create(name, capacity=2)
     bid = K.BlockId.of(b)
