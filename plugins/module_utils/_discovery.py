@@ -13,14 +13,16 @@ permission errors are normal on a live host and are skipped silently.
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
 import os
 import stat
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import SHM_DIR, inspect_header
-from ._kernel import BlockId, Scans
+from ._kernel import BlockId, Scans, engine_fd
 from ._liveness import ALIVE, DEAD, SUSPECT_HUNG, Snapshot
 from ._observe import producer_verdict
 from ._procinfo import monotonic_ns
@@ -106,6 +108,32 @@ def _judge_producer(entry: Dict[str, object], head: bytes, block: BlockId,
     # alive / suspect-hung: the process exists; dead: positively gone; unknown: None
     entry["producer_alive"] = (None if verdict is None or verdict.state not in
                                (ALIVE, SUSPECT_HUNG, DEAD) else verdict.state != DEAD)
+
+
+@contextlib.contextmanager
+def _reopened(block: BlockId) -> Iterator[BlockId]:
+    """``block`` with an fd of its own (read-only, never followed through a symlink) while
+    its producer is judged: nobody else having it open proves every holder gone without
+    a /proc walk (_kernel.exclusive). Without one (a memfd, gone, replaced) as it was."""
+    fd = None
+    if block.kind != "memfd":
+        try:
+            fd = os.open(block.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                         | os.O_NOFOLLOW)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != block.key:
+                os.close(fd)
+                fd = None
+        except OSError:
+            fd = None
+    if fd is None:
+        yield block
+        return
+    try:
+        with engine_fd(fd):                 # recovery's own open: not a holder
+            yield dataclasses.replace(block, fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _memfd_name(target: str) -> str:
@@ -205,6 +233,7 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
             if len(head) >= L.HEADER_SIZE:
                 if block.kind == "path":
                     scans.want(block.path)
-                _judge_producer(entry, head, block, t, snap, scans)
+                with _reopened(block) as again:
+                    _judge_producer(entry, head, again, t, snap, scans)
     out = [e for dummy, e in out]
     return sorted(out, key=lambda e: str(e["address"]))

@@ -9,8 +9,9 @@ process that holds a word of a block has that block mapped (it wrote the word th
 mapping and keeps it while it holds). :class:`HostScan` walks ``/proc/[0-9]*`` once and
 indexes, by the file's ``(st_dev, st_ino)``, every process with a *shared* file mapping
 (``/proc/PID/maps``, perms ``..s``) or a candidate fd (``/proc/PID/fd`` links into
-``/dev/shm/``, ``/memfd:`` or a path asked for). Only processes that matched get their
-``status``/``stat`` read (pid in every namespace level, state, start ticks, uid).
+``/dev/shm/``, ``/memfd:`` or a path asked for). Only holders of a block a question is
+asked about get their ``status``/``stat`` read (pid at every namespace level, state,
+start ticks, uid), once.
 
 **Scope** says whether absence in the scan proves anything for one block
 (:meth:`HostScan.scope`): ``host`` (initial PID namespace, every process readable),
@@ -36,8 +37,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
 import re
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
@@ -59,10 +62,12 @@ CAP_SYS_PTRACE = 19
 
 BlockKey = Tuple[int, int]                 # (st_dev, st_ino)
 
-# "7f..-7f.. rw-s 00000000 00:1b 1234   /dev/shm/x": shared mappings only (perms[3] == s)
+# "7f..-7f.. rw-s 00000000 00:1b 1234   /dev/shm/x": shared mappings only (perms[3] == s);
+# group 6: the path starts with /memfd: (the memfd filesystem also backs SysV and
+# anonymous shared memory, which are never blocks)
 _SHARED_MAP = re.compile(
-    rb"^([0-9a-f]+)-[0-9a-f]+ [r-]([w-])[x-]s [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) ([0-9]+)",
-    re.M)
+    rb"^([0-9a-f]+)-[0-9a-f]+ [r-]([w-])[x-]s [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) ([0-9]+) *"
+    rb"(/memfd:)?", re.M)
 _ENABLED = [True]
 
 
@@ -87,6 +92,7 @@ class BlockId:
     owner_uid: int
     kind: str                              # shm, path or memfd (see _block.resolve)
     path: str
+    fd: Optional[int] = field(default=None, compare=False)   # the engine's open file
 
     @property
     def key(self) -> BlockKey:
@@ -94,9 +100,9 @@ class BlockId:
 
     @classmethod
     def of(cls, block) -> "BlockId":
-        """From an attached :class:`_block.Block`."""
+        """From an attached :class:`_block.Block` (its fd: for the exclusivity check)."""
         dev, ino = block.inode
-        return cls(dev, ino, block.owner_uid, block.kind, block.path)
+        return cls(dev, ino, block.owner_uid, block.kind, block.path, block.mapping()[1])
 
 
 @dataclass(frozen=True)
@@ -185,6 +191,44 @@ class Scope:
         return {"name": self.name, "reason": self.reason, "complete": self.complete}
 
 
+# --------------------------------------------------------------------------- exclusivity
+_LEASE_FS = {}  # type: Dict[int, bool]
+
+
+def exclusive(block: BlockId) -> Optional[bool]:
+    """Is the engine's open file of ``block`` the ONLY open file of it on this kernel?
+
+    A write lease (F_SETLEASE F_WRLCK) is granted only when the inode's counts of files
+    open for reading and for writing are exactly the caller's own; a mapping keeps its
+    file open, so a grant proves that no process -- in any PID namespace, readable or
+    not -- has the block open or mapped. The lease is released at once (a process
+    opening the block meanwhile waits those microseconds; its lease-break signal is
+    SIGURG, ignored by default). True: exclusive; False: someone else has it open; None:
+    cannot tell -- no fd, a memfd (created files are not counted), not tmpfs, leases
+    not permitted or not supported."""
+    if block.fd is None or block.kind == "memfd" or not _lease_fs(block.dev):
+        return None
+    try:
+        fcntl.fcntl(block.fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(block.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+    except OSError as exc:
+        return False if exc.errno in (errno.EAGAIN, errno.EBUSY) else None
+    try:
+        fcntl.fcntl(block.fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
+    except OSError:
+        pass
+    return True
+
+
+def _lease_fs(dev: int) -> bool:
+    """Only tmpfs: its open counts are the file's own (overlayfs, network and FUSE
+    filesystems may not see every opener)."""
+    if dev not in _LEASE_FS:
+        mounts = mounts_of("/proc", dev)
+        _LEASE_FS[dev] = bool(mounts) and all(m.fstype == "tmpfs" for m in mounts)
+    return _LEASE_FS[dev]
+
+
 # --------------------------------------------------------------------------- own process
 # Mappings and fds the recovery engine itself made in this process (Block start address
 # and fd): left out of our own process's entry, so the engine never counts itself as a
@@ -198,11 +242,21 @@ def engine_mapping(block) -> Iterator[None]:
     """Mark ``block``'s mapping and fd as the engine's own while the body runs."""
     addr, fd = block.mapping()
     _OWN_MAPS.add(addr)
+    with engine_fd(fd):
+        try:
+            yield
+        finally:
+            _OWN_MAPS.discard(addr)
+
+
+@contextlib.contextmanager
+def engine_fd(fd: int) -> Iterator[None]:
+    """Mark an fd of this process as recovery's own while the body runs (discovery's
+    short-lived open of a block it judges)."""
     _OWN_FDS.add(fd)
     try:
         yield
     finally:
-        _OWN_MAPS.discard(addr)
         _OWN_FDS.discard(fd)
 
 
@@ -256,10 +310,11 @@ def _ns_inode(proc: str, pid: object, kind: str) -> Optional[int]:
         return None
 
 
-def _shared_maps(data: bytes, skip_starts: Set[int],
-                 devices: Optional[Set[int]] = None) -> Dict[BlockKey, Hold]:
+def _shared_maps(data: bytes, skip_starts: Set[int], devices: Optional[Set[int]] = None,
+                 memfd_dev: Optional[int] = None) -> Dict[BlockKey, Hold]:
     """Shared file mappings of one maps text, by (st_dev, st_ino); only those on
-    ``devices`` when given (the filesystems blocks can live on).
+    ``devices`` when given (the filesystems blocks can live on), and on ``memfd_dev``
+    only memfds.
 
     Cheap on purpose: only lines holding a shared-perms marker ("-s " or "xs ": the
     fourth perms letter is s) are parsed; the rest of the text is never split."""
@@ -278,6 +333,8 @@ def _shared_maps(data: bytes, skip_starts: Set[int],
                 continue
             dev = os.makedev(int(m.group(3), 16), int(m.group(4), 16))
             if devices is not None and dev not in devices:
+                continue
+            if dev == memfd_dev and not m.group(6):
                 continue
             if skip_starts and int(m.group(1), 16) in skip_starts:
                 continue
@@ -367,10 +424,10 @@ def process_hold(pid: int, key: BlockKey, proc: str = "/proc") -> Optional[Hold]
     return hold.merged(fds) if fds else hold
 
 
-def _block_devices(paths: Iterable[str]) -> Set[int]:
-    """The filesystems a block can live on: /dev/shm, the kernel's memfd filesystem, and
-    those of the paths asked for. Shared mappings elsewhere (journals, GPU buffers...) are
-    not indexed, so only processes touching these need their status read."""
+def _block_devices(paths: Iterable[str]) -> Tuple[Set[int], Optional[int]]:
+    """The filesystems a block can live on (/dev/shm, the kernel's memfd filesystem, those
+    of the paths asked for), and the memfd one. Shared mappings elsewhere (journals, GPU
+    buffers...) are not indexed."""
     out = set()
     for path in ("/dev/shm",) + tuple(paths):
         try:
@@ -380,12 +437,13 @@ def _block_devices(paths: Iterable[str]) -> Set[int]:
     try:
         fd = os.memfd_create("plh-scan-probe", getattr(os, "MFD_CLOEXEC", 1))
     except (AttributeError, OSError):
-        return out
+        return out, None
     try:
-        out.add(os.fstat(fd).st_dev)
+        memfd_dev = os.fstat(fd).st_dev
     finally:
         os.close(fd)
-    return out
+    out.add(memfd_dev)
+    return out, memfd_dev
 
 
 def direct_holder(pid: int, key: BlockKey) -> Optional[Tuple[Proc, Hold]]:
@@ -448,10 +506,12 @@ class HostScan:
     unreadable: List[int] = field(default_factory=list)    # maps/fds not readable
     paths: Tuple[str, ...] = ()
     devices: Set[int] = field(default_factory=set)         # filesystems indexed
+    memfd_dev: Optional[int] = None                        # the kernel's memfd filesystem
     holds: Dict[BlockKey, Dict[int, Hold]] = field(default_factory=dict)
-    procs: Dict[int, Proc] = field(default_factory=dict)
+    procs: Dict[int, Optional[Proc]] = field(default_factory=dict)   # read lazily
     proc: str = "/proc"
     _scopes: Dict[BlockKey, Scope] = field(default_factory=dict, repr=False)
+    _registered: Optional[Dict[int, Tuple[int, int]]] = field(default=None, repr=False)
 
     @classmethod
     def take(cls, paths: Iterable[str] = (), proc: str = "/proc") -> "HostScan":
@@ -460,7 +520,7 @@ class HostScan:
         scan = cls(time.monotonic_ns(), enabled=scan_enabled(), own_pid=os.getpid(),
                    euid=os.geteuid(), paths=tuple(sorted(set(paths))), proc=proc)
         scan._self_facts()
-        scan.devices = _block_devices(scan.paths)
+        scan.devices, scan.memfd_dev = _block_devices(scan.paths)
         if scan.enabled:
             scan._walk()
         scan.finished_ns = time.monotonic_ns()
@@ -493,7 +553,6 @@ class HostScan:
         except OSError:
             pids = []
         self.processes = len(pids)
-        matched = {}  # type: Dict[int, Dict[BlockKey, Hold]]
         for name in pids:
             pid = int(name)
             is_own = pid == own
@@ -513,33 +572,37 @@ class HostScan:
                         continue
                     where = thread
                     maps = _read("%s/%s/maps" % (p, thread)) or b""
-                found = _shared_maps(maps, skip_maps, self.devices)
+                found = _shared_maps(maps, skip_maps, self.devices, self.memfd_dev)
                 fds = _candidate_fds(p, where, self.paths, skip_fds)
             except PermissionError:
                 self.unreadable.append(pid)
                 continue
             for key, hold in fds.items():
                 found[key] = found[key].merged(hold) if key in found else hold
-            if found:
-                matched[pid] = found
-        registered = registrations() if matched else {}
-        for pid, found in matched.items():
-            info = self._proc(pid, registered)
-            if info is None:
-                continue                                       # gone before we looked
-            self.procs[pid] = info
             for key, hold in found.items():
                 self.holds.setdefault(key, {})[pid] = hold
 
-    def _proc(self, pid: int, registered: Dict[int, Tuple[int, int]]) -> Optional[Proc]:
-        return read_proc(pid, registered, self.proc)
+    def _proc(self, pid: int) -> Optional[Proc]:
+        """A holder's identity, read the first time a question needs it (most processes
+        the walk matched hold blocks nobody asks about); None when gone since."""
+        if pid not in self.procs:
+            if self._registered is None:
+                self._registered = registrations()
+            self.procs[pid] = read_proc(pid, self._registered, self.proc)
+        return self.procs[pid]
 
     # -- questions ----------------------------------------------------------------------
     def holders(self, key: BlockKey) -> List[Tuple[Proc, Hold]]:
         """Every process (ours excepted as far as the engine's own mapping goes) that has
-        the block mapped or open, sorted by pid."""
+        the block mapped or open, sorted by pid (a process gone since the walk is left
+        out: it holds nothing any more)."""
         found = self.holds.get(key, {})
-        return [(self.procs[pid], found[pid]) for pid in sorted(found)]
+        out = []
+        for pid in sorted(found):
+            proc = self._proc(pid)
+            if proc is not None:
+                out.append((proc, found[pid]))
+        return out
 
     def with_pid(self, key: BlockKey, pid: int) -> List[Tuple[Proc, Hold]]:
         """The holders of ``key`` that ``pid`` names at some PID-namespace level."""
@@ -621,7 +684,17 @@ class Scans:
         self._paths = set(paths)
         self._seen = {}  # type: Dict[Tuple, Tuple[int, int]]
         self._direct = {}  # type: Dict[Tuple[int, BlockKey], Tuple[Proc, Hold]]
+        self._exclusive = {}  # type: Dict[BlockKey, Tuple[Optional[bool], int]]
         self.taken = 0
+
+    def exclusive(self, block: BlockId, observed_ns: Optional[int]) -> Optional[bool]:
+        """:func:`exclusive`, checked after ``observed_ns`` (reused while younger)."""
+        got = self._exclusive.get(block.key)
+        if got is None or (observed_ns is not None and got[1] <= observed_ns):
+            at = time.monotonic_ns()
+            got = (exclusive(block), at)
+            self._exclusive[block.key] = got
+        return got[0]
 
     def direct(self, pid: int, key: BlockKey) -> Optional[Tuple[Proc, Hold]]:
         """The process ``pid`` of OUR namespace when it has block ``key`` mapped or open

@@ -10,8 +10,11 @@ for a holder pid P recorded in a word of block B:
 1. some process that has B mapped or open has P at any PID-namespace level (NSpid):
    ``alive``, or ``suspect-hung`` when it is stopped (SIGSTOP, debugger). Never ``dead``,
    whatever recorded ticks, heartbeats or boot ids say;
-2. else, when the scan is complete for B (scope ``host`` or ``namespace``) and started
-   after the word was read: ``dead`` -- across PID namespaces, time namespaces and reuse;
+2. else, when nobody but this engine has B open at all (the kernel grants an exclusive
+   lease on a tmpfs block: it counts every open file, in every namespace), or when the
+   scan is complete for B (scope ``host`` or ``namespace``) and started after the word
+   was read: ``dead`` -- across PID namespaces, time namespaces and reuse. When the
+   kernel counts another opener that no visible process is: ``unknown``;
 3. else (scope ``partial``: not root, unreadable processes, an inherited /dev/shm...) only
    conservative rules, all assuming recovery runs in the holders' PID namespace unless
    our evidence says otherwise: a PID namespace recorded by our runtime other than ours
@@ -145,9 +148,12 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
     def verdict(state: str, why: str, process: Optional[Dict[str, Any]] = None) -> Verdict:
         return Verdict(pid, state, tuple(ev + [why]), scope, process)
 
+    if pid >= PID_MAX_LIMIT:     # no process has such a pid, in any PID namespace
+        return verdict(DEAD, "pid %d >= %d (PID_MAX_LIMIT): no process can have it in any "
+                       "PID namespace" % (pid, PID_MAX_LIMIT))
     # 1. kernel truth: a process with the block mapped or open has this pid -- first the
     # one that has it in OUR namespace (two reads, no scan), then any level (the scan)
-    if block is not None and 0 < pid < PID_MAX_LIMIT:
+    if block is not None:
         direct = (scans.direct(pid, block.key) if scans is not None
                   else direct_holder(pid, block.key))
         if direct is not None:
@@ -157,6 +163,14 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
                      heartbeat_ns, stale_after_ns, snap, direct[0].start_ticks)
             found = _matched([direct])
             return verdict(found[0], found[1], found[3])
+    if block is not None and scans is not None and scans.exclusive(block, observed_ns):
+        # nobody else has the block open at all (a write lease was granted): every
+        # holder recorded in it is gone, whatever PID namespace it ran in
+        st = process_stat(pid)
+        _support(ev, pid, recorded_start_ticks, recorded_boot_id, since_ns, heartbeat_ns,
+                 stale_after_ns, snap, st.start_ticks if st else None, ages=False)
+        return verdict(DEAD, "no other process has this block open or mapped, in any PID "
+                       "namespace: the kernel granted an exclusive lease on it")
     if block is not None and (scans is not None or scan is not None):
         # Not found directly: from here on the verdict may be dead, and absence proves
         # nothing in a scan older than the record (the holder may have attached since).
@@ -172,7 +186,8 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
         if scope.complete and fresh:
             st = process_stat(pid)      # whoever has the number here: supporting only
             _support(ev, pid, recorded_start_ticks, recorded_boot_id, since_ns,
-                     heartbeat_ns, stale_after_ns, snap, st.start_ticks if st else None)
+                     heartbeat_ns, stale_after_ns, snap, st.start_ticks if st else None,
+                     ages=False)
             return verdict(DEAD, "no process that has this block mapped or open has pid %d "
                            "in any PID namespace (scan complete: %s)" % (pid, scope.reason))
         ev.append("scan %s: %s" % (scope.name, scope.reason) if not scope.complete else
@@ -180,6 +195,14 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
         if not fresh:
             ev.append("(a holder that attached after the scan in another PID namespace "
                       "would be missed: %s)" % NAMESPACE_ASSUMPTION)
+        elif (scans is not None and scans.exclusive(block, observed_ns) is False
+              and not current.holders(block.key)):
+            # the kernel counts another open file of the block, yet no process we can see
+            # has it: the per-pid rules' assumption (holders visible here) does not hold
+            return verdict(UNKNOWN, "another process has this block open (the kernel "
+                           "refused an exclusive lease) but none that this scan can see: "
+                           "its holders may run where recovery cannot look (another "
+                           "container sharing /dev/shm, an unreadable process)")
     # 3. partial: conservative per-pid rules
     return _partial(pid, block, ev, verdict, recorded_start_ticks, recorded_boot_id,
                     since_ns, heartbeat_ns, stale_after_ns, snap, recorded_pidns)
@@ -207,9 +230,6 @@ def _partial(pid, block, ev, verdict, recorded_start_ticks, recorded_boot_id, si
         return verdict(UNKNOWN, "pid %d was recorded in PID namespace %d but this process "
                        "runs in %d: that number names another process here; run recovery "
                        "in the holder's namespace" % (pid, recorded_pidns, snap.pidns))
-    if pid >= PID_MAX_LIMIT:
-        return verdict(DEAD, "pid %d >= %d (PID_MAX_LIMIT): no process can have it"
-                       % (pid, PID_MAX_LIMIT))
     probe = pid_probe(pid)
     if probe == PROBE_NO_SUCH:
         return verdict(DEAD, "kill(%d, 0): ESRCH (no such process); %s"
@@ -223,7 +243,7 @@ def _partial(pid, block, ev, verdict, recorded_start_ticks, recorded_boot_id, si
         return verdict(UNKNOWN, "/proc/%d/stat unreadable (hidepid or permission): cannot "
                        "tell" % pid)
     _support(ev, pid, recorded_start_ticks, recorded_boot_id, since_ns, heartbeat_ns,
-             stale_after_ns, snap, st.start_ticks)
+             stale_after_ns, snap, st.start_ticks, ages=False)
     if st.state in ("Z", "X"):
         threads = live_thread_count(pid)
         if threads == 0:
@@ -243,6 +263,7 @@ def _partial(pid, block, ev, verdict, recorded_start_ticks, recorded_boot_id, si
             return verdict(DEAD, "pid %d exists but has not mapped or opened this block: not "
                            "the holder (PID reused); %s" % (pid, NAMESPACE_ASSUMPTION))
         ev.append("pid %d has the block %s" % (pid, hold.how()))
+    _heartbeat_age(ev, heartbeat_ns, stale_after_ns, snap)
     if st.state in ("T", "t"):
         return verdict(SUSPECT_HUNG, "state %s: stopped (signal or debugger), makes no progress"
                        % st.state)
@@ -252,8 +273,9 @@ def _partial(pid, block, ev, verdict, recorded_start_ticks, recorded_boot_id, si
 def _support(ev: List[str], pid: int, recorded_start_ticks: Optional[int],
              recorded_boot_id: Optional[bytes], since_ns: Optional[int],
              heartbeat_ns: Optional[int], stale_after_ns: int, snap: Snapshot,
-             start_ticks: Optional[int]) -> None:
-    """Supporting evidence from the records: reported, never decisive (module doc)."""
+             start_ticks: Optional[int], ages: bool = True) -> None:
+    """Supporting evidence from the records: reported, never decisive (module doc).
+    ``ages``: add the heartbeat's age (see :func:`_heartbeat_age`)."""
     if recorded_boot_id is not None and any(recorded_boot_id) and snap.boot_id is not None:
         if bytes(recorded_boot_id) != snap.boot_id:
             ev.append("block created on boot %s, this is boot %s (a file block can outlive "
@@ -270,6 +292,15 @@ def _support(ev: List[str], pid: int, recorded_start_ticks: Optional[int],
         if value is not None and value - snap.monotonic_ns > FUTURE_TOLERANCE_NS:
             ev.append("%s lies %s in the future of this monotonic clock (another time "
                       "namespace or boot: not proof)" % (name, _dur(value - snap.monotonic_ns)))
+    if ages:
+        _heartbeat_age(ev, heartbeat_ns, stale_after_ns, snap)
+
+
+def _heartbeat_age(ev: List[str], heartbeat_ns: Optional[int], stale_after_ns: int,
+                   snap: Snapshot) -> None:
+    """The heartbeat's age, for a holder found alive (a dead verdict's text stays the
+    same from one run to the next: dry runs predict real runs word for word)."""
+    snap = snap.refreshed()
     if heartbeat_ns is not None and heartbeat_ns <= snap.monotonic_ns + FUTURE_TOLERANCE_NS:
         age = max(0, snap.monotonic_ns - heartbeat_ns)
         ev.append("heartbeat %s old%s" % (_dur(age), " (stale after %s: idle or slow, not "

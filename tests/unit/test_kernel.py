@@ -71,9 +71,8 @@ def test_scan_indexes_mappings_and_fds_by_device_and_inode(name, actors):
         assert proc.nspid == (rw.pid,) and proc.start_ticks == rw.start_ticks
         assert proc.comm == "python" or proc.comm.startswith("python")
         assert proc.pidns == procinfo.pid_namespace() and proc.recovery_uid is None
-        # only processes that matched (a block-filesystem mapping or a candidate fd) were
-        # identified: their status was read, nobody else's
-        assert set(scan.procs) == {pid for found in scan.holds.values() for pid in found}
+        # only the holders of the block asked about were identified (status read)
+        assert set(scan.procs) == set(scan.holds[bid.key])
         assert all(k[0] in scan.devices for k in scan.holds
                    if any(h.mapped for h in scan.holds[k].values()))
         assert scan.with_pid(bid.key, rw.pid) == [(proc, holds[rw.pid])]
@@ -97,6 +96,24 @@ def test_own_engine_mapping_is_left_out_other_own_mappings_are_not(name):
                 del runtime
         # the mark is lifted with the context: now it is this process's mapping again
         assert os.getpid() in {p.pid for p, h in K.HostScan.take().holders(bid.key)}
+
+
+def test_anonymous_shared_memory_is_not_indexed_as_a_block():
+    """SysV and MAP_SHARED|MAP_ANONYMOUS memory live on the memfd filesystem too; they
+    are never blocks, so the walk does not index them (nor read their owners' status)."""
+    import mmap
+    anon = mmap.mmap(-1, 8192)                     # shared anonymous: "/dev/zero (deleted)"
+    try:
+        anon[0] = 1
+        lines = [line.split() for line in open("/proc/self/maps")
+                 if line.split()[1].endswith("s") and "/dev/zero" in line]
+        assert lines, "no shared anonymous mapping seen"
+        ino = int(lines[0][4])
+        scan = K.HostScan.take()
+        assert scan.memfd_dev is not None and scan.memfd_dev in scan.devices
+        assert (scan.memfd_dev, ino) not in scan.holds
+    finally:
+        anon.close()
 
 
 def test_memfd_blocks_are_indexed(actors):
@@ -181,7 +198,11 @@ NS_CODE = textwrap.dedent("""
     if WITH_HOLDERS:
         # a writer locks slot 1 and is killed; a process that reuses its pid (the same
         # start tick is written into the evidence, a fresh heartbeat too) but has never
-        # mapped the block: in a complete scope that is dead, records or not
+        # mapped the block: in a complete scope that is dead, records or not. A live
+        # bystander consumer keeps the block open, so the scan (not the exclusive lease)
+        # has to decide.
+        keep = A.Actor(name, [("consumer", "bystander")]).start()
+        keep.wait_point()
         w = A.Actor(name, [("producer",), ("acquire",)], pause="writing").start()
         w.wait_point()
         slot = w.reports[-1]["slot"]
@@ -206,7 +227,9 @@ NS_CODE = textwrap.dedent("""
                    producer=diag["producer"]["verdict"])
         heal = E.heal(name)
         out["healed_slot"] = [o for o in heal["outcomes"] if o.get("slot") == slot]
+        out["bystander"] = [c["verdict"]["state"] for c in E.diagnose(name)["consumers"]]
         os.kill(twin, 9)
+        keep.kill()
     os.unlink("/dev/shm/" + name)
     print(json.dumps(out))
 """)
@@ -231,6 +254,7 @@ def test_namespace_host_is_complete_and_proves_a_reused_pid_dead():
     assert out["producer"]["state"] == "dead", out["producer"]
     (released,) = out["healed_slot"]
     assert released["result"] == "SUCCESS", released
+    assert out["bystander"] == ["alive"]
 
 
 @needs_unshare
@@ -426,6 +450,10 @@ def test_evidence_of_a_process_in_another_time_namespace_is_not_trusted(name, ac
         assert view.trusted is None and not view.has_evidence        # ... still distrusted
 
 
+KEEP_OPEN = ("import os, sys, time; fds = [os.open('/dev/shm/' + n, os.O_RDONLY) "
+             "for n in sys.argv[1:]]; print('ready', flush=True); time.sleep(60)")
+
+
 def test_each_block_takes_one_scan_for_every_block(monkeypatch):
     """Every block's holder words are read before the one scan of each_block, so dead
     holders in many blocks are proven dead by that single scan."""
@@ -440,13 +468,25 @@ def test_each_block_takes_one_scan_for_every_block(monkeypatch):
         return scan
     monkeypatch.setattr(K.HostScan, "take", counted)
     try:
+        gone = os.fork()
+        if gone == 0:
+            os._exit(0)
+        os.waitpid(gone, 0)                       # a pid no process has now (reaped)
         for n in names:
             with R.create(n, capacity=2) as b:
                 base = b.geo.slot_entry(1)
-                b.set(L.SLOT["write_lock"], 2147483647, base)      # a writer that is gone
+                b.set(L.SLOT["write_lock"], gone, base)            # a writer that is gone
                 b.set(L.SLOT["slot_state"], L.SlotState.WRITING, base)
                 b.set("producer_heartbeat_pid", 0)
-        out = E.each_block("heal", prefix + "*")
+        # a live process keeps every block open: no exclusive lease, the scan decides
+        keeper = subprocess.Popen([sys.executable, "-c", KEEP_OPEN] + names,
+                                  stdout=subprocess.PIPE)
+        assert keeper.stdout.readline() == b"ready\n"
+        try:
+            out = E.each_block("heal", prefix + "*")
+        finally:
+            keeper.kill()
+            keeper.wait()
         assert [e["address"] for e in out["blocks"]] == names
         for e in out["blocks"]:
             (o,) = [o for o in e["result"]["outcomes"] if o["slot"] == 1]
@@ -472,3 +512,60 @@ def test_an_fd_table_root_may_list_but_not_read_counts_as_unreadable():
                 K._candidate_fds("/proc", pid, (), set())
             return
     pytest.skip("no process here whose fd table is listable but unreadable")
+
+
+# ------------------------------------------------------------------ exclusive lease
+
+def test_exclusive_lease_sees_every_opener(name, actors):
+    with R.attach(name, writable=False) as b:
+        bid = K.BlockId.of(b)
+        assert K.exclusive(bid) is True                       # only the engine's file
+        with R.attach(name, writable=False):                  # another file of ours
+            assert K.exclusive(bid) is False
+        a = actors(name, [("consumer", "c")])                 # another process
+        a.wait_point()
+        assert K.exclusive(bid) is False
+        a.kill()
+        assert K.exclusive(bid) is True
+    fd = os.memfd_create("plh_shm_capability")
+    try:
+        st = os.fstat(fd)
+        assert K.exclusive(K.BlockId(st.st_dev, st.st_ino, 0, "memfd", "m", fd)) is None
+    finally:
+        os.close(fd)
+    assert K.exclusive(K.BlockId(bid.dev, bid.ino, 0, "shm", bid.path)) is None   # no fd
+
+
+def test_a_block_nobody_has_open_proves_its_holders_dead_without_a_scan(name):
+    gone = os.fork()
+    if gone == 0:
+        os._exit(0)
+    os.waitpid(gone, 0)
+    with R.attach(name) as b:
+        b.set(L.SLOT["write_lock"], gone, b.geo.slot_entry(2))
+    with R.attach(name, writable=False) as b, K.engine_mapping(b):
+        scans = K.Scans()
+        v = liveness.judge(gone, block=K.BlockId.of(b), scans=scans,
+                           observed_ns=time.monotonic_ns())
+    assert v.is_dead and "exclusive lease" in v.evidence[-1], v
+    assert scans.taken == 0 and v.scope is None
+
+
+@needs_unshare
+def test_a_holder_the_kernel_counts_but_this_namespace_cannot_see_is_unknown(name, actors):
+    """Recovery inside a container that shares /dev/shm with the host: a live writer out
+    here holds slot 0 under a pid that names nobody in there. The per-pid rules would say
+    "no such process: dead"; the kernel counts its open file, so it is unknown."""
+    w = actors(name, [("producer",), ("acquire",)], pause="writing")
+    w.wait_point()
+    code = textwrap.dedent("""
+        from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+        out = E.recover(%r, 0, "release_writer")
+        print(json.dumps(out))
+    """ % name)
+    out = in_namespace_host(code, private_shm=False)
+    assert out["result"] == "UNSAFE" and not out["changed"], out
+    holder = out["refused"][0]["holder"]
+    assert holder["state"] == "unknown" and holder["pid"] == w.pid, holder
+    assert holder["scope"]["name"] == "partial"
+    assert any("refused an exclusive lease" in e for e in holder["evidence"]), holder

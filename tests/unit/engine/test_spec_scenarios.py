@@ -115,8 +115,7 @@ def test_5_liveness_dead_pid_dead_own_pid_alive(lab, kind):
     # holds nothing in the block, so the pid is not the holder -- dead.
     slot = E.diagnose(name, s)["slots"][0]
     assert slot["writer"]["state"] == "dead" and slot["is_stuck"]
-    assert any("has not mapped or opened this block" in e or "no process that has this "
-               "block mapped" in e for e in slot["writer"]["evidence"]), slot["writer"]
+    assert any("exclusive lease" in e for e in slot["writer"]["evidence"]), slot["writer"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
