@@ -189,8 +189,12 @@ def test_reaped_child_dead(spawn, block):
     assert not liveness.is_process_alive(p.pid)
 
 
-def test_impossible_and_free_pids_dead():
-    assert judge(procinfo.PID_MAX_LIMIT).is_dead
+def test_impossible_and_free_pids_dead(block):
+    for pid in (procinfo.PID_MAX_LIMIT, 2147483647):
+        scans = K.Scans()
+        v = judge(pid, block=block[1], scans=scans, observed_ns=time.monotonic_ns())
+        assert v.is_dead and "PID_MAX_LIMIT" in text(v), v
+        assert scans.taken == 0                 # no process anywhere can have it: no walk
     pid_max = int(open("/proc/sys/kernel/pid_max").read())
     free = next(p for p in range(pid_max - 1, 1, -1) if not os.path.exists("/proc/%d" % p))
     v = judge(free)
