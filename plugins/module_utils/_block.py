@@ -44,8 +44,8 @@ from typing import Dict, Iterator, List, Optional, Tuple, Union
 from . import _atomics
 from . import _layout as L
 from ._errors import (BlockNotFound, BlockNotReady, InvalidName, NotADataBlock,
-                      PermissionDenied, RecoveryError, TruncatedBlock, UnsafePath,
-                      UnsupportedLayout, WrongOwner)
+                      OverBudget, PermissionDenied, RecoveryError, TruncatedBlock, UnsafePath,
+                      UnsupportedLayout, UsageError, WrongOwner)
 
 SHM_DIR = "/dev/shm"
 MEMFD_PREFIX = "memfd:"
@@ -67,6 +67,12 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 _UNPACK = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
            8: struct.Struct("<Q")}
 _ZEROS = memoryview(bytes(WINDOW))
+#: The default of ``max_bytes`` (``--max-bytes``): what one operation on one block may
+#: examine (see :func:`check_budget`). Every real block we know of costs a few MiB at most.
+DEFAULT_MAX_BYTES = 256 << 20
+#: What one slot listed in an answer (diagnose, recover --slot all) counts: about the
+#: memory its entry takes in the answer, read or not (a slot in a hole is still listed).
+LISTED_SLOT_BYTES = 1024
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
@@ -600,3 +606,95 @@ def open_block(address: str, writable: bool = False, strict: bool = True) -> Blo
         os.close(fd)
         raise
     return Block(address, path, kind, fd, st, writable, geometry, problems)
+
+
+# --------------------------------------------------------------------------- budget
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return "%.1f %s" % (n / float(1 << shift), unit)
+    return "%d B" % n
+
+
+def max_bytes_of(value: object) -> int:
+    """A ``max_bytes`` argument: None is :data:`DEFAULT_MAX_BYTES`; else a positive int."""
+    if value is None:
+        return DEFAULT_MAX_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError("max_bytes must be a positive number of bytes, got %r" % (value,))
+    return value
+
+
+def _slots_touched(block: Block, offset: int, stride: int, capacity: int,
+                   limit: int) -> int:
+    """How many slots' data ranges hold allocated bytes (each is hashed in full)."""
+    count, last = 0, -1
+    for start, stop in block.data_extents(offset, capacity * stride):
+        first = max((start - offset) // stride, last + 1)
+        end = (stop - 1 - offset) // stride
+        if end >= first:
+            count += end - first + 1
+            last = end
+        if count * stride > limit:
+            break
+    return count
+
+
+def cost(block: Block, walk: bool = True, listed: int = 0, hashing: bool = False,
+         limit: Optional[int] = None) -> Dict[str, int]:
+    """What one operation on ``block`` examines, in bytes, by part; ``total`` is what
+    counts against ``max_bytes``. Holes are free: they read as zeros without being read.
+
+    * ``header``: the 4096-byte header (always);
+    * ``tables`` (``walk``): the *allocated* bytes of the slot-state and checksum tables;
+    * ``listed``: :data:`LISTED_SLOT_BYTES` per slot the answer lists (diagnose of all
+      slots, recover --slot all list every slot, allocated or not);
+    * ``hashed`` (``hashing``: validate, heal): the full stride of every slot whose data
+      holds allocated bytes, one stride for the all-zero digest (a slot that is all hole
+      is that constant), and the flexible zone.
+
+    Counting stops early once past ``limit``: a lying block is not walked to the end."""
+    geo = block.geo
+    limit = DEFAULT_MAX_BYTES if limit is None else limit
+    parts = {"header": L.HEADER_SIZE, "tables": 0, "listed": listed * LISTED_SLOT_BYTES,
+             "hashed": 0}
+    if walk:
+        parts["tables"] = block.allocated(geo.slot_table, geo.capacity * (
+            L.SLOT_ENTRY_SIZE + L.CHECKSUM_ENTRY_SIZE), limit)
+    if hashing:
+        slots = _slots_touched(block, geo.ring_offset, geo.stride, geo.capacity, limit)
+        parts["hashed"] = slots * geo.stride + geo.stride + geo.flex_size
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_budget(block: Block, operation: str, max_bytes: Optional[int], walk: bool = True,
+                 listed: int = 0, hashing: bool = False, hint: str = "") -> Dict[str, int]:
+    """Refuse (:class:`OverBudget`, exit 4) an operation that would examine more than
+    ``max_bytes``, with one line naming the geometry and what the bytes are; returns the
+    cost otherwise. A block without a trusted geometry costs its header only."""
+    limit = max_bytes_of(max_bytes)
+    if block.geometry is None:
+        return {"header": L.HEADER_SIZE, "total": L.HEADER_SIZE}
+    parts = cost(block, walk, listed, hashing, limit)
+    if parts["total"] <= limit:
+        return parts
+    geo = block.geo
+    what = ["header 4.0 KiB"]
+    if parts["tables"]:
+        what.append("%s of slot tables" % _size(parts["tables"]))
+    if parts["listed"]:
+        what.append("%d slots listed" % listed)
+    if parts["hashed"]:
+        what.append("%s to hash" % _size(parts["hashed"]))
+    raise OverBudget("%s: %s would examine at least %s (%s), over the budget of %s "
+                     "(max_bytes); "
+                     "geometry: %d slots x %d B, flex zone %d B, file %d B%s; raise max_bytes "
+                     "only for a block you trust"
+                     % (block.address, operation, _size(parts["total"]), ", ".join(what),
+                        _size(limit),
+                        geo.capacity, geo.stride, geo.flex_size, block.size, hint),
+                     max_bytes=limit, geometry={"capacity": geo.capacity,
+                                                "stride": geo.stride,
+                                                "flex_size": geo.flex_size,
+                                                "file_size": block.size})

@@ -9,7 +9,7 @@ the operator is exactly the one recovery will act on.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional
 
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
@@ -86,10 +86,15 @@ def explain_consumer(scene: Scene, c: ConsumerView) -> Dict[str, object]:
             "verdict": c.verdict.to_dict(), "action": "cleanup" if c.dead else None}
 
 
-def report(scene: Scene, slot: Optional[int] = None) -> Dict[str, object]:
-    """The whole diagnosis (or one slot's) as plain data."""
+def report(scene: Scene, slot: Optional[int] = None,
+           slots: Optional[Iterable[int]] = None) -> Dict[str, object]:
+    """The whole diagnosis (or one slot's) as plain data. ``slots`` restricts the slots
+    explained (heal's summary passes the slots in use: the others are FREE and idle)."""
     block = scene.block
-    indexes = range(block.geo.capacity) if slot is None else [block.check_slot(slot)]
+    if slots is not None:
+        indexes = list(slots)  # type: Iterable[int]
+    else:
+        indexes = range(block.geo.capacity) if slot is None else [block.check_slot(slot)]
     slots = [explain_slot(scene, scene.slot(i)) for i in indexes]
     consumers = [explain_consumer(scene, c) for c in scene.consumers]
     findings: List[Dict[str, object]] = []

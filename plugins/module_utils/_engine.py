@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional
 
 from . import _layout as L
-from ._block import Block, open_block
+from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
 from ._diagnose import report
 from ._heal import heal as _heal
@@ -70,23 +70,33 @@ def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
 
 
-def diagnose(address: str, slot: Optional[int] = None) -> dict:
+def diagnose(address: str, slot: Optional[int] = None,
+             max_bytes: Optional[int] = None) -> dict:
     """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
     every holder with its evidence, whether the slot is stuck, why, and the action that
-    releases it; plus consumers, producer and block-wide findings. Read-only."""
+    releases it; plus consumers, producer and block-wide findings. Read-only (the file
+    is opened O_RDONLY and never mapped). ``max_bytes``: see :func:`_block.check_budget`."""
     with open_block(address) as block:
+        if slot is None:
+            check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
+                         hint="; diagnose one slot with slot=N")
+        else:
+            check_budget(block, "diagnose", max_bytes, walk=False, listed=1)
         plan = Plan(block, dry_run=True)
         return _envelope("diagnose", block, None, **report(Scene(plan), slot))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
-            dry_run: bool = False) -> dict:
+            dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
     """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
     index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
     committed data is never made unreadable and half-written data never readable.
     ``dry_run`` returns the identical plan without writing."""
     check_action(action)
     with open_block(address, writable=not dry_run) as block:
+        every = slot == "all"
+        check_budget(block, "recover", max_bytes, walk=every,
+                     listed=block.geo.capacity if every else 1)
         plan = Plan(block, dry_run)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
@@ -97,11 +107,12 @@ def recover(address: str, slot, action: str, force: bool = False,
                          refused=[o for o in outcomes if o["result"] == UNSAFE])
 
 
-def cleanup(address: str, dry_run: bool = False) -> dict:
+def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
     with open_block(address, writable=not dry_run) as block:
+        check_budget(block, "cleanup", max_bytes, walk=False)
         plan = Plan(block, dry_run)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
@@ -115,12 +126,13 @@ def cleanup(address: str, dry_run: bool = False) -> dict:
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
-             progress: Progress = None) -> dict:
+             progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
     """Check header, state sanity and every checksum (recomputed, never the cached
     "verified" flag). Writes nothing unless ``repair``, which re-blesses only COMMITTED
     slots and lists each. ``progress(done_bytes, total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
     with open_block(address, writable=writes, strict=False) as block:
+        check_budget(block, "validate", max_bytes, hashing=True)
         plan = Plan(block, dry_run=not writes)
         body = _validate(plan, repair=repair, progress=progress)
         return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
@@ -128,10 +140,11 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
-         progress: Progress = None) -> dict:
+         progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
     """The safe composite: cleanup, release what dead holders own, validate (repair only
     when asked). Never forced; suspect or unknown holders are reported as refused."""
     with open_block(address, writable=not dry_run) as block:
+        check_budget(block, "heal", max_bytes, hashing=True)
         plan = Plan(block, dry_run)
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
@@ -154,10 +167,11 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
     One call per host for a fleet. Entries: ``address``, ``status`` (discovery's),
     ``result`` (the operation's dict or None), ``error`` (``code``/``message`` or None) and
     ``skipped`` (why not touched, or None). A block whose header is not sound is skipped
-    by everything but validate (which reports exactly those problems); an error on one
-    block does not stop the others.
+    by everything but validate (which reports exactly those problems), and so is a block
+    over the ``max_bytes`` budget (named, with its geometry); an error on one block does
+    not stop the others.
     """
-    from ._errors import RecoveryError, UsageError
+    from ._errors import OverBudget, RecoveryError, UsageError
     run = {"diagnose": diagnose, "cleanup": cleanup, "validate": validate, "heal": heal}
     if operation not in run:
         raise UsageError("%r cannot run on every block; choose one of %s"
@@ -172,6 +186,10 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
             continue
         try:
             entry["result"] = run[operation](found["address"], **kwargs)
+        except OverBudget as exc:           # its message starts with the address
+            prefix = "%s: " % found["address"]
+            entry["skipped"] = (exc.message[len(prefix):] if exc.message.startswith(prefix)
+                                else exc.message)
         except RecoveryError as exc:
             entry["error"] = exc.to_dict()
     results = [e["result"] for e in entries if e["result"] is not None]

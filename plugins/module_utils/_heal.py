@@ -27,7 +27,8 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
     cleaned = cleanup(scene)
     outcomes: List[Dict[str, object]] = []
     scene = Scene(plan, now=scene.now)       # re-observe through what cleanup planned
-    for i in range(plan.block.geo.capacity):
+    in_use = list(plan.block.slots_in_use())  # a slot in a hole is FREE: nothing to release
+    for i in in_use:
         view = scene.slot(i)
         if (view.write_lock and view.writer_dead) or view.orphaned:
             outcomes.append(plan_slot(scene, i, "release_writer"))
@@ -37,7 +38,7 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
         if view.releasable_readers:
             outcomes.append(plan_slot(scene, i, "release_readers"))
     checked = validate(plan, repair=repair, progress=progress)
-    after = report(Scene(plan, now=scene.now))
+    after = report(Scene(plan, now=scene.now), slots=in_use)
     refused = [o for o in outcomes if o["result"] == UNSAFE]
     return {
         "cleanup": cleaned,

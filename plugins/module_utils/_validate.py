@@ -10,7 +10,9 @@ the heartbeat table, indexes), and every slot and flex-zone checksum *recomputed
 data (the cached "verified" byte is never trusted). Without repair nothing is written.
 With repair, only COMMITTED slots whose checksum is wrong or missing get a new checksum,
 each under our own write lock, and each is listed; everything else stays as found.
-Hashing uses large zero-copy views and both cores (hashlib releases the GIL).
+Hashing reads bounded ``pread`` windows (never a mapping: reading a hole through one
+allocates it), skips holes as zeros, and uses both cores (hashlib releases the GIL).
+Slots whose state entry lies in a hole are FREE with nothing in them and are not walked.
 
 Validation runs against live processes too, so nothing they pass through is reported: a
 state problem counts only when the same words are still there ~60 ms later, and a slot
@@ -127,7 +129,7 @@ def _look(plan: Plan, key) -> Tuple[tuple, List[Dict[str, object]]]:
 def state_findings(plan: Plan) -> List[Dict[str, object]]:
     """Slot, consumer-count and index sanity. A problem is reported only when every later
     look (over about 60 ms) finds the very same words: never a live process's transient."""
-    keys = [("slot", i) for i in range(plan.block.geo.capacity)]
+    keys = [("slot", i) for i in plan.block.slots_in_use()]
     keys += [("consumers",), ("indexes",)]
     pending = {}
     for key in keys:
@@ -147,7 +149,7 @@ def _checksum_findings(plan: Plan, progress: Progress) -> List[Dict[str, object]
     enforced = plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED
     jobs: List[Tuple[int, bytes, tuple]] = []    # (slot, stored hash, (lock, gen, state))
     out: List[Dict[str, object]] = []
-    for i in range(geo.capacity):
+    for i in list(block.slots_in_use()):
         base = geo.slot_entry(i)
         state = plan.get(SLOT["slot_state"], base)
         if state not in (_S.COMMITTED, _S.DRAINING):
@@ -176,7 +178,7 @@ def _checksum_findings(plan: Plan, progress: Progress) -> List[Dict[str, object]
                                "error", state == _S.COMMITTED, slot=i))
     stored_flex = plan.read(L.HEADER["flexzone_checksum"].offset, L.HASH_SIZE)
     if geo.flex_size and any(stored_flex):
-        digest = L.blake2b256(block.view(geo.flex_offset, geo.flex_size))
+        digest = block.digest(geo.flex_offset, geo.flex_size)
         if digest != stored_flex and _settle_flex(plan, stored_flex, digest):
             out.append(finding("flexzone-checksum-mismatch", "flexible zone: stored checksum "
                                "does not match its data", field="flexzone_checksum"))
@@ -207,7 +209,7 @@ def _settle_slot(plan: Plan, i: int, words: tuple, stored: bytes,
         words, stored = look()
         if words[2] not in (_S.COMMITTED, _S.DRAINING):
             return words[2], stored, digest          # no longer committed: nothing to check
-        digest = L.blake2b256(plan.block.view(geo.slot_data(i), geo.stride))
+        digest = plan.block.digest(geo.slot_data(i), geo.stride)
     return None
 
 
@@ -219,7 +221,7 @@ def _settle_flex(plan: Plan, stored: bytes, digest: bytes) -> bool:
     for pause in _SETTLE_S:
         time.sleep(pause)
         now = (plan.read(offset, L.HASH_SIZE),
-               L.blake2b256(plan.block.view(geo.flex_offset, geo.flex_size)))
+               plan.block.digest(geo.flex_offset, geo.flex_size))
         if now == (stored, digest):
             return True
         stored, digest = now
@@ -229,7 +231,7 @@ def _settle_flex(plan: Plan, stored: bytes, digest: bytes) -> bool:
 
 
 def _hash_slots(block, slots: List[int], progress: Progress) -> List[bytes]:
-    """BLAKE2b-256 of each slot's full stride, on zero-copy views, over both cores."""
+    """BLAKE2b-256 of each slot's full stride (bounded windows), over both cores."""
     geo = block.geo
     if not slots:
         return []
@@ -238,7 +240,7 @@ def _hash_slots(block, slots: List[int], progress: Progress) -> List[bytes]:
     total, done = len(slots) * geo.stride, 0
 
     def work(batch: List[int]) -> List[bytes]:
-        return [L.blake2b256(block.view(geo.slot_data(i), geo.stride)) for i in batch]
+        return [block.digest(geo.slot_data(i), geo.stride) for i in batch]
 
     digests: List[bytes] = []
     workers = min(len(batches), os.cpu_count() or 1, 4)
@@ -270,7 +272,7 @@ def _rebless(plan: Plan, bad: List[Dict[str, object]]) -> List[Dict[str, object]
             if plan.get(SLOT["slot_state"], base) != _S.COMMITTED:
                 raise ConcurrentChange("slot %d is no longer COMMITTED" % i)
             before = plan.read(entry, L.CHECKSUM_ENTRY_SIZE)
-            digest = L.blake2b256(plan.block.view(geo.slot_data(i), geo.stride))
+            digest = plan.block.digest(geo.slot_data(i), geo.stride)
             if before[:L.HASH_SIZE] == digest:     # a writer committed it meanwhile
                 raise ConcurrentChange("slot %d was rewritten since it was checked" % i)
             plan.put("slot[%d].checksum" % i, entry, before, digest + b"\0")

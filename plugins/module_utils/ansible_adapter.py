@@ -32,7 +32,9 @@ try:
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _discovery
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _atomics
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import RecoveryError
+    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
+        RecoveryError, printable,
+    )
     from ansible_collections.pylabhub.recovery.plugins.module_utils._layout import (
         SlotState, enum_name,
     )
@@ -42,6 +44,10 @@ except Exception:  # pylint: disable=broad-except
 
     class RecoveryError(Exception):  # type: ignore[no-redef]
         """Placeholder: the engine could not be imported (never raised)."""
+
+    def printable(text):  # type: ignore[no-redef]
+        """Placeholder: the engine could not be imported (our own text only then)."""
+        return str(text)
 else:
     ENGINE_IMPORT_ERROR = None
 
@@ -60,7 +66,11 @@ SHARED_OPTIONS = {
     "force": dict(type="bool", default=False),
     "repair": dict(type="bool", default=False),
     "pattern": dict(type="str"),
+    "max_bytes": dict(type="bytes"),                 # budget per block (engine default)
 }
+
+#: Engine operations that take ``max_bytes`` (the module's option is passed to them).
+_BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block")
 
 
 def argument_spec(*shared, **specific):
@@ -141,7 +151,8 @@ def diff_from_changes(changes, header):
     text_before = "\n".join(before) + "\n" if before else ""
     text_after = "\n".join(after) + "\n" if after else ""
     return {"before": text_before, "after": text_after,
-            "before_header": "%s (before)" % header, "after_header": "%s (after)" % header}
+            "before_header": "%s (before)" % printable(header),
+            "after_header": "%s (after)" % printable(header)}
 
 
 # --------------------------------------------------------------------------- module
@@ -181,18 +192,26 @@ class DataBlockModule(object):
         return None if every else name
 
     # -- engine calls ----------------------------------------------------------------
+    def _budget(self, func, kwargs):
+        """Pass the module's ``max_bytes`` to the engine operations that take it."""
+        if (self.params.get("max_bytes") is not None and engine is not None
+                and any(func is getattr(engine, name) for name in _BUDGETED)):
+            kwargs.setdefault("max_bytes", self.params["max_bytes"])
+        return kwargs
+
     def call(self, func, *args, **kwargs):
         """Run one engine call; a ``RecoveryError`` fails the task with its code."""
+        kwargs = self._budget(func, kwargs)
         try:
             return func(*args, **kwargs)
         except RecoveryError as exc:
             self.fail_error(exc)
         return None  # not reached: fail_json exits
 
-    @staticmethod
-    def attempt(func, *args, **kwargs):
+    def attempt(self, func, *args, **kwargs):
         """Run one engine call for one of many blocks: ``(result, None)`` or
         ``(None, error dict)``; the caller decides whether the task fails."""
+        kwargs = self._budget(func, kwargs)
         try:
             return func(*args, **kwargs), None
         except RecoveryError as exc:
@@ -206,12 +225,17 @@ class DataBlockModule(object):
         for entry in summary["blocks"]:
             entry[key] = entry.pop("result")
             if entry["skipped"]:
-                self.module.warn("%s skipped: %s" % (entry["address"], entry["skipped"]))
+                self.module.warn(printable("%s skipped: %s" % (entry["address"],
+                                                               entry["skipped"])))
             self.record(entry[key])
         return summary
 
     def discover(self, pattern=None):
         return self.call(_discovery.discover, pattern)
+
+    def scan(self, pattern=None):
+        """Discovery plus what could not be read (``{"blocks", "unreadable"}``)."""
+        return self.call(_discovery.scan, pattern)
 
     @staticmethod
     def atomics():
@@ -223,7 +247,7 @@ class DataBlockModule(object):
         if not isinstance(result, dict):
             return
         for warning in result.get("warnings") or []:
-            self.module.warn(str(warning))
+            self.module.warn(printable(warning))
         if self.module._diff and "changes" in result:
             if header is None:
                 block = result.get("block") or {}
@@ -241,8 +265,10 @@ class DataBlockModule(object):
         self.module.exit_json(**self._finish(result))
 
     def fail(self, msg, changed=False, **result):
+        """Fail the task; ``msg`` (built from block names and messages, untrusted) is made
+        one printable line, the structured result keeps exact values."""
         result["changed"] = bool(changed)
-        self.module.fail_json(msg=msg, **self._finish(result))
+        self.module.fail_json(msg=printable(msg), **self._finish(result))
 
     def fail_error(self, exc, **result):
         err = error_dict(exc)

@@ -25,6 +25,7 @@ author:
   - pylabhub maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
@@ -143,7 +144,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", "all", "pattern"))
+    m = DataBlockModule(argument_spec("name", "all", "pattern", "max_bytes"))
     address = m.targets()
     if address is not None:
         result = m.call(m.engine.cleanup, address, dry_run=m.check_mode)

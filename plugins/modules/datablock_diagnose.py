@@ -28,6 +28,7 @@ options:
     type: int
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name
   - pylabhub.recovery.common.read_only
   - pylabhub.recovery.dependencies
@@ -160,7 +161,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", name=dict(required=True), slot=dict(type="int")))
+    m = DataBlockModule(argument_spec("name", "max_bytes", name=dict(required=True),
+                                      slot=dict(type="int")))
     diagnosis = m.call(m.engine.diagnose, m.params["name"], m.params["slot"])
     m.exit(changed=False, diagnosis=diagnosis)
 

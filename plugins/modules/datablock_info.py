@@ -42,6 +42,7 @@ options:
     default: false
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.read_only
   - pylabhub.recovery.dependencies
 attributes:
@@ -119,6 +120,16 @@ blocks:
             "health": {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
                        "dead_consumers": 0, "findings": [], "valid": null,
                        "validation_findings": null, "error": null}}]
+unreadable:
+  description:
+    - What the listing could not read - C(count), C(by_reason) (reason to count, for example
+      V(permission denied)) and C(entries) (C(path) and C(reason) each) - C(/dev/shm)
+      entries and other users' C(/proc/<pid>/fd) tables. Blocks there are not in
+      RV(blocks); run as root (C(become)) or as their owner to see them.
+  returned: always
+  type: dict
+  sample: {"count": 1, "by_reason": {"permission denied": 1},
+           "entries": [{"path": "/dev/shm/private_block", "reason": "permission denied"}]}
 atomics:
   description: Whether this host can change blocks atomically (C(available)) and which library provides it, or why none does (C(provider)).
   returned: always
@@ -169,13 +180,15 @@ def health(m, address, diagnose, validate):
 
 
 def main():
-    m = DataBlockModule(argument_spec("pattern", diagnose=dict(type="bool", default=True),
+    m = DataBlockModule(argument_spec("pattern", "max_bytes",
+                                      diagnose=dict(type="bool", default=True),
                                       validate=dict(type="bool", default=False)))
-    blocks = m.discover(m.params["pattern"])
+    found = m.scan(m.params["pattern"])
+    blocks = found["blocks"]
     for entry in blocks:
         entry["health"] = health(m, entry["address"], m.params["diagnose"],
                                  m.params["validate"])
-    m.exit(changed=False, blocks=blocks, atomics=m.atomics())
+    m.exit(changed=False, blocks=blocks, unreadable=found["unreadable"], atomics=m.atomics())
 
 
 if __name__ == "__main__":

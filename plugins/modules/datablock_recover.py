@@ -65,6 +65,7 @@ options:
     default: false
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
@@ -259,7 +260,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 def main():
     m = DataBlockModule(
-        argument_spec("name", "all", "pattern", "slot", "force", "repair",
+        argument_spec("name", "all", "pattern", "slot", "force", "repair", "max_bytes",
                       action=dict(type="str", required=True, choices=list(ACTIONS))),
         required_if=[("action", action, ["slot"]) for action in ACTIONS if action != "heal"],
     )

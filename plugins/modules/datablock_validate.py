@@ -45,6 +45,7 @@ options:
     default: true
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
@@ -191,7 +192,7 @@ def _describe(address, validation):
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", "all", "pattern", "repair",
+    m = DataBlockModule(argument_spec("name", "all", "pattern", "repair", "max_bytes",
                                       fail_on_corruption=dict(type="bool", default=True)))
     p = m.params
     address = m.targets()

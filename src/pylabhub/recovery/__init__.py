@@ -98,9 +98,9 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
     EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_PERMISSION,
     EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable, BlockNotFound, BlockNotReady,
-    ConcurrentChange, HolderAlive, InvalidName, NotADataBlock, PermissionDenied,
+    ConcurrentChange, HolderAlive, InvalidName, NotADataBlock, OverBudget, PermissionDenied,
     RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath, UnsupportedLayout, UsageError,
-    WrongOwner)
+    WrongOwner, printable)
 
 from ._version import __version__
 
@@ -115,6 +115,7 @@ _LAZY = {
     "validate": ("_engine", "validate"),
     "heal": ("_engine", "heal"),
     "discover": ("_discovery", "discover"),
+    "scan": ("_discovery", "scan"),
     "open_block": ("_block", "open_block"),
     "Block": ("_block", "Block"),
     "Plan": ("_plan", "Plan"),
@@ -135,7 +136,7 @@ __all__ = [
     # errors and exit codes
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
-    "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange", "AtomicsUnavailable",
+    "OverBudget", "printable", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange", "AtomicsUnavailable",
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
     "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
 ]
@@ -410,32 +411,37 @@ def is_process_alive(pid: int) -> bool:
     return bool(_core("_liveness").is_process_alive(pid))
 
 
-def diagnose_slot(name: str, index: int) -> SlotDiagnostic:
+def diagnose_slot(name: str, index: int, *, max_bytes: Optional[int] = None) -> SlotDiagnostic:
     """Diagnose one slot of block ``name`` (read-only).
 
     Raises :class:`SlotOutOfRange` for a bad ``index`` and a :class:`RecoveryError`
     subclass for a missing, foreign or unsafe block.
     """
-    raw = _core("_engine").diagnose(name, slot=index)
+    raw = _core("_engine").diagnose(name, slot=index, max_bytes=max_bytes)
     return SlotDiagnostic.from_engine(raw["slots"][0])
 
 
-def diagnose_all_slots(name: str) -> List[SlotDiagnostic]:
-    """Diagnose every slot of block ``name`` (read-only), in slot order."""
-    raw = _core("_engine").diagnose(name)
+def diagnose_all_slots(name: str, *, max_bytes: Optional[int] = None) -> List[SlotDiagnostic]:
+    """Diagnose every slot of block ``name`` (read-only), in slot order.
+
+    ``max_bytes`` (every function here takes it): the most one call may examine in the
+    block (default 256 MiB; see the CLI's ``--max-bytes``); past it :class:`OverBudget`."""
+    raw = _core("_engine").diagnose(name, max_bytes=max_bytes)
     return [SlotDiagnostic.from_engine(s) for s in raw["slots"]]
 
 
 def _recover(name: str, slot: Union[int, str], action: str, force: bool,
-             dry_run: bool) -> RecoveryReport:
+             dry_run: bool, max_bytes: Optional[int]) -> RecoveryReport:
     try:
-        raw = _core("_engine").recover(name, slot, action, force=force, dry_run=dry_run)
+        raw = _core("_engine").recover(name, slot, action, force=force, dry_run=dry_run,
+                                       max_bytes=max_bytes)
     except SlotOutOfRange as err:
         return RecoveryReport.invalid_slot(err)
     return RecoveryReport.from_engine(raw)
 
 
-def release_zombie_writer(name: str, index: int, *, dry_run: bool = False) -> RecoveryReport:
+def release_zombie_writer(name: str, index: int, *, dry_run: bool = False,
+                          max_bytes: Optional[int] = None) -> RecoveryReport:
     """Release slot ``index``'s write lock if its holder is dead.
 
     WRITING becomes FREE (half-written data is never made readable), DRAINING returns to
@@ -443,11 +449,12 @@ def release_zombie_writer(name: str, index: int, *, dry_run: bool = False) -> Re
     the holder is alive, suspect-hung or unknown (there is no force here: use
     :func:`force_reset_slot` with ``force=True``); INVALID_SLOT for a bad index.
     """
-    return _recover(name, index, "release_writer", False, dry_run)
+    return _recover(name, index, "release_writer", False, dry_run, max_bytes)
 
 
 def release_zombie_readers(name: str, index: int, force: bool = False, *,
-                           dry_run: bool = False) -> RecoveryReport:
+                           dry_run: bool = False,
+                           max_bytes: Optional[int] = None) -> RecoveryReport:
     """Release the readers of slot ``index`` that are provably dead.
 
     Readers of a live (or possibly live) consumer are kept, and the call is UNSAFE when
@@ -455,44 +462,49 @@ def release_zombie_readers(name: str, index: int, force: bool = False, *,
     ``warnings``). The slot state is left as it is (a writer waiting in DRAINING proceeds
     by itself once the count is 0). NOT_STUCK when the count is 0.
     """
-    return _recover(name, index, "release_readers", force, dry_run)
+    return _recover(name, index, "release_readers", force, dry_run, max_bytes)
 
 
 def force_reset_slot(name: str, index: int, force: bool = False, *,
-                     dry_run: bool = False) -> RecoveryReport:
+                     dry_run: bool = False, max_bytes: Optional[int] = None) -> RecoveryReport:
     """Reset slot ``index``: release the write lock as :func:`release_zombie_writer` does
     (WRITING -> FREE, DRAINING -> COMMITTED, writer_waiting 0) and clear ``reader_count``;
     committed data stays readable.
 
     Without ``force`` this is refused (UNSAFE) when the writer or any reader may be alive.
     """
-    return _recover(name, index, "force_reset", force, dry_run)
+    return _recover(name, index, "force_reset", force, dry_run, max_bytes)
 
 
 def force_reset_all_slots(name: str, force: bool = False, *,
-                          dry_run: bool = False) -> RecoveryReport:
+                          dry_run: bool = False,
+                          max_bytes: Optional[int] = None) -> RecoveryReport:
     """:func:`force_reset_slot` on every slot; ``result`` is the worst slot's result and
     ``outcomes`` has one entry per slot."""
-    return _recover(name, "all", "force_reset", force, dry_run)
+    return _recover(name, "all", "force_reset", force, dry_run, max_bytes)
 
 
-def cleanup_dead_consumers(name: str, *, dry_run: bool = False) -> CleanupReport:
+def cleanup_dead_consumers(name: str, *, dry_run: bool = False,
+                           max_bytes: Optional[int] = None) -> CleanupReport:
     """Clear the heartbeat entry of every consumer whose process is dead (pid, heartbeat,
     uid, name, read position), release the readers it provably held, and reconcile
     ``active_consumer_count`` (and ``read_index`` under Sequential_sync) from the survivors.
     """
-    return CleanupReport.from_engine(_core("_engine").cleanup(name, dry_run=dry_run))
+    return CleanupReport.from_engine(_core("_engine").cleanup(name, dry_run=dry_run,
+                                                               max_bytes=max_bytes))
 
 
 def validate_integrity(name: str, repair: bool = False, *, dry_run: bool = False,
-                       progress: Optional[Callable[[int, int], None]] = None) -> IntegrityReport:
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       max_bytes: Optional[int] = None) -> IntegrityReport:
     """Check header (magic, version, layout hash and checksum, geometry), slot states and
     every slot checksum recomputed from the data (the cached "verified" flag is never
     trusted). ``repair=True`` recomputes the checksum of COMMITTED slots that mismatch, in
     place, under the slot's write lock; a bad header is never "repaired".
     ``progress(done_bytes, total_bytes)`` is called while hashing.
     """
-    raw = _core("_engine").validate(name, repair=repair, dry_run=dry_run, progress=progress)
+    raw = _core("_engine").validate(name, repair=repair, dry_run=dry_run, progress=progress,
+                                    max_bytes=max_bytes)
     return IntegrityReport.from_engine(raw)
 
 

@@ -3,15 +3,25 @@
 Translation only: every word shown comes from an engine result (docs/schema.md); nothing
 here judges a block. Colour is used only when the caller says so (stdout is a terminal,
 NO_COLOR unset, no --no-color).
+
+Results carry untrusted text (file names, names and uids read from a block, messages
+built from them): every ``render_*`` function first makes each string of its input
+printable with the core's one escaping rule (``_errors.printable``), so no field can
+reach the terminal raw, whatever a renderer forgets. Only the colours added here are
+escape sequences.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
+    printable, printable_tree)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PROG = "datablock-admin"
@@ -98,6 +108,14 @@ def quote(address: str) -> str:
     return shlex.quote(address)
 
 
+def untrusted(render: Callable[..., List[str]]) -> Callable[..., List[str]]:
+    """Render a copy of the result whose every string is printable (see module doc)."""
+    @functools.wraps(render)
+    def wrapper(result: Any, *args: Any, **kwargs: Any) -> List[str]:
+        return render(printable_tree(result), *args, **kwargs)
+    return wrapper
+
+
 # --------------------------------------------------------------------------- pieces
 def block_title(block: Dict[str, Any], style: Style) -> List[str]:
     title = "%s  (%s, %s, %s bytes)" % (style(str(block["address"]), "bold"), block["path"],
@@ -159,6 +177,7 @@ def findings_lines(findings: List[Dict[str, Any]], style: Style,
 
 
 # --------------------------------------------------------------------------- commands
+@untrusted
 def render_list(entries: List[Dict[str, Any]], style: Style) -> List[str]:
     if not entries:
         return ["no DataBlock found"]
@@ -177,6 +196,23 @@ def render_list(entries: List[Dict[str, Any]], style: Style) -> List[str]:
                  rows, style, "")
 
 
+@untrusted
+def unreadable_lines(unreadable: Dict[str, Any]) -> List[str]:
+    """The listing's last line: what could not be read, how many and why (or nothing)."""
+    count = int(unreadable.get("count") or 0)
+    if not count:
+        return []
+    reasons = ", ".join("%d %s" % (n, printable(reason)) for reason, n in
+                        sorted((unreadable.get("by_reason") or {}).items()))
+    entries = unreadable.get("entries") or []
+    files = sum(1 for e in entries if not str(e.get("path", "")).startswith("/proc/"))
+    return ["%d entr%s could not be read (%s): %d in /dev/shm, %d process fd table%s; "
+            "blocks there are not listed (run as root or as their owner to see them)"
+            % (count, "y" if count == 1 else "ies", reasons, files, count - files,
+               "" if count - files == 1 else "s")]
+
+
+@untrusted
 def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     block = d["block"]
     lines = block_title(block, style)
@@ -237,6 +273,7 @@ def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
     return "  result: %s (%s)" % (word, how)
 
 
+@untrusted
 def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  recover --slot %s --action %s%s%s" % (
@@ -249,6 +286,7 @@ def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+@untrusted
 def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  cleanup%s: %s dead consumer entr%s cleared" % (
@@ -268,6 +306,7 @@ def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+@untrusted
 def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  validate%s%s" % (" --repair" if r.get("repair") else "",
@@ -283,6 +322,7 @@ def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+@untrusted
 def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  heal%s%s" % (" --repair" if r.get("validate", {}).get("repair") else "",
@@ -308,6 +348,7 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+@untrusted
 def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -> List[str]:
     """The crash drill's summary, its kill points and every failed iteration."""
     failed = len(d.get("failures") or [])

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
     EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_REFUSED,
-    EXIT_USAGE, RecoveryError, UsageError, exit_code_for)
+    EXIT_USAGE, RecoveryError, UsageError, exit_code_for, printable)
 
 from . import _render as R
 from ._version import __version__
@@ -39,14 +40,15 @@ exit codes:
   3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
        --force), or the confirmation was declined
   4    no usable block: missing, foreign (no pylabhub magic), unsupported layout,
-       truncated, still being created, or an unsafe path (symlink, FIFO, directory)
+       truncated, still being created, an unsafe path (symlink, FIFO, directory),
+       or more to examine than --max-bytes allows (the message names the geometry)
   5    permission denied, or the block belongs to another user
   6    concurrent change: a live process changed a word between observation and
        action; nothing was left half-done, run the command again
   7    internal error (PLH_DEBUG=1 prints the traceback)
   130  interrupted;  141  stdout closed early (broken pipe)
   With --all the exit code is the highest of all blocks; a block skipped because its
-  header is not sound counts as 4."""
+  header is not sound or it is over --max-bytes counts as 4."""
 
 ADDRESS_HELP = ("the block: a shm name (my_datablock), an absolute path, or a memfd "
                 "address memfd:<pid>:<fd> as 'list' prints it")
@@ -124,6 +126,19 @@ def _positive(text: str) -> int:
     return number
 
 
+_BYTES = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def _bytes(text: str) -> int:
+    """A byte count: digits with an optional binary unit (256M, 1G, 512KiB, 4096)."""
+    match = _BYTES.match(text)
+    if not match or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError("invalid byte count %r: give a positive number, "
+                                         "optionally with K, M, G or T (binary units)" % text)
+    return int(match.group(1)) << _SHIFT[match.group(2).upper()]
+
+
 def _seed(text: str) -> int:
     try:
         number = int(text, 10)
@@ -149,6 +164,12 @@ def build_parser() -> argparse.ArgumentParser:
     writes = _Parser(add_help=False)
     writes.add_argument("-n", "--dry-run", action="store_true",
                         help="show what would change; write nothing")
+    budget = _Parser(add_help=False)
+    budget.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
+                        help="most bytes to examine in one block (default 256M): the header, "
+                             "the allocated parts of the slot tables, 1 KiB per slot listed "
+                             "and, for validate/heal, the slots' data to hash; holes are free. "
+                             "A block over it is refused (exit 4); --all skips it")
 
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
     p.add_argument("--version", action="version",
@@ -168,11 +189,13 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("pattern", nargs="?", metavar="PATTERN",
                    help="only names or addresses matching this shell pattern")
 
-    c = command("diagnose", "explain every slot (or one) and every consumer; read-only")
+    c = command("diagnose", "explain every slot (or one) and every consumer; read-only",
+                budget)
     c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
     c.add_argument("--slot", type=_slot, metavar="N|all", help="one slot (default: all)")
 
-    c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes)
+    c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes,
+                budget)
     c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
     c.add_argument("--slot", type=_slot, required=True, metavar="N|all")
     c.add_argument("--action", required=True, choices=ACTIONS)
@@ -185,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "re-bless committed slots)"),
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
-        c = command(name, help_, writes)
+        c = command(name, help_, writes, budget)
         c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
         c.add_argument("--all", action="store_true", help="every DataBlock 'list' shows")
         c.add_argument("--match", metavar="PATTERN",
@@ -211,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 # --------------------------------------------------------------------------- output
 def _oneline(text: object) -> str:
-    return " ".join(str(text).split())
+    """Untrusted text as one printable line (the core's one escaping rule)."""
+    return printable(text)
 
 
 def _hexify(obj: Any) -> Any:
@@ -320,9 +344,9 @@ def _engine():
     return importlib.import_module(_CORE + "._engine")
 
 
-def _discover(pattern: Optional[str]) -> List[Dict[str, Any]]:
+def _discover(pattern: Optional[str]) -> Dict[str, Any]:
     import importlib
-    return importlib.import_module(_CORE + "._discovery").discover(pattern)
+    return importlib.import_module(_CORE + "._discovery").scan(pattern)
 
 
 def _progress(label: str):
@@ -330,17 +354,19 @@ def _progress(label: str):
 
 
 def cmd_list(args: argparse.Namespace, out: Out) -> int:
-    entries = _discover(args.pattern)
+    found = _discover(args.pattern)
     if out.json:
-        out.data({"schema": SCHEMA, "operation": "list", "blocks": entries})
+        out.data({"schema": SCHEMA, "operation": "list", "blocks": found["blocks"],
+                  "unreadable": found["unreadable"]})
     else:
-        out.lines(R.render_list(entries, out.style))
+        out.lines(R.render_list(found["blocks"], out.style)
+                  + R.unreadable_lines(found["unreadable"]))
     return EXIT_OK
 
 
 def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
     slot = None if args.slot in (None, "all") else args.slot
-    result = _engine().diagnose(args.address, slot=slot)
+    result = _engine().diagnose(args.address, slot=slot, max_bytes=args.max_bytes)
     if out.json:
         out.data(result)
     else:
@@ -353,7 +379,7 @@ def cmd_recover(args: argparse.Namespace, out: Out) -> int:
                               "live writer's or reader's data can be corrupted"
                         % (args.address, args.slot)) if args.force else None
     result = _engine().recover(args.address, args.slot, args.action, force=args.force,
-                               dry_run=args.dry_run)
+                               dry_run=args.dry_run, max_bytes=args.max_bytes)
     _warn(deferred)
     if out.json:
         out.data(result)
@@ -441,19 +467,22 @@ def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional[R.ProgressBa
 
 def cmd_cleanup(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "cleanup", lambda address, progress: _engine().cleanup(
-        address, dry_run=args.dry_run), dry_run=args.dry_run)
+        address, dry_run=args.dry_run, max_bytes=args.max_bytes), dry_run=args.dry_run,
+        max_bytes=args.max_bytes)
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "validate", lambda address, progress: _with_bar(
-        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run),
-        repair=args.repair, dry_run=args.dry_run)
+        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes), repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes)
 
 
 def cmd_heal(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "heal", lambda address, progress: _with_bar(
-        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run),
-        repair=args.repair, dry_run=args.dry_run)
+        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes), repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes)
 
 
 def cmd_drill(args: argparse.Namespace, out: Out) -> int:

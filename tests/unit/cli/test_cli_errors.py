@@ -336,7 +336,7 @@ BOOM = textwrap.dedent("""
 def test_internal_error_exit_7(cli):
     r = cli("diagnose", "whatever", prefix=[sys.executable, "-c", BOOM])
     assert_one_line_error(r, EXIT["internal"], "internal error", "RuntimeError",
-                          "simulated bug second line")
+                          "simulated bug\\nsecond line")
     j = cli("diagnose", "whatever", "--json", prefix=[sys.executable, "-c", BOOM])
     assert j.rc == EXIT["internal"] and j.json["error"]["code"] == "internal"
     d = cli("diagnose", "whatever", env={"PLH_DEBUG": "1"}, prefix=[sys.executable, "-c", BOOM])
