@@ -70,9 +70,9 @@ _ZEROS = memoryview(bytes(WINDOW))
 #: The default of ``max_bytes`` (``--max-bytes``): what one operation on one block may
 #: examine (see :func:`check_budget`). Every real block we know of costs a few MiB at most.
 DEFAULT_MAX_BYTES = 256 << 20
-#: What one slot listed in an answer (diagnose, recover --slot all) counts: about the
-#: memory its entry takes in the answer, read or not (a slot in a hole is still listed).
-LISTED_SLOT_BYTES = 1024
+#: What one slot examined one by one counts against the budget, read or not: a page, for
+#: the work of judging it (~20 word reads, ~50-120 us) and its entry in an answer.
+SLOT_COST = 4096
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
@@ -640,30 +640,38 @@ def _slots_touched(block: Block, offset: int, stride: int, capacity: int,
     return count
 
 
+def _slots_with_entries(block: Block, limit: int) -> int:
+    """How many slot-state entries lie (partly) in allocated parts of the table."""
+    count = 0
+    for dummy in block.slots_in_use():
+        count += 1
+        if count * SLOT_COST > limit:
+            break
+    return count
+
+
 def cost(block: Block, walk: bool = True, listed: int = 0, hashing: bool = False,
          limit: Optional[int] = None) -> Dict[str, int]:
     """What one operation on ``block`` examines, in bytes, by part; ``total`` is what
     counts against ``max_bytes``. Holes are free: they read as zeros without being read.
 
     * ``header``: the 4096-byte header (always);
-    * ``tables`` (``walk``): the *allocated* bytes of the slot-state and checksum tables;
-    * ``listed``: :data:`LISTED_SLOT_BYTES` per slot the answer lists (diagnose of all
-      slots, recover --slot all list every slot, allocated or not);
+    * ``slots``: :data:`SLOT_COST` per slot examined one by one: with ``walk``, every slot
+      whose state entry is allocated (a slot in a hole is FREE and idle: skipped); or
+      ``listed`` slots when the answer lists them all (diagnose of every slot, a slot
+      action on all), allocated or not;
     * ``hashed`` (``hashing``: validate, heal): the full stride of every slot whose data
       holds allocated bytes, one stride for the all-zero digest (a slot that is all hole
-      is that constant), and the flexible zone.
+      hashes to that constant), and the flexible zone.
 
     Counting stops early once past ``limit``: a lying block is not walked to the end."""
     geo = block.geo
     limit = DEFAULT_MAX_BYTES if limit is None else limit
-    parts = {"header": L.HEADER_SIZE, "tables": 0, "listed": listed * LISTED_SLOT_BYTES,
-             "hashed": 0}
-    if walk:
-        parts["tables"] = block.allocated(geo.slot_table, geo.capacity * (
-            L.SLOT_ENTRY_SIZE + L.CHECKSUM_ENTRY_SIZE), limit)
+    slots = listed or (_slots_with_entries(block, limit) if walk else 0)
+    parts = {"header": L.HEADER_SIZE, "slots": slots * SLOT_COST, "hashed": 0}
     if hashing:
-        slots = _slots_touched(block, geo.ring_offset, geo.stride, geo.capacity, limit)
-        parts["hashed"] = slots * geo.stride + geo.stride + geo.flex_size
+        touched = _slots_touched(block, geo.ring_offset, geo.stride, geo.capacity, limit)
+        parts["hashed"] = touched * geo.stride + geo.stride + geo.flex_size
     parts["total"] = sum(parts.values())
     return parts
 
@@ -681,10 +689,10 @@ def check_budget(block: Block, operation: str, max_bytes: Optional[int], walk: b
         return parts
     geo = block.geo
     what = ["header 4.0 KiB"]
-    if parts["tables"]:
-        what.append("%s of slot tables" % _size(parts["tables"]))
-    if parts["listed"]:
-        what.append("%d slots listed" % listed)
+    if parts["slots"]:
+        what.append("%d slot%s x %d B" % (parts["slots"] // SLOT_COST,
+                                          "" if parts["slots"] == SLOT_COST else "s",
+                                          SLOT_COST))
     if parts["hashed"]:
         what.append("%s to hash" % _size(parts["hashed"]))
     raise OverBudget("%s: %s would examine at least %s (%s), over the budget of %s "

@@ -79,7 +79,7 @@ def diagnose(address: str, slot: Optional[int] = None,
     with open_block(address) as block:
         if slot is None:
             check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
-                         hint="; diagnose one slot with slot=N")
+                         hint="; or diagnose a single slot")
         else:
             check_budget(block, "diagnose", max_bytes, walk=False, listed=1)
         plan = Plan(block, dry_run=True)

@@ -166,9 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="show what would change; write nothing")
     budget = _Parser(add_help=False)
     budget.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
-                        help="most bytes to examine in one block (default 256M): the header, "
-                             "the allocated parts of the slot tables, 1 KiB per slot listed "
-                             "and, for validate/heal, the slots' data to hash; holes are free. "
+                        help="most bytes to examine in one block (default 256M): the "
+                             "4 KiB header, 4 KiB per slot examined (every slot when all are "
+                             "listed, else those whose state entry is allocated) and, for "
+                             "validate/heal, the data of the slots to hash; holes are free. "
                              "A block over it is refused (exit 4); --all skips it")
 
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
