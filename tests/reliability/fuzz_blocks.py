@@ -25,6 +25,17 @@ cleanup and heal (with and without repair) as dry runs, and discovery. Propertie
    a block mid-creation or a header-less file give the matching error from every entry
    point; diagnose refuses exactly when the header has a problem.
 
+A second campaign fuzzes **geometry and sparseness** (:func:`build_sparse_test`): a valid,
+self-consistent header for a drawn geometry (up to 4 Mi slots, strides up to 16 MiB, flex
+zones, file sizes up to terabytes), the file ``ftruncate``d to the claimed total (or past
+it) and only a few sparse "islands" written: slot entries (any state, lock, readers),
+checksums (the all-zero digest, or garbage) and data pages anywhere. Every entry point runs
+as above with the default budget. Properties: only RecoveryError (an ``over-budget``
+refusal for every-slot listings of huge blocks is expected), nothing read outside the
+file, **no byte allocated** (``st_blocks`` identical: reads never fault a hole in) and
+nothing changed, and validate flags exactly the committed islands whose checksum does not
+match their (mostly zero) data.
+
 There are no live processes in this campaign, so the pauses with which the engine lets
 live processes settle before reporting a finding are shortened to zero (the re-look logic
 still runs): that keeps several hundred images within seconds.
@@ -580,6 +591,153 @@ def build_random_test(bases, examples, seed=None):
     return hyp_seed(seed)(fuzz) if seed is not None else fuzz
 
 
+# ------------------------------------------------------------------- sparse geometries
+SPARSE_STATS = collections.Counter()
+
+
+def _sparse_header(capacity, stride, flex):
+    """A valid header (our runtime's, with the geometry and layout checksum replaced)."""
+    if "head" not in _SPARSE_BASE:
+        name = "plhfuzzhdr_%d" % os.getpid()
+        blk = R.create(name, capacity=2, stride=64, evidence=False)
+        try:
+            _SPARSE_BASE["head"] = bytes(blk.read(0, L.HEADER_SIZE))
+        finally:
+            blk.close()
+            os.unlink(os.path.join(SHM, name))
+    head = bytearray(_SPARSE_BASE["head"])
+    geo = L.Geometry(capacity, stride, flex)
+    for off, value, size in ((164, capacity, 4), (160, stride, 4), (168, flex, 4),
+                             (8, geo.total_size, 8)):
+        head[off:off + size] = value.to_bytes(size, "little")
+    head[2528:2560] = L.layout_checksum(capacity, _u(head, 156, 4), stride, flex, head[172],
+                                        head[148], head[152])
+    return bytes(head), geo
+
+
+_SPARSE_BASE = {}
+
+
+@st.composite
+def sparse_case(draw):
+    capacity = draw(st.one_of(st.integers(1, 64), st.integers(1, 1 << 22),
+                              st.sampled_from([1 << 20, 1 << 22])))
+    stride = 64 * draw(st.one_of(st.integers(1, 64), st.sampled_from([64, 1 << 14, 1 << 18])))
+    flex = 4096 * draw(st.one_of(st.just(0), st.integers(0, 4), st.sampled_from([1 << 12])))
+    extra = draw(st.sampled_from([0, 0, 0, 4096, 1 << 30]))
+    islands = draw(st.lists(st.tuples(
+        st.sampled_from(("committed-zero", "committed-bad", "locked", "readers", "draining",
+                         "garbage-entry", "data-page")),
+        st.integers(0, capacity - 1), st.integers(0, 255)), max_size=4))
+    return capacity, stride, flex, extra, islands
+
+
+def _write_sparse(path, case):
+    capacity, stride, flex, extra, islands = case
+    head, geo = _sparse_header(capacity, stride, flex)
+    bad = set()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, geo.total_size + extra)
+        os.pwrite(fd, head, 0)
+        for what, i, byte in islands:
+            entry, cks = geo.slot_entry(i), geo.checksum_entry(i)
+            if what.startswith("committed"):
+                os.pwrite(fd, bytes([2]), entry + 12)
+                zero = L.blake2b256(bytes(stride))
+                os.pwrite(fd, zero if what == "committed-zero" else bytes([byte | 1]) * 32, cks)
+                if what == "committed-bad":
+                    bad.add(i)
+            elif what == "locked":
+                os.pwrite(fd, (4194303).to_bytes(8, "little") + b"\0\0\0\0\1", entry)
+            elif what == "readers":
+                os.pwrite(fd, (1 + byte).to_bytes(4, "little") + b"\2", entry + 8)
+            elif what == "draining":
+                os.pwrite(fd, (4194303).to_bytes(8, "little") + (1).to_bytes(4, "little")
+                          + b"\3\1", entry)
+            elif what == "garbage-entry":
+                os.pwrite(fd, bytes([byte]) * 64, entry)
+            else:
+                os.pwrite(fd, bytes([byte | 1]) * 4096, geo.slot_data(i))
+    finally:
+        os.close(fd)
+    # a later island may overwrite an earlier committed one: the oracle is the file
+    committed_bad = set()
+    for i in bad:
+        with open(path, "rb") as fh:
+            fh.seek(geo.slot_entry(i) + 12)
+            if fh.read(1) == b"\2":
+                committed_bad.add(i)
+    dirty = {i for what, i, dummy in islands if what == "data-page"}
+    return geo, committed_bad, dirty
+
+
+def _sparse_print(path):
+    st_ = os.stat(path)
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = 0
+        while True:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            h.update(b"%d:" % start + os.pread(fd, stop - start, start))
+            pos = stop
+    finally:
+        os.close(fd)
+    return (h.hexdigest(), st_.st_size, st_.st_blocks, st_.st_mtime_ns, st_.st_ctime_ns)
+
+
+def check_sparse(case):
+    _COUNTER[0] += 1
+    name = "plhfuzzsp_%d_%d" % (os.getpid(), _COUNTER[0])
+    path = os.path.join(SHM, name)
+    geo, committed_bad, dirty = _write_sparse(path, case)
+    try:
+        before = _sparse_print(path)
+        del OUT_OF_RANGE[:]
+        results = {}
+        for what, call in _calls(name):
+            try:
+                results[what] = call()
+            except _errors.RecoveryError as exc:
+                assert "\n" not in str(exc), (what, str(exc))
+                ok = ((exc.code == "over-budget" and what.startswith(("diagnose", "recover")))
+                      or (exc.code == "unsupported-layout" and case[3]))   # file > total
+                assert ok, "%s: %s on %r" % (what, exc.message, case)
+                SPARSE_STATS[exc.code] += 1
+            except Exception:
+                raise AssertionError("%s raised a non-RecoveryError on %r:\n%s"
+                                     % (what, case, traceback.format_exc()))
+        assert not OUT_OF_RANGE, "accesses outside the file: %s" % OUT_OF_RANGE[:3]
+        after = _sparse_print(path)
+        assert after == before, "changed or allocated (st_blocks %d -> %d) on %r" % (
+            before[2], after[2], case)
+        flagged = {f["slot"] for f in results["validate"]["findings"]
+                   if f["code"] == "checksum-mismatch"}
+        zero_ok = committed_bad - dirty
+        assert zero_ok <= flagged and flagged <= committed_bad | dirty, (flagged, case)
+        SPARSE_STATS["images"] += 1
+        SPARSE_STATS["engine_calls"] += len(results)
+        SPARSE_STATS["claimed_bytes"] += before[1]
+        SPARSE_STATS["allocated_bytes_added"] += after[2] * 512 - before[2] * 512
+    finally:
+        os.unlink(path)
+
+
+def build_sparse_test(examples, seed=None):
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case=sparse_case())
+    def fuzz_sparse(case):
+        check_sparse(case)
+
+    return hyp_seed(seed)(fuzz_sparse) if seed is not None else fuzz_sparse
+
+
 def _install_watchers():
     for mod in (_validate, _cleanup):
         mod._SETTLE_S = (0.0,)
@@ -598,6 +756,9 @@ def main(argv=None):
                     default=int(os.environ.get("PLH_FUZZ_EXAMPLES", "300")))
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--fixtures", default=None)
+    ap.add_argument("--sparse-examples", type=int,
+                    default=int(os.environ.get("PLH_FUZZ_SPARSE_EXAMPLES", "60")),
+                    help="sparse/huge-geometry images (second campaign)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     _install_watchers()
@@ -609,7 +770,15 @@ def main(argv=None):
         check_image(image, bname)
     run_directed(bases)
     build_random_test(bases, args.examples, args.seed)()
+    t1 = time.monotonic()
+    build_sparse_test(args.sparse_examples, args.seed)()
     summary = {
+        "sparse_images": SPARSE_STATS["images"],
+        "sparse_engine_calls": SPARSE_STATS["engine_calls"],
+        "sparse_over_budget_refusals": SPARSE_STATS["over-budget"],
+        "sparse_claimed_bytes": SPARSE_STATS["claimed_bytes"],
+        "sparse_allocated_bytes_added": SPARSE_STATS["allocated_bytes_added"],
+        "sparse_seconds": round(time.monotonic() - t1, 2),
         "images_fuzzed": STATS["images"],
         "random_images": STATS["random_images"],
         "directed_images": STATS["directed_images"],
