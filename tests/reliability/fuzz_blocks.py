@@ -661,12 +661,17 @@ def _write_sparse(path, case):
                 os.pwrite(fd, bytes([byte | 1]) * 4096, geo.slot_data(i))
     finally:
         os.close(fd)
-    # a later island may overwrite an earlier committed one: the oracle is the file
+    # a later island may overwrite an earlier one (state or checksum): the oracle is the
+    # file as written: COMMITTED with a checksum other than the all-zero digest
     committed_bad = set()
-    for i in bad:
-        with open(path, "rb") as fh:
+    zero = L.blake2b256(bytes(stride))
+    with open(path, "rb") as fh:
+        for i in {i for dummy, i, dummy2 in islands}:
             fh.seek(geo.slot_entry(i) + 12)
-            if fh.read(1) == b"\2":
+            state = fh.read(1)
+            fh.seek(geo.checksum_entry(i))
+            stored = fh.read(32)
+            if state in (b"\2", b"\3") and any(stored) and stored != zero:
                 committed_bad.add(i)
     dirty = {i for what, i, dummy in islands if what == "data-page"}
     return geo, committed_bad, dirty
@@ -691,10 +696,29 @@ def _sparse_print(path):
     return (h.hexdigest(), st_.st_size, st_.st_blocks, st_.st_mtime_ns, st_.st_ctime_ns)
 
 
+def unverified(results):
+    """Slots validate could not verify (a DRAINING island with a lock is still checked;
+    nothing is live here, so this is normally empty)."""
+    return {f["slot"] for f in results["validate"]["findings"]
+            if f["code"] == "checksum-unverified"}
+
+
+def _sparse_dir():
+    """A private directory in /dev/shm (same tmpfs): other tools listing /dev/shm, such as
+    another test run's ``heal --all`` with an older reader, never see these images (one
+    that maps them would fault their holes in and make the allocation check flaky)."""
+    if "dir" not in _SPARSE_BASE:
+        import atexit
+        import shutil
+        import tempfile
+        _SPARSE_BASE["dir"] = tempfile.mkdtemp(prefix="plhfuzzsp_", dir=SHM)
+        atexit.register(shutil.rmtree, _SPARSE_BASE["dir"], True)
+    return _SPARSE_BASE["dir"]
+
+
 def check_sparse(case):
     _COUNTER[0] += 1
-    name = "plhfuzzsp_%d_%d" % (os.getpid(), _COUNTER[0])
-    path = os.path.join(SHM, name)
+    path = name = os.path.join(_sparse_dir(), "img_%d" % _COUNTER[0])   # absolute address
     geo, committed_bad, dirty = _write_sparse(path, case)
     try:
         before = _sparse_print(path)
@@ -719,7 +743,8 @@ def check_sparse(case):
         flagged = {f["slot"] for f in results["validate"]["findings"]
                    if f["code"] == "checksum-mismatch"}
         zero_ok = committed_bad - dirty
-        assert zero_ok <= flagged and flagged <= committed_bad | dirty, (flagged, case)
+        assert zero_ok <= flagged | unverified(results) and flagged <= committed_bad | dirty, (
+            flagged, case)
         SPARSE_STATS["images"] += 1
         SPARSE_STATS["engine_calls"] += len(results)
         SPARSE_STATS["claimed_bytes"] += before[1]
