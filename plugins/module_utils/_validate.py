@@ -182,6 +182,10 @@ class ChecksumCheck:
     def enforced(self) -> bool:
         return self.policy == _P.ENFORCED
 
+    @property
+    def policy_name(self) -> str:
+        return L.enum_name(_P, self.policy).capitalize()
+
 
 # Why nothing is re-blessed under a policy other than Enforced: repair never writes a
 # checksum that the block's own producer would not have written.
@@ -219,15 +223,15 @@ def _checksum_findings(plan: Plan, progress: Progress) -> ChecksumCheck:
                                % (i, L.enum_name(_S, state)), "error",
                                state == _S.COMMITTED, slot=i))
         else:
-            out.append(_unstamped(i, "has no checksum"))
+            out.append(_unstamped(check, i, "has no checksum"))
     digests = _hash_slots(block, [j[0] for j in jobs], progress)
     for (i, stored, words), digest in zip(jobs, digests):
         if digest == stored:
             continue
         if not check.enforced:       # information only: one look, no settling pauses
             if _slot_words(plan, geo.slot_entry(i))[:3] == words:
-                out.append(_unstamped(i, "stored checksum %s… does not match its data (%s…)"
-                                      % (stored[:4].hex(), digest[:4].hex())))
+                out.append(_unstamped(check, i, "stored checksum %s… does not match its "
+                                      "data (%s…)" % (stored[:4].hex(), digest[:4].hex())))
             continue
         seen = _settle_slot(plan, i, words, stored, digest)
         if seen is None:
@@ -243,11 +247,12 @@ def _checksum_findings(plan: Plan, progress: Progress) -> ChecksumCheck:
     return check
 
 
-def _unstamped(i: int, what: str) -> Dict[str, object]:
-    return finding("checksum-unstamped", "slot %d: %s; the producer stamps slots only when it "
-                   "chooses (Manual policy), so this slot was not stamped for this data, or "
-                   "the data was damaged: unverifiable. pylabhub reads of it succeed; a "
-                   "consumer that verifies explicitly rejects it" % (i, what), "info", slot=i)
+def _unstamped(check: ChecksumCheck, i: int, what: str) -> Dict[str, object]:
+    return finding("checksum-unstamped", "slot %d: %s; under the %s policy the producer "
+                   "stamps slots only when it chooses, so this slot was not stamped for this "
+                   "data, or the data was damaged: unverifiable. pylabhub reads of it "
+                   "succeed; a consumer that verifies explicitly rejects it"
+                   % (i, what, check.policy_name), "info", slot=i)
 
 
 def flex_findings(plan: Plan) -> List[Dict[str, object]]:
@@ -291,8 +296,7 @@ def _flex_check(plan: Plan, check: ChecksumCheck) -> None:
             "producer stamps it only when it chooses, so it is unverifiable. pylabhub reads "
             "succeed; a consumer that verifies the zone explicitly rejects it"
             % ("no checksum" if not any(entry[:L.HASH_SIZE]) else
-               "stored checksum does not match its data",
-               L.enum_name(_P, check.policy).capitalize()),
+               "stored checksum does not match its data", check.policy_name),
             "info", field=FLEX))
         return
     seen = _settle_flex(plan, entry, digest)
@@ -394,8 +398,9 @@ def _rebless(plan: Plan, check: ChecksumCheck) -> List[Dict[str, object]]:
     """Re-bless what the policy would have stamped: under Enforced the committed slots and
     the flexible zone found wrong; under any other policy nothing (each finding says why)."""
     if not check.enforced:
-        why = (_NO_REBLESS % L.enum_name(_P, check.policy).capitalize()
-               if check.policy in (_P.MANUAL, _P.NONE) else
+        why = (_NO_REBLESS % check.policy_name if check.policy == _P.MANUAL else
+               "under the None checksum policy no producer stamps: repair writes none"
+               if check.policy == _P.NONE else
                "repair writes no checksum under an unknown checksum policy")
         for f in check.findings:
             if f["code"] in ("checksum-unstamped", "flexzone-checksum-unstamped",
