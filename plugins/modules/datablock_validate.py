@@ -157,7 +157,9 @@ validation:
                 "before": "fe550be2d2da2f2c2e70a1839f35856e978a038e7ec685552c551a47fb741b40",
                 "after": "a0bc65cb8bfbf4f6337342040457fd776812d9658bb0c3ee6407779b732787b9"}]
     checksum_policy:
-      description: The block's checksum policy the checksums were judged by (null when the header is not sound).
+      description:
+        - The block's checksum policy the checksums were judged by (C(NONE), C(MANUAL),
+          C(ENFORCED) or C(UNKNOWN(n))); null when the header is not sound.
       type: str
       sample: ENFORCED
 blocks:
