@@ -311,8 +311,8 @@ def _flex_check(plan: Plan, check: ChecksumCheck) -> None:
         return
     check.flex_seen = seen
     what = ("has no checksum although slots were committed" if not any(stored) else
-            "stored checksum %s… but the zone hashes to %s…" % (stored[:4].hex(),
-                                                               digest[:4].hex()))
+            "stored checksum %s… but the zone hashes to %s…"
+            % (stored[:4].hex(), digest[:4].hex()))
     cached = (" (its cached \"verified\" byte says 1: stale, not trusted)"
               if entry[L.HASH_SIZE] == 1 else "")
     check.findings.append(finding(
