@@ -13,7 +13,7 @@ from typing import Dict, Iterable, List, Optional
 
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
-from ._validate import state_findings
+from ._validate import flex_findings, state_findings
 
 _S = L.SlotState
 
@@ -109,6 +109,7 @@ def report(scene: Scene, slot: Optional[int] = None,
                              % (c["index"], c["pid"])})
     findings += [f for f in state_findings(scene.plan)
                  if slot is None or f.get("slot") in (None, slot)]
+    findings += flex_findings(scene.plan)     # block-level: every read may depend on it
     stuck = [s["index"] for s in slots if s["is_stuck"]]
     suspect = [s["index"] for s in slots if s["suspect"]]
     return {

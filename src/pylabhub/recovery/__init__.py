@@ -46,8 +46,10 @@ The four scenarios of the emergency procedure
        >>> recovery.validate_integrity("my_datablock", repair=True).reblessed
        [1]
 
-   ``repair=True`` re-blesses the checksum of COMMITTED slots only: readers will then
-   accept that data as valid, so repair only what you have decided to keep.
+   ``repair=True`` re-blesses the checksum of COMMITTED slots (and of the flexible zone,
+   once its producer is dead) only under the Enforced checksum policy, the one whose
+   producer stamps every commit: readers will then accept that data as valid, so repair
+   only what you have decided to keep. It cannot restore the bytes.
 
 When in doubt use the composite ``heal(name)``: cleanup, release what dead holders own,
 validate -- never forced. ``dry_run=True`` on any mutating call predicts exactly what the
@@ -376,8 +378,9 @@ class Finding:
 
 @dataclass(eq=False)
 class IntegrityReport(_ComparesAsResult):
-    """Result of ``validate_integrity``: ``valid`` (no error left), the ``findings``, and
-    ``reblessed``: the slots whose checksum ``repair=True`` recomputed."""
+    """Result of ``validate_integrity``: ``valid`` (no error left), the ``findings``,
+    ``reblessed``: the slots whose checksum ``repair=True`` recomputed, and
+    ``flexzone_reblessed``: whether it recomputed the flexible zone's checksum."""
 
     valid: bool
     findings: List[Finding]
@@ -386,6 +389,7 @@ class IntegrityReport(_ComparesAsResult):
     changes: List[Change] = field(default_factory=list)
     dry_run: bool = False
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+    flexzone_reblessed: bool = False
 
     @property
     def result(self) -> RecoveryResult:
@@ -395,8 +399,9 @@ class IntegrityReport(_ComparesAsResult):
     @classmethod
     def from_engine(cls, raw: Dict[str, Any]) -> "IntegrityReport":
         return cls(bool(raw["valid"]), [Finding.from_engine(f) for f in raw.get("findings", [])],
-                   [int(r["slot"]) for r in raw.get("reblessed", [])], bool(raw.get("changed")),
-                   _changes(raw), bool(raw.get("dry_run")), raw)
+                   [int(r["slot"]) for r in raw.get("reblessed", []) if r.get("slot") is not None],
+                   bool(raw.get("changed")), _changes(raw), bool(raw.get("dry_run")), raw,
+                   any(r.get("slot") is None for r in raw.get("reblessed", [])))
 
 
 # --------------------------------------------------------------------------- functions
@@ -498,9 +503,12 @@ def validate_integrity(name: str, repair: bool = False, *, dry_run: bool = False
                        progress: Optional[Callable[[int, int], None]] = None,
                        max_bytes: Optional[int] = None) -> IntegrityReport:
     """Check header (magic, version, layout hash and checksum, geometry), slot states and
-    every slot checksum recomputed from the data (the cached "verified" flag is never
-    trusted). ``repair=True`` recomputes the checksum of COMMITTED slots that mismatch, in
-    place, under the slot's write lock; a bad header is never "repaired".
+    every slot and flex-zone checksum recomputed from the data (the cached "verified" flag
+    is never trusted), judged as pylabhub's readers of the block's checksum policy judge
+    them (Enforced: errors; Manual: information; None: not checked).
+    ``repair=True`` (Enforced only) recomputes the checksum of COMMITTED slots that
+    mismatch, in place, under the slot's write lock, and the flexible zone's once no live
+    producer can be writing it; a bad header is never "repaired".
     ``progress(done_bytes, total_bytes)`` is called while hashing.
     """
     raw = _core("_engine").validate(name, repair=repair, dry_run=dry_run, progress=progress,

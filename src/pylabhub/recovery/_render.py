@@ -306,6 +306,11 @@ def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+def _reblessed_what(rb: Dict[str, Any]) -> str:
+    return ("slot %s checksum" % rb["slot"] if rb.get("slot") is not None
+            else "flexible zone checksum")
+
+
 @untrusted
 def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
@@ -313,8 +318,8 @@ def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
                                      " --dry-run" if r.get("dry_run") else ""))
     lines += findings_lines(r.get("findings") or [], style)
     for rb in r.get("reblessed") or []:
-        lines.append("  re-blessed slot %s checksum: %s… -> %s…" % (
-            rb["slot"], str(rb["before"])[:16], str(rb["after"])[:16]))
+        lines.append("  re-blessed %s: %s… -> %s…" % (
+            _reblessed_what(rb), str(rb["before"])[:16], str(rb["after"])[:16]))
     if r.get("changed") or r.get("repair"):
         lines += changes_lines(r, style)
     word = style("valid", "green") if r["valid"] else style("INVALID", "red", "bold")
@@ -334,7 +339,7 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     lines += outcome_lines(r.get("outcomes") or [], style, "slot outcome")
     validate = r.get("validate") or {}
     for rb in validate.get("reblessed") or []:
-        lines.append("  re-blessed slot %s checksum" % rb["slot"])
+        lines.append("  re-blessed %s" % _reblessed_what(rb))
     lines += changes_lines(r, style)
     lines += warning_lines(r, style)
     after = r.get("after") or {}

@@ -206,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_ in (
             ("cleanup", "clear the entries of dead consumers and reconcile the counts"),
             ("validate", "check header, slot states and every checksum (--repair: "
-                         "re-bless committed slots)"),
+                         "re-bless committed slots and the flex zone)"),
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
         c = command(name, help_, writes, budget)
@@ -400,9 +400,10 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
                         "a BLOCK or --all is required")
     if args.match and not args.all:
         raise _ArgError("%s %s" % (PROG, operation), "--match needs --all")
-    deferred = _consent(args, "--repair re-computes the checksum of COMMITTED slots whose "
-                              "data no longer matches it: readers will then accept that data "
-                              "as valid") if getattr(args, "repair", False) else None
+    deferred = _consent(args, "--repair re-computes the checksum of COMMITTED slots (and of "
+                              "the flexible zone) whose data no longer matches it: readers "
+                              "will then accept that data as valid; it cannot restore the "
+                              "bytes") if getattr(args, "repair", False) else None
     if args.all:
         return _every_block(out, operation, deferred, args.match, kwargs)
     result = call(args.address, _progress(args.address))

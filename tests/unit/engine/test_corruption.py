@@ -79,8 +79,9 @@ CASES = {
                      {("index-inconsistent", "commit_index")}, "error"),
     "checksum_mismatch": (lambda n: flip(n, data_off(n, 1) + 7), {("checksum-mismatch", 1)},
                           "error"),
+    # Enforced: pylabhub's reader rejects an all-zero hash at release, as a wrong one
     "checksum_missing": (lambda n: poke(n, checksum_off(1), bytes(32)),
-                         {("checksum-missing", 1)}, "warning"),
+                         {("checksum-missing", 1)}, "error"),
 }
 REPAIRED = {"checksum_mismatch", "checksum_missing"}
 
@@ -129,6 +130,8 @@ def test_bad_magic_is_not_a_datablock(lab, magic):
 
 
 def test_flex_zone_checksum_mismatch(lab):
+    """Under Enforced a flex-zone mismatch rejects every read: an error, and (its producer
+    dead) repair re-blesses exactly the zone's checksum entry."""
     name = lab.create(capacity=8, stride=64, flex_size=4096, commits=8)
     img = image(name)
     assert img.geo["flex"] == 8192 and img.geo["ring"] == 12288
@@ -139,11 +142,16 @@ def test_flex_zone_checksum_mismatch(lab):
     flip(name, 8192 + 1000)
     result = E.validate(name)
     assert codes(result) == {("flexzone-checksum-mismatch", "flexzone_checksum")}
-    assert not result["ok"]
+    assert not result["ok"] and result["findings"][0]["repairable"]
     before = file_bytes(name)
     repaired = E.validate(name, repair=True)
-    assert not repaired["ok"] and not repaired["changed"]
-    assert file_bytes(name) == before
+    assert repaired["ok"] and repaired["changed"]
+    assert [r["target"] for r in repaired["reblessed"]] == ["flexzone_checksum"]
+    after = file_bytes(name)
+    assert after[1984:2016] == spec.blake(after[8192:8192 + 4096]) and after[2016] == 0
+    diff = [i for i in range(len(before)) if before[i] != after[i]]
+    assert diff and all(1984 <= i < 2017 or 304 <= i < 312 or 368 <= i < 376 for i in diff)
+    assert E.validate(name)["findings"] == []
 
 
 @pytest.mark.parametrize("state", [WRITING, DRAINING])
