@@ -297,6 +297,12 @@ class Block:
         self._where(offset, size)
         return bytes(self.mem[offset:offset + size])
 
+    def pread(self, offset: int, size: int) -> bytes:
+        """Bytes read from the file, not through the mapping: on tmpfs a hole reads as
+        zeros without allocating a page (a read through a shared mapping would)."""
+        self._where(offset, size)
+        return os.pread(self._fd, size, offset)
+
     def view(self, offset: int, size: int) -> memoryview:
         """Zero-copy view (for hashing large slots)."""
         self._where(offset, size)
