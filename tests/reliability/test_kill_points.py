@@ -40,8 +40,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa
     _block as B, _engine as E)
 
 from engine.helpers import (  # noqa: E402
-    COMMITTED, DRAINING, Lab, consumer_program, image, payload, publish_in_child,
-    read_latest, reaped_pid)
+    COMMITTED, DRAINING, Lab, consumer_program, image, payload, poke, publish_in_child,
+    read_latest)
 
 import plh_spec as spec  # noqa: E402
 
@@ -50,14 +50,6 @@ MAX_STORES = 400          # a sanity bound: no operation here stores that often
 
 
 # -- crash states -----------------------------------------------------------------------------
-def poke(name, offset, data):
-    fd = os.open(os.path.join(SHM, name), os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-
-
 def _writer(point, capacity=4):
     return lambda lab: lab.crashed(point, capacity=capacity).name
 

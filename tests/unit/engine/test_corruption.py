@@ -11,17 +11,9 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import NotADataBlock
 
-from .helpers import COMMITTED, DEAD_PID, DRAINING, WRITING, codes, file_bytes, image
+from .helpers import COMMITTED, DEAD_PID, DRAINING, WRITING, codes, file_bytes, image, poke
 
 import plh_spec as spec
-
-
-def poke(name, offset, data):
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
 
 
 def u(value, size):

@@ -19,17 +19,9 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _engine as E, _runtime as R)
 
-from .helpers import WRITING, image, prove_works, reaped_pid
+from .helpers import WRITING, image, poke, prove_works, reaped_pid
 
 import plh_spec as spec
-
-
-def poke(name, offset, data):
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
 
 
 def u64(value):

@@ -11,14 +11,13 @@ test-side oracle ``plh_spec.upstream_validate_integrity``, independent of the co
 
 from __future__ import annotations
 
-import os
 
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
 
 from .helpers import (COMMITTED, FREE, WRITING, assert_untouched, file_bytes, image,
-                      payload, prove_works)
+                      payload, poke, prove_works)
 
 import plh_spec as spec
 
@@ -27,14 +26,6 @@ ENFORCED, MANUAL = 2, 1
 
 def upstream(name):
     return spec.upstream_validate_integrity(image(name))
-
-
-def poke(name, offset, data):
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
 
 
 @pytest.mark.parametrize("evidence", [True, False], ids=["evidence", "plain"])
