@@ -131,13 +131,23 @@ OPERATIONS = {
     "validate --repair": (lambda n, s: E.validate(n, repair=True), ["corrupt"]),
 }
 REPAIRS = {"heal --repair", "validate --repair"}
+# operations whose step meets a concurrent change at that word and is rolled back:
+# every store of the rollback is a kill point too
+ROLLED_BACK = {"recover release_writer, rolled back at slot_state": "slot_state",
+               "recover force_reset, rolled back at reader_count": "reader_count"}
+OPERATIONS["recover release_writer, rolled back at slot_state"] = (
+    lambda n, s: E.recover(n, s, "release_writer"), ["mid_write", "deadlock"])
+OPERATIONS["recover force_reset, rolled back at reader_count"] = (
+    lambda n, s: E.recover(n, s, "force_reset"), ["deadlock"])
 PAIRS = [(op, st) for op, (dummy, states) in OPERATIONS.items() for st in states]
 
 
 # -- the killing child ------------------------------------------------------------------------
-def run_killed_after(k, call):
+def run_killed_after(k, call, refuse=None):
     """Run ``call()`` in a child that SIGKILLs itself right after its k-th store to a
-    block. Returns True when the kill landed, False when ``call`` finished first."""
+    block. Returns True when the kill landed, False when ``call`` finished first.
+    ``refuse``: the name of a slot word whose first CAS the child makes fail as if a live
+    process had changed it, so the step is rolled back (Plan.rollback's stores count)."""
     pid = os.fork()
     if pid == 0:          # child: never returns
         code = 3
@@ -156,7 +166,16 @@ def run_killed_after(k, call):
                         tick()
                     return out
                 return wrapped
-            B.Block.cas = counting(B.Block.cas, cas=True)
+            real_cas = B.Block.cas
+            refused = []
+
+            def cas(self, fld, expected, new, base=0, table=None):
+                name = getattr(fld, "name", fld)
+                if name == refuse and not refused:
+                    refused.append(name)
+                    return False, expected ^ 0x7F       # "a live process changed it"
+                return real_cas(self, fld, expected, new, base, table)
+            B.Block.cas = counting(cas, cas=True)
             for meth in ("set", "add", "write"):
                 setattr(B.Block, meth, counting(getattr(B.Block, meth)))
             call()
@@ -264,7 +283,7 @@ def test_every_kill_point_is_finished_by_the_next_heal(states, fixtures_dir, fig
                 with open(os.path.join(SHM, name), "wb") as f:
                     f.write(raw)
                 os.chmod(os.path.join(SHM, name), 0o600)
-                if not run_killed_after(k, lambda: call(name, slot)):
+                if not run_killed_after(k, lambda: call(name, slot), ROLLED_BACK.get(op)):
                     break                          # finished before its k-th store
                 problems = check_recovered(lab, name, before, op in REPAIRS)
                 if problems:
