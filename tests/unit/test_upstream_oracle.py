@@ -59,8 +59,12 @@ def test_oracle_rules_one_by_one(fixtures_dir):
     (wrapped, every verified byte 1)."""
     a = fixture(fixtures_dir, "a_committed_producer_killed.bin")
     n = a.capacity
-    entry = lambda i: 4096 + 64 * n + 33 * i                          # noqa: E731
-    data = lambda img, i: img.geo["ring"] + img.stride * i             # noqa: E731
+
+    def entry(i):
+        return 4096 + 64 * n + 33 * i
+
+    def data(img, i):
+        return img.geo["ring"] + img.stride * i
     ok = spec.upstream_validate_integrity
     # slot 3 (FREE, checksum all zero) is outside 0..commit_index mod 4 while not wrapped
     assert ok(a)[0] == "SUCCESS"
@@ -102,8 +106,10 @@ def install(fixtures_dir, fname, name):
     return path
 
 
-@pytest.mark.parametrize("fname", sorted(set(VERDICTS) - {"j_flex_zone_corrupt.bin",
-                                                         "k_manual_policy_stale_hash.bin"}))
+ENFORCED_PLAIN = sorted(set(VERDICTS) - {"j_flex_zone_corrupt.bin", "k_manual_policy_stale_hash.bin"})
+
+
+@pytest.mark.parametrize("fname", ENFORCED_PLAIN)
 def test_our_validate_agrees_with_pylabhubs_on_enforced_fixtures(fixtures_dir, shm_name, fname):
     """Enforced, no flex zone: where pylabhub's check fails, ours finds an error; where it
     passes, ours finds none (j: pylabhub's own check fails on every flex-zone block; k:

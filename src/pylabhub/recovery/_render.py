@@ -143,8 +143,8 @@ def status_lines(d: Dict[str, Any], style: "Style", address: str,
         if hidden:
             extra.append("not shown here: slot(s) %s (diagnose %s shows every slot)"
                          % (", ".join(map(str, hidden)), quote(address)))
-    return lines + ["  %s: %s%s" % (label, health_word(d.get("health"), style),
-                                     (" -- " + "; ".join(extra)) if extra else "")]
+    word = health_word(d.get("health"), style)
+    return lines + ["  %s: %s%s" % (label, word, (" -- " + "; ".join(extra)) if extra else "")]
 
 
 # --------------------------------------------------------------------------- pieces

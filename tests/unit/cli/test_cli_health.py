@@ -72,8 +72,8 @@ def test_blocked_producer_is_never_called_healthy(cli, lab):
                " ".join(forced) in line for line in h.err_lines), h
 
     # the printed command, run as printed, frees the producer: it finishes its commit
-    line = next(ln for ln in h.stdout.splitlines() if ln.strip().startswith("datablock-admin "
-                                                                              "recover"))
+    line = next(ln for ln in h.stdout.splitlines()
+                if ln.strip().startswith("datablock-admin recover"))
     argv = shlex.split(line.strip())[1:]
     assert argv == forced
     r = cli(*argv, "--yes")
