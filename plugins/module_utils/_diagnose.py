@@ -11,7 +11,7 @@ judgement (every slot, every finding); :func:`report` is diagnose's document.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
@@ -87,16 +87,19 @@ def holder_findings(scene: Scene) -> List[Dict[str, object]]:
     return out
 
 
-def assess(scene: Scene, findings: Iterable[Dict[str, object]]) -> Dict[str, object]:
+def assess(scene: Scene, findings: Iterable[Dict[str, object]],
+           blocked: Optional[Set[int]] = None) -> Dict[str, object]:
     """THE judgement of a block, shared by diagnose, validate and heal: every slot judged
     (a writer waiting on readers that do not move included), and the health word of
     :func:`_status.health` over those slots and ``findings`` (the caller's: diagnose's,
     or validate's plus :func:`holder_findings`). Returns ``health``, ``healthy``,
     ``stuck_slots``, ``suspect_slots``, ``next_steps`` and, for the caller, ``views``
-    and ``judged`` (per slot index)."""
+    and ``judged`` (per slot index). ``blocked``: the blocked drains the caller already
+    established in this same call (heal), instead of looking again."""
     findings = list(findings)
     views = [scene.slot(i) for i in range(scene.block.geo.capacity)]
-    blocked = blocked_drains(scene, views)
+    if blocked is None:
+        blocked = blocked_drains(scene, views)
     judged = {v.index: judge_slot(v, v.index in blocked) for v in views}
     stuck = [i for i, j in sorted(judged.items()) if j["stuck"]]
     suspect = [i for i, j in sorted(judged.items()) if j["suspect"]]

@@ -45,8 +45,8 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
     # A writer waiting for readers nothing proves gone: only force can free it. Refused,
     # with the command, so the block is never called healthy while a producer is blocked.
     refused_slots = {o["slot"] for o in outcomes if o["result"] == UNSAFE}
-    views = [scene.slot(i) for i in range(capacity)]
-    for i in sorted(blocked_drains(scene, views) - refused_slots):
+    blocked = blocked_drains(scene, [scene.slot(i) for i in range(capacity)])
+    for i in sorted(blocked - refused_slots):
         outcomes.append(plan_slot(scene, i, "release_readers"))
     # FREE slots whose torn bytes pylabhub's validate_integrity fails on (Enforced)
     for f in uncommitted_findings(plan):
@@ -63,7 +63,9 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
                        producer_dead=producer_dead(scene))
     final = Scene(plan, now=scene.now)
     findings = merge_findings(findings_of(final), checked["findings"])
-    judgement = assess(final, findings)
+    # the drains found blocked above were refused or released since: not looked at again
+    # (the looks take ~0.6 s); judge_slot re-reads each slot's words
+    judgement = assess(final, findings, blocked)
     refused = [o for o in outcomes if o["result"] == UNSAFE]
     after = {key: judgement[key] for key in ("health", "healthy", "stuck_slots",
                                              "suspect_slots", "next_steps")}

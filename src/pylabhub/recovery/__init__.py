@@ -71,7 +71,8 @@ As in pylabhub, a slot index out of range makes a *recovery* function return
 The richer engine
 -----------------
 ``diagnose``, ``recover``, ``cleanup``, ``validate``, ``heal`` (one block, JSON-ready
-dicts) and ``discover`` (every DataBlock on this host) are the engine the CLI
+dicts), ``discover`` (every DataBlock on this host) and ``list_blocks`` (the same, with
+each block's ``health`` as ``datablock-admin list`` shows it) are the engine the CLI
 ``datablock-admin`` and the Ansible collection ``pylabhub.recovery`` also call;
 ``open_block``/``Block`` (attach a segment), ``Plan``/``Change`` (CAS-on-observed
 mutation, dry run), ``judge``/``Verdict`` (liveness with evidence) are exported too.
@@ -115,6 +116,7 @@ _LAZY = {
     "validate": ("_engine", "validate"),
     "heal": ("_engine", "heal"),
     "discover": ("_discovery", "discover"),
+    "list_blocks": ("_engine", "list_blocks"),
     "open_block": ("_block", "open_block"),
     "Block": ("_block", "Block"),
     "Plan": ("_plan", "Plan"),

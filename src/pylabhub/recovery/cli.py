@@ -164,7 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
                               formatter_class=fmt, parents=[common, *parents])
 
-    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds)")
+    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds) with "
+                        "its health (healthy, degraded, suspect, stuck, corrupt)")
     c.add_argument("pattern", nargs="?", metavar="PATTERN",
                    help="only names or addresses matching this shell pattern")
 

@@ -56,7 +56,7 @@ def test_help_is_a_manual():
 
 
 def test_engine_is_reexported():
-    for attr in ("diagnose", "recover", "cleanup", "validate", "heal", "discover",
+    for attr in ("diagnose", "recover", "cleanup", "validate", "heal", "discover", "list_blocks",
                  "open_block", "Block", "Plan", "judge", "Verdict"):
         assert callable(getattr(recovery, attr)), attr
     assert set(recovery.__all__) <= set(dir(recovery))

@@ -119,3 +119,21 @@ def test_rollback_of_a_fresh_claim_once(lab, capacity):
     second = E.recover(crash.name, crash.slot, "release_writer")
     assert second["result"] == "NOT_STUCK" and not second["changed"]
     assert image(crash.name).write_index == crash.last_good + 1
+
+
+def test_sequential_sync_fixture_keeps_its_indexes(lab):
+    """Fixture h (real C++ segment, Sequential_sync): write_index 9, commit_index 8, the
+    producer waiting for read_index 5. Nothing is out of step there: validate finds no
+    index problem and heal moves neither write_index nor commit_index (read_index is
+    cleanup's, reconciled from the surviving read positions)."""
+    name = lab.fixture("h_sequential_sync_dead_reader.bin")
+    img = image(name)
+    assert (img.write_index, img.commit_index, img.read_index) == (9, 8, 5)
+    found = E.validate(name)
+    assert not [f for f in found["findings"] if f["code"].startswith("index-")]
+    healed = E.heal(name)
+    assert not [c for c in healed["changes"] if c["target"] in ("header.write_index",
+                                                                "header.commit_index")]
+    img = image(name)
+    assert (img.write_index, img.commit_index) == (9, 8)
+    assert spec.upstream_validate_integrity(img)[0] == "SUCCESS"
