@@ -123,12 +123,14 @@ def health_word(health: Optional[str], style: "Style") -> str:
 
 
 def status_lines(d: Dict[str, Any], style: "Style", address: str,
-                 shown: Optional[Sequence[int]] = None, label: str = "health") -> List[str]:
+                 shown: Optional[Sequence[int]] = None, label: str = "health",
+                 said: Sequence[Dict[str, Any]] = ()) -> List[str]:
     """The one-rule verdict (``health``), the slots that make it, and the next steps as
     commands. ``shown``: the slots the caller displayed (diagnose --slot): stuck or
-    suspect slots outside it are named as such, never hidden."""
+    suspect slots outside it are named as such, never hidden. ``said``: steps already
+    printed (heal's refusals), not repeated."""
     lines: List[str] = []
-    steps = d.get("next_steps") or []
+    steps = [st for st in d.get("next_steps") or [] if st not in said]
     if steps:
         lines.append("  next:")
         lines += ["    " + command(st, address) for st in steps]
@@ -367,7 +369,8 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
         lines += findings_lines(bad, style, "integrity errors")
     lines += refused_lines(r, style)
     if after.get("health"):
-        lines += status_lines(after, style, str(r["block"]["address"]))
+        lines += status_lines(after, style, str(r["block"]["address"]),
+                              said=[o["next"] for o in r.get("refused") or [] if o.get("next")])
     word = style("healthy", "green") if r["healthy"] else style("NOT HEALTHY", "red", "bold")
     lines.append(_footer(r, style, word))
     return lines
