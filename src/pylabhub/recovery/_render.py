@@ -363,8 +363,9 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     lines += warning_lines(r, style)
     after = r.get("after") or {}
     lines += findings_lines(after.get("findings") or [], style, "left after heal")
+    left = after.get("findings") or []
     bad = [f for f in validate.get("findings") or []
-           if f.get("severity") == "error" and not f.get("repaired")]
+           if f.get("severity") == "error" and not f.get("repaired") and f not in left]
     if bad:
         lines += findings_lines(bad, style, "integrity errors")
     lines += refused_lines(r, style)
