@@ -500,6 +500,11 @@ class Block:
         self._check_covers(offset, size)
         return self._addr + offset
 
+    def pread(self, offset: int, size: int) -> bytes:
+        """Bytes read from the file, not through the mapping (same as :meth:`read`: on
+        tmpfs a hole reads as zeros without allocating a page)."""
+        return self.read(offset, size)
+
     def write(self, offset: int, data: bytes) -> None:
         ctypes.memmove(self._writable_where(offset, len(data)), bytes(data), len(data))
 

@@ -16,12 +16,13 @@ from typing import Dict, Iterable, List, Optional
 from . import _layout as L
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
-from ._diagnose import report
+from ._diagnose import assess, findings_of, producer_dead, report, validate_health
 from ._heal import heal as _heal
 from ._observe import Scene
 from ._plan import Plan
 from ._recover import (FAILED, NOT_STUCK, SUCCESS, UNSAFE, check_action, plan_slot,
                        targets)
+from ._status import health as _health
 from ._validate import Progress, validate as _validate
 
 SCHEMA = "pylabhub.recovery/v1"
@@ -73,9 +74,11 @@ def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
 def diagnose(address: str, slot: Optional[int] = None,
              max_bytes: Optional[int] = None) -> dict:
     """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
-    every holder with its evidence, whether the slot is stuck, why, and the action that
-    releases it; plus consumers, producer and block-wide findings. Read-only (the file
-    is opened O_RDONLY and never mapped). ``max_bytes``: see :func:`_block.check_budget`."""
+    every holder with its evidence, whether the slot is stuck or suspect, why, and the
+    next step that clears it; plus consumers, producer, block-wide findings and the
+    block's ``health`` by the one rule (always the whole block's, also with ``slot``).
+    Read-only (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
+    :func:`_block.check_budget`."""
     with open_block(address) as block:
         if slot is None:
             check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
@@ -127,29 +130,44 @@ def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
              progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
-    """Check header, state sanity and every checksum (recomputed, never the cached
-    "verified" flag). Writes nothing unless ``repair``, which re-blesses only COMMITTED
-    slots and lists each. ``progress(done_bytes, total_bytes)`` follows the hashing."""
+    """Check header, state sanity (indexes included) and every checksum (recomputed,
+    never the cached "verified" flag), and FREE slots pylabhub's own check would fail.
+    Writes nothing unless ``repair``, which re-blesses only COMMITTED slots and lists
+    each. ``valid``: no error finding left; ``health``: the one rule over these findings,
+    the holders' and every slot (as diagnose and heal judge). ``progress(done_bytes,
+    total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
     with open_block(address, writable=writes, strict=False) as block:
         check_budget(block, "validate", max_bytes, hashing=True)
         plan = Plan(block, dry_run=not writes)
-        body = _validate(plan, repair=repair, progress=progress)
+        scene = Scene(plan) if block.geometry is not None else None
+        body = _validate(plan, repair=repair, progress=progress,
+                         producer_dead=scene is not None and producer_dead(scene))
+        if scene is not None:
+            body.update(validate_health(Scene(plan, now=scene.now), body["findings"]))
+        else:                      # no geometry to trust: the header findings say it all
+            word = _health([], [], body["findings"])
+            body.update(health=word, healthy=word == "healthy", stuck_slots=[],
+                        suspect_slots=[], next_steps=[], holder_findings=[])
         return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
                          dry_run=dry_run, **body)
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
          progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
-    """The safe composite: cleanup, release what dead holders own, validate (repair only
-    when asked). Never forced; suspect or unknown holders are reported as refused."""
+    """The safe composite: cleanup, release what dead holders own, scrub FREE slots
+    pylabhub's own check fails, give back slot ids a dead producer claimed, validate
+    (repair only when asked), and judge the result by the one rule (``health``). Never
+    forced: what only force could clear (a suspect or unknown holder, a writer waiting on
+    readers nothing proves gone) is reported as refused, with the forced command."""
     with open_block(address, writable=not dry_run) as block:
         check_budget(block, "heal", max_bytes, hashing=True)
         plan = Plan(block, dry_run)
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
         body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
-        failed = any(o.get("result") == FAILED for o in outcomes)
+        failed = any(o.get("result") == FAILED
+                     for o in outcomes + body["indexes"])  # type: ignore[operator]
         return _envelope("heal", block, plan, repair=repair,
                          ok=not body["refused"] and not failed,
                          warnings=_warnings(outcomes), **body)
@@ -159,6 +177,35 @@ def discover(pattern: Optional[str] = None) -> List[dict]:
     """Every DataBlock on this host (see :mod:`_discovery`)."""
     from ._discovery import discover as _discover
     return _discover(pattern)
+
+
+def list_blocks(pattern: Optional[str] = None,
+                max_bytes: Optional[int] = None) -> Dict[str, object]:
+    """Every DataBlock on this host (:func:`_discovery.scan`: ``{"blocks", "unreadable"}``),
+    each sound block with its ``health`` by the one rule (the word diagnose gives:
+    healthy, degraded, suspect, stuck or corrupt) and its ``stuck_slots`` and
+    ``suspect_slots``. Read-only and cheap: the slots in use, the consumer table and the
+    header, hashing no committed slot. A block whose header is not sound, that cannot be
+    opened or that is over the ``max_bytes`` budget gets ``health`` null
+    (``health_error`` says why)."""
+    from ._discovery import scan
+    from ._errors import RecoveryError
+    found = scan(pattern)
+    for entry in found["blocks"]:  # type: ignore[union-attr]
+        entry.update(health=None, stuck_slots=None, suspect_slots=None, health_error=None)
+        if entry["status"] != "ok":
+            continue
+        try:
+            with open_block(str(entry["address"])) as block:
+                check_budget(block, "list", max_bytes)     # the slots in use, walked
+                scene = Scene(Plan(block, dry_run=True))
+                judged = assess(scene, findings_of(scene))
+        except RecoveryError as exc:
+            entry["health_error"] = exc.to_dict()
+            continue
+        entry.update(health=judged["health"], stuck_slots=judged["stuck_slots"],
+                     suspect_slots=judged["suspect_slots"])
+    return found
 
 
 def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) -> dict:

@@ -7,14 +7,30 @@ Each action is planned from one observation of the slot and applied as one step 
 changes (see :mod:`_plan`). Rules (pylabhub's own defects, spec section 6, not copied):
 
 * a holder is released without ``force`` only when its verdict is ``dead``; alive,
-  suspect-hung and unknown holders are refused (UNSAFE) with the verdict and evidence;
+  suspect-hung and unknown holders are refused (UNSAFE) with the verdict and evidence, and
+  with the forced command that would release them (``next``);
 * releasing a dead writer never makes half-written data readable: WRITING becomes FREE,
   DRAINING (the writer had not touched the data yet) returns to COMMITTED so the last
   commit survives, writer_waiting is cleared, and a write_index the dead writer advanced is
   rolled back as its abort would have done, keeping write_index/commit_index consistent;
+* a dead writer's torn bytes never stay behind: before WRITING becomes FREE the slot's
+  data is scrubbed to zeros (only pages not zero already) and, under the Enforced checksum
+  policy, its checksum becomes BLAKE2b(zeros) with the verified byte 0, so pylabhub's own
+  validate_integrity (which checks FREE slots once the ring has wrapped) passes;
 * readers are released only as far as they are provably dead (see :mod:`_observe`);
 * while changing several words of a slot we hold its write lock under our own PID, so no
   writer (ours or C++) can enter the slot half-way through.
+
+Kill safety (a recovery SIGKILLed between any two stores is finished by the next run):
+a writer release stores, in this order, (1) the claim: lock -> our pid (once we are dead,
+our pid is a dead holder the next run releases); (2) the rollback of the lock holder's
+write_index claim, while the state still says what the dead writer left, decided by a
+test that is false once done
+(``write_index == commit_index + 2``), so a second run never rolls back twice; (3) the
+scrub and checksum, decided from the bytes themselves (already zero: nothing to do);
+(4) the state; (5) writer_waiting; (6) the readers, count first then our evidence (the
+evidence over-approximates); (7) the unlock. Every prefix is a slot still locked by a
+dead pid with a state the next run handles the same way.
 """
 
 from __future__ import annotations
@@ -24,6 +40,7 @@ from typing import Dict, List, Optional
 from . import _layout as L
 from ._errors import ConcurrentChange, UsageError
 from ._observe import Scene, SlotView
+from ._status import step
 
 ACTIONS = ("release_writer", "release_readers", "force_reset")
 SUCCESS, FAILED, UNSAFE, NOT_STUCK, INVALID_SLOT = (
@@ -31,6 +48,7 @@ SUCCESS, FAILED, UNSAFE, NOT_STUCK, INVALID_SLOT = (
 SLOT = L.SLOT
 CEV = L.CONSUMER_EVIDENCE
 _S = L.SlotState
+_U64 = (1 << 64) - 1
 
 
 def outcome(slot: int, result: str, message: str, view: Optional[SlotView] = None,
@@ -63,8 +81,16 @@ def _refusal(view: SlotView, what: str, scene: Scene) -> str:
     who = ", ".join("pid %d (%s)" % (c.pid, c.verdict.state) for c in live) or (
         "no reader is attributable and a live process exists (producer pid %s)"
         % (scene.producer_pid or "?"))
-    return ("slot %d: %d reader(s), %d provably dead; may still be inside: %s; not released "
-            "without force" % (view.index, view.reader_count, view.releasable_readers, who))
+    waits = (" (writer pid %d waits for them)" % view.write_lock
+             if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
+    return ("slot %d: %d reader(s)%s, %d provably dead; may still be inside: %s; not released "
+            "without force" % (view.index, view.reader_count, waits, view.releasable_readers,
+                               who))
+
+
+def refused(index: int, action: str, message: str, view: SlotView) -> Dict[str, object]:
+    """An UNSAFE outcome, with the forced command that would do it anyway."""
+    return outcome(index, UNSAFE, message, view, next=step("recover", index, action, True))
 
 
 def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dict[str, object]:
@@ -84,7 +110,7 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
 
     if writer_todo and view.write_lock and not view.writer_dead:
         if not force:
-            return outcome(index, UNSAFE, _refusal(view, "writer", scene), view)
+            return refused(index, action, _refusal(view, "writer", scene), view)
         warnings.append("FORCED: released the write lock of pid %d whose verdict is %s"
                         % (view.write_lock, view.writer.state))
     new_readers = view.reader_count
@@ -96,7 +122,7 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
             new_readers = 0
         elif view.releasable_readers == 0 or (action == "force_reset" and
                                               view.releasable_readers < view.reader_count):
-            return outcome(index, UNSAFE, _refusal(view, "readers", scene), view)
+            return refused(index, action, _refusal(view, "readers", scene), view)
         else:
             new_readers = view.reader_count - view.releasable_readers
 
@@ -107,10 +133,12 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
         kept = ("; left to the live process that changed them: %s" % ", ".join(lost)
                 if lost else "; nothing changed")
         return outcome(index, FAILED, "slot %d: %s%s; run again" % (index, exc, kept), view)
-    step = scene.plan.commit()
-    scene.plan.count_recovery(1 if step else 0)
+    done = scene.plan.commit()
+    scene.plan.count_recovery(1 if done else 0)
     left = (" (%d reader(s) kept: they may be live)" % new_readers) if new_readers else ""
-    message = "slot %d: %s%s" % (index, _describe(view, writer_todo, new_readers), left)
+    scrubbed = any(c.target == _label(index, "data") for c in done)
+    message = "slot %d: %s%s%s" % (index, _describe(view, writer_todo, new_readers),
+                                   "; torn bytes scrubbed to zeros" if scrubbed else "", left)
     result = outcome(index, SUCCESS, message, view)
     if warnings:
         result["warnings"] = warnings
@@ -130,19 +158,29 @@ def _describe(view: SlotView, writer: bool, new_readers: int) -> str:
 
 
 def _apply(scene: Scene, view: SlotView, writer: bool, new_readers: int) -> None:
+    """One step, stores in kill-safe order (module doc): claim, write_index, scrub, state,
+    writer_waiting, readers, unlock."""
     plan, block = scene.plan, scene.block
     base = block.geo.slot_entry(view.index)
     i = view.index
     plan.begin()
     if writer:
-        # Claim the slot: the dead (or forced) holder's lock becomes ours for the step.
+        # 1. Claim the slot: the dead (or forced) holder's lock becomes ours for the step.
         plan.cas(_label(i, "write_lock"), SLOT["write_lock"], base, view.write_lock, plan.pid)
+        # 2. Undo the holder's claim of a slot id while the state still shows it. Only a
+        #    lock's holder is known to have claimed: with no lock (an orphan, a stray
+        #    writer_waiting) the id may be a live producer's between its claim and its
+        #    lock; an index left out of step is heal's, by the producer's verdict.
+        if view.write_lock:
+            roll_back_write_index(scene, i)
+        # 3. Torn bytes of a writer that is gone never stay behind (a writer released by
+        #    force may be alive and still writing: its bytes are left to it).
+        if view.state == _S.WRITING and (view.writer_dead or not view.write_lock):
+            scrub_slot(scene, i)
+        plan.cas(_label(i, "slot_state"), SLOT["slot_state"], base, view.state,
+                 _after_writer(view.state))
         plan.cas(_label(i, "writer_waiting"), SLOT["writer_waiting"], base,
                  view.writer_waiting, 0)
-        after = _after_writer(view.state)
-        plan.cas(_label(i, "slot_state"), SLOT["slot_state"], base, view.state, after)
-        if view.state in (_S.WRITING, _S.DRAINING):
-            _roll_back_write_index(scene, i)
     if new_readers != view.reader_count:
         plan.cas(_label(i, "reader_count"), SLOT["reader_count"], base, view.reader_count,
                  new_readers)
@@ -151,18 +189,96 @@ def _apply(scene: Scene, view: SlotView, writer: bool, new_readers: int) -> None
         plan.cas(_label(i, "write_lock"), SLOT["write_lock"], base, plan.pid, 0)
 
 
-def _roll_back_write_index(scene: Scene, index: int) -> None:
-    """Undo the dead writer's claim of a slot id, as its abort would have (only when it
-    was the newest claim and is not committed)."""
+def roll_back_write_index(scene: Scene, index: int) -> None:
+    """Undo a dead writer's claim of the slot id after the last commit, as its abort would
+    have: only when ``write_index == commit_index + 2`` (mod 2**64; commit_index + 1 = 0
+    before the first commit), i.e. exactly one id is claimed and not committed, and that
+    id is this slot's. The test is false once the rollback is done, so a run killed after
+    it and run again never rolls back twice (whatever the capacity)."""
     plan = scene.plan
     write_index = plan.hdr("write_index")
-    commit_index = plan.hdr("commit_index")
-    claimed = write_index - 1
-    if write_index == 0 or claimed % scene.block.geo.capacity != index:
+    following = (plan.hdr("commit_index") + 1) & _U64
+    if write_index != (following + 1) & _U64:
         return
-    if commit_index != L.NO_COMMIT and commit_index >= claimed:
+    if following % scene.block.geo.capacity != index:
         return
-    plan.cas("header.write_index", L.HEADER["write_index"], 0, write_index, claimed)
+    plan.cas("header.write_index", L.HEADER["write_index"], 0, write_index, following)
+
+
+def torn(scene: Scene, index: int) -> bool:
+    """True when a slot's bytes are not vouched for by its stored checksum (none stored,
+    or it does not match): what :func:`scrub_slot` would overwrite."""
+    plan, geo = scene.plan, scene.block.geo
+    stored = plan.read(geo.checksum_entry(index), L.HASH_SIZE)
+    return not any(stored) or L.blake2b256(plan.data(geo.slot_data(index), geo.stride)) != stored
+
+
+def scrub_slot(scene: Scene, index: int) -> bool:
+    """Make a slot we hold (under our lock) that holds no committed data safe to leave:
+    zeros over its stride and, under the Enforced checksum policy, BLAKE2b(zeros) with the
+    verified byte 0. Nothing is written when the bytes still match their stored checksum
+    (the writer had changed nothing, or had finished) or are already zero with the right
+    checksum. Under Manual and None the checksum entry is left as it is: only the producer
+    writes checksums there (decision: docs/architecture.md). Returns True when something
+    changed (or would, in a dry run)."""
+    plan, geo = scene.plan, scene.block.geo
+    if not torn(scene, index):
+        return False
+    data_off, entry_off = geo.slot_data(index), geo.checksum_entry(index)
+    before = len(plan.changes)
+    plan.scrub(_label(index, "data"), data_off, geo.stride)
+    if plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED:
+        entry = plan.read(entry_off, L.CHECKSUM_ENTRY_SIZE)
+        blessed = L.blake2b256(bytes(geo.stride)) + b"\0"
+        plan.put(_label(index, "checksum"), entry_off, entry, blessed)
+    return len(plan.changes) > before
+
+
+def plan_scrub(scene: Scene, index: int) -> Dict[str, object]:
+    """Scrub a FREE, unlocked slot whose bytes fail pylabhub's own check (heal, once the
+    ring has wrapped): claim its lock 0 -> our pid, check it is still FREE, scrub, unlock.
+    A live producer that reaches the slot meanwhile waits for our lock (it is alive)."""
+    plan = scene.plan
+    view = scene.slot(index)
+    base = scene.block.geo.slot_entry(index)
+    if view.write_lock or view.state != _S.FREE or view.reader_count or not torn(scene, index):
+        return outcome(index, NOT_STUCK, "slot %d: nothing to scrub" % index, view)
+    plan.begin()
+    try:
+        plan.cas(_label(index, "write_lock"), SLOT["write_lock"], base, 0, plan.pid)
+        if plan.get(SLOT["slot_state"], base) != _S.FREE:
+            raise ConcurrentChange("slot %d left FREE" % index, target=_label(index, "slot_state"))
+        scrub_slot(scene, index)
+        plan.cas(_label(index, "write_lock"), SLOT["write_lock"], base, plan.pid, 0)
+    except ConcurrentChange as exc:
+        lost = plan.rollback()
+        return outcome(index, FAILED, "slot %d: %s; %s; run again" % (
+            index, exc, "left to the live process: %s" % ", ".join(lost) if lost
+            else "nothing changed"), view)
+    plan.commit()
+    plan.count_recovery(1)
+    return outcome(index, SUCCESS, "slot %d: FREE slot's torn bytes scrubbed to zeros%s" % (
+        index, " and its checksum set to match" if
+        plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED else ""), view)
+
+
+def repair_write_index(scene: Scene, observed: int, following: int) -> Dict[str, object]:
+    """Put write_index back to the id after the last commit (by CAS on the value
+    observed): claimed ids that no slot's writer explains, left by a producer that is
+    dead. A producer attaching meanwhile moves the word and the CAS fails: nothing changes."""
+    plan = scene.plan
+    plan.begin()
+    try:
+        plan.cas("header.write_index", L.HEADER["write_index"], 0, observed, following)
+    except ConcurrentChange as exc:
+        plan.rollback()
+        return {"field": "write_index", "result": FAILED, "message": "%s; nothing changed; "
+                "run again" % exc}
+    plan.commit()
+    plan.count_recovery(1)
+    return {"field": "write_index", "result": SUCCESS, "before": observed, "after": following,
+            "message": "write_index %d -> %d: claimed slot ids no writer holds, left by a dead "
+                       "producer, given back" % (observed, following)}
 
 
 def _consume_attribution(scene: Scene, view: SlotView, released: int) -> None:

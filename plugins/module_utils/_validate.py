@@ -54,6 +54,7 @@ _P = L.ChecksumPolicy
 FLEX_CHECKSUM = L.HEADER["flexzone_checksum"]
 FLEX_VERIFIED = L.HEADER["flexzone_checksum_verified"]
 FLEX = "flexzone_checksum"
+_U64 = (1 << 64) - 1
 Progress = Optional[Callable[[int, int], None]]
 _BATCH_BYTES = 8 << 20
 
@@ -66,16 +67,19 @@ def finding(code: str, message: str, severity: str = "error", repairable: bool =
     return out
 
 
-def validate(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[str, object]:
+def validate(plan: Plan, repair: bool = False, progress: Progress = None,
+             producer_dead: bool = False) -> Dict[str, object]:
+    """``producer_dead``: see :func:`state_findings`."""
     block = plan.block
     findings = [finding(p.code, p.message, field=p.details.get("field")) for p in block.problems]
     reblessed: List[Dict[str, object]] = []
     policy = None
     if block.geometry is not None:
         policy = plan.hdr("checksum_policy")
-        findings += state_findings(plan)
+        findings += state_findings(plan, producer_dead)
         check = _checksum_findings(plan, progress)
         findings += check.findings
+        findings += uncommitted_findings(plan)
         if repair:
             reblessed = _rebless(plan, check)
             fixed = {r["target"] for r in reblessed}
@@ -151,14 +155,61 @@ def _look(plan: Plan, key) -> Tuple[tuple, List[Dict[str, object]]]:
     if commit_index != L.NO_COMMIT and commit_index >= write_index:
         out.append(finding("index-inconsistent", "commit_index %d is not below write_index %d"
                            % (commit_index, write_index), field="commit_index"))
-    return (commit_index, write_index), out
+        return (commit_index, write_index), out
+    step = index_step(plan)
+    if step is None:
+        return (commit_index, write_index), out
+    producer_dead = key[1]
+    ids = step["unexplained"]
+    out.append(finding(
+        "index-out-of-step", "write_index %d is %d ahead of the id after the last commit (%d)"
+        " and no writer holds %s: %s" % (
+            write_index, step["gap"], step["following"],
+            "the claimed slot id(s) %s" % ", ".join(map(str, ids)) if ids else
+            "that many slot ids", "left by a producer that is dead; heal gives the ids back"
+            if producer_dead else "a live producer may be between claiming an id and locking "
+            "its slot, or a producer died there"),
+        "error" if producer_dead else "warning", field="write_index"))
+    return (commit_index, write_index, step["holders"]), out
 
 
-def state_findings(plan: Plan) -> List[Dict[str, object]]:
+def index_step(plan: Plan) -> Optional[Dict[str, object]]:
+    """write_index ahead of the commits with no writer explaining the claimed ids, or None.
+
+    One producer claims slot id ``write_index`` (write_index += 1), locks the slot the id
+    maps to, and commits it (commit_index = id); an abort gives the id back. So
+    write_index is ``commit_index + 1`` (0 before the first commit) except for the ids of
+    writers that still hold their slot (locked, or WRITING/DRAINING). Claimed ids no slot
+    explains were left by a writer that died between its claim and its lock, or by a
+    recovery killed half-way. Returns ``following`` (commit_index + 1), ``gap``, the
+    ``unexplained`` ids and ``holders`` (the (lock, state) words looked at)."""
+    geo = plan.block.geo
+    commit_index, write_index = plan.hdr("commit_index"), plan.hdr("write_index")
+    following = (commit_index + 1) & _U64
+    gap = (write_index - following) & _U64
+    if gap == 0 or (commit_index != L.NO_COMMIT and commit_index >= write_index):
+        return None
+    claimed = [following + k for k in range(min(gap, geo.capacity))]
+    holders = tuple((plan.get(SLOT["write_lock"], geo.slot_entry(c % geo.capacity)),
+                     plan.get(SLOT["slot_state"], geo.slot_entry(c % geo.capacity)))
+                    for c in claimed)
+    unexplained = [c for c, (lock, state) in zip(claimed, holders)
+                   if not lock and state not in (_S.WRITING, _S.DRAINING)]
+    if gap <= geo.capacity and not unexplained:
+        return None
+    return {"commit_index": commit_index, "write_index": write_index, "following": following,
+            "gap": gap, "unexplained": unexplained, "holders": holders}
+
+
+def state_findings(plan: Plan, producer_dead: bool = False) -> List[Dict[str, object]]:
     """Slot, consumer-count and index sanity. A problem is reported only when every later
-    look (over about 60 ms) finds the very same words: never a live process's transient."""
+    look (over about 60 ms) finds the very same words: never a live process's transient.
+
+    ``producer_dead``: no live producer could be the writer behind an index out of step
+    (then it is an error; otherwise a warning: a live producer passes through that state
+    between claiming an id and locking its slot, and may be paused there)."""
     keys = [("slot", i) for i in plan.block.slots_in_use()]
-    keys += [("consumers",), ("indexes",)]
+    keys += [("consumers",), ("indexes", bool(producer_dead))]
     pending = {}
     for key in keys:
         words, problems = _look(plan, key)
@@ -324,6 +375,78 @@ def _flex_check(plan: Plan, check: ChecksumCheck) -> None:
         "flexible zone: %s%s; under the Enforced policy every checksummed read is rejected "
         "at release (the whole block is unreadable)" % (what, cached), "error", True,
         field=FLEX))
+
+
+def upstream_checked(plan: Plan) -> List[int]:
+    """The slots pylabhub's own validate_integrity hashes (spec section 8): none before
+    the first commit (total_slots_written 0), every slot once total_slots_written reaches
+    the capacity (whatever their state: FREE and WRITING included), else slots
+    0 .. commit_index mod capacity."""
+    capacity = plan.block.geo.capacity
+    written = plan.hdr("total_slots_written")
+    if written == 0:
+        return []
+    if written >= capacity:
+        return list(range(capacity))
+    return list(range(min(capacity, plan.hdr("commit_index") % capacity + 1)))
+
+
+def _uncommitted_look(plan: Plan, i: int) -> Optional[tuple]:
+    """A FREE, unlocked slot that pylabhub's check fails: its words, checksum entry and
+    data digest; None when the slot is held, not FREE, or passes (verified byte 1 is
+    taken as valid without hashing, as pylabhub does; an all-zero checksum fails)."""
+    geo = plan.block.geo
+    base = geo.slot_entry(i)
+    words = (plan.get(SLOT["write_lock"], base), plan.get(SLOT["slot_state"], base))
+    if words != (0, _S.FREE):
+        return None
+    entry = plan.read(geo.checksum_entry(i), L.CHECKSUM_ENTRY_SIZE)
+    if entry[L.HASH_SIZE] == 1:
+        return None
+    digest = L.blake2b256(plan.data(geo.slot_data(i), geo.stride))
+    if any(entry[:L.HASH_SIZE]) and digest == entry[:L.HASH_SIZE]:
+        return None
+    return words, entry, digest
+
+
+def uncommitted_findings(plan: Plan) -> List[Dict[str, object]]:
+    """FREE slots (no lock) whose stored checksum does not vouch for their bytes, among
+    the slots pylabhub's validate_integrity checks: pylabhub calls such a block corrupt
+    (a writer killed mid-write and released, or aborted, leaves torn bytes under the old
+    checksum). Under the Enforced policy this is an error that heal repairs (it scrubs the
+    slot to zeros and sets the matching checksum: the slot holds no committed data); under
+    Manual and None, checksums are the producer's business and no C++ reader checks
+    them, so it is information only. Locked or WRITING/DRAINING slots are the writers'
+    (a dead one's slot is stuck and its release scrubs it). Reported only when a look after
+    the settle pauses sees the same words, entry and bytes."""
+    enforced = plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED
+    out: List[Dict[str, object]] = []
+    in_use = set(plan.block.slots_in_use())   # a slot in a hole was never written: skip
+    for i in upstream_checked(plan):
+        if i not in in_use:
+            continue
+        seen = _uncommitted_look(plan, i)
+        for pause in _SETTLE_S:
+            if seen is None:
+                break
+            time.sleep(pause)
+            again = _uncommitted_look(plan, i)
+            seen = seen if again == seen else None
+        if seen is None:
+            continue
+        stored = seen[1][:L.HASH_SIZE]
+        out.append(finding(
+            "uncommitted-checksum-mismatch", "slot %d: FREE, and its %s does not match its "
+            "bytes (torn by a writer that is gone): pylabhub's validate_integrity %s; %s" % (
+                i, "stored checksum %s…" % stored[:4].hex() if any(stored) else
+                "checksum is all zero and",
+                "fails on it (it checks every slot once the ring has wrapped)" if enforced else
+                "would report it, but under the %s policy no C++ reader checks it" % (
+                    L.enum_name(L.ChecksumPolicy, plan.hdr("checksum_policy"))),
+                "heal scrubs it to zeros with a matching checksum (no committed data is in it)"
+                if enforced else "nothing to repair"),
+            "error" if enforced else "info", slot=i))
+    return out
 
 
 def _settle_slot(plan: Plan, i: int, words: tuple, stored: bytes,

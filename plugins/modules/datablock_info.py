@@ -93,16 +93,18 @@ blocks:
       sample: ok
     health:
       description:
-        - The health summary. C(healthy) is the diagnosis' verdict (no stuck slot, no
-          finding worse than C(info)) and, with O(validate=true), also requires C(valid);
-          null when the block could not be diagnosed (see C(error)) or with
-          O(diagnose=false) and O(validate=false).
+        - The health summary. C(status) is the block's health word by the one rule that
+          diagnose, validate and heal share (V(healthy), V(degraded), V(suspect),
+          V(stuck), V(corrupt)); with O(validate=true) it is validation's, which also
+          counts checksum errors. C(healthy) is C(status) == V(healthy) (with
+          O(validate=true) it also requires C(valid)); both null when the block could not
+          be diagnosed (see C(error)) or with O(diagnose=false) and O(validate=false).
         - C(stuck_slots), C(suspect_slots), C(findings) and C(dead_consumers) come from the
           diagnosis; C(valid) and C(validation_findings) from the validation (null
           without O(validate=true)); C(error) is C(code)/C(message) of the first error
           met, or null.
       type: dict
-      sample: {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
+      sample: {"healthy": false, "status": "stuck", "stuck_slots": [0], "suspect_slots": [],
                "dead_consumers": 0,
                "findings": [{"code": "dead-producer", "severity": "info",
                              "message": "producer pid 16709 is dead: committed data stays readable; a new producer may attach"}],
@@ -117,7 +119,8 @@ blocks:
             "producer_verdict": {"pid": 16709, "state": "dead",
                                  "evidence": ["kill(16709, 0): ESRCH (no such process)"]},
             "producer_alive": false,
-            "health": {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
+            "health": {"healthy": false, "status": "stuck", "stuck_slots": [0],
+                       "suspect_slots": [],
                        "dead_consumers": 0, "findings": [], "valid": null,
                        "validation_findings": null, "error": null}}]
 unreadable:
@@ -150,8 +153,9 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 def health(m, address, diagnose, validate):
     """The health summary of one block; engine errors land in ``error``."""
-    out = {"healthy": None, "stuck_slots": None, "suspect_slots": None, "findings": None,
-           "dead_consumers": None, "valid": None, "validation_findings": None, "error": None}
+    out = {"healthy": None, "status": None, "stuck_slots": None, "suspect_slots": None,
+           "findings": None, "dead_consumers": None, "valid": None,
+           "validation_findings": None, "error": None}
     verdicts = []
     if diagnose:
         diagnosis, error = m.attempt(m.engine.diagnose, address)
@@ -162,7 +166,8 @@ def health(m, address, diagnose, validate):
                        suspect_slots=diagnosis["suspect_slots"],
                        findings=diagnosis["findings"],
                        dead_consumers=sum(1 for c in diagnosis["consumers"]
-                                          if c.get("action") == "cleanup"))
+                                          if c.get("action") == "cleanup"),
+                       status=diagnosis["health"])
             verdicts.append(bool(diagnosis["healthy"]))
     if validate:
         validation, error = m.attempt(m.engine.validate, address)
@@ -170,8 +175,9 @@ def health(m, address, diagnose, validate):
             out["error"] = out["error"] or error
         else:
             out.update(valid=bool(validation["valid"]),
-                       validation_findings=validation["findings"])
-            verdicts.append(bool(validation["valid"]))
+                       validation_findings=validation["findings"],
+                       status=validation["health"])
+            verdicts.append(bool(validation["valid"]) and bool(validation["healthy"]))
     if verdicts and out["error"] is None:
         out["healthy"] = all(verdicts)
     elif verdicts and not all(verdicts):

@@ -415,6 +415,24 @@ def oracle(img):
     commit, write = _u(img, 192, 8), _u(img, 184, 8)
     if commit != L.NO_COMMIT and commit >= write:
         found.add(("index-inconsistent", "commit_index"))
+    else:   # claimed ids after the last commit must each be held by a writer
+        following = (commit + 1) % 2 ** 64
+        gap = (write - following) % 2 ** 64
+        held = [_u(img, 4096 + 64 * (c % n), 8) or img[4096 + 64 * (c % n) + 12] in (1, 3)
+                for c in range(following, following + min(gap, n))]
+        if gap > n or not all(held):
+            found.add(("index-out-of-step", "write_index"))
+    # pylabhub's own validate_integrity (spec section 8) on FREE unlocked slots
+    written = _u(img, 432, 8)
+    upstream = [] if not written else range(n) if written >= n else range(commit % n + 1)
+    for i in upstream:
+        e = 4096 + 64 * i
+        entry = img[4096 + 64 * n + 33 * i:][:33]
+        if _u(img, e, 8) or img[e + 12] != 0 or entry[32] == 1:
+            continue
+        data = img[ring + i * stride:ring + (i + 1) * stride]
+        if not any(entry[:32]) or hashlib.blake2b(data, digest_size=32).digest() != entry[:32]:
+            found.add(("uncommitted-checksum-mismatch", i))
     flex_cs = img[1984:2016]
     if flex and policy != 0 and hashlib.blake2b(img[d:d + flex], digest_size=32).digest() \
             != flex_cs and (any(flex_cs) or commit != L.NO_COMMIT):
@@ -504,10 +522,21 @@ def _check_oracle(image, results, errors):
     got = {(f["code"], _where(f)) for f in report["findings"]}
     assert got == expected, "validate findings differ from the spec oracle:\n missing %s\n " \
         "extra %s" % (sorted(expected - got, key=str), sorted(got - expected, key=str))
+    # index-out-of-step is an error only when no live producer could explain it (the
+    # producer's verdict); uncommitted-checksum-mismatch only under the Enforced policy
+    enforced = _u(image, 176, 4) == 2
     errors_expected = {e for e in expected if e[0] not in (
         "invalid-writer-waiting", "orphaned-slot", "consumer-count-mismatch",
         "checksum-unstamped", "flexzone-checksum-unstamped", "checksums-not-checked",
-        "checksum-policy-unknown")}
+        "checksum-policy-unknown", "index-out-of-step")
+        and (e[0] != "uncommitted-checksum-mismatch" or enforced)}
+    for f in report["findings"]:
+        if f["code"] == "index-out-of-step":
+            assert f["severity"] in ("error", "warning"), f
+            if f["severity"] == "error":
+                errors_expected.add(("index-out-of-step", "write_index"))
+        if f["code"] == "uncommitted-checksum-mismatch":
+            assert f["severity"] == ("error" if enforced else "info"), f
     assert report["valid"] == (not errors_expected), report["findings"]
     for code, dummy in expected:
         FLAGGED[code] += 1

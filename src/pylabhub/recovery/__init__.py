@@ -73,7 +73,8 @@ As in pylabhub, a slot index out of range makes a *recovery* function return
 The richer engine
 -----------------
 ``diagnose``, ``recover``, ``cleanup``, ``validate``, ``heal`` (one block, JSON-ready
-dicts) and ``discover`` (every DataBlock on this host) are the engine the CLI
+dicts), ``discover`` (every DataBlock on this host) and ``list_blocks`` (the same, with
+each block's ``health`` as ``datablock-admin list`` shows it) are the engine the CLI
 ``datablock-admin`` and the Ansible collection ``pylabhub.recovery`` also call;
 ``open_block``/``Block`` (attach a segment), ``Plan``/``Change`` (CAS-on-observed
 mutation, dry run), ``judge``/``Verdict`` (liveness with evidence) are exported too.
@@ -118,6 +119,7 @@ _LAZY = {
     "heal": ("_engine", "heal"),
     "discover": ("_discovery", "discover"),
     "scan": ("_discovery", "scan"),
+    "list_blocks": ("_engine", "list_blocks"),
     "open_block": ("_block", "open_block"),
     "Block": ("_block", "Block"),
     "Plan": ("_plan", "Plan"),
@@ -190,7 +192,13 @@ class SlotDiagnostic:
     ``dead``, ``suspect-hung``, ``unknown``; None when unlocked). ``is_stuck``: a dead
     holder blocks the slot. ``stuck_duration_s``: seconds since it became stuck, when
     known. ``reason``: one line for a human. ``action``: the recovery that applies
-    (``release_writer``, ``release_readers``, ``force_reset``) or None.
+    (``release_writer``, ``release_readers``, ``force_reset``) or None. ``suspect``: only
+    a forced action could free it (a suspect-hung or unknown writer, or a writer waiting
+    for readers that do not move and are not provably gone). ``next_step``: what clears
+    it, as data (``{"operation": "recover", "slot": 2, "action": "release_readers",
+    "force": True}``), or None. ``block_health``: the whole block's health word by the one
+    rule (``healthy``, ``degraded``, ``suspect``, ``stuck``, ``corrupt``): a jam in another
+    slot is never hidden by asking about this one.
     """
 
     slot_index: int
@@ -205,17 +213,21 @@ class SlotDiagnostic:
     reason: str
     action: Optional[str]
     suspect: bool = False
+    next_step: Optional[Dict[str, Any]] = field(default=None, compare=False)
+    block_health: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_engine(cls, slot: Dict[str, Any]) -> "SlotDiagnostic":
+    def from_engine(cls, slot: Dict[str, Any],
+                    block_health: Optional[str] = None) -> "SlotDiagnostic":
         writer = slot.get("writer")
         return cls(slot_index=slot["index"], state=slot["state"], write_lock=slot["write_lock"],
                    writer_state=writer["state"] if writer else None,
                    reader_count=slot["reader_count"], writer_waiting=bool(slot["writer_waiting"]),
                    write_generation=slot["write_generation"], is_stuck=bool(slot["is_stuck"]),
                    stuck_duration_s=slot.get("stuck_for_s"), reason=slot.get("reason") or "",
-                   action=slot.get("action"), suspect=bool(slot.get("suspect")), raw=slot)
+                   action=slot.get("action"), suspect=bool(slot.get("suspect")),
+                   next_step=slot.get("next"), block_health=block_health, raw=slot)
 
 
 @dataclass(frozen=True)
@@ -234,7 +246,10 @@ class Change:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one slot (``slot``) or one consumer entry (``consumer``)."""
+    """What happened to one slot (``slot``) or one consumer entry (``consumer``).
+    ``next_step``: for a refusal (UNSAFE), the forced call that would do it anyway, as
+    data (``{"operation": "recover", "slot": 1, "action": "release_readers", "force":
+    True}``); None otherwise."""
 
     result: RecoveryResult
     message: str
@@ -243,13 +258,14 @@ class Outcome:
     pid: Optional[int] = None
     holder_state: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
+    next_step: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_engine(cls, o: Dict[str, Any]) -> "Outcome":
         holder = o.get("holder") or o.get("verdict")
         return cls(RecoveryResult.from_name(o["result"]), o.get("message", ""), o.get("slot"),
                    o.get("consumer"), o.get("pid") or (holder or {}).get("pid"),
-                   (holder or {}).get("state"), list(o.get("warnings", [])))
+                   (holder or {}).get("state"), list(o.get("warnings", [])), o.get("next"))
 
 
 def _changes(raw: Dict[str, Any]) -> List[Change]:
@@ -380,7 +396,11 @@ class Finding:
 class IntegrityReport(_ComparesAsResult):
     """Result of ``validate_integrity``: ``valid`` (no error left), the ``findings``,
     ``reblessed``: the slots whose checksum ``repair=True`` recomputed, and
-    ``flexzone_reblessed``: whether it recomputed the flexible zone's checksum."""
+    ``flexzone_reblessed``: whether it recomputed the flexible zone's checksum.
+    ``health``: the block's health word by the one rule diagnose and heal use too
+    (``healthy``, ``degraded``, ``suspect``, ``stuck``, ``corrupt``): a block can be valid
+    and still not healthy (a stuck slot, a dead consumer's entry); ``next_steps``: what
+    clears it."""
 
     valid: bool
     findings: List[Finding]
@@ -390,6 +410,14 @@ class IntegrityReport(_ComparesAsResult):
     dry_run: bool = False
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
     flexzone_reblessed: bool = False
+
+    @property
+    def health(self) -> Optional[str]:
+        return self.raw.get("health")
+
+    @property
+    def next_steps(self) -> List[Dict[str, Any]]:
+        return list(self.raw.get("next_steps") or [])
 
     @property
     def result(self) -> RecoveryResult:
@@ -423,7 +451,7 @@ def diagnose_slot(name: str, index: int, *, max_bytes: Optional[int] = None) -> 
     subclass for a missing, foreign or unsafe block.
     """
     raw = _core("_engine").diagnose(name, slot=index, max_bytes=max_bytes)
-    return SlotDiagnostic.from_engine(raw["slots"][0])
+    return SlotDiagnostic.from_engine(raw["slots"][0], raw.get("health"))
 
 
 def diagnose_all_slots(name: str, *, max_bytes: Optional[int] = None) -> List[SlotDiagnostic]:
@@ -432,7 +460,7 @@ def diagnose_all_slots(name: str, *, max_bytes: Optional[int] = None) -> List[Sl
     ``max_bytes`` (every function here takes it): the most one call may examine in the
     block (default 256 MiB; see the CLI's ``--max-bytes``); past it :class:`OverBudget`."""
     raw = _core("_engine").diagnose(name, max_bytes=max_bytes)
-    return [SlotDiagnostic.from_engine(s) for s in raw["slots"]]
+    return [SlotDiagnostic.from_engine(s, raw.get("health")) for s in raw["slots"]]
 
 
 def _recover(name: str, slot: Union[int, str], action: str, force: bool,

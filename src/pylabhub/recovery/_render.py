@@ -116,6 +116,57 @@ def untrusted(render: Callable[..., List[str]]) -> Callable[..., List[str]]:
     return wrapper
 
 
+def command(step: Dict[str, Any], address: str) -> str:
+    """A next step (the engine's ``{"operation", "slot", "action", "force", "repair"}``)
+    as the exact command line that runs it, the block name shell-quoted."""
+    words = [PROG, str(step.get("operation")), quote(address)]
+    if step.get("slot") is not None:
+        words += ["--slot", str(step["slot"])]
+    if step.get("action"):
+        words += ["--action", str(step["action"])]
+    if step.get("force"):
+        words.append("--force")
+    if step.get("repair"):
+        words.append("--repair")
+    return " ".join(words)
+
+
+def health_word(health: Optional[str], style: "Style") -> str:
+    """The one-rule word: ``healthy`` in green, else ``NOT HEALTHY (<word>)`` in red
+    (stuck, corrupt) or yellow (suspect, degraded)."""
+    if health == "healthy":
+        return style("healthy", "green")
+    colour = "red" if health in ("stuck", "corrupt") else "yellow"
+    return style("NOT HEALTHY (%s)" % (health or "?"), colour, "bold")
+
+
+def status_lines(d: Dict[str, Any], style: "Style", address: str,
+                 shown: Optional[Sequence[int]] = None, label: str = "health",
+                 said: Sequence[Dict[str, Any]] = ()) -> List[str]:
+    """The one-rule verdict (``health``), the slots that make it, and the next steps as
+    commands. ``shown``: the slots the caller displayed (diagnose --slot): stuck or
+    suspect slots outside it are named as such, never hidden. ``said``: steps already
+    printed (heal's refusals), not repeated."""
+    lines: List[str] = []
+    steps = [st for st in d.get("next_steps") or [] if st not in said]
+    if steps:
+        lines.append("  next:")
+        lines += ["    " + command(st, address) for st in steps]
+    extra = []
+    if d.get("stuck_slots"):
+        extra.append("stuck slot(s): %s" % ", ".join(map(str, d["stuck_slots"])))
+    if d.get("suspect_slots"):
+        extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
+    if shown is not None:
+        hidden = sorted(set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or [])
+                        - set(shown))
+        if hidden:
+            extra.append("not shown here: slot(s) %s (diagnose %s shows every slot)"
+                         % (", ".join(map(str, hidden)), quote(address)))
+    word = health_word(d.get("health"), style)
+    return lines + ["  %s: %s%s" % (label, word, (" -- " + "; ".join(extra)) if extra else "")]
+
+
 # --------------------------------------------------------------------------- pieces
 def block_title(block: Dict[str, Any], style: Style) -> List[str]:
     title = "%s  (%s, %s, %s bytes)" % (style(str(block["address"]), "bold"), block["path"],
@@ -156,6 +207,16 @@ def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
     return ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
 
 
+def refused_lines(result: Dict[str, Any], style: Style) -> List[str]:
+    """For each refusal, the forced command that would do it anyway (a human decides)."""
+    address = str((result.get("block") or {}).get("address", ""))
+    steps = [o["next"] for o in result.get("refused") or [] if o.get("next")]
+    if not steps:
+        return []
+    return ([style("  refused; only if you are sure the holders are gone:", "yellow")]
+            + ["    " + command(st, address) for st in steps])
+
+
 def warning_lines(result: Dict[str, Any], style: Style) -> List[str]:
     return [style("  warning: %s" % w, "yellow") for w in result.get("warnings") or []]
 
@@ -187,11 +248,20 @@ def render_list(entries: List[Dict[str, Any]], style: Style) -> List[str]:
         producer = "-" if not e.get("producer_pid") else "%s %s" % (
             e["producer_pid"], style.verdict(verdict["state"] if verdict else None))
         status = e.get("status") or "?"
+        if status != "ok":                 # the header is not sound: its problem
+            shown = style(status, "red")
+        elif e.get("health") is None:      # could not be judged (health_error)
+            shown = style("?", "yellow")
+        else:
+            slots = sorted(set(e.get("stuck_slots") or []) | set(e.get("suspect_slots") or []))
+            word = str(e["health"])
+            shown = style(word + (" (slot %s)" % ",".join(map(str, slots)) if slots else ""),
+                          "green" if word == "healthy" else
+                          "red" if word in ("stuck", "corrupt") else "yellow")
         rows.append([e["address"], e["kind"], str(e["size"]),
                      "-" if e.get("capacity") is None else str(e["capacity"]),
                      "-" if e.get("stride") is None else str(e["stride"]),
-                     str(e.get("policy") or "-"), producer,
-                     style(status, "green" if status == "ok" else "red")])
+                     str(e.get("policy") or "-"), producer, shown])
     return table(["ADDRESS", "KIND", "SIZE", "SLOTS", "STRIDE", "POLICY", "PRODUCER", "STATUS"],
                  rows, style, "")
 
@@ -246,24 +316,10 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
         lines.append("  consumers: none registered")
     lines.append("")
     lines += findings_lines(d.get("findings") or [], style)
-    hints = []
-    address = quote(str(block["address"]))
-    for s in d["slots"]:
-        if s.get("action"):
-            hints.append("%s recover %s --slot %s --action %s"
-                         % (PROG, address, s["index"], s["action"]))
-    if any(c.get("action") for c in consumers):
-        hints.append("%s cleanup %s" % (PROG, address))
-    if hints:
-        lines.append("  next:")
-        lines += ["    " + h for h in hints]
-    verdict = style("healthy", "green") if d["healthy"] else style("NOT HEALTHY", "red", "bold")
-    extra = []
-    if d.get("stuck_slots"):
-        extra.append("stuck slot(s): %s" % ", ".join(map(str, d["stuck_slots"])))
-    if d.get("suspect_slots"):
-        extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
-    lines.append("  result: %s%s" % (verdict, (" -- " + "; ".join(extra)) if extra else ""))
+    shown = [s["index"] for s in d["slots"]]
+    partial = block.get("capacity") is not None and len(shown) < int(block["capacity"])
+    lines += status_lines(d, style, str(block["address"]), shown if partial else None,
+                          label="result")
     return lines
 
 
@@ -281,6 +337,7 @@ def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
         " --dry-run" if r.get("dry_run") else ""))
     lines += changes_lines(r, style)
     lines += outcome_lines(r.get("outcomes") or [], style)
+    lines += refused_lines(r, style)
     lines += warning_lines(r, style)
     lines.append(_footer(r, style, style.result(str(r["result"]))))
     return lines
@@ -322,6 +379,10 @@ def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
             _reblessed_what(rb), str(rb["before"])[:16], str(rb["after"])[:16]))
     if r.get("changed") or r.get("repair"):
         lines += changes_lines(r, style)
+    if r.get("holder_findings"):
+        lines += findings_lines(r["holder_findings"], style, "holders")
+    if r.get("health"):
+        lines += status_lines(r, style, str(r["block"]["address"]))
     word = style("valid", "green") if r["valid"] else style("INVALID", "red", "bold")
     lines.append(_footer(r, style, word))
     return lines
@@ -337,6 +398,9 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
         cleanup.get("cleaned", 0), "y" if cleanup.get("cleaned") == 1 else "ies"))
     lines += outcome_lines(cleanup.get("outcomes") or [], style, "cleanup outcome")
     lines += outcome_lines(r.get("outcomes") or [], style, "slot outcome")
+    for ix in r.get("indexes") or []:
+        lines.append("  %s: %s %s" % (ix.get("field"), style.result(str(ix.get("result"))),
+                                      ix.get("message", "")))
     validate = r.get("validate") or {}
     for rb in validate.get("reblessed") or []:
         lines.append("  re-blessed %s" % _reblessed_what(rb))
@@ -344,10 +408,15 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     lines += warning_lines(r, style)
     after = r.get("after") or {}
     lines += findings_lines(after.get("findings") or [], style, "left after heal")
+    left = after.get("findings") or []
     bad = [f for f in validate.get("findings") or []
-           if f.get("severity") == "error" and not f.get("repaired")]
+           if f.get("severity") == "error" and not f.get("repaired") and f not in left]
     if bad:
         lines += findings_lines(bad, style, "integrity errors")
+    lines += refused_lines(r, style)
+    if after.get("health"):
+        lines += status_lines(after, style, str(r["block"]["address"]),
+                              said=[o["next"] for o in r.get("refused") or [] if o.get("next")])
     word = style("healthy", "green") if r["healthy"] else style("NOT HEALTHY", "red", "bold")
     lines.append(_footer(r, style, word))
     return lines

@@ -33,12 +33,12 @@ _CORE = "ansible_collections.pylabhub.recovery.plugins.module_utils"
 EXIT_CODES = """\
 exit codes:
   0    healthy, done, or nothing to do
-  1    findings: diagnose found stuck slots or an unhealthy block, validate found
-       corruption, heal left something unhealthy, recover/cleanup done only in part,
-       drill had an iteration fail
+  1    findings: the block is not healthy (diagnose, validate and heal judge it by
+       one rule: stuck, suspect, corrupt or degraded), recover/cleanup done only in
+       part, drill had an iteration fail
   2    usage error: bad arguments, bad block name or path, slot out of range
   3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
-       --force), or the confirmation was declined
+       --force; heal: a slot only --force could free), or the confirmation was declined
   4    no usable block: missing, foreign (no pylabhub magic), unsupported layout,
        truncated, still being created, an unsafe path (symlink, FIFO, directory),
        or more to examine than --max-bytes allows (the message names the geometry)
@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
                               formatter_class=fmt, parents=[common, *parents])
 
-    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds)")
+    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds) with "
+                        "its health (healthy, degraded, suspect, stuck, corrupt)")
     c.add_argument("pattern", nargs="?", metavar="PATTERN",
                    help="only names or addresses matching this shell pattern")
 
@@ -313,18 +314,22 @@ def _outcome_code(outcomes: List[Dict[str, Any]]) -> int:
 
 
 def exit_code(operation: str, result: Dict[str, Any]) -> int:
-    """The documented exit code of one block's engine result."""
+    """The documented exit code of one block's engine result. diagnose, validate and heal
+    exit 0 only for a healthy block (the engine's one rule: same block, same code)."""
     if operation == "diagnose":
         return EXIT_OK if result["healthy"] else EXIT_FINDINGS
     if operation in ("recover", "cleanup"):
         return _outcome_code(result.get("outcomes") or [])
     if operation == "validate":
-        return EXIT_OK if result["valid"] else EXIT_FINDINGS
+        return EXIT_OK if result.get("healthy", result["valid"]) else EXIT_FINDINGS
     if operation == "heal":
         outcomes = list(result.get("outcomes") or [])
         outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+        outcomes += list(result.get("indexes") or [])
         if any(o.get("result") == "FAILED" for o in outcomes):
             return EXIT_CONCURRENT
+        if result.get("refused"):
+            return EXIT_REFUSED
         return EXIT_OK if result["healthy"] else EXIT_FINDINGS
     return EXIT_OK
 
@@ -332,9 +337,11 @@ def exit_code(operation: str, result: Dict[str, Any]) -> int:
 def _report_outcomes(result: Dict[str, Any]) -> None:
     outcomes = list(result.get("outcomes") or [])
     outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+    address = str((result.get("block") or {}).get("address", ""))
     for o in outcomes:
         if o.get("result") == "UNSAFE":
-            Out.err("refused", o.get("message", ""))
+            nxt = (" (to force it: %s)" % R.command(o["next"], address)) if o.get("next") else ""
+            Out.err("refused", "%s%s" % (o.get("message", ""), nxt))
         elif o.get("result") == "FAILED":
             Out.err("concurrent change", o.get("message", ""))
 
@@ -345,9 +352,10 @@ def _engine():
     return importlib.import_module(_CORE + "._engine")
 
 
-def _discover(pattern: Optional[str]) -> Dict[str, Any]:
-    import importlib
-    return importlib.import_module(_CORE + "._discovery").scan(pattern)
+def _discover(pattern: Optional[str], max_bytes: Optional[int] = None) -> Dict[str, Any]:
+    """Every block with its health (the engine's list_blocks: one rule, as diagnose),
+    and what could not be read."""
+    return _engine().list_blocks(pattern, max_bytes)
 
 
 def _progress(label: str):
@@ -355,7 +363,7 @@ def _progress(label: str):
 
 
 def cmd_list(args: argparse.Namespace, out: Out) -> int:
-    found = _discover(args.pattern)
+    found = _discover(args.pattern, getattr(args, "max_bytes", None))
     if out.json:
         out.data({"schema": SCHEMA, "operation": "list", "blocks": found["blocks"],
                   "unreadable": found["unreadable"]})

@@ -56,7 +56,7 @@ def test_help_is_a_manual():
 
 
 def test_engine_is_reexported():
-    for attr in ("diagnose", "recover", "cleanup", "validate", "heal", "discover",
+    for attr in ("diagnose", "recover", "cleanup", "validate", "heal", "discover", "list_blocks",
                  "open_block", "Block", "Plan", "judge", "Verdict"):
         assert callable(getattr(recovery, attr)), attr
     assert set(recovery.__all__) <= set(dir(recovery))
@@ -142,9 +142,26 @@ def test_live_reader_needs_force(crashes, names):
     before = read_bytes(shm(name))
     r = recovery.release_zombie_readers(name, 0)
     assert r == RecoveryResult.UNSAFE and read_bytes(shm(name)) == before
+    # the refusal carries the forced call that would do it anyway, as data
+    assert r.outcomes[0].next_step == {"operation": "recover", "slot": 0,
+                                       "action": "release_readers", "force": True}
     r = recovery.release_zombie_readers(name, 0, force=True)
     assert r == RecoveryResult.SUCCESS and r.warnings
     assert image(name).slot(0)["readers"] == 0
+
+
+def test_one_slot_names_the_block_health(crashes, names):
+    """diagnose_slot of a slot that is fine, while another is stuck: the slot is not
+    stuck, but the block's health says so (never "healthy" with a jam elsewhere)."""
+    name = names()
+    crashes.stuck_writer(name)                     # slot 0 stuck
+    d = recovery.diagnose_slot(name, 1)
+    assert not d.is_stuck and d.next_step is None and d.block_health == "stuck"
+    stuck = recovery.diagnose_slot(name, 0)
+    assert stuck.next_step == {"operation": "recover", "slot": 0, "action": "release_writer",
+                               "force": False}
+    v = recovery.validate_integrity(name)
+    assert v.valid and v.health == "stuck" and stuck.next_step in v.next_steps
 
 
 # --------------------------------------------------------------------------- scenario 3

@@ -11,17 +11,9 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import NotADataBlock
 
-from .helpers import COMMITTED, DEAD_PID, DRAINING, WRITING, codes, file_bytes, image
+from .helpers import COMMITTED, DEAD_PID, DRAINING, WRITING, codes, file_bytes, image, poke
 
 import plh_spec as spec
-
-
-def poke(name, offset, data):
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
 
 
 def u(value, size):
@@ -75,8 +67,22 @@ CASES = {
                         {("readers-in-unreadable-slot", 3)}, "error"),
     "consumer_count": (lambda n: poke(n, 208, u(2, 4)),
                        {("consumer-count-mismatch", "active_consumer_count")}, "warning"),
+    # commit_index 3 (= write_index) also puts slot 3 (FREE, never written, checksum all
+    # zero) among the slots pylabhub's validate_integrity hashes (0..commit_index mod 4):
+    # pylabhub fails on it, so ours now says so too (issue 10, item 5)
     "commit_index": (lambda n: poke(n, 192, u(image(n).write_index, 8)),
-                     {("index-inconsistent", "commit_index")}, "error"),
+                     {("index-inconsistent", "commit_index"),
+                      ("uncommitted-checksum-mismatch", 3)}, "error"),
+    # the same inconsistency where pylabhub's range is slot 0 only (4 mod 4): just that
+    "commit_index_ahead": (lambda n: poke(n, 192, u(image(n).write_index + 1, 8)),
+                           {("index-inconsistent", "commit_index")}, "error"),
+    # a claimed slot id no writer holds, the producer dead: an error heal repairs
+    "write_index_ahead": (lambda n: poke(n, 184, u(image(n).write_index + 1, 8)),
+                          {("index-out-of-step", "write_index")}, "error"),
+    # a FREE slot in pylabhub's range whose bytes do not match its checksum
+    "free_slot_torn": (lambda n: (poke(n, 192, u(3, 8)), poke(n, 184, u(4, 8)),
+                                  poke(n, 432, u(4, 8)), poke(n, data_off(n, 3), b"torn")),
+                       {("uncommitted-checksum-mismatch", 3)}, "error"),
     "checksum_mismatch": (lambda n: flip(n, data_off(n, 1) + 7), {("checksum-mismatch", 1)},
                           "error"),
     # Enforced: pylabhub's reader rejects an all-zero hash at release, as a wrong one
