@@ -72,6 +72,10 @@ def adhoc(shell_bin, tmp_path, module, args, check=False):
     return m.group(2), json.loads(proc.stdout[m.end():])
 
 
+def test_the_readme_gives_this_setup_step(repo_root):
+    assert "\n%s\n" % SETUP_STEP in (repo_root / "README.md").read_text()
+
+
 def test_setup_step_is_what_resolves_short_names(shell_bin, tmp_path):
     without = shell(shell_bin, tmp_path, "ansible localhost -m datablock_info", setup=False)
     assert without.returncode != 0
