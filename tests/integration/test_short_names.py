@@ -157,3 +157,22 @@ def test_drill_by_short_name(shell_bin, tmp_path):
     assert status == "SUCCESS" and result["drill"] is None        # check mode: not run
     status, result = adhoc(shell_bin, tmp_path, "datablock_drill", args)
     assert status == "SUCCESS" and result["drill"]["survived"] == 2, result
+
+
+def test_ini_lines_work_as_an_ansible_cfg(shell_bin, tmp_path):
+    """The permanent form: `ansible-setup --ini` pasted into ansible.cfg."""
+    printed = shell(shell_bin, tmp_path, "datablock-admin ansible-setup --ini", setup=False)
+    assert printed.returncode == 0, printed.stderr
+    assert "[defaults]" in printed.stdout and "library = " in printed.stdout
+    (tmp_path / "ansible.cfg").write_text(printed.stdout)
+    proc = shell(shell_bin, tmp_path, "ANSIBLE_CONFIG=ansible.cfg ansible-doc datablock_drill",
+                 setup=False)
+    assert proc.returncode == 0 and re.search(r"MODULE \S*datablock_drill\S* \(", proc.stdout), (
+        proc.stdout + proc.stderr)
+
+
+def test_json_is_refused_with_one_line(shell_bin, tmp_path):
+    proc = shell(shell_bin, tmp_path, "datablock-admin --json ansible-setup", setup=False)
+    assert proc.returncode == 2
+    assert json.loads(proc.stdout)["error"]["code"] == "usage"
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr
