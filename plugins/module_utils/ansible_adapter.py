@@ -11,8 +11,7 @@ Every ``datablock_*`` module is argument translation over :class:`DataBlockModul
   ``RecoveryError`` into ``fail_json`` carrying the error's stable ``code``;
 * check mode is the engine's ``dry_run`` (the engine predicts exactly and writes nothing);
 * diff mode renders the engine's ``changes`` list (one entry per word or byte range
-  changed) as before/after text, one section per slot, consumer entry or header;
-* every result reports the optional libraries found on the host.
+  changed) as before/after text, one section per slot, consumer entry or header.
 
 Nothing is decided here that the engine (and therefore the CLI) would decide differently.
 """
@@ -23,10 +22,6 @@ import traceback
 from collections import OrderedDict
 
 from ansible.module_utils.basic import AnsibleModule
-
-from ansible_collections.pylabhub.recovery.plugins.module_utils.dependencies import (
-    optional_libraries,
-)
 
 try:
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
@@ -173,8 +168,7 @@ class DataBlockModule(object):
         if ENGINE_IMPORT_ERROR is not None:
             self.module.fail_json(msg="the pylabhub.recovery engine cannot be imported on "
                                       "this host (broken installation?)",
-                                  code="internal", exception=ENGINE_IMPORT_ERROR,
-                                  optional_libraries=optional_libraries())
+                                  code="internal", exception=ENGINE_IMPORT_ERROR)
         self.params = self.module.params
         self.check_mode = self.module.check_mode
         self.engine = engine
@@ -255,7 +249,6 @@ class DataBlockModule(object):
             self._diffs.append(diff_from_changes(result["changes"], header))
 
     def _finish(self, result):
-        result.setdefault("optional_libraries", optional_libraries())
         if self.module._diff and self._diffs:
             result["diff"] = self._diffs[0] if len(self._diffs) == 1 else list(self._diffs)
         return result

@@ -118,14 +118,6 @@ cleaned:
   returned: success
   type: int
   sample: 1
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
 code:
   description: Error code of the failure (for example V(not-found), V(permission), V(failed)).
   returned: failure

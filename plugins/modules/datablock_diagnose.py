@@ -135,14 +135,6 @@ diagnosis:
       elements: dict
       sample: [{"code": "dead-producer", "severity": "info",
                 "message": "producer pid 16709 is dead: committed data stays readable; a new producer may attach"}]
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
 code:
   description: Error code of the failure (for example V(not-found), V(slot-out-of-range)).
   returned: failure

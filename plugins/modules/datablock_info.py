@@ -138,12 +138,6 @@ atomics:
   returned: always
   type: dict
   sample: {"available": true, "provider": "libatomic.so.1"}
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": true, "version": "7.2.2", "error": null},
-           "posix_ipc": {"present": true, "version": "1.3.2", "error": null}}
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (

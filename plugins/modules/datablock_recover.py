@@ -232,15 +232,6 @@ healthy:
   returned: with O(all=true)
   type: bool
   sample: true
-optional_libraries:
-  description:
-    - Presence of the optional libraries on the managed host. Each value has C(present)
-      (bool), C(version) (str or null) and C(error) (why the import failed, or null).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": true, "version": "1.3.2", "error": null}}
 code:
   description: Error code of the failure (for example V(not-found), V(slot-out-of-range), V(permission), V(usage)).
   returned: failure

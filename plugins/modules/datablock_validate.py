@@ -174,14 +174,6 @@ blocks:
   elements: dict
   sample: [{"address": "my_datablock", "status": "ok", "validation": {"valid": true},
             "error": null, "skipped": null}]
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
 code:
   description: Error code of the failure - V(corrupt) for unrepaired corruption, otherwise the engine's (for example V(not-found)).
   returned: failure

@@ -64,6 +64,7 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin validate my_datablock [--repair]
   datablock-admin heal my_datablock | --all [--match PATTERN]
   datablock-admin drill [--iterations N] [--seed S]
+  eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
 
 Every command takes --json (schema pylabhub.recovery/v1), --no-color and -y/--yes
 (before or after COMMAND); every command that can write takes --dry-run (shows
@@ -84,6 +85,17 @@ your applications are never touched.
 
 The summary prints the seed: --seed S --iterations N reruns exactly the same kill points.
 Exit code 0 when every iteration survived, 1 when one failed (each failure is listed)."""
+
+ANSIBLE_SETUP_DESCRIPTION = """\
+Print the setup that lets ansible and ansible-doc take the modules' short names
+(datablock_recover for pylabhub.recovery.datablock_recover): the collection's
+plugins/modules directory on Ansible's module library path - of the copy Ansible itself
+uses for the long names, so both run the same files.
+
+  eval "$(datablock-admin ansible-setup)"       # this shell: export ANSIBLE_LIBRARY=...
+  datablock-admin ansible-setup --ini           # lines for the [defaults] of ansible.cfg
+
+Nothing is changed by this command; it only prints."""
 
 
 class Declined(RecoveryError):
@@ -231,6 +243,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slots of each scratch block (default: %d)" % DRILL_CAPACITY)
     c.add_argument("--stride", type=_positive, default=DRILL_STRIDE, metavar="S",
                    help="bytes per slot, a multiple of 64 (default: %d)" % DRILL_STRIDE)
+
+    c = sub.add_parser("ansible-setup", help="print the one setup line that makes short "
+                       "module names work (ansible -m datablock_recover, ansible-doc)",
+                       description=ANSIBLE_SETUP_DESCRIPTION, formatter_class=fmt,
+                       parents=[common])
+    c.add_argument("--ini", action="store_true",
+                   help="print ansible.cfg lines instead of a shell export")
     return p
 
 
@@ -520,9 +539,18 @@ def cmd_drill(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK if result["ok"] else EXIT_FINDINGS
 
 
+def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
+    if out.json:
+        raise _ArgError("%s ansible-setup" % PROG, "--json: this command prints shell or "
+                        "ansible.cfg lines, not a document")
+    from . import _ansible_setup
+    out.lines(_ansible_setup.main_lines(args.ini))
+    return EXIT_OK
+
+
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
             "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
-            "drill": cmd_drill}
+            "drill": cmd_drill, "ansible-setup": cmd_ansible_setup}
 
 
 # --------------------------------------------------------------------------- main
