@@ -523,8 +523,8 @@ def cleanup_dead_consumers(name: str, *, dry_run: bool = False,
     uid, name, read position), release the readers it provably held, and reconcile
     ``active_consumer_count`` (and ``read_index`` under Sequential_sync) from the survivors.
     """
-    return CleanupReport.from_engine(_core("_engine").cleanup(name, dry_run=dry_run,
-                                                               max_bytes=max_bytes))
+    raw = _core("_engine").cleanup(name, dry_run=dry_run, max_bytes=max_bytes)
+    return CleanupReport.from_engine(raw)
 
 
 def validate_integrity(name: str, repair: bool = False, *, dry_run: bool = False,
