@@ -87,9 +87,10 @@ def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
     waits = (", writer pid %d waits for them" % view.write_lock
              if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
     evidence = ["pid %d: %s" % (c.pid, e) for c in live for e in c.verdict.evidence]
-    return ("slot %d: %s%s, %d provably dead; may still be inside: %s; releasing them "
-            "needs force" % (view.index, plural(view.reader_count, "reader"), waits,
-                               view.releasable_readers, who), evidence)
+    message = ("slot %d: %s%s, %d provably dead; may still be inside: %s; releasing them "
+               "needs force" % (view.index, plural(view.reader_count, "reader"), waits,
+                                view.releasable_readers, who))
+    return message, evidence
 
 
 def refused(index: int, action: str, why: Tuple[str, List[str]],

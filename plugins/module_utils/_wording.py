@@ -80,8 +80,8 @@ def reblessed(dry_run: bool, entry: Dict[str, object]) -> str:
 
 def reconciled(dry_run: bool, entry: Dict[str, object]) -> str:
     """One ``reconciled`` entry of a cleanup result (``field``, ``before``, ``after``)."""
-    return did(dry_run, "reconcile", "%s: %s → %s" % (entry.get("field"), entry.get("before"),
-                                                     entry.get("after")))
+    return did(dry_run, "reconcile", "%s: %s → %s" % (
+        entry.get("field"), entry.get("before"), entry.get("after")))
 
 
 # --------------------------------------------------------------------------- changes

@@ -213,12 +213,22 @@ def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
         return []
     lines = ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
     if style.verbose:
-        for o in outcomes:
-            verdict = o.get("holder") or o.get("verdict") or {}
-            if o.get("result") != "UNSAFE" and verdict.get("evidence"):
-                lines.append("    evidence for pid %s (%s): %s" % (
-                    verdict.get("pid"), verdict.get("state"), "; ".join(verdict["evidence"])))
+        lines += ["  " + line if line else line for line in evidence_lines(
+            [o.get("holder") or o.get("verdict") for o in outcomes
+             if o.get("result") != "UNSAFE"])][:-1]
     return lines
+
+
+def evidence_lines(verdicts: Sequence[Optional[Dict[str, Any]]]) -> List[str]:
+    """``--verbose``: the evidence behind each verdict shown (each pid once)."""
+    lines, seen = [], set()
+    for v in verdicts:
+        if not v or not v.get("evidence") or v.get("pid") in seen:
+            continue
+        seen.add(v.get("pid"))
+        lines.append("  evidence for pid %s (%s): %s" % (
+            v.get("pid"), v.get("state"), "; ".join(v["evidence"])))
+    return lines + ([""] if lines else [])
 
 
 def refusal_line(outcome: Dict[str, Any], address: str) -> str:
@@ -328,6 +338,10 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     else:
         lines.append("  consumers: none registered")
     lines.append("")
+    if style.verbose:
+        lines += evidence_lines([producer.get("verdict")]
+                                + [(s.get("writer") or None) for s in d["slots"]]
+                                + [c.get("verdict") for c in consumers])
     lines += findings_lines(d.get("findings") or [], style)
     shown = [s["index"] for s in d["slots"]]
     partial = block.get("capacity") is not None and len(shown) < int(block["capacity"])

@@ -270,8 +270,8 @@ def test_help_documents_every_option_of_every_subcommand(cli):
     for command in COMMANDS:
         text = cli(command, "--help").stdout
         for action in sub.choices[command]._actions:
-            assert action.help and action.help.strip(), (command, action.option_strings
-                                                          or action.dest)
+            what = action.option_strings or action.dest
+            assert action.help and action.help.strip(), (command, what)
             for flag in action.option_strings:
                 assert flag in text, (command, flag)
     text = cli("recover", "--help").stdout

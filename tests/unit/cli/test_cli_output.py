@@ -178,6 +178,9 @@ def test_refusal_is_one_line_with_the_command(cli, crashes, names):
     evidence = [ln for ln in v.err_lines if ln.startswith("  evidence: pid %d: " % live)]
     assert evidence and any("kill(%d, 0)" % live in ln for ln in evidence), v
     assert (v.stdout + v.stderr).count(forced) == 1
+    d = cli("diagnose", name, "--verbose")                           # the same evidence
+    assert d.rc == 0 and "evidence for pid %d (alive): " % live in d.stdout, d
+    assert "evidence" not in cli("diagnose", name).stdout
     j = cli("recover", name, "--slot", "0", "--action", "release_writer", "--json")
     (refusal,) = j.json["refused"]
     assert refusal["evidence"] and refusal["holder"]["evidence"]
