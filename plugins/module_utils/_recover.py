@@ -164,8 +164,9 @@ def _describe(view: SlotView, writer: bool, new_readers: int, scrubbed: bool,
                 "the write lock of dead pid %d" % view.write_lock if view.writer_dead else
                 "the write lock of pid %d (%s)" % (
                     view.write_lock, view.writer.state if view.writer else "?"))
-        parts.append(("release", "%s (%s → %s)" % (
-            what, L.enum_name(_S, view.state), L.enum_name(_S, after))))
+        parts.append(("release", "%s (%s)" % (what, "%s → %s" % (
+            L.enum_name(_S, view.state), L.enum_name(_S, after)) if after != view.state
+            else "the slot stays %s" % L.enum_name(_S, after))))
     if scrubbed:
         parts.append(("scrub", "the torn bytes to zeros"))
     if new_readers != view.reader_count:

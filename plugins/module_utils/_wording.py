@@ -53,9 +53,13 @@ def did(dry_run: bool, verb: str, rest: str = "") -> str:
 
 def did_all(dry_run: bool, parts: Sequence[Tuple[str, str]]) -> str:
     """Several changes in one sentence: ``released A, set B and scrubbed C`` or
-    ``would release A, set B and scrub C`` (the conditional said once)."""
-    words = [("%s %s" % (PAST[verb] if not dry_run else verb, rest)).strip()
-             for verb, rest in parts]
+    ``would release A, set B and scrub C`` (the conditional said once, a verb repeated
+    by the next part said once: ``released A and B``)."""
+    words, last = [], None
+    for verb, rest in parts:              # "released A and B", not "released A and released B"
+        said = "" if verb == last else (PAST[verb] if not dry_run else verb)
+        words.append(("%s %s" % (said, rest)).strip())
+        last = verb
     if not words:
         return ""
     text = words[0] if len(words) == 1 else "%s and %s" % (", ".join(words[:-1]), words[-1])
