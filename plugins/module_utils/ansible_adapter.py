@@ -30,12 +30,10 @@ try:
     from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
         RecoveryError, printable,
     )
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._layout import (
-        SlotState, enum_name,
-    )
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as wording
 except Exception:  # pylint: disable=broad-except
     ENGINE_IMPORT_ERROR = traceback.format_exc()
-    engine = _discovery = _atomics = None  # pylint: disable=invalid-name
+    engine = _discovery = _atomics = wording = None  # pylint: disable=invalid-name
 
     class RecoveryError(Exception):  # type: ignore[no-redef]
         """Placeholder: the engine could not be imported (never raised)."""
@@ -114,35 +112,25 @@ def _entity(target):
     return (head, tail) if tail else ("block", head)
 
 
-def _render(field, value):
-    if field == "slot_state" and isinstance(value, int):
-        return "%d (%s)" % (value, enum_name(SlotState, value))
-    if field in ("consumer_name", "consumer_uid") and isinstance(value, str):
-        return repr(value)  # the engine reports text fields decoded
-    return str(value)
-
-
-def diff_from_changes(changes, header):
-    """Before/after text of every slot, consumer entry and header field in ``changes``.
-
-    A word changed more than once (e.g. a lock claimed by us, then released) shows its
-    first ``before`` and its last ``after``.
+def diff_from_changes(changes, header, result=None):
+    """Before/after text of every slot, consumer entry and header field in ``changes``,
+    in the block's own terms, as the CLI shows them (``_wording.change_lines``: state
+    names, pids with their verdict from ``result``, each word once from its first
+    ``before`` to its last ``after``, so check mode shows the real run's diff).
     """
+    doc = dict(result or {})
+    doc["changes"] = changes or []
     entities = OrderedDict()
-    for change in changes or []:
-        entity, field = _entity(str(change.get("target", "")))
-        fields = entities.setdefault(entity, OrderedDict())
-        if field in fields:
-            fields[field] = (fields[field][0], change.get("after"))
-        else:
-            fields[field] = (change.get("before"), change.get("after"))
+    for target, old, new in wording.change_lines(doc):
+        entity, field = _entity(target)
+        entities.setdefault(entity, OrderedDict())[field] = (old, new)
     before, after = [], []
     for entity, fields in entities.items():
         before.append("%s:" % entity)
         after.append("%s:" % entity)
         for field, (old, new) in fields.items():
-            before.append("  %s: %s" % (field, _render(field, old)))
-            after.append("  %s: %s" % (field, _render(field, new)))
+            before.append("  %s: %s" % (field, printable(old)))
+            after.append("  %s: %s" % (field, printable(new)))
     text_before = "\n".join(before) + "\n" if before else ""
     text_after = "\n".join(after) + "\n" if after else ""
     return {"before": text_before, "after": text_after,
@@ -246,7 +234,7 @@ class DataBlockModule(object):
             if header is None:
                 block = result.get("block") or {}
                 header = str(block.get("address") or block.get("path") or "datablock")
-            self._diffs.append(diff_from_changes(result["changes"], header))
+            self._diffs.append(diff_from_changes(result["changes"], header, result))
 
     def _finish(self, result):
         if self.module._diff and self._diffs:
@@ -289,6 +277,28 @@ def problem_messages(result):
             len(failed), "" if len(failed) == 1 else "s",
             "; ".join(str(o.get("message")) for o in failed)))
     return parts
+
+
+def summary_msg(result):
+    """What a mutating engine result did, or in check mode would do, in one line: the
+    engine's messages of the slots and entries changed (phrased in the run's tense, see
+    ``_wording``), or that nothing needed doing. Refusals and failures are not here (the
+    task fails with :func:`problem_messages`)."""
+    dry = bool(result.get("dry_run"))
+    cleanup = result.get("cleanup") if isinstance(result.get("cleanup"), dict) else {}
+    checked = result.get("validate") if isinstance(result.get("validate"), dict) else result
+    parts = [str(o.get("message")) for o in
+             list(cleanup.get("outcomes") or []) + list(result.get("outcomes") or [])
+             + list(result.get("indexes") or []) if o.get("result") == "SUCCESS"]
+    parts += [wording.reblessed(dry, rb) for rb in checked.get("reblessed") or []]
+    parts += [wording.reconciled(dry, rec) for rec in
+              list(cleanup.get("reconciled") or []) + list(result.get("reconciled") or [])
+              if "before" in rec]
+    if not parts:
+        parts = ["nothing to do" if not result.get("changed") else
+                 wording.did(dry, "change", "the block")]
+    block = result.get("block") or {}
+    return printable("%s: %s" % (block.get("address", "?"), "; ".join(parts)))
 
 
 def unrepaired_errors(validation):

@@ -668,7 +668,7 @@ SPARSE_RUNS = (
     ("far", ["heal", "@"], 0, "result: healthy"),
     ("far", ["validate", "@", "--max-bytes", "8K"], 4, "1048576 slots x 4096 B"),
     ("bad", ["validate", "@"], 1, "checksum-mismatch"),
-    ("bad", ["validate", "@", "--repair", "--dry-run"], 0, "re-blessed slot 900000"),
+    ("bad", ["validate", "@", "--repair", "--dry-run"], 0, "would re-bless the checksum of slot 900000"),
 )
 
 
