@@ -60,6 +60,8 @@ options:
 
 from ansible.plugins.callback import CallbackBase
 
+from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import printable
+
 SCHEMA = "pylabhub.recovery/v1"
 _ENGINE_KEYS = ("diagnosis", "recovery", "cleanup", "validation")
 _COLUMNS = ("blocks", "healthy", "recovered", "refused", "corrupt", "unreachable")
@@ -196,7 +198,9 @@ class CallbackModule(CallbackBase):
         return out
 
     def table(self, all_hosts=()):
-        rows = self.rows(all_hosts)
+        """The summary as text; host names (from an inventory, perhaps a dynamic one)
+        are made printable like every untrusted string a face shows."""
+        rows = [(printable(host), row) for host, row in self.rows(all_hosts)]
         if not rows:
             return None
         width = max([len("host")] + [len(host) for host, dummy in rows])

@@ -13,6 +13,7 @@ class ModuleDocFragment(object):
     ``pylabhub.recovery.common.name_or_all``: ``name`` or ``all`` (one or every block).
     ``pylabhub.recovery.common.mutating``: attributes of modules that may change bytes.
     ``pylabhub.recovery.common.read_only``: attributes of modules that never do.
+    ``pylabhub.recovery.common.budget``: the ``max_bytes`` option (work per block).
     """
 
     DOCUMENTATION = r'''
@@ -38,10 +39,32 @@ attributes:
     membership:
       - pylabhub.recovery.datablock
 notes:
-  - A block is opened with C(O_NOFOLLOW) and must be a regular file owned by the user the
-    module runs as (or the module must run as root, see C(become)).
+  - A block is opened with C(O_NOFOLLOW) and must be a regular file. Reading it (diagnose,
+    validate, check mode) needs only read permission and opens it read-only, never mapped;
+    changing it needs the user who owns it or root (see C(become)).
+  - Untrusted text (file names, names read from a block) is escaped in C(msg) and
+    warnings (control characters, escape sequences, newlines, invalid UTF-8 shown as
+    backslash escapes); the structured results keep exact values.
   - Every module result carries the recovery engine's own structured data (schema
     C(pylabhub.recovery/v1)) unchanged; the modules only translate arguments.
+'''
+
+    BUDGET = r'''
+options:
+  max_bytes:
+    description:
+      - The most bytes one operation may examine in one block; a block that needs more is
+        refused with code V(over-budget) naming its geometry (with O(pylabhub.recovery.datablock_recover#module:all=true)
+        and similar it is skipped with a warning and the others go on).
+      - Counted - the 4096-byte header; 4 KiB per slot examined one by one (every slot
+        when the answer lists them all - a diagnosis of all slots, a slot action on
+        V(all) - else only the slots whose state entry is allocated); and, when validating
+        or healing, the full stride of every slot whose data holds allocated bytes, one
+        stride for the all-zero digest, and the flexible zone. Holes (never-written parts
+        of a sparse segment) are free.
+      - Accepts a number of bytes or a size such as V(512M) or V(2G). The engine default
+        (256 MiB) applies when omitted.
+    type: bytes
 '''
 
     NAME = r'''

@@ -6,19 +6,20 @@ from __future__ import annotations
 
 
 class ModuleDocFragment(object):
-    """What the datablock modules need on the managed host, and what they may use.
+    """What the datablock modules need on the managed host (nothing beyond Python).
 
-    Paired with ``plugins/module_utils/dependencies.py``, which probes the optional
-    libraries and reports them in every result as ``optional_libraries``.
+    Kept in step with ``plugins/module_utils/_atomics.py`` (how shared words are
+    changed) and ``datablock_info``'s ``atomics`` result (which provider a host has).
     """
 
     DOCUMENTATION = r'''
 options: {}
 requirements:
-  - Python 3.8 or newer on the managed host, standard library only
-  - Linux (C(/dev/shm), C(/proc)); changing a block needs C(libatomic.so.1) (package
-    C(libatomic1)), reading it does not
-  - Optional - C(psutil) and C(posix_ipc). The modules do not need them; they are detected
-    and their presence and version reported in RV(optional_libraries). A missing (or
-    broken) optional library never fails a task and never prints a traceback
+  - Python 3.8 or newer on the managed host, standard library only - no third-party
+    Python library is used or looked for
+  - Linux (C(/dev/shm), C(/proc))
+  - To change a block, shared words are changed atomically with GCC's C(libatomic.so.1)
+    when it is installed (package C(libatomic1)), else on x86-64 with the lock-prefixed
+    instructions GCC itself emits. Where neither is available the modules still read and
+    diagnose, and refuse to write, saying why (see RV(pylabhub.recovery.datablock_info#module:atomics))
 '''

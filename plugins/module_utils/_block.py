@@ -1,15 +1,31 @@
 # -*- coding: utf-8 -*-
 # Copyright: pylabhub.recovery contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Attach a DataBlock segment safely and give bounds-checked access to its words.
+"""Attach a DataBlock segment safely; read it with bounded ``pread`` windows, write it
+through a shared mapping one word at a time.
 
 Safety comes first here because everything else stands on it:
 
 * the name is checked before it becomes a path (no ``/`` tricks, no ``..``, no NUL);
 * the file is opened with ``O_NOFOLLOW`` (a symlink is refused) and ``O_NONBLOCK`` (a FIFO
-  cannot hang us), then must be a regular file owned by the caller (or the caller is root);
-* the whole *file* is mapped, never what the header claims, and every access is checked
-  against the file's size, so a lying header can never make us touch memory outside it;
+  cannot hang us) and must be a regular file. Read-only work opens it ``O_RDONLY`` and
+  needs only the kernel's read permission; only a block opened for writing must be owned
+  by the caller (or the caller is root);
+* **reads never go through a mapping.** Reading a hole of a ``MAP_SHARED`` tmpfs mapping
+  faults in (allocates) a real page, and a file claiming more than the filesystem holds
+  then dies by SIGBUS. ``pread`` returns zeros for a hole and allocates nothing, so every
+  read is a bounded ``pread`` (one word, one record, or a window of :data:`WINDOW` bytes),
+  and ``lseek(SEEK_DATA/SEEK_HOLE)`` finds the allocated parts, so work grows with the
+  bytes that exist, not with what a header claims;
+* **writes touch only the words they change**, through a ``MAP_SHARED`` mapping made at
+  the first write (live C++ peers use atomics on the same words). Every write is a CAS on
+  an observed value, or a store into a record we hold the lock of; a change whose new
+  value equals the observed one is skipped, so a hole is never written with zeros. Before
+  each store the file is checked (``fstat``) to still cover the word: a block truncated
+  while mapped gives an error, not SIGBUS (the window between that check and the store
+  remains; pylabhub never shrinks a segment);
+* every access is checked against the file's size, so a lying header can never make us
+  touch anything outside it;
 * the header is checked (magic, version, layout hash, geometry, total size against the
   file size, layout checksum) and anything else is refused with an error saying what
   mismatched. ``validate`` attaches leniently and reports the same problems as findings.
@@ -19,20 +35,24 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import hashlib
 import os
 import stat
 import struct
-from typing import List, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _atomics
 from . import _layout as L
 from ._errors import (BlockNotFound, BlockNotReady, InvalidName, NotADataBlock,
-                      PermissionDenied, RecoveryError, TruncatedBlock, UnsafePath,
-                      UnsupportedLayout, WrongOwner)
+                      OverBudget, PermissionDenied, RecoveryError, TruncatedBlock, UnsafePath,
+                      UnsupportedLayout, UsageError, WrongOwner)
 
 SHM_DIR = "/dev/shm"
 MEMFD_PREFIX = "memfd:"
 NAME_MAX = 255
+#: Bytes read per ``pread`` when scanning or hashing a range: the peak memory of a scan
+#: (per hashing thread), whatever the size of the block.
+WINDOW = 1 << 20
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _mmap = _libc.mmap
@@ -46,6 +66,15 @@ _PROT_READ, _PROT_WRITE, _MAP_SHARED = 1, 2, 1
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _UNPACK = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
            8: struct.Struct("<Q")}
+_ZEROS = memoryview(bytes(WINDOW))
+#: The default of ``max_bytes`` (``--max-bytes``): what one operation on one block may
+#: examine (see :func:`check_budget`). Every real block we know of costs a few MiB at most.
+DEFAULT_MAX_BYTES = 256 << 20
+#: What one slot examined one by one counts against the budget, read or not: a page, for
+#: the work of judging it (~20 word reads, ~50-120 us) and its entry in an answer.
+SLOT_COST = 4096
+_SEEK_DATA = getattr(os, "SEEK_DATA", 3)
+_SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 FieldRef = Union[str, L.Field]
 
@@ -90,6 +119,10 @@ def check_name(name: str) -> str:
 
 
 def _open(kind: str, path: str, address: str, writable: bool) -> Tuple[int, os.stat_result]:
+    """Open read-only, or read-write for a command that will write.
+
+    Read-only work needs only what the kernel grants (a world-readable block of another
+    user is diagnosed and validated as it is); only writing needs ownership or root."""
     flags = (os.O_RDWR if writable else os.O_RDONLY) | os.O_CLOEXEC | os.O_NONBLOCK
     if kind != "memfd":
         flags |= os.O_NOFOLLOW
@@ -105,9 +138,11 @@ def _open(kind: str, path: str, address: str, writable: bool) -> Tuple[int, os.s
             raise UnsafePath("%s: %s is not a regular file (%s)"
                              % (address, path, _file_kind(st.st_mode)))
         euid = os.geteuid()
-        if euid != 0 and st.st_uid != euid:
-            raise WrongOwner("%s: owned by uid %d, not by you (uid %d); run as that user or "
-                             "root" % (address, st.st_uid, euid), owner_uid=st.st_uid)
+        if writable and euid != 0 and st.st_uid != euid:
+            raise WrongOwner("%s: owned by uid %d, not by you (uid %d): changing it needs "
+                             "root or uid %d (owner); read-only commands (diagnose, validate, "
+                             "dry runs) work as any user who can read it"
+                             % (address, st.st_uid, euid, st.st_uid), owner_uid=st.st_uid)
         return fd, st
     except BaseException:
         os.close(fd)
@@ -131,9 +166,24 @@ def _open_error(exc: OSError, address: str, path: str, writable: bool) -> Recove
     if exc.errno in (errno.EISDIR, errno.ENXIO, errno.ENODEV):
         return UnsafePath("%s: %s is not a regular file" % (address, path))
     if exc.errno in (errno.EACCES, errno.EPERM):
-        mode = "read-write" if writable else "reading"
-        return PermissionDenied("%s: permission denied opening %s for %s" % (address, path, mode))
+        return PermissionDenied(permission_message(address, path, writable))
     return RecoveryError("%s: cannot open %s: %s" % (address, path, exc.strerror))
+
+
+def permission_message(address: str, path: str, writable: bool) -> str:
+    """What was refused and what would work: the owner and mode when the file can be
+    stat'ed (a /dev/shm entry can, whatever its mode), so the operator knows whom to be."""
+    what = "read-write" if writable else "reading"
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "%s: permission denied opening %s for %s; run as root or as the owner" % (
+            address, path, what)
+    euid = os.geteuid()
+    mine = " (you are uid %d)" % euid if euid != st.st_uid else ""
+    return ("%s: permission denied opening %s for %s (mode %04o, owner uid %d%s); run as root "
+            "or as uid %d (owner)"
+            % (address, path, what, stat.S_IMODE(st.st_mode), st.st_uid, mine, st.st_uid))
 
 
 def _uint(raw: bytes, field: L.Field) -> int:
@@ -216,10 +266,14 @@ def inspect_header(head: bytes, file_size: int) -> Tuple[Optional[L.Geometry], L
 
 
 class Block:
-    """One attached segment: the mapped file plus bounds-checked word access.
+    """One attached segment: ``pread`` reads, hole-aware scans, word writes by mapping.
 
     Offsets are absolute; ``base`` arguments add a record's offset (a slot entry, a
-    consumer entry). Atomic fields go through :mod:`_atomics`; other fields are plain reads.
+    consumer entry). Reads are plain aligned ``pread`` calls: a word read while a live
+    process stores it may in theory be torn, which is harmless here because every
+    decision re-reads until two looks agree and every write is a CAS on the value observed
+    (a torn observation just fails its CAS). Atomic writes go through :mod:`_atomics` on
+    a shared mapping made at the first write.
     """
 
     def __init__(self, address: str, path: str, kind: str, fd: int, st: os.stat_result,
@@ -235,25 +289,18 @@ class Block:
         self.mode = stat.S_IMODE(st.st_mode)
         self.geometry = geometry
         self.problems = problems
-        self._fd = fd
-        prot = _PROT_READ | (_PROT_WRITE if writable else 0)
-        addr = _mmap(None, self.size, prot, _MAP_SHARED, fd, 0)
-        if addr in (None, _MAP_FAILED):
-            err = ctypes.get_errno()
-            os.close(fd)
-            raise RecoveryError("%s: mmap failed: %s" % (address, os.strerror(err)))
-        self._addr = addr
-        self.mem = memoryview((ctypes.c_char * self.size).from_address(addr)).cast("B")
-        if not writable:
-            self.mem = self.mem.toreadonly()
+        self._fd: Optional[int] = fd
+        self._addr: Optional[int] = None       # the shared mapping, once something is written
+        self._zero_digests: Dict[int, bytes] = {}
 
     # -- lifecycle --------------------------------------------------------------------
     def close(self) -> None:
         if self._addr is not None:
-            self.mem.release()
             _munmap(self._addr, self.size)
             self._addr = None
+        if self._fd is not None:
             os.close(self._fd)
+            self._fd = None
 
     def __enter__(self) -> "Block":
         return self
@@ -261,16 +308,17 @@ class Block:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __del__(self) -> None:  # a forgotten close must not leak the mapping
+    def __del__(self) -> None:  # a forgotten close must not leak the descriptor or mapping
         try:
             self.close()
         except Exception:
             pass
 
-    def mapping(self) -> Tuple[int, int]:
-        """(start address, fd) of this attachment: the kernel scan leaves the recovery
-        engine's own mapping out of this process's entry (see _kernel.engine_mapping)."""
-        if self._addr is None:
+    def mapping(self) -> Tuple[Optional[int], int]:
+        """(start address or None while nothing was written, fd) of this attachment: the
+        kernel scan leaves the recovery engine's own mapping and fd out of this process's
+        entry (see _kernel.engine_mapping)."""
+        if self._fd is None:
             raise RecoveryError("%s: block is closed" % self.address)
         return self._addr, self._fd
 
@@ -284,37 +332,200 @@ class Block:
             raise UnsupportedLayout("%s: the header's geometry cannot be trusted" % self.address)
         return self.geometry
 
-    # -- raw access ---------------------------------------------------------------------
+    @property
+    def mapped(self) -> bool:
+        """True once a write made the shared mapping (read-only work never maps)."""
+        return self._addr is not None
+
+    # -- bounds -------------------------------------------------------------------------
     def _where(self, offset: int, size: int) -> int:
-        if self._addr is None:
+        """The one bounds check of every access (reads and writes); returns ``offset``."""
+        if self._fd is None:
             raise RecoveryError("%s: block is closed" % self.address)
         if offset < 0 or size < 0 or offset + size > self.size:
             raise TruncatedBlock("%s: access at %d..%d lies outside the %d-byte file"
                                  % (self.address, offset, offset + size, self.size))
-        return self._addr + offset
+        return offset
+
+    # -- reading (pread only) -----------------------------------------------------------
+    def _pread(self, offset: int, size: int) -> bytes:
+        try:
+            data = os.pread(self._fd, size, offset)   # type: ignore[arg-type]
+        except OSError as exc:
+            raise RecoveryError("%s: cannot read bytes %d..%d: %s"
+                                % (self.address, offset, offset + size, exc.strerror))
+        if len(data) != size:
+            raise self._shrunk(offset, size)
+        return data
+
+    def _shrunk(self, offset: int, size: int) -> TruncatedBlock:
+        try:
+            now = os.fstat(self._fd).st_size       # type: ignore[arg-type]
+        except OSError:
+            now = -1
+        return TruncatedBlock("%s: the file shrank to %d bytes (was %d) while being used: "
+                              "bytes %d..%d are gone; another process truncated it"
+                              % (self.address, now, self.size, offset, offset + size))
+
+    def read(self, offset: int, size: int) -> bytes:
+        """``size`` bytes at ``offset`` (one ``pread``: keep it to records and windows)."""
+        self._where(offset, size)
+        return self._pread(offset, size)
+
+    def view(self, offset: int, size: int):
+        """Bytes of a range we wrote ourselves (the runtime hashing its own slot): the
+        mapping of a writable block, else a copy read with ``pread``. Scans of blocks we
+        did not write use :meth:`digest` and :meth:`chunks` (bounded windows)."""
+        self._where(offset, size)
+        if self._addr is None:
+            return self._pread(offset, size)
+        self._check_covers(offset, size)
+        return memoryview((ctypes.c_char * size).from_address(self._addr + offset)).cast("B")
+
+    def load_word(self, offset: int, size: int) -> int:
+        self._where(offset, size)
+        return _UNPACK[size].unpack(self._pread(offset, size))[0]
+
+    def data_extents(self, offset: int, size: int) -> Iterator[Tuple[int, int]]:
+        """``(start, end)`` of each allocated part of ``offset .. offset+size`` (SEEK_DATA /
+        SEEK_HOLE): what lies between is a hole, zeros that cost nothing to read. A
+        filesystem without hole support reports the whole range as data."""
+        self._where(offset, size)
+        end, pos = offset + size, offset
+        while pos < end:
+            try:
+                start = os.lseek(self._fd, pos, _SEEK_DATA)   # type: ignore[arg-type]
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:       # only holes from pos to end of file
+                    return
+                yield pos, end                     # no hole support: all of it is data
+                return
+            if start >= end:
+                return
+            try:
+                stop = os.lseek(self._fd, start, _SEEK_HOLE)  # type: ignore[arg-type]
+            except OSError:
+                stop = end
+            stop = min(max(stop, start + 1), end)
+            yield start, stop
+            pos = stop
+
+    def allocated(self, offset: int, size: int, limit: Optional[int] = None) -> int:
+        """Allocated bytes in a range; stops counting past ``limit`` (a budget)."""
+        total = 0
+        for start, stop in self.data_extents(offset, size):
+            total += stop - start
+            if limit is not None and total > limit:
+                break
+        return total
+
+    def chunks(self, offset: int, size: int, window: int = WINDOW
+               ) -> Iterator[Tuple[int, int, Optional[memoryview]]]:
+        """Walk a range in order as ``(offset, length, data)``: ``data`` is None for a hole
+        (zeros, never read), else at most ``window`` bytes read with one ``pread`` into a
+        buffer reused for the next chunk (copy what you keep). Peak memory: ``window``."""
+        buf = bytearray(min(window, size) or 1)
+        pos, end = offset, offset + size
+        for start, stop in self.data_extents(offset, size):
+            if start > pos:
+                yield pos, start - pos, None
+            while start < stop:
+                n = min(window, stop - start)
+                view = memoryview(buf)[:n]
+                try:
+                    got = os.preadv(self._fd, [view], start)   # type: ignore[arg-type]
+                except OSError as exc:
+                    raise RecoveryError("%s: cannot read bytes %d..%d: %s"
+                                        % (self.address, start, start + n, exc.strerror))
+                if got != n:
+                    raise self._shrunk(start, n)
+                yield start, n, view
+                start += n
+            pos = stop
+        if pos < end:
+            yield pos, end - pos, None
+
+    def digest(self, offset: int, size: int) -> bytes:
+        """BLAKE2b-256 of a range, hashed in windows; holes are hashed as zeros without
+        being read, and a range that is all hole is a constant computed once per size."""
+        h = hashlib.blake2b(digest_size=L.HASH_SIZE)
+        saw_data = False
+        for dummy, length, data in self.chunks(offset, size):
+            if data is None:
+                if not saw_data and length == size:
+                    return self.zero_digest(size)
+                _update_zeros(h, length)
+            else:
+                saw_data = True
+                h.update(data)
+        return h.digest()
+
+    def zero_digest(self, size: int) -> bytes:
+        if size not in self._zero_digests:
+            h = hashlib.blake2b(digest_size=L.HASH_SIZE)
+            _update_zeros(h, size)
+            self._zero_digests[size] = h.digest()
+        return self._zero_digests[size]
+
+    def slots_in_use(self) -> Iterator[int]:
+        """Indexes of the slots whose state entry lies (partly) in an allocated part of the
+        slot-state table, in order. Every other slot reads as zeros: FREE, no lock, no
+        reader, generation 0: nothing to release and nothing to verify."""
+        geo = self.geo
+        table, entry = geo.slot_table, L.SLOT_ENTRY_SIZE
+        last = -1
+        for start, stop in self.data_extents(table, geo.capacity * entry):
+            first = max((start - table) // entry, last + 1)
+            for i in range(first, (stop - 1 - table) // entry + 1):
+                yield i
+                last = i
+
+    # -- writing (through the mapping, one word at a time) ------------------------------
+    def _check_covers(self, offset: int, size: int) -> None:
+        """The file must still hold the bytes about to be touched through the mapping
+        (a store past a truncated end is SIGBUS); what a truncation between this check
+        and the store can still do is a documented limit."""
+        try:
+            now = os.fstat(self._fd).st_size       # type: ignore[arg-type]
+        except OSError as exc:
+            raise RecoveryError("%s: cannot stat: %s" % (self.address, exc.strerror))
+        if now < offset + size:
+            raise self._shrunk(offset, size)
 
     def _writable_where(self, offset: int, size: int) -> int:
-        # A store through a PROT_READ mapping is a SIGSEGV that kills the process: refuse.
+        """The mapped address of a word about to be written (mapping it at first use)."""
         if not self.writable:
             raise PermissionDenied("%s: attached read-only; cannot change bytes %d..%d"
                                    % (self.address, offset, offset + size))
-        return self._where(offset, size)
-
-    def read(self, offset: int, size: int) -> bytes:
         self._where(offset, size)
-        return bytes(self.mem[offset:offset + size])
+        self.map()
+        self._check_covers(offset, size)
+        return self._addr + offset
 
-    def view(self, offset: int, size: int) -> memoryview:
-        """Zero-copy view (for hashing large slots)."""
-        self._where(offset, size)
-        return self.mem[offset:offset + size]
+    def map(self) -> int:
+        """Make the shared read-write mapping now (the first write does it otherwise):
+        our runtime maps at attach, as a pylabhub process does. Returns its address."""
+        if not self.writable:
+            raise PermissionDenied("%s: attached read-only; cannot map it writable"
+                                   % self.address)
+        if self._fd is None:
+            raise RecoveryError("%s: block is closed" % self.address)
+        if self._addr is None:
+            addr = _mmap(None, self.size, _PROT_READ | _PROT_WRITE, _MAP_SHARED,
+                         self._fd, 0)
+            if addr in (None, _MAP_FAILED):
+                err = ctypes.get_errno()
+                raise RecoveryError("%s: mmap failed: %s" % (self.address, os.strerror(err)))
+            self._addr = addr
+        return self._addr
+
+    def pread(self, offset: int, size: int) -> bytes:
+        """Bytes read from the file, not through the mapping (same as :meth:`read`: on
+        tmpfs a hole reads as zeros without allocating a page)."""
+        return self.read(offset, size)
 
     def write(self, offset: int, data: bytes) -> None:
-        self._writable_where(offset, len(data))
-        self.mem[offset:offset + len(data)] = data
-
-    def load_word(self, offset: int, size: int) -> int:
-        return _atomics.load(self._where(offset, size), size)
+        ctypes.memmove(self._writable_where(offset, len(data)), bytes(data), len(data))
 
     # -- field access -----------------------------------------------------------------
     @staticmethod
@@ -324,12 +535,10 @@ class Block:
     def get(self, field: FieldRef, base: int = 0, table: Optional[dict] = None):
         f = self._field(field, table or L.HEADER)
         off = base + f.offset
+        self._where(off, f.size)
+        raw = self._pread(off, f.size)
         if f.kind == "u":
-            if f.atomic:
-                return _atomics.load(self._where(off, f.size), f.size)
-            self._where(off, f.size)
-            return _UNPACK[f.size].unpack_from(self.mem, off)[0]
-        raw = self.read(off, f.size)
+            return _UNPACK[f.size].unpack(raw)[0]
         if f.kind == "text":
             return raw.split(b"\0", 1)[0].decode("utf-8", "replace")
         return raw
@@ -387,8 +596,16 @@ class Block:
                 and self.get("ev_version") == L.EVIDENCE_VERSION)
 
 
+def _update_zeros(h, length: int) -> None:
+    while length > 0:
+        n = min(length, WINDOW)
+        h.update(_ZEROS[:n])
+        length -= n
+
+
 def open_block(address: str, writable: bool = False, strict: bool = True) -> Block:
-    """Attach the block at ``address``.
+    """Attach the block at ``address``: read-only (``O_RDONLY``, never mapped) unless
+    ``writable``.
 
     ``strict`` (default) refuses any header problem with the matching error. Lenient mode
     (``validate``) attaches any file with the magic and at least a header, and records the
@@ -413,3 +630,103 @@ def open_block(address: str, writable: bool = False, strict: bool = True) -> Blo
         os.close(fd)
         raise
     return Block(address, path, kind, fd, st, writable, geometry, problems)
+
+
+# --------------------------------------------------------------------------- budget
+def _size(n: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n >= 1 << shift:
+            return "%.1f %s" % (n / float(1 << shift), unit)
+    return "%d B" % n
+
+
+def max_bytes_of(value: object) -> int:
+    """A ``max_bytes`` argument: None is :data:`DEFAULT_MAX_BYTES`; else a positive int."""
+    if value is None:
+        return DEFAULT_MAX_BYTES
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError("max_bytes must be a positive number of bytes, got %r" % (value,))
+    return value
+
+
+def _slots_touched(block: Block, offset: int, stride: int, capacity: int,
+                   limit: int) -> int:
+    """How many slots' data ranges hold allocated bytes (each is hashed in full)."""
+    count, last = 0, -1
+    for start, stop in block.data_extents(offset, capacity * stride):
+        first = max((start - offset) // stride, last + 1)
+        end = (stop - 1 - offset) // stride
+        if end >= first:
+            count += end - first + 1
+            last = end
+        if count * stride > limit:
+            break
+    return count
+
+
+def _slots_with_entries(block: Block, limit: int) -> int:
+    """How many slot-state entries lie (partly) in allocated parts of the table."""
+    count = 0
+    for dummy in block.slots_in_use():
+        count += 1
+        if count * SLOT_COST > limit:
+            break
+    return count
+
+
+def cost(block: Block, walk: bool = True, listed: int = 0, hashing: bool = False,
+         limit: Optional[int] = None) -> Dict[str, int]:
+    """What one operation on ``block`` examines, in bytes, by part; ``total`` is what
+    counts against ``max_bytes``. Holes are free: they read as zeros without being read.
+
+    * ``header``: the 4096-byte header (always);
+    * ``slots``: :data:`SLOT_COST` per slot examined one by one: with ``walk``, every slot
+      whose state entry is allocated (a slot in a hole is FREE and idle: skipped); or
+      ``listed`` slots when the answer lists them all (diagnose of every slot, a slot
+      action on all), allocated or not;
+    * ``hashed`` (``hashing``: validate, heal): the full stride of every slot whose data
+      holds allocated bytes, one stride for the all-zero digest (a slot that is all hole
+      hashes to that constant), and the flexible zone.
+
+    Counting stops early once past ``limit``: a lying block is not walked to the end."""
+    geo = block.geo
+    limit = DEFAULT_MAX_BYTES if limit is None else limit
+    slots = listed or (_slots_with_entries(block, limit) if walk else 0)
+    parts = {"header": L.HEADER_SIZE, "slots": slots * SLOT_COST, "hashed": 0}
+    if hashing:
+        touched = _slots_touched(block, geo.ring_offset, geo.stride, geo.capacity, limit)
+        parts["hashed"] = touched * geo.stride + geo.stride + geo.flex_size
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_budget(block: Block, operation: str, max_bytes: Optional[int], walk: bool = True,
+                 listed: int = 0, hashing: bool = False, hint: str = "") -> Dict[str, int]:
+    """Refuse (:class:`OverBudget`, exit 4) an operation that would examine more than
+    ``max_bytes``, with one line naming the geometry and what the bytes are; returns the
+    cost otherwise. A block without a trusted geometry costs its header only."""
+    limit = max_bytes_of(max_bytes)
+    if block.geometry is None:
+        return {"header": L.HEADER_SIZE, "total": L.HEADER_SIZE}
+    parts = cost(block, walk, listed, hashing, limit)
+    if parts["total"] <= limit:
+        return parts
+    geo = block.geo
+    what = ["header 4.0 KiB"]
+    if parts["slots"]:
+        what.append("%d slot%s x %d B" % (parts["slots"] // SLOT_COST,
+                                          "" if parts["slots"] == SLOT_COST else "s",
+                                          SLOT_COST))
+    if parts["hashed"]:
+        what.append("%s to hash" % _size(parts["hashed"]))
+    raise OverBudget("%s: %s would examine at least %s (%s), over the budget of %s "
+                     "(max_bytes); "
+                     "geometry: %d slots x %d B, flex zone %d B, file %d B%s; raise max_bytes "
+                     "only for a block you trust"
+                     % (block.address, operation, _size(parts["total"]), ", ".join(what),
+                        _size(limit),
+                        geo.capacity, geo.stride, geo.flex_size, block.size, hint),
+                     max_bytes=limit, geometry={"capacity": geo.capacity,
+                                                "stride": geo.stride,
+                                                "flex_size": geo.flex_size,
+                                                "file_size": block.size})

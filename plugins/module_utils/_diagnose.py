@@ -4,16 +4,19 @@
 """Explain a block: per slot who holds what, whether it is stuck, why, and what to do.
 
 Read-only. Built on :class:`_observe.Scene`, so the stuck/releasable judgement shown to
-the operator is exactly the one recovery will act on.
+the operator is exactly the one recovery will act on, and on :mod:`_status`, so the
+block's health word is the one validate and heal give. :func:`assess` is that shared
+judgement (every slot, every finding); :func:`report` is diagnose's document.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
-from ._validate import state_findings
+from ._status import blocked_drains, health, judge_slot, next_steps
+from ._validate import flex_findings, state_findings, uncommitted_findings
 
 _S = L.SlotState
 
@@ -26,33 +29,15 @@ def _age_s(scene: Scene, stamp: Optional[int]) -> Optional[float]:
     return round(age / 1e9, 3) if age >= 0 else None
 
 
-def explain_slot(scene: Scene, view: SlotView) -> Dict[str, object]:
+def producer_dead(scene: Scene) -> bool:
+    """No live producer could be behind what the block shows (none recorded, or dead)."""
+    return scene.producer is None or scene.producer.is_dead
+
+
+def explain_slot(scene: Scene, view: SlotView, judged: Dict[str, object]) -> Dict[str, object]:
     writer_stuck = bool((view.write_lock and view.writer_dead) or view.orphaned)
     readers_stuck = view.releasable_readers > 0
-    suspect = view.writer_suspect
-    state = L.enum_name(_S, view.state)
-    reason, action, since = "", None, None
-    if writer_stuck and readers_stuck:
-        reason = ("deadlock: writer %s gone while %s, %d reader(s) of dead consumers inside"
-                  % ("pid %d" % view.write_lock if view.write_lock else "(none)", state,
-                     view.releasable_readers))
-        action = "force_reset"
-    elif writer_stuck:
-        reason = ("write lock held by dead pid %d (%s)" % (view.write_lock, state)
-                  if view.write_lock else "%s with no write lock: orphaned" % state)
-        action = "release_writer"
-    elif readers_stuck:
-        waiting = (" ; writer pid %d waits for them forever" % view.write_lock
-                   if view.state == _S.DRAINING and view.write_lock else "")
-        reason = "%d of %d reader(s) provably dead%s" % (
-            view.releasable_readers, view.reader_count, waiting)
-        action = "release_readers"
-    elif suspect:
-        reason = ("write lock held by pid %d whose verdict is %s: not released without --force"
-                  % (view.write_lock, view.writer.state))
-    elif view.reader_count and view.state == _S.DRAINING:
-        reason = ("writer pid %d waits for %d reader(s) that may be live"
-                  % (view.write_lock, view.reader_count))
+    since = None
     if writer_stuck:
         since = view.locked_ns or (scene.producer_hb if view.write_lock == scene.producer_pid
                                    else None) or view.changed_ns
@@ -60,7 +45,7 @@ def explain_slot(scene: Scene, view: SlotView) -> Dict[str, object]:
         since = max([c.heartbeat_ns for c in view.readers_in if c.dead] or [0]) or None
     return {
         "index": view.index,
-        "state": state,
+        "state": L.enum_name(_S, view.state),
         "write_lock": view.write_lock,
         "writer": view.writer.to_dict() if view.writer else None,
         "reader_count": view.reader_count,
@@ -72,11 +57,12 @@ def explain_slot(scene: Scene, view: SlotView) -> Dict[str, object]:
         },
         "writer_waiting": bool(view.writer_waiting),
         "write_generation": view.generation,
-        "is_stuck": writer_stuck or readers_stuck,
-        "suspect": suspect,
-        "stuck_for_s": _age_s(scene, since) if (writer_stuck or readers_stuck) else None,
-        "reason": reason,
-        "action": action,
+        "is_stuck": bool(judged["stuck"]),
+        "suspect": bool(judged["suspect"]),
+        "stuck_for_s": _age_s(scene, since) if judged["stuck"] else None,
+        "reason": judged["reason"],
+        "action": judged["action"],
+        "next": judged["next"],
     }
 
 
@@ -86,36 +72,107 @@ def explain_consumer(scene: Scene, c: ConsumerView) -> Dict[str, object]:
             "verdict": c.verdict.to_dict(), "action": "cleanup" if c.dead else None}
 
 
-def report(scene: Scene, slot: Optional[int] = None) -> Dict[str, object]:
-    """The whole diagnosis (or one slot's) as plain data."""
-    block = scene.block
-    indexes = range(block.geo.capacity) if slot is None else [block.check_slot(slot)]
-    slots = [explain_slot(scene, scene.slot(i)) for i in indexes]
-    consumers = [explain_consumer(scene, c) for c in scene.consumers]
-    findings: List[Dict[str, object]] = []
+def holder_findings(scene: Scene) -> List[Dict[str, object]]:
+    """What the holders' verdicts say about the block as a whole: a dead producer
+    (information) and dead consumers still registered (cleanup)."""
+    out: List[Dict[str, object]] = []
     if scene.producer and scene.producer.is_dead:
-        findings.append({"code": "dead-producer", "severity": "info",
-                         "message": "producer pid %d is dead: committed data stays readable; a "
-                                    "new producer may attach" % scene.producer_pid})
-    for c in consumers:
-        if c["action"]:
-            findings.append({"code": "dead-consumer", "severity": "warning", "consumer":
-                             c["index"], "message": "consumer %d (pid %d) is dead: cleanup"
-                             % (c["index"], c["pid"])})
-    findings += [f for f in state_findings(scene.plan)
-                 if slot is None or f.get("slot") in (None, slot)]
-    stuck = [s["index"] for s in slots if s["is_stuck"]]
-    suspect = [s["index"] for s in slots if s["suspect"]]
-    return {
-        "healthy": not stuck and not any(f["severity"] != "info" for f in findings),
-        "stuck_slots": stuck,
-        "suspect_slots": suspect,
-        "slots": slots,
-        "consumers": consumers,
+        out.append({"code": "dead-producer", "severity": "info",
+                    "message": "producer pid %d is dead: committed data stays readable; a "
+                               "new producer may attach" % scene.producer_pid})
+    for c in scene.consumers:
+        if c.dead:
+            out.append({"code": "dead-consumer", "severity": "warning", "consumer": c.index,
+                        "message": "consumer %d (pid %d) is dead: cleanup clears its entry"
+                                   % (c.index, c.pid)})
+    return out
+
+
+def assess(scene: Scene, findings: Iterable[Dict[str, object]],
+           blocked: Optional[Set[int]] = None,
+           indexes: Optional[Iterable[int]] = None) -> Dict[str, object]:
+    """THE judgement of a block, shared by diagnose, validate and heal: every slot judged
+    (a writer waiting on readers that do not move included), and the health word of
+    :func:`_status.health` over those slots and ``findings`` (the caller's: diagnose's,
+    or validate's plus :func:`holder_findings`). Returns ``health``, ``healthy``,
+    ``stuck_slots``, ``suspect_slots``, ``next_steps`` and, for the caller, ``views``
+    and ``judged`` (per slot index). ``blocked``: the blocked drains the caller already
+    established in this same call (heal), instead of looking again. ``indexes``: the
+    slots to look at (default: the slots in use; a slot whose state entry lies in a hole
+    of the file is FREE with nothing in it, see :meth:`_block.Block.slots_in_use`)."""
+    findings = list(findings)
+    if indexes is None:
+        indexes = scene.block.slots_in_use()
+    views = [scene.slot(i) for i in indexes]
+    if blocked is None:
+        blocked = blocked_drains(scene, views)
+    judged = {v.index: judge_slot(v, v.index in blocked) for v in views}
+    stuck = [i for i, j in sorted(judged.items()) if j["stuck"]]
+    suspect = [i for i, j in sorted(judged.items()) if j["suspect"]]
+    word = health(stuck, suspect, findings)
+    return {"health": word, "healthy": word == "healthy", "stuck_slots": stuck,
+            "suspect_slots": suspect,
+            "next_steps": next_steps([judged[i] for i in sorted(judged)], findings),
+            "views": views, "judged": judged}
+
+
+def _where(f: Dict[str, object]) -> tuple:
+    return (f.get("code"), f.get("slot"), f.get("consumer"), f.get("field"))
+
+
+def merge_findings(first: Iterable[Dict[str, object]],
+                   second: Iterable[Dict[str, object]]) -> List[Dict[str, object]]:
+    """``first``, then what ``second`` adds (the same code at the same place once)."""
+    out = list(first)
+    seen = {_where(f) for f in out}
+    out += [f for f in second if _where(f) not in seen]
+    return out
+
+
+def findings_of(scene: Scene) -> List[Dict[str, object]]:
+    """diagnose's findings: holders, state sanity (indexes included), and FREE slots that
+    pylabhub's own validation would fail (no committed slot is hashed here)."""
+    return (holder_findings(scene) + state_findings(scene.plan, producer_dead(scene))
+            + uncommitted_findings(scene.plan)
+            + flex_findings(scene.plan))     # block-level: every read may depend on it
+
+
+def report(scene: Scene, slot: Optional[int] = None) -> Dict[str, object]:
+    """The whole diagnosis. With ``slot``, only that slot is explained in ``slots``, but
+    the block's health, its stuck and suspect slots, next steps and findings are always
+    the whole block's (a jam elsewhere is never hidden by looking at one slot)."""
+    block = scene.block
+    if slot is not None:
+        block.check_slot(slot)
+    findings = findings_of(scene)
+    # every slot is listed (the budget of _block.cost counts them); the slots in use
+    # are judged: the others read as zeros (FREE, nothing held) and are plain
+    listed = range(block.geo.capacity) if slot is None else [slot]
+    judgement = assess(scene, findings,
+                       indexes=sorted(set(block.slots_in_use()) | set(listed)))
+    views, judged = judgement.pop("views"), judgement.pop("judged")
+    shown = [v for v in views if slot is None or v.index == slot]
+    out: Dict[str, object] = dict(judgement)
+    out.update({
+        "slots": [explain_slot(scene, v, judged[v.index]) for v in shown],
+        "consumers": [explain_consumer(scene, c) for c in scene.consumers],
         "producer": {
             "pid": scene.producer_pid, "name": block.get("producer_name"),
             "uid": block.get("producer_uid"), "last_seen_s": _age_s(scene, scene.producer_hb),
             "verdict": scene.producer.to_dict() if scene.producer else None,
         },
         "findings": findings,
-    }
+    })
+    return out
+
+
+def validate_health(scene: Scene, findings: List[Dict[str, object]]) -> Dict[str, object]:
+    """validate's judgement by the one rule: its findings plus the holders' (dead
+    consumers, dead producer), and every slot judged. ``holder_findings`` is returned
+    apart: validate's own ``findings`` stay what validation checks."""
+    holders = holder_findings(scene)
+    judgement = assess(scene, merge_findings(findings, holders))
+    return {"health": judgement["health"], "healthy": judgement["healthy"],
+            "stuck_slots": judgement["stuck_slots"],
+            "suspect_slots": judgement["suspect_slots"],
+            "next_steps": judgement["next_steps"], "holder_findings": holders}

@@ -7,14 +7,17 @@ Listing never maps anything: it reads at most the 4096-byte header of each candi
 (``O_NOFOLLOW|O_NONBLOCK`` for /dev/shm, so symlinks and FIFOs cannot trick or hang it) and
 judges it with :func:`_block.inspect_header`. memfd-backed blocks (pylabhub's newer
 channels) are found through ``/proc/<pid>/fd/<n>`` links to ``/memfd:...``, addressed as
-``memfd:<pid>:<fd>`` and deduplicated by inode. Processes vanishing mid-scan and
-permission errors are normal on a live host and are skipped silently.
+``memfd:<pid>:<fd>`` and deduplicated by inode. Processes vanishing mid-scan are normal
+on a live host and skipped silently; what exists but cannot be read (a 0600 segment of
+another user, another user's ``/proc/<pid>/fd``) is counted with the reason, so a listing
+by a user who cannot see everything says so (:func:`scan`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fnmatch
 import os
 import stat
@@ -31,21 +34,59 @@ MEMFD_LINK = "/memfd:"
 _DELETED = " (deleted)"
 
 
-def _read_head(path: str, flags: int) -> Optional[Tuple[os.stat_result, bytes]]:
-    """fstat + the first HEADER_SIZE bytes of a regular file, or None (skip it)."""
+#: errnos that mean "it exists but is not ours to read" (anything else: it went away).
+_DENIED = (errno.EACCES, errno.EPERM)
+
+
+def _unreadable(unreadable: Optional[list], path: str, exc: OSError) -> None:
+    if unreadable is not None and exc.errno not in (errno.ENOENT, errno.ESRCH):
+        reason = ("permission denied" if exc.errno in _DENIED
+                  else (exc.strerror or "error %d" % exc.errno).lower())
+        unreadable.append({"path": path, "reason": reason})
+
+
+def _read_head(path: str, flags: int, unreadable: Optional[list] = None
+               ) -> Optional[Tuple[os.stat_result, bytes]]:
+    """fstat + the first HEADER_SIZE bytes of a regular file (one bounded ``pread``, no
+    mapping), or None (skip it; why it could not be read goes to ``unreadable``)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | flags)
-    except OSError:
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:        # a symlink swapped in: not an entry to read
+            _unreadable(unreadable, path, exc)
         return None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             return None
         return st, os.pread(fd, L.HEADER_SIZE, 0)
-    except OSError:
+    except OSError as exc:
+        _unreadable(unreadable, path, exc)
         return None
     finally:
         os.close(fd)
+
+
+def summarize_unreadable(unreadable: List[Dict[str, str]]) -> Dict[str, object]:
+    """``{"count", "by_reason": {reason: n}, "entries": [{"path", "reason"}]}``: what a
+    listing could not read (files in /dev/shm, other users' /proc/<pid>/fd)."""
+    by_reason = {}  # type: Dict[str, int]
+    for item in unreadable:
+        by_reason[item["reason"]] = by_reason.get(item["reason"], 0) + 1
+    return {"count": len(unreadable), "by_reason": by_reason, "entries": list(unreadable)}
+
+
+def scan(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
+         proc: str = "/proc") -> Dict[str, object]:
+    """:func:`discover` plus what could not be read: ``{"blocks": [...], "unreadable":
+    summarize_unreadable(...)}``. An unreadable /dev/shm entry is counted when its name
+    matches ``pattern``; an unreadable fd table always (its memfds' names are unknown)."""
+    unreadable = []  # type: List[Dict[str, str]]
+    blocks = discover(pattern, shm_dir, proc, unreadable=unreadable)
+    if pattern is not None:
+        unreadable = [u for u in unreadable if not u["path"].startswith(shm_dir)
+                      or fnmatch.fnmatchcase(os.path.basename(u["path"]), pattern)]
+    return {"blocks": blocks, "unreadable": summarize_unreadable(unreadable)}
 
 
 def _has_magic(head: bytes) -> bool:
@@ -146,8 +187,8 @@ def _numeric(names: List[str]) -> List[int]:
 
 
 def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
-             proc: str = "/proc", scans: Optional[Scans] = None,
-             verdicts: bool = True) -> List[Dict[str, object]]:
+             proc: str = "/proc", unreadable: Optional[list] = None,
+             scans: Optional[Scans] = None, verdicts: bool = True) -> List[Dict[str, object]]:
     """List every DataBlock on the host, sorted by address (see module doc).
 
     ``pattern`` (fnmatch) filters on the block's name (shm name, or the memfd's name such
@@ -174,7 +215,7 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
         except OSError:
             continue
         t = monotonic_ns()
-        got = _read_head(path, os.O_NOFOLLOW)
+        got = _read_head(path, os.O_NOFOLLOW, unreadable)
         if got is None or not _has_magic(got[1]):
             continue
         st, head = got
@@ -192,7 +233,8 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
         fd_dir = os.path.join(proc, str(pid), "fd")
         try:
             fds = _numeric(os.listdir(fd_dir))
-        except OSError:
+        except OSError as exc:
+            _unreadable(unreadable, fd_dir, exc)
             continue
         for fd in fds:
             link = os.path.join(fd_dir, str(fd))
@@ -212,7 +254,7 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
                     holders.append(pid)
                 continue
             t = monotonic_ns()
-            got = _read_head(link, 0)
+            got = _read_head(link, 0, unreadable)
             if got is None or (got[0].st_dev, got[0].st_ino) != key:
                 continue  # gone or replaced mid-scan: try the next fd
             if not _has_magic(got[1]):

@@ -16,15 +16,16 @@ from typing import Dict, Iterable, Iterator, List, Optional
 
 from . import _kernel, _registry
 from . import _layout as L
-from ._block import Block, open_block
+from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
-from ._diagnose import report
+from ._diagnose import assess, findings_of, producer_dead, report, validate_health
 from ._heal import heal as _heal
 from ._kernel import Scans
 from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import (FAILED, NOT_STUCK, SUCCESS, UNSAFE, check_action, plan_slot,
                        targets)
+from ._status import health as _health
 from ._validate import Progress, validate as _validate
 
 SCHEMA = "pylabhub.recovery/v1"
@@ -93,26 +94,39 @@ def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
 
 
-def diagnose(address: str, slot: Optional[int] = None, scan: Optional[Scans] = None) -> dict:
+def diagnose(address: str, slot: Optional[int] = None,
+             max_bytes: Optional[int] = None, scan: Optional[Scans] = None) -> dict:
     """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
-    every holder with its evidence, whether the slot is stuck, why, and the action that
-    releases it; plus consumers, producer and block-wide findings. Read-only.
+    every holder with its evidence, whether the slot is stuck or suspect, why, and the
+    next step that clears it; plus consumers, producer, block-wide findings and the
+    block's ``health`` by the one rule (always the whole block's, also with ``slot``).
+    Read-only (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
+    :func:`_block.check_budget`.
 
     ``scan`` (every operation takes it): the kernel scans to share with other blocks of
     one call (``each_block``); by default one is taken when a verdict needs it."""
     with _attached(address, False) as block:
+        if slot is None:
+            check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
+                         hint="; or diagnose a single slot")
+        else:
+            check_budget(block, "diagnose", max_bytes, walk=False, listed=1)
         plan = _plan(block, True, scan)
         return _envelope("diagnose", block, None, **report(Scene(plan), slot))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
-            dry_run: bool = False, scan: Optional[Scans] = None) -> dict:
+            dry_run: bool = False, max_bytes: Optional[int] = None,
+            scan: Optional[Scans] = None) -> dict:
     """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
     index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
     committed data is never made unreadable and half-written data never readable.
     ``dry_run`` returns the identical plan without writing."""
     check_action(action)
     with _attached(address, not dry_run) as block:
+        every = slot == "all"
+        check_budget(block, "recover", max_bytes, walk=every,
+                     listed=block.geo.capacity if every else 1)
         plan = _plan(block, dry_run, scan)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
@@ -123,11 +137,13 @@ def recover(address: str, slot, action: str, force: bool = False,
                          refused=[o for o in outcomes if o["result"] == UNSAFE])
 
 
-def cleanup(address: str, dry_run: bool = False, scan: Optional[Scans] = None) -> dict:
+def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None,
+            scan: Optional[Scans] = None) -> dict:
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
     with _attached(address, not dry_run) as block:
+        check_budget(block, "cleanup", max_bytes, walk=False)
         plan = _plan(block, dry_run, scan)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
@@ -141,28 +157,47 @@ def cleanup(address: str, dry_run: bool = False, scan: Optional[Scans] = None) -
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
-             progress: Progress = None, scan: Optional[Scans] = None) -> dict:
-    """Check header, state sanity and every checksum (recomputed, never the cached
-    "verified" flag). Writes nothing unless ``repair``, which re-blesses only COMMITTED
-    slots and lists each. ``progress(done_bytes, total_bytes)`` follows the hashing."""
+             progress: Progress = None, max_bytes: Optional[int] = None,
+             scan: Optional[Scans] = None) -> dict:
+    """Check header, state sanity (indexes included) and every checksum (recomputed,
+    never the cached "verified" flag), and FREE slots pylabhub's own check would fail.
+    Writes nothing unless ``repair``, which re-blesses only COMMITTED slots and lists
+    each. ``valid``: no error finding left; ``health``: the one rule over these findings,
+    the holders' and every slot (as diagnose and heal judge). ``progress(done_bytes,
+    total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
     with _attached(address, writes, strict=False) as block:
+        check_budget(block, "validate", max_bytes, hashing=True)
         plan = _plan(block, not writes, scan)
-        body = _validate(plan, repair=repair, progress=progress)
+        scene = Scene(plan) if block.geometry is not None else None
+        body = _validate(plan, repair=repair, progress=progress,
+                         producer_dead=scene is not None and producer_dead(scene))
+        if scene is not None:
+            body.update(validate_health(Scene(plan, now=scene.now), body["findings"]))
+        else:                      # no geometry to trust: the header findings say it all
+            word = _health([], [], body["findings"])
+            body.update(health=word, healthy=word == "healthy", stuck_slots=[],
+                        suspect_slots=[], next_steps=[], holder_findings=[])
         return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
                          dry_run=dry_run, **body)
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
-         progress: Progress = None, scan: Optional[Scans] = None) -> dict:
-    """The safe composite: cleanup, release what dead holders own, validate (repair only
-    when asked). Never forced; suspect or unknown holders are reported as refused."""
+         progress: Progress = None, max_bytes: Optional[int] = None,
+         scan: Optional[Scans] = None) -> dict:
+    """The safe composite: cleanup, release what dead holders own, scrub FREE slots
+    pylabhub's own check fails, give back slot ids a dead producer claimed, validate
+    (repair only when asked), and judge the result by the one rule (``health``). Never
+    forced: what only force could clear (a suspect or unknown holder, a writer waiting on
+    readers nothing proves gone) is reported as refused, with the forced command."""
     with _attached(address, not dry_run) as block:
+        check_budget(block, "heal", max_bytes, hashing=True)
         plan = _plan(block, dry_run, scan)
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
         body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
-        failed = any(o.get("result") == FAILED for o in outcomes)
+        failed = any(o.get("result") == FAILED
+                     for o in outcomes + body["indexes"])  # type: ignore[operator]
         return _envelope("heal", block, plan, repair=repair,
                          ok=not body["refused"] and not failed,
                          warnings=_warnings(outcomes), **body)
@@ -175,21 +210,55 @@ def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> Lis
     return _discover(pattern, scans=scan)
 
 
+def list_blocks(pattern: Optional[str] = None,
+                max_bytes: Optional[int] = None) -> Dict[str, object]:
+    """Every DataBlock on this host (:func:`_discovery.scan`: ``{"blocks", "unreadable"}``),
+    each sound block with its ``health`` by the one rule (the word diagnose gives:
+    healthy, degraded, suspect, stuck or corrupt) and its ``stuck_slots`` and
+    ``suspect_slots``. Read-only and cheap: the slots in use, the consumer table and the
+    header, hashing no committed slot. A block whose header is not sound, that cannot be
+    opened or that is over the ``max_bytes`` budget gets ``health`` null
+    (``health_error`` says why)."""
+    from ._discovery import scan
+    from ._errors import RecoveryError
+    found = scan(pattern)
+    sound = [e for e in found["blocks"] if e["status"] == "ok"]  # type: ignore[union-attr]
+    scans = Scans()                 # one kernel scan judges the holders of every block
+    for entry in sound:
+        preobserve(scans, str(entry["address"]), max_bytes)
+    for entry in found["blocks"]:  # type: ignore[union-attr]
+        entry.update(health=None, stuck_slots=None, suspect_slots=None, health_error=None)
+        if entry["status"] != "ok":
+            continue
+        try:
+            with _attached(str(entry["address"]), False) as block:
+                check_budget(block, "list", max_bytes)     # the slots in use, walked
+                scene = Scene(_plan(block, True, scans))
+                judged = assess(scene, findings_of(scene))
+        except RecoveryError as exc:
+            entry["health_error"] = exc.to_dict()
+            continue
+        entry.update(health=judged["health"], stuck_slots=judged["stuck_slots"],
+                     suspect_slots=judged["suspect_slots"])
+    return found
+
+
 def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) -> dict:
     """Run ``operation`` (diagnose, cleanup, validate or heal) on every block discovered.
 
     One call per host for a fleet. Entries: ``address``, ``status`` (discovery's),
     ``result`` (the operation's dict or None), ``error`` (``code``/``message`` or None) and
     ``skipped`` (why not touched, or None). A block whose header is not sound is skipped
-    by everything but validate (which reports exactly those problems); an error on one
-    block does not stop the others.
+    by everything but validate (which reports exactly those problems), and so is a block
+    over the ``max_bytes`` budget (named, with its geometry); an error on one block does
+    not stop the others.
 
     One kernel scan serves every block: each block's holder words are read (by pread,
     ``_observe.preobserve``) before it is taken, so a holder is proven absent by it; only
     a word that changed since is judged by a newer scan.
     """
     from ._discovery import discover as _discover
-    from ._errors import RecoveryError, UsageError
+    from ._errors import OverBudget, RecoveryError, UsageError
     run = {"diagnose": diagnose, "cleanup": cleanup, "validate": validate, "heal": heal}
     if operation not in run:
         raise UsageError("%r cannot run on every block; choose one of %s"
@@ -200,9 +269,10 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
     entries: List[dict] = []
     with _registry.registration() if mutating else contextlib.nullcontext():
         found_all = _discover(pattern, verdicts=False)
+        budget = kwargs.get("max_bytes")
         for found in found_all:
             if found["status"] == "ok":
-                preobserve(scans, str(found["path"]), str(found["kind"]))
+                preobserve(scans, str(found["address"]), budget)  # type: ignore[arg-type]
         for found in found_all:
             entry = {"address": found["address"], "status": found["status"], "result": None,
                      "error": None, "skipped": None}
@@ -212,6 +282,10 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
                 continue
             try:
                 entry["result"] = run[operation](found["address"], scan=scans, **kwargs)
+            except OverBudget as exc:           # its message starts with the address
+                prefix = "%s: " % found["address"]
+                entry["skipped"] = (exc.message[len(prefix):] if exc.message.startswith(prefix)
+                                    else exc.message)
             except RecoveryError as exc:
                 entry["error"] = exc.to_dict()
     results = [e["result"] for e in entries if e["result"] is not None]

@@ -21,15 +21,54 @@ EXIT_CONCURRENT = 6     # a word changed between plan and action; nothing half-d
 EXIT_INTERNAL = 7       # platform cannot do it (no atomics) or an internal error
 
 
-def one_line(text: object) -> str:
-    """``text`` with every unprintable character (newline, escape, line separator, lone
-    surrogate...) backslash-escaped: a hostile block name cannot break a message in two or
-    drive the operator's terminal, and the message can always be printed."""
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if ch in _NAMED:
+        return _NAMED[ch]
+    if 0xDC80 <= code <= 0xDCFF:       # a byte of invalid UTF-8 (surrogateescape)
+        return "\\x%02x" % (code - 0xDC00)
+    if code < 0x100:
+        return "\\x%02x" % code
+    return "\\u%04x" % code if code < 0x10000 else "\\U%08x" % code
+
+
+def printable(text: object) -> str:
+    """Untrusted text (a file name, a name or uid from a block, a message built from them)
+    as one printable line: C0 and C1 controls (ESC, so every CSI/OSC sequence), DEL,
+    newlines and other line/paragraph separators, bidi overrides and other invisible format
+    characters, lone surrogates and the bytes of invalid UTF-8 (given as ``bytes``, or as a
+    string decoded with ``surrogateescape`` such as a file name from ``os.listdir``) are
+    shown as backslash escapes (``\\x1b``, ``\\n``, ``\\u202e``, ``\\xff``). Printable
+    text, non-ASCII letters included, is unchanged, so the common case costs nothing.
+
+    Every face prints untrusted text through this one function (the CLI's tables and
+    messages, the modules' ``msg`` and warnings, the fleet_summary callback); JSON results
+    keep exact values and are escaped per JSON only."""
+    if isinstance(text, (bytes, bytearray)):
+        text = bytes(text).decode("utf-8", "surrogateescape")
     text = str(text)
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in text)
+    return "".join(ch if ch.isprintable() else _escape(ch) for ch in text)
+
+
+def printable_tree(obj: object) -> object:
+    """A copy of a JSON-like result with every string (keys too) made :func:`printable`:
+    what a text face renders, so no field can be forgotten."""
+    if isinstance(obj, str):
+        return printable(obj)
+    if isinstance(obj, dict):
+        return {printable_tree(k): printable_tree(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [printable_tree(v) for v in obj]
+    return obj
+
+
+#: The name error messages have always used for :func:`printable`.
+one_line = printable
 
 
 class RecoveryError(Exception):
@@ -101,6 +140,14 @@ class UnsupportedLayout(RecoveryError):
 
 class TruncatedBlock(RecoveryError):
     code = "truncated"
+    exit_code = EXIT_NO_BLOCK
+
+
+class OverBudget(RecoveryError):
+    """The block would cost more to examine than the byte budget allows (a huge or lying
+    geometry); nothing was read past the header and the allocation map."""
+
+    code = "over-budget"
     exit_code = EXIT_NO_BLOCK
 
 

@@ -3,11 +3,15 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """heal: the safe composite a fleet wants in one call.
 
-cleanup dead consumers -> release what dead holders own (writers, then readers) ->
-validate (repair only when asked). Never forced: a slot whose holder is alive is simply
-not stuck, and one whose holder is suspect-hung or unknown is reported as refused for an
-operator to decide. Every step runs in the same :class:`Plan`, so a dry run observes what
-the earlier steps would have left and predicts the real run exactly.
+cleanup dead consumers -> release what dead holders own (writers, then readers) -> scrub
+FREE slots pylabhub's own check fails -> give back slot ids a dead producer claimed and no
+writer holds -> validate (repair only when asked) -> judge the result by the one rule
+(:mod:`_status`). Never forced: a slot whose holder is alive is simply not stuck, and one
+that only force could clear (a suspect-hung or unknown writer, a writer waiting on readers
+nothing proves gone) is reported as refused, with the forced command, for an operator to
+decide; such a block is never called healthy. Every step runs in the same :class:`Plan`,
+so a dry run observes what the earlier steps would have left and predicts the real run
+exactly.
 """
 
 from __future__ import annotations
@@ -15,11 +19,12 @@ from __future__ import annotations
 from typing import Dict, List
 
 from ._cleanup import cleanup
-from ._diagnose import report
+from ._diagnose import assess, findings_of, merge_findings, producer_dead
 from ._observe import Scene
 from ._plan import Plan
-from ._recover import UNSAFE, plan_slot
-from ._validate import Progress, validate
+from ._recover import UNSAFE, plan_scrub, plan_slot, repair_write_index
+from ._status import blocked_drains
+from ._validate import Progress, index_step, uncommitted_findings, validate
 
 
 def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[str, object]:
@@ -27,7 +32,8 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
     cleaned = cleanup(scene)
     outcomes: List[Dict[str, object]] = []
     scene = Scene(plan, now=scene.now)       # re-observe through what cleanup planned
-    for i in range(plan.block.geo.capacity):
+    in_use = list(plan.block.slots_in_use())  # a slot in a hole is FREE: nothing to release
+    for i in in_use:
         view = scene.slot(i)
         if (view.write_lock and view.writer_dead) or view.orphaned:
             outcomes.append(plan_slot(scene, i, "release_writer"))
@@ -36,16 +42,41 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
         view = scene.slot(i)
         if view.releasable_readers:
             outcomes.append(plan_slot(scene, i, "release_readers"))
-    checked = validate(plan, repair=repair, progress=progress)
-    after = report(Scene(plan, now=scene.now))
+    # A writer waiting for readers nothing proves gone: only force can free it. Refused,
+    # with the command, so the block is never called healthy while a producer is blocked.
+    refused_slots = {o["slot"] for o in outcomes if o["result"] == UNSAFE}
+    blocked = blocked_drains(scene, [scene.slot(i) for i in in_use])
+    for i in sorted(blocked - refused_slots):
+        outcomes.append(plan_slot(scene, i, "release_readers"))
+    # FREE slots whose torn bytes pylabhub's validate_integrity fails on (Enforced)
+    for f in uncommitted_findings(plan):
+        if f["severity"] == "error":
+            outcomes.append(plan_scrub(scene, int(f["slot"])))  # type: ignore[arg-type]
+    # slot ids a dead producer claimed and no writer holds
+    indexes = []
+    out_of_step = index_step(plan)
+    if (out_of_step and producer_dead(scene)
+            and len(out_of_step["unexplained"]) == len(out_of_step["holders"])):  # type: ignore
+        indexes.append(repair_write_index(scene, int(out_of_step["write_index"]),  # type: ignore
+                                          int(out_of_step["following"])))  # type: ignore
+    checked = validate(plan, repair=repair, progress=progress,
+                       producer_dead=producer_dead(scene))
+    final = Scene(plan, now=scene.now)
+    findings = merge_findings(findings_of(final), checked["findings"])
+    # the drains found blocked above were refused or released since: not looked at again
+    # (the looks take ~0.6 s); judge_slot re-reads each slot's words
+    judgement = assess(final, findings, blocked)
     refused = [o for o in outcomes if o["result"] == UNSAFE]
+    after = {key: judgement[key] for key in ("health", "healthy", "stuck_slots",
+                                             "suspect_slots", "next_steps")}
+    after["findings"] = findings
     return {
         "cleanup": cleaned,
         "outcomes": outcomes,
+        "indexes": indexes,
         "refused": refused,
         "validate": checked,
-        "after": {"healthy": after["healthy"] and checked["valid"],
-                  "stuck_slots": after["stuck_slots"], "suspect_slots": after["suspect_slots"],
-                  "findings": after["findings"]},
-        "healthy": after["healthy"] and checked["valid"] and not refused,
+        "after": after,
+        "health": after["health"],
+        "healthy": bool(after["healthy"]) and not refused,
     }

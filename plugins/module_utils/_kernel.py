@@ -230,23 +230,38 @@ def _lease_fs(dev: int) -> bool:
 
 
 # --------------------------------------------------------------------------- own process
-# Mappings and fds the recovery engine itself made in this process (Block start address
-# and fd): left out of our own process's entry, so the engine never counts itself as a
-# holder, while this process's other uses of a block (our runtime, in tests) still count.
-_OWN_MAPS: Set[int] = set()
+# Mappings and fds the recovery engine itself made in this process (the Blocks it attached
+# and short-lived fds): left out of our own process's entry, so the engine never counts
+# itself as a holder, while this process's other uses of a block (our runtime, in tests)
+# still count. A Block maps only at its first write, so its address is read at scan time.
+_OWN_BLOCKS: List[object] = []
 _OWN_FDS: Set[int] = set()
+
+
+def _own_maps() -> Set[int]:
+    """Start addresses of the engine's own mappings now."""
+    out = set()  # type: Set[int]
+    for block in _OWN_BLOCKS:
+        try:
+            addr = block.mapping()[0]       # type: ignore[attr-defined]
+        except Exception:                   # closed meanwhile: nothing mapped
+            continue
+        if addr is not None:
+            out.add(addr)
+    return out
 
 
 @contextlib.contextmanager
 def engine_mapping(block) -> Iterator[None]:
-    """Mark ``block``'s mapping and fd as the engine's own while the body runs."""
-    addr, fd = block.mapping()
-    _OWN_MAPS.add(addr)
+    """Mark ``block``'s mapping (made now or at its first write) and fd as the engine's
+    own while the body runs."""
+    dummy, fd = block.mapping()
+    _OWN_BLOCKS.append(block)
     with engine_fd(fd):
         try:
             yield
         finally:
-            _OWN_MAPS.discard(addr)
+            _OWN_BLOCKS.remove(block)
 
 
 @contextlib.contextmanager
@@ -417,7 +432,7 @@ def process_hold(pid: int, key: BlockKey, proc: str = "/proc") -> Optional[Hold]
                     return Hold()
                 where = thread
                 maps = _read("%s/%s/maps" % (proc, thread)) or b""
-        hold = _shared_maps(maps, _OWN_MAPS if own else set()).get(key, Hold())
+        hold = _shared_maps(maps, _own_maps() if own else set()).get(key, Hold())
         fds = _candidate_fds(proc, where, (), _OWN_FDS if own else set()).get(key)
     except PermissionError:
         return None
@@ -556,7 +571,7 @@ class HostScan:
         for name in pids:
             pid = int(name)
             is_own = pid == own
-            skip_maps = _OWN_MAPS if is_own else set()
+            skip_maps = _own_maps() if is_own else set()
             skip_fds = _OWN_FDS if is_own else set()
             where = name
             try:

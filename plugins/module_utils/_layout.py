@@ -162,7 +162,9 @@ HEADER = _table(
 
 CONSUMER_TABLE_OFFSET = 496         # 8 heartbeat entries x 128 bytes
 READ_POSITIONS_OFFSET = 2560        # 8 x u64 per-consumer read positions (Sequential_sync)
-SPINLOCKS_OFFSET = 1728             # 8 x 32 bytes (not used by recovery)
+SPINLOCKS_OFFSET = 1728             # 8 x 32 bytes, handed to applications by pylabhub
+SPINLOCK_SIZE = 32
+SPINLOCK_COUNT = 8
 CONSUMER_EVIDENCE_OFFSET = 2688     # 8 x 32 bytes of ours
 CONSUMER_EVIDENCE_SIZE = 32
 
@@ -199,6 +201,7 @@ READ_POSITION = Field("read_position", 0, 8, "u", True)   # at read_position(k)
 # inside any slot, any number of times (written before the count that makes it true goes
 # up, replaced after the count that makes it false went down).
 READING_SEVERAL = 0xFFFFFFFFFFFFFFFF
+SPINLOCK_OWNER = Field("spinlock_owner_pid", 0, 8, "u", True)   # at spinlock(k)
 
 EVIDENCE_MARKER = 0x45524C50        # "PLRE" on disk
 EVIDENCE_VERSION = 1
@@ -284,6 +287,10 @@ def consumer_evidence(k: int) -> int:
 
 def read_position(k: int) -> int:
     return READ_POSITIONS_OFFSET + 8 * k
+
+
+def spinlock(k: int) -> int:
+    return SPINLOCKS_OFFSET + SPINLOCK_SIZE * k
 
 
 if (CONSUMER_EVIDENCE_OFFSET + MAX_CONSUMERS * CONSUMER_EVIDENCE_SIZE > HEADER_SIZE

@@ -26,12 +26,12 @@ slot). A dead consumer's evidence only attributes readers to that dead entry.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
-from ._block import inspect_header
+from ._block import check_budget, open_block
+from ._errors import RecoveryError
 from . import _kernel
 from ._kernel import BlockId, Hold, HostScan, Proc, Scans, Scope
 from ._liveness import ALIVE, DEAD, Snapshot, Verdict, judge
@@ -166,39 +166,28 @@ class Opener:
         return self.consumers[0] if self.consumers else None
 
 
-def preobserve(scans: Scans, path: str, kind: str) -> None:
-    """Read a block's holder words (producer, consumers, slot locks) with pread, without
-    attaching it, and note when each was seen (``scans.first_seen``): a scan taken after
+def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> None:
+    """Read a block's holder words (producer, consumers, the locks of the slots in use)
+    with pread, and note when each was seen (``scans.first_seen``): a scan taken after
     this can prove the holders named here absent. ``each_block`` does it for every block
-    before its one scan. A block that cannot be read is skipped (its own call reads it)."""
-    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
-    if kind != "memfd":
-        flags |= os.O_NOFOLLOW
-    t = monotonic_ns()
+    before its one scan. A block that cannot be read, has no sound header or is over the
+    ``max_bytes`` budget is skipped (its own call reads or refuses it; a word not seen
+    here is judged by a newer scan)."""
     try:
-        fd = os.open(path, flags)
-    except OSError:
+        with open_block(address) as block:
+            check_budget(block, "preobserve", max_bytes)
+            geo = block.geo
+            key = block.inode
+            t = monotonic_ns()
+            scans.first_seen(key + ("producer",), block.get("producer_heartbeat_pid"), t)
+            for k in range(L.MAX_CONSUMERS):
+                scans.first_seen(key + ("consumer", k),
+                                 block.get(CONS["consumer_pid"], L.consumer_entry(k)), t)
+            for i in block.slots_in_use():
+                scans.first_seen(key + ("lock", i),
+                                 block.get(SLOT["write_lock"], geo.slot_entry(i)), t)
+    except (RecoveryError, OSError):
         return
-    try:
-        st = os.fstat(fd)
-        head = os.pread(fd, L.HEADER_SIZE, 0)
-        geometry = inspect_header(head, st.st_size)[0]
-        table = os.pread(fd, L.SLOT_ENTRY_SIZE * geometry.capacity,
-                         geometry.slot_entry(0)) if geometry else b""
-    except OSError:
-        return
-    finally:
-        os.close(fd)
-    key = (st.st_dev, st.st_ino)
-
-    def word(raw: bytes, offset: int) -> int:
-        return int.from_bytes(raw[offset:offset + 8], "little")
-    scans.first_seen(key + ("producer",), word(head, L.HEADER["producer_heartbeat_pid"].offset),
-                     t)
-    for k in range(L.MAX_CONSUMERS):
-        scans.first_seen(key + ("consumer", k), word(head, L.consumer_entry(k)), t)
-    for i in range(len(table) // L.SLOT_ENTRY_SIZE):
-        scans.first_seen(key + ("lock", i), word(table, L.SLOT_ENTRY_SIZE * i), t)
 
 
 class Scene:
@@ -250,7 +239,8 @@ class Scene:
             self._seen(("consumer", k), self.plan.get(CONS["consumer_pid"],
                                                       L.consumer_entry(k)), t)
         geo = self.block.geometry
-        for i in range(geo.capacity if geo else 0):
+        # a slot in a hole reads as zeros (no lock): only the slots in use are read
+        for i in (self.block.slots_in_use() if geo else ()):
             self._seen(("lock", i), self.plan.get(SLOT["write_lock"], geo.slot_entry(i)), t)
 
     # -- kernel view ----------------------------------------------------------------------

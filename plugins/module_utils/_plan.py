@@ -14,6 +14,12 @@ A step is a group of CAS changes that belong together (one slot's release). If a
 of a step finds a value other than the observed one, a live process changed the word
 under us: the step's earlier changes are undone with CAS and the step is reported as a
 concurrent change; nothing is left half-done.
+
+Kill safety: a recovery can be SIGKILLed between any two stores. Callers order a step's
+stores so that every prefix is a state the next run recognises and finishes: the step
+first *claims* what it changes (a slot's write lock -> our pid, which is a dead holder the
+next run releases once we are gone), and releases the claim last. :meth:`rollback` undoes
+in reverse order, so every prefix of a rollback is again a prefix of the step.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from . import _layout as L
 from ._block import Block
@@ -41,6 +47,7 @@ class Change:
     size: int = field(repr=False, default=0)
     atomic: bool = field(repr=False, default=True)
     text: bool = field(repr=False, default=False)   # NUL-terminated text, shown as a string
+    scrubbed: Optional[List[Tuple[int, bytes]]] = field(repr=False, default=None)
 
     def to_dict(self) -> dict:
         def show(v: Value):
@@ -62,6 +69,7 @@ class Plan:
         self.pid = os.getpid()
         self.changes: List[Change] = []
         self._overlay: Dict[Tuple[int, int], Value] = {}
+        self._zeroed: Set[Tuple[int, int]] = set()      # byte ranges scrubbed (dry run too)
         self._step: Optional[List[Change]] = None
 
     # -- reading --------------------------------------------------------------------
@@ -81,6 +89,13 @@ class Plan:
         value = self._overlay.get((offset, size))
         return value if isinstance(value, bytes) else self.block.read(offset, size)
 
+    def data(self, offset: int, size: int) -> bytes:
+        """A data range (a slot's bytes) as this plan leaves it: zeros once scrubbed.
+        Read from the file, not the mapping (a hole costs no page)."""
+        if (offset, size) in self._zeroed:
+            return bytes(size)
+        return self.block.pread(offset, size)
+
     # -- writing --------------------------------------------------------------------
     def begin(self) -> None:
         self._step = []
@@ -97,6 +112,13 @@ class Plan:
         step, self._step = self._step or [], None
         lost: List[str] = []
         for ch in reversed(step):
+            if ch.scrubbed is not None:          # a scrub: put the pages back
+                self._zeroed.discard((ch.offset, ch.size))
+                if not self.dry_run:
+                    for pos, chunk in ch.scrubbed:
+                        self.block.write(pos, chunk)
+                self.changes.remove(ch)
+                continue
             key = (ch.offset, ch.size)
             self._overlay[key] = ch.before
             if self.dry_run:
@@ -139,8 +161,36 @@ class Plan:
             self.block.write(offset, after)
         self._record(Change(target, before, after, offset, len(after), False, text))
 
-    def _record(self, ch: Change) -> None:
-        self._overlay[(ch.offset, ch.size)] = ch.after
+    def scrub(self, target: str, offset: int, size: int) -> None:
+        """Overwrite with zeros a byte range that holds no committed data and that we hold
+        (a slot under our write lock), so torn bytes never stay behind.
+
+        Only pages that are not zero already are written: blocks are sparse files, and a
+        page never written stays unallocated. Listed as one change whose before/after are
+        the BLAKE2b-256 of the range (the bytes themselves are not listed); the pages
+        overwritten are kept so that :meth:`rollback` can put them back (a concurrent
+        change leaves nothing changed, torn bytes included)."""
+        before = self.data(offset, size)
+        if not any(before):
+            return
+        pages: List[Tuple[int, bytes]] = []
+        pos, end = offset, offset + size
+        while pos < end:
+            stop = min(end, (pos // L.PAGE + 1) * L.PAGE)       # one file page at most
+            chunk = before[pos - offset:stop - offset]
+            if any(chunk):
+                pages.append((pos, chunk))
+                if not self.dry_run:
+                    self.block.write(pos, bytes(stop - pos))
+            pos = stop
+        self._zeroed.add((offset, size))
+        ch = Change(target, L.blake2b256(before), L.blake2b256(bytes(size)), offset, size,
+                    False, scrubbed=pages)
+        self._record(ch, overlay=False)
+
+    def _record(self, ch: Change, overlay: bool = True) -> None:
+        if overlay:
+            self._overlay[(ch.offset, ch.size)] = ch.after
         self.changes.append(ch)
         if self._step is not None:
             self._step.append(ch)

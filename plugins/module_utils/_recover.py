@@ -7,23 +7,41 @@ Each action is planned from one observation of the slot and applied as one step 
 changes (see :mod:`_plan`). Rules (pylabhub's own defects, spec section 6, not copied):
 
 * a holder is released without ``force`` only when its verdict is ``dead``; alive,
-  suspect-hung and unknown holders are refused (UNSAFE) with the verdict and evidence;
+  suspect-hung and unknown holders are refused (UNSAFE) with the verdict and evidence, and
+  with the forced command that would release them (``next``);
 * releasing a dead writer never makes half-written data readable: WRITING becomes FREE,
   DRAINING (the writer had not touched the data yet) returns to COMMITTED so the last
   commit survives, writer_waiting is cleared, and a write_index the dead writer advanced is
   rolled back as its abort would have done, keeping write_index/commit_index consistent;
+* a dead writer's torn bytes never stay behind: before WRITING becomes FREE the slot's
+  data is scrubbed to zeros (only pages not zero already) and, under the Enforced checksum
+  policy, its checksum becomes BLAKE2b(zeros) with the verified byte 0, so pylabhub's own
+  validate_integrity (which checks FREE slots once the ring has wrapped) passes;
 * readers are released only as far as they are provably dead (see :mod:`_observe`);
 * while changing several words of a slot we hold its write lock under our own PID, so no
   writer (ours or C++) can enter the slot half-way through.
+
+Kill safety (a recovery SIGKILLed between any two stores is finished by the next run):
+a writer release stores, in this order, (1) the claim: lock -> our pid (once we are dead,
+our pid is a dead holder the next run releases); (2) the rollback of the lock holder's
+write_index claim, while the state still says what the dead writer left, decided by a
+test that is false once done
+(``write_index == commit_index + 2``), so a second run never rolls back twice; (3) the
+scrub and checksum, decided from the bytes themselves (already zero: nothing to do);
+(4) the state; (5) writer_waiting; (6) the readers, count first then our evidence (the
+evidence over-approximates); (7) the unlock. Every prefix is a slot still locked by a
+dead pid with a state the next run handles the same way.
 """
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._errors import ConcurrentChange, UsageError
 from ._observe import Scene, SlotView
+from ._status import step
+from ._wording import did, did_all, plural
 
 ACTIONS = ("release_writer", "release_readers", "force_reset")
 SUCCESS, FAILED, UNSAFE, NOT_STUCK, INVALID_SLOT = (
@@ -31,6 +49,7 @@ SUCCESS, FAILED, UNSAFE, NOT_STUCK, INVALID_SLOT = (
 SLOT = L.SLOT
 CEV = L.CONSUMER_EVIDENCE
 _S = L.SlotState
+_U64 = (1 << 64) - 1
 
 
 def outcome(slot: int, result: str, message: str, view: Optional[SlotView] = None,
@@ -54,17 +73,33 @@ def _after_writer(state: int) -> int:
     return state
 
 
-def _refusal(view: SlotView, what: str, scene: Scene) -> str:
+def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
+    """A refusal in one short line (who holds the slot, the verdict), and the evidence
+    behind each verdict (the outcome's ``evidence``; the CLI shows it with --verbose)."""
     if what == "writer":
         v = view.writer
-        return ("slot %d: write lock held by pid %d, verdict %s (%s); not released without force"
-                % (view.index, v.pid, v.state, "; ".join(v.evidence)))
+        return ("slot %d: write lock held by pid %d, verdict %s; releasing it needs force"
+                % (view.index, v.pid, v.state), ["pid %d: %s" % (v.pid, e) for e in v.evidence])
     live = [c for c in scene.live_consumers if c.reading == view.index or not c.has_evidence]
     who = ", ".join("pid %d (%s)" % (c.pid, c.verdict.state) for c in live) or (
         "no reader is attributable and a live process exists (producer pid %s)"
         % (scene.producer_pid or "?"))
-    return ("slot %d: %d reader(s), %d provably dead; may still be inside: %s; not released "
-            "without force" % (view.index, view.reader_count, view.releasable_readers, who))
+    waits = (", writer pid %d waits for them" % view.write_lock
+             if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
+    evidence = ["pid %d: %s" % (c.pid, e) for c in live for e in c.verdict.evidence]
+    message = ("slot %d: %s%s, %d provably dead; may still be inside: %s; releasing them "
+               "needs force" % (view.index, plural(view.reader_count, "reader"), waits,
+                                view.releasable_readers, who))
+    return message, evidence
+
+
+def refused(index: int, action: str, why: Tuple[str, List[str]],
+            view: SlotView) -> Dict[str, object]:
+    """An UNSAFE outcome: one short ``message``, the ``evidence`` of the verdicts, and the
+    forced command that would do it anyway (``next``)."""
+    message, evidence = why
+    return outcome(index, UNSAFE, message, view, evidence=evidence,
+                   next=step("recover", index, action, True))
 
 
 def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dict[str, object]:
@@ -73,6 +108,7 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
     release_writer = action in ("release_writer", "force_reset")
     release_readers = action in ("release_readers", "force_reset")
     warnings: List[str] = []
+    dry = scene.plan.dry_run
 
     writer_todo = release_writer and (view.write_lock != 0 or view.orphaned or
                                       (view.writer_waiting and view.state != _S.DRAINING))
@@ -84,19 +120,20 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
 
     if writer_todo and view.write_lock and not view.writer_dead:
         if not force:
-            return outcome(index, UNSAFE, _refusal(view, "writer", scene), view)
-        warnings.append("FORCED: released the write lock of pid %d whose verdict is %s"
-                        % (view.write_lock, view.writer.state))
+            return refused(index, action, _refusal(view, "writer", scene), view)
+        warnings.append("FORCED: %s" % did(dry, "release", "the write lock of pid %d whose "
+                                           "verdict is %s" % (view.write_lock, view.writer.state)))
     new_readers = view.reader_count
     if readers_todo:
         if force:
             if view.releasable_readers < view.reader_count:
-                warnings.append("FORCED: cleared %d reader(s) of slot %d that may be live"
-                                % (view.reader_count - view.releasable_readers, index))
+                maybe_live = view.reader_count - view.releasable_readers
+                warnings.append("FORCED: %s" % did(dry, "clear", "%s of slot %d that may be live"
+                                                   % (plural(maybe_live, "reader"), index)))
             new_readers = 0
         elif view.releasable_readers == 0 or (action == "force_reset" and
                                               view.releasable_readers < view.reader_count):
-            return outcome(index, UNSAFE, _refusal(view, "readers", scene), view)
+            return refused(index, action, _refusal(view, "readers", scene), view)
         else:
             new_readers = view.reader_count - view.releasable_readers
 
@@ -107,42 +144,66 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
         kept = ("; left to the live process that changed them: %s" % ", ".join(lost)
                 if lost else "; nothing changed")
         return outcome(index, FAILED, "slot %d: %s%s; run again" % (index, exc, kept), view)
-    step = scene.plan.commit()
-    scene.plan.count_recovery(1 if step else 0)
-    left = (" (%d reader(s) kept: they may be live)" % new_readers) if new_readers else ""
-    message = "slot %d: %s%s" % (index, _describe(view, writer_todo, new_readers), left)
+    done = scene.plan.commit()
+    scene.plan.count_recovery(1 if done else 0)
+    scrubbed = any(c.target == _label(index, "data") for c in done)
+    message = "slot %d: %s" % (index, _describe(view, writer_todo, new_readers, scrubbed, dry))
     result = outcome(index, SUCCESS, message, view)
     if warnings:
         result["warnings"] = warnings
     return result
 
 
-def _describe(view: SlotView, writer: bool, new_readers: int) -> str:
+def _describe(view: SlotView, writer: bool, new_readers: int, scrubbed: bool,
+              dry: bool) -> str:
+    """What a release did (or, in a dry run, would do), in the tense of the run."""
     parts = []
     if writer:
         after = _after_writer(view.state)
-        parts.append("released write lock%s, %s -> %s" % (
-            " of dead pid %d" % view.write_lock if view.write_lock else "",
-            L.enum_name(_S, view.state), L.enum_name(_S, after)))
+        what = ("the orphaned slot" if not view.write_lock else
+                "the write lock of dead pid %d" % view.write_lock if view.writer_dead else
+                "the write lock of pid %d (%s)" % (
+                    view.write_lock, view.writer.state if view.writer else "?"))
+        parts.append(("release", "%s (%s)" % (what, "%s → %s" % (
+            L.enum_name(_S, view.state), L.enum_name(_S, after)) if after != view.state
+            else "the slot stays %s" % L.enum_name(_S, after))))
+    if scrubbed:
+        parts.append(("scrub", "the torn bytes to zeros"))
     if new_readers != view.reader_count:
-        parts.append("reader_count %d -> %d" % (view.reader_count, new_readers))
-    return "; ".join(parts)
+        parts.append(("release", "%s (reader_count %d → %d)" % (
+            plural(view.reader_count - new_readers, "reader"), view.reader_count,
+            new_readers)))
+    text = did_all(dry, parts)
+    if new_readers:
+        text += "; %s may be live and stay%s counted" % (
+            plural(new_readers, "reader"), "s" if new_readers == 1 else "")
+    return text
 
 
 def _apply(scene: Scene, view: SlotView, writer: bool, new_readers: int) -> None:
+    """One step, stores in kill-safe order (module doc): claim, write_index, scrub, state,
+    writer_waiting, readers, unlock."""
     plan, block = scene.plan, scene.block
     base = block.geo.slot_entry(view.index)
     i = view.index
     plan.begin()
     if writer:
-        # Claim the slot: the dead (or forced) holder's lock becomes ours for the step.
+        # 1. Claim the slot: the dead (or forced) holder's lock becomes ours for the step.
         plan.cas(_label(i, "write_lock"), SLOT["write_lock"], base, view.write_lock, plan.pid)
+        # 2. Undo the holder's claim of a slot id while the state still shows it. Only a
+        #    lock's holder is known to have claimed: with no lock (an orphan, a stray
+        #    writer_waiting) the id may be a live producer's between its claim and its
+        #    lock; an index left out of step is heal's, by the producer's verdict.
+        if view.write_lock:
+            roll_back_write_index(scene, i)
+        # 3. Torn bytes of a writer that is gone never stay behind (a writer released by
+        #    force may be alive and still writing: its bytes are left to it).
+        if view.state == _S.WRITING and (view.writer_dead or not view.write_lock):
+            scrub_slot(scene, i)
+        plan.cas(_label(i, "slot_state"), SLOT["slot_state"], base, view.state,
+                 _after_writer(view.state))
         plan.cas(_label(i, "writer_waiting"), SLOT["writer_waiting"], base,
                  view.writer_waiting, 0)
-        after = _after_writer(view.state)
-        plan.cas(_label(i, "slot_state"), SLOT["slot_state"], base, view.state, after)
-        if view.state in (_S.WRITING, _S.DRAINING):
-            _roll_back_write_index(scene, i)
     if new_readers != view.reader_count:
         plan.cas(_label(i, "reader_count"), SLOT["reader_count"], base, view.reader_count,
                  new_readers)
@@ -151,18 +212,98 @@ def _apply(scene: Scene, view: SlotView, writer: bool, new_readers: int) -> None
         plan.cas(_label(i, "write_lock"), SLOT["write_lock"], base, plan.pid, 0)
 
 
-def _roll_back_write_index(scene: Scene, index: int) -> None:
-    """Undo the dead writer's claim of a slot id, as its abort would have (only when it
-    was the newest claim and is not committed)."""
+def roll_back_write_index(scene: Scene, index: int) -> None:
+    """Undo a dead writer's claim of the slot id after the last commit, as its abort would
+    have: only when ``write_index == commit_index + 2`` (mod 2**64; commit_index + 1 = 0
+    before the first commit), i.e. exactly one id is claimed and not committed, and that
+    id is this slot's. The test is false once the rollback is done, so a run killed after
+    it and run again never rolls back twice (whatever the capacity)."""
     plan = scene.plan
     write_index = plan.hdr("write_index")
-    commit_index = plan.hdr("commit_index")
-    claimed = write_index - 1
-    if write_index == 0 or claimed % scene.block.geo.capacity != index:
+    following = (plan.hdr("commit_index") + 1) & _U64
+    if write_index != (following + 1) & _U64:
         return
-    if commit_index != L.NO_COMMIT and commit_index >= claimed:
+    if following % scene.block.geo.capacity != index:
         return
-    plan.cas("header.write_index", L.HEADER["write_index"], 0, write_index, claimed)
+    plan.cas("header.write_index", L.HEADER["write_index"], 0, write_index, following)
+
+
+def torn(scene: Scene, index: int) -> bool:
+    """True when a slot's bytes are not vouched for by its stored checksum (none stored,
+    or it does not match): what :func:`scrub_slot` would overwrite."""
+    plan, geo = scene.plan, scene.block.geo
+    stored = plan.read(geo.checksum_entry(index), L.HASH_SIZE)
+    return not any(stored) or L.blake2b256(plan.data(geo.slot_data(index), geo.stride)) != stored
+
+
+def scrub_slot(scene: Scene, index: int) -> bool:
+    """Make a slot we hold (under our lock) that holds no committed data safe to leave:
+    zeros over its stride and, under the Enforced checksum policy, BLAKE2b(zeros) with the
+    verified byte 0. Nothing is written when the bytes still match their stored checksum
+    (the writer had changed nothing, or had finished) or are already zero with the right
+    checksum. Under Manual and None the checksum entry is left as it is: only the producer
+    writes checksums there (decision: docs/architecture.md). Returns True when something
+    changed (or would, in a dry run)."""
+    plan, geo = scene.plan, scene.block.geo
+    if not torn(scene, index):
+        return False
+    data_off, entry_off = geo.slot_data(index), geo.checksum_entry(index)
+    before = len(plan.changes)
+    plan.scrub(_label(index, "data"), data_off, geo.stride)
+    if plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED:
+        entry = plan.read(entry_off, L.CHECKSUM_ENTRY_SIZE)
+        blessed = L.blake2b256(bytes(geo.stride)) + b"\0"
+        plan.put(_label(index, "checksum"), entry_off, entry, blessed)
+    return len(plan.changes) > before
+
+
+def plan_scrub(scene: Scene, index: int) -> Dict[str, object]:
+    """Scrub a FREE, unlocked slot whose bytes fail pylabhub's own check (heal, once the
+    ring has wrapped): claim its lock 0 -> our pid, check it is still FREE, scrub, unlock.
+    A live producer that reaches the slot meanwhile waits for our lock (it is alive)."""
+    plan = scene.plan
+    view = scene.slot(index)
+    base = scene.block.geo.slot_entry(index)
+    if view.write_lock or view.state != _S.FREE or view.reader_count or not torn(scene, index):
+        return outcome(index, NOT_STUCK, "slot %d: nothing to scrub" % index, view)
+    plan.begin()
+    try:
+        plan.cas(_label(index, "write_lock"), SLOT["write_lock"], base, 0, plan.pid)
+        if plan.get(SLOT["slot_state"], base) != _S.FREE:
+            raise ConcurrentChange("slot %d left FREE" % index, target=_label(index, "slot_state"))
+        scrub_slot(scene, index)
+        plan.cas(_label(index, "write_lock"), SLOT["write_lock"], base, plan.pid, 0)
+    except ConcurrentChange as exc:
+        lost = plan.rollback()
+        return outcome(index, FAILED, "slot %d: %s; %s; run again" % (
+            index, exc, "left to the live process: %s" % ", ".join(lost) if lost
+            else "nothing changed"), view)
+    plan.commit()
+    plan.count_recovery(1)
+    parts = [("scrub", "the torn bytes of this FREE slot to zeros")]
+    if plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED:
+        parts.append(("set", "its checksum to match"))
+    return outcome(index, SUCCESS, "slot %d: %s" % (index, did_all(plan.dry_run, parts)), view)
+
+
+def repair_write_index(scene: Scene, observed: int, following: int) -> Dict[str, object]:
+    """Put write_index back to the id after the last commit (by CAS on the value
+    observed): claimed ids that no slot's writer explains, left by a producer that is
+    dead. A producer attaching meanwhile moves the word and the CAS fails: nothing changes."""
+    plan = scene.plan
+    plan.begin()
+    try:
+        plan.cas("header.write_index", L.HEADER["write_index"], 0, observed, following)
+    except ConcurrentChange as exc:
+        plan.rollback()
+        return {"field": "write_index", "result": FAILED, "message": "%s; nothing changed; "
+                "run again" % exc}
+    plan.commit()
+    plan.count_recovery(1)
+    return {"field": "write_index", "result": SUCCESS, "before": observed, "after": following,
+            "message": "%s (write_index %d → %d)" % (
+                did(plan.dry_run, "give back", "the slot ids a dead producer claimed and no "
+                    "writer holds"), observed, following)}
 
 
 def _consume_attribution(scene: Scene, view: SlotView, released: int) -> None:

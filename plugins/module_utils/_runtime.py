@@ -91,7 +91,16 @@ def create(name: str, capacity: int = 4, stride: int = 4096, flex_size: int = 0,
 
 
 def attach(address: str, writable: bool = True) -> Block:
-    return open_block(address, writable=writable)
+    """Attach as a pylabhub process does: a writable attachment is mapped at once (the
+    kernel then counts this process as one that has the block mapped)."""
+    block = open_block(address, writable=writable)
+    if writable:
+        try:
+            block.map()
+        except BaseException:
+            block.close()
+            raise
+    return block
 
 
 def destroy(name: str) -> None:
@@ -250,11 +259,15 @@ class Producer:
         self.block.write(geo.slot_data(ws.index) + offset + half, data[half:])
 
     def commit(self, ws: WriteSlot) -> None:
+        """Publish the slot. Under the Enforced policy the slot and then the flexible zone
+        are stamped first, as pylabhub's release_write_slot does; under Manual only what
+        the caller stamped (:meth:`stamp_slot`, :meth:`stamp_flex`) is; under None nothing."""
         b, geo = self.block, self.block.geo
         base = geo.slot_entry(ws.index)
         if b.get("checksum_policy") == L.ChecksumPolicy.ENFORCED:
-            digest = L.blake2b256(b.view(geo.slot_data(ws.index), geo.stride))
-            b.write(geo.checksum_entry(ws.index), digest + b"\0")
+            self.stamp_slot(ws)
+            if geo.flex_size:
+                self.stamp_flex()
             self.at("checksummed")
         b.add(SLOT["write_generation"], 1, base)
         b.set(SLOT["slot_state"], L.SlotState.COMMITTED, base)
@@ -266,6 +279,33 @@ class Producer:
         self.at("committed")
         b.set(SLOT["write_lock"], 0, base)
         self.at("unlocked")
+
+    def stamp_slot(self, ws: WriteSlot) -> None:
+        """Checksum the slot being written (pylabhub's update_checksum_slot): the
+        "verified" byte to 0, then the hash of the whole stride. Explicit under Manual."""
+        b, geo = self.block, self.block.geo
+        entry = geo.checksum_entry(ws.index)
+        b.write(entry + L.HASH_SIZE, b"\0")
+        b.write(entry, L.blake2b256(b.view(geo.slot_data(ws.index), geo.stride)))
+
+    def write_flex(self, data: bytes, offset: int = 0) -> None:
+        """Write into the flexible zone, as pylabhub's producer does through its span: no
+        lock; the zone's checksum is stamped at the next Enforced commit or by
+        :meth:`stamp_flex`."""
+        geo = self.block.geo
+        if offset < 0 or offset + len(data) > geo.flex_size:
+            raise UsageError("%d bytes at %d do not fit a %d-byte flexible zone"
+                             % (len(data), offset, geo.flex_size))
+        self.block.write(geo.flex_offset + offset, data)
+
+    def stamp_flex(self) -> None:
+        """Checksum the flexible zone (update_checksum_flexible_zone): the "verified" byte
+        to 0, then the hash of the whole zone."""
+        b, geo = self.block, self.block.geo
+        if not geo.flex_size:
+            raise UsageError("%s has no flexible zone" % b.address)
+        b.set("flexzone_checksum_verified", 0)
+        b.set("flexzone_checksum", L.blake2b256(b.view(geo.flex_offset, geo.flex_size)))
 
     def abort(self, ws: WriteSlot) -> None:
         b = self.block
@@ -373,14 +413,33 @@ class Consumer:
         return ReadSlot(slot_id, index, b.get(SLOT["write_generation"], base))
 
     def read(self, rs: ReadSlot, verify: bool = True) -> bytes:
-        """The slot's bytes; with ``verify`` a stored checksum must match."""
+        """The slot's bytes. With ``verify``, under the Enforced policy, the checks
+        pylabhub's reader makes at release: the slot's hash and the flexible zone's must be
+        present and match (no cached "verified" byte honoured); under Manual and None a
+        DataBlock read checks nothing (see :meth:`verify_slot`, :meth:`verify_flex`)."""
         b, geo = self.block, self.block.geo
         data = b.read(geo.slot_data(rs.index), geo.stride)
-        stored = b.read(geo.checksum_entry(rs.index), L.HASH_SIZE)
-        if verify and any(stored) and L.blake2b256(data) != stored:
-            b.add("checksum_failures", 1)
-            raise RecoveryError("%s: slot %d checksum mismatch" % (b.address, rs.index))
+        if verify and b.get("checksum_policy") == L.ChecksumPolicy.ENFORCED:
+            bad = ("slot %d checksum mismatch" % rs.index if not self.verify_slot(rs.index)
+                   else "flexible zone checksum mismatch" if not self.verify_flex() else None)
+            if bad:
+                b.add("checksum_failures", 1)
+                raise RecoveryError("%s: %s" % (b.address, bad))
         return data
+
+    def verify_slot(self, index: int) -> bool:
+        """The slot's stored hash is present and matches its data (verify_checksum_slot)."""
+        b, geo = self.block, self.block.geo
+        stored = b.read(geo.checksum_entry(index), L.HASH_SIZE)
+        return any(stored) and stored == L.blake2b256(b.view(geo.slot_data(index), geo.stride))
+
+    def verify_flex(self) -> bool:
+        """No flexible zone, or its stored hash is present and matches the zone."""
+        b, geo = self.block, self.block.geo
+        if not geo.flex_size:
+            return True
+        stored = b.get("flexzone_checksum")
+        return any(stored) and stored == L.blake2b256(b.view(geo.flex_offset, geo.flex_size))
 
     def release(self, rs: ReadSlot) -> None:
         b = self.block

@@ -11,8 +11,7 @@ Every ``datablock_*`` module is argument translation over :class:`DataBlockModul
   ``RecoveryError`` into ``fail_json`` carrying the error's stable ``code``;
 * check mode is the engine's ``dry_run`` (the engine predicts exactly and writes nothing);
 * diff mode renders the engine's ``changes`` list (one entry per word or byte range
-  changed) as before/after text, one section per slot, consumer entry or header;
-* every result reports the optional libraries found on the host.
+  changed) as before/after text, one section per slot, consumer entry or header.
 
 Nothing is decided here that the engine (and therefore the CLI) would decide differently.
 """
@@ -24,24 +23,24 @@ from collections import OrderedDict
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.pylabhub.recovery.plugins.module_utils.dependencies import (
-    optional_libraries,
-)
-
 try:
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _discovery
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _atomics
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import RecoveryError
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._layout import (
-        SlotState, enum_name,
+    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
+        RecoveryError, printable,
     )
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as wording
 except Exception:  # pylint: disable=broad-except
     ENGINE_IMPORT_ERROR = traceback.format_exc()
-    engine = _discovery = _atomics = None  # pylint: disable=invalid-name
+    engine = _discovery = _atomics = wording = None  # pylint: disable=invalid-name
 
     class RecoveryError(Exception):  # type: ignore[no-redef]
         """Placeholder: the engine could not be imported (never raised)."""
+
+    def printable(text):  # type: ignore[no-redef]
+        """Placeholder: the engine could not be imported (our own text only then)."""
+        return str(text)
 else:
     ENGINE_IMPORT_ERROR = None
 
@@ -60,7 +59,11 @@ SHARED_OPTIONS = {
     "force": dict(type="bool", default=False),
     "repair": dict(type="bool", default=False),
     "pattern": dict(type="str"),
+    "max_bytes": dict(type="bytes"),                 # budget per block (engine default)
 }
+
+#: Engine operations that take ``max_bytes`` (the module's option is passed to them).
+_BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block")
 
 
 def argument_spec(*shared, **specific):
@@ -109,39 +112,30 @@ def _entity(target):
     return (head, tail) if tail else ("block", head)
 
 
-def _render(field, value):
-    if field == "slot_state" and isinstance(value, int):
-        return "%d (%s)" % (value, enum_name(SlotState, value))
-    if field in ("consumer_name", "consumer_uid") and isinstance(value, str):
-        return repr(value)  # the engine reports text fields decoded
-    return str(value)
-
-
-def diff_from_changes(changes, header):
-    """Before/after text of every slot, consumer entry and header field in ``changes``.
-
-    A word changed more than once (e.g. a lock claimed by us, then released) shows its
-    first ``before`` and its last ``after``.
+def diff_from_changes(changes, header, result=None):
+    """Before/after text of every slot, consumer entry and header field in ``changes``,
+    in the block's own terms, as the CLI shows them (``_wording.change_lines``: state
+    names, pids with their verdict from ``result``, each word once from its first
+    ``before`` to its last ``after``, so check mode shows the real run's diff).
     """
+    doc = dict(result or {})
+    doc["changes"] = changes or []
     entities = OrderedDict()
-    for change in changes or []:
-        entity, field = _entity(str(change.get("target", "")))
-        fields = entities.setdefault(entity, OrderedDict())
-        if field in fields:
-            fields[field] = (fields[field][0], change.get("after"))
-        else:
-            fields[field] = (change.get("before"), change.get("after"))
+    for target, old, new in wording.change_lines(doc):
+        entity, field = _entity(target)
+        entities.setdefault(entity, OrderedDict())[field] = (old, new)
     before, after = [], []
     for entity, fields in entities.items():
         before.append("%s:" % entity)
         after.append("%s:" % entity)
         for field, (old, new) in fields.items():
-            before.append("  %s: %s" % (field, _render(field, old)))
-            after.append("  %s: %s" % (field, _render(field, new)))
+            before.append("  %s: %s" % (field, printable(old)))
+            after.append("  %s: %s" % (field, printable(new)))
     text_before = "\n".join(before) + "\n" if before else ""
     text_after = "\n".join(after) + "\n" if after else ""
     return {"before": text_before, "after": text_after,
-            "before_header": "%s (before)" % header, "after_header": "%s (after)" % header}
+            "before_header": "%s (before)" % printable(header),
+            "after_header": "%s (after)" % printable(header)}
 
 
 # --------------------------------------------------------------------------- module
@@ -162,8 +156,7 @@ class DataBlockModule(object):
         if ENGINE_IMPORT_ERROR is not None:
             self.module.fail_json(msg="the pylabhub.recovery engine cannot be imported on "
                                       "this host (broken installation?)",
-                                  code="internal", exception=ENGINE_IMPORT_ERROR,
-                                  optional_libraries=optional_libraries())
+                                  code="internal", exception=ENGINE_IMPORT_ERROR)
         self.params = self.module.params
         self.check_mode = self.module.check_mode
         self.engine = engine
@@ -181,18 +174,26 @@ class DataBlockModule(object):
         return None if every else name
 
     # -- engine calls ----------------------------------------------------------------
+    def _budget(self, func, kwargs):
+        """Pass the module's ``max_bytes`` to the engine operations that take it."""
+        if (self.params.get("max_bytes") is not None and engine is not None
+                and any(func is getattr(engine, name) for name in _BUDGETED)):
+            kwargs.setdefault("max_bytes", self.params["max_bytes"])
+        return kwargs
+
     def call(self, func, *args, **kwargs):
         """Run one engine call; a ``RecoveryError`` fails the task with its code."""
+        kwargs = self._budget(func, kwargs)
         try:
             return func(*args, **kwargs)
         except RecoveryError as exc:
             self.fail_error(exc)
         return None  # not reached: fail_json exits
 
-    @staticmethod
-    def attempt(func, *args, **kwargs):
+    def attempt(self, func, *args, **kwargs):
         """Run one engine call for one of many blocks: ``(result, None)`` or
         ``(None, error dict)``; the caller decides whether the task fails."""
+        kwargs = self._budget(func, kwargs)
         try:
             return func(*args, **kwargs), None
         except RecoveryError as exc:
@@ -206,12 +207,17 @@ class DataBlockModule(object):
         for entry in summary["blocks"]:
             entry[key] = entry.pop("result")
             if entry["skipped"]:
-                self.module.warn("%s skipped: %s" % (entry["address"], entry["skipped"]))
+                self.module.warn(printable("%s skipped: %s" % (entry["address"],
+                                                               entry["skipped"])))
             self.record(entry[key])
         return summary
 
     def discover(self, pattern=None):
         return self.call(_discovery.discover, pattern)
+
+    def scan(self, pattern=None):
+        """Discovery plus what could not be read (``{"blocks", "unreadable"}``)."""
+        return self.call(_discovery.scan, pattern)
 
     @staticmethod
     def atomics():
@@ -223,15 +229,14 @@ class DataBlockModule(object):
         if not isinstance(result, dict):
             return
         for warning in result.get("warnings") or []:
-            self.module.warn(str(warning))
+            self.module.warn(printable(warning))
         if self.module._diff and "changes" in result:
             if header is None:
                 block = result.get("block") or {}
                 header = str(block.get("address") or block.get("path") or "datablock")
-            self._diffs.append(diff_from_changes(result["changes"], header))
+            self._diffs.append(diff_from_changes(result["changes"], header, result))
 
     def _finish(self, result):
-        result.setdefault("optional_libraries", optional_libraries())
         if self.module._diff and self._diffs:
             result["diff"] = self._diffs[0] if len(self._diffs) == 1 else list(self._diffs)
         return result
@@ -241,8 +246,10 @@ class DataBlockModule(object):
         self.module.exit_json(**self._finish(result))
 
     def fail(self, msg, changed=False, **result):
+        """Fail the task; ``msg`` (built from block names and messages, untrusted) is made
+        one printable line, the structured result keeps exact values."""
         result["changed"] = bool(changed)
-        self.module.fail_json(msg=msg, **self._finish(result))
+        self.module.fail_json(msg=printable(msg), **self._finish(result))
 
     def fail_error(self, exc, **result):
         err = error_dict(exc)
@@ -270,6 +277,28 @@ def problem_messages(result):
             len(failed), "" if len(failed) == 1 else "s",
             "; ".join(str(o.get("message")) for o in failed)))
     return parts
+
+
+def summary_msg(result):
+    """What a mutating engine result did, or in check mode would do, in one line: the
+    engine's messages of the slots and entries changed (phrased in the run's tense, see
+    ``_wording``), or that nothing needed doing. Refusals and failures are not here (the
+    task fails with :func:`problem_messages`)."""
+    dry = bool(result.get("dry_run"))
+    cleanup = result.get("cleanup") if isinstance(result.get("cleanup"), dict) else {}
+    checked = result.get("validate") if isinstance(result.get("validate"), dict) else result
+    parts = [str(o.get("message")) for o in
+             list(cleanup.get("outcomes") or []) + list(result.get("outcomes") or [])
+             + list(result.get("indexes") or []) if o.get("result") == "SUCCESS"]
+    parts += [wording.reblessed(dry, rb) for rb in checked.get("reblessed") or []]
+    parts += [wording.reconciled(dry, rec) for rec in
+              list(cleanup.get("reconciled") or []) + list(result.get("reconciled") or [])
+              if "before" in rec]
+    if not parts:
+        parts = ["nothing to do" if not result.get("changed") else
+                 wording.did(dry, "change", "the block")]
+    block = result.get("block") or {}
+    return printable("%s: %s" % (block.get("address", "?"), "; ".join(parts)))
 
 
 def unrepaired_errors(validation):

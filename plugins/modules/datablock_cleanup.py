@@ -25,6 +25,7 @@ author:
   - pylabhub maintainers (!UNKNOWN)
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
@@ -117,14 +118,13 @@ cleaned:
   returned: success
   type: int
   sample: 1
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
+msg:
+  description:
+    - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
+    - On failure, why (a refusal names the holder and its verdict).
+  returned: success with a single O(name), and failure
+  type: str
+  sample: "my_datablock: consumer 1 (pid 4712, reader, dead): cleared its entry"
 code:
   description: Error code of the failure (for example V(not-found), V(permission), V(failed)).
   returned: failure
@@ -138,12 +138,12 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule, argument_spec, problem_messages,
+    DataBlockModule, argument_spec, problem_messages, summary_msg,
 )
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", "all", "pattern"))
+    m = DataBlockModule(argument_spec("name", "all", "pattern", "max_bytes"))
     address = m.targets()
     if address is not None:
         result = m.call(m.engine.cleanup, address, dry_run=m.check_mode)
@@ -152,7 +152,8 @@ def main():
         if problems or not result.get("ok", True):
             m.fail("%s: %s" % (address, "; ".join(problems) or "not ok"),
                    changed=result["changed"], cleanup=result, code="failed")
-        m.exit(changed=result["changed"], cleanup=result, cleaned=result["cleaned"])
+        m.exit(changed=result["changed"], msg=summary_msg(result), cleanup=result,
+               cleaned=result["cleaned"])
 
     summary = m.each("cleanup", "cleanup")
     failures = ["%s: %s" % (e["address"], e["error"]["message"]) for e in summary["blocks"]

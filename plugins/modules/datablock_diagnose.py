@@ -28,6 +28,7 @@ options:
     type: int
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name
   - pylabhub.recovery.common.read_only
   - pylabhub.recovery.dependencies
@@ -134,14 +135,6 @@ diagnosis:
       elements: dict
       sample: [{"code": "dead-producer", "severity": "info",
                 "message": "producer pid 16709 is dead: committed data stays readable; a new producer may attach"}]
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
 code:
   description: Error code of the failure (for example V(not-found), V(slot-out-of-range)).
   returned: failure
@@ -160,7 +153,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", name=dict(required=True), slot=dict(type="int")))
+    m = DataBlockModule(argument_spec("name", "max_bytes", name=dict(required=True),
+                                      slot=dict(type="int")))
     diagnosis = m.call(m.engine.diagnose, m.params["name"], m.params["slot"])
     m.exit(changed=False, diagnosis=diagnosis)
 

@@ -117,13 +117,6 @@ drill:
       type: list
       elements: dict
       sample: []
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": true, "version": "7.2.2", "error": null},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (

@@ -42,6 +42,7 @@ options:
     default: false
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.read_only
   - pylabhub.recovery.dependencies
 attributes:
@@ -92,16 +93,18 @@ blocks:
       sample: ok
     health:
       description:
-        - The health summary. C(healthy) is the diagnosis' verdict (no stuck slot, no
-          finding worse than C(info)) and, with O(validate=true), also requires C(valid);
-          null when the block could not be diagnosed (see C(error)) or with
-          O(diagnose=false) and O(validate=false).
+        - The health summary. C(status) is the block's health word by the one rule that
+          diagnose, validate and heal share (V(healthy), V(degraded), V(suspect),
+          V(stuck), V(corrupt)); with O(validate=true) it is validation's, which also
+          counts checksum errors. C(healthy) is C(status) == V(healthy) (with
+          O(validate=true) it also requires C(valid)); both null when the block could not
+          be diagnosed (see C(error)) or with O(diagnose=false) and O(validate=false).
         - C(stuck_slots), C(suspect_slots), C(findings) and C(dead_consumers) come from the
           diagnosis; C(valid) and C(validation_findings) from the validation (null
           without O(validate=true)); C(error) is C(code)/C(message) of the first error
           met, or null.
       type: dict
-      sample: {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
+      sample: {"healthy": false, "status": "stuck", "stuck_slots": [0], "suspect_slots": [],
                "dead_consumers": 0,
                "findings": [{"code": "dead-producer", "severity": "info",
                              "message": "producer pid 16709 is dead: committed data stays readable; a new producer may attach"}],
@@ -116,20 +119,25 @@ blocks:
             "producer_verdict": {"pid": 16709, "state": "dead",
                                  "evidence": ["kill(16709, 0): ESRCH (no such process)"]},
             "producer_alive": false,
-            "health": {"healthy": false, "stuck_slots": [0], "suspect_slots": [],
+            "health": {"healthy": false, "status": "stuck", "stuck_slots": [0],
+                       "suspect_slots": [],
                        "dead_consumers": 0, "findings": [], "valid": null,
                        "validation_findings": null, "error": null}}]
+unreadable:
+  description:
+    - What the listing could not read - C(count), C(by_reason) (reason to count, for example
+      V(permission denied)) and C(entries) (C(path) and C(reason) each) - C(/dev/shm)
+      entries and other users' C(/proc/<pid>/fd) tables. Blocks there are not in
+      RV(blocks); run as root (C(become)) or as their owner to see them.
+  returned: always
+  type: dict
+  sample: {"count": 1, "by_reason": {"permission denied": 1},
+           "entries": [{"path": "/dev/shm/private_block", "reason": "permission denied"}]}
 atomics:
   description: Whether this host can change blocks atomically (C(available)) and which library provides it, or why none does (C(provider)).
   returned: always
   type: dict
   sample: {"available": true, "provider": "libatomic.so.1"}
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": true, "version": "7.2.2", "error": null},
-           "posix_ipc": {"present": true, "version": "1.3.2", "error": null}}
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
@@ -139,8 +147,9 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 def health(m, address, diagnose, validate):
     """The health summary of one block; engine errors land in ``error``."""
-    out = {"healthy": None, "stuck_slots": None, "suspect_slots": None, "findings": None,
-           "dead_consumers": None, "valid": None, "validation_findings": None, "error": None}
+    out = {"healthy": None, "status": None, "stuck_slots": None, "suspect_slots": None,
+           "findings": None, "dead_consumers": None, "valid": None,
+           "validation_findings": None, "error": None}
     verdicts = []
     if diagnose:
         diagnosis, error = m.attempt(m.engine.diagnose, address)
@@ -151,7 +160,8 @@ def health(m, address, diagnose, validate):
                        suspect_slots=diagnosis["suspect_slots"],
                        findings=diagnosis["findings"],
                        dead_consumers=sum(1 for c in diagnosis["consumers"]
-                                          if c.get("action") == "cleanup"))
+                                          if c.get("action") == "cleanup"),
+                       status=diagnosis["health"])
             verdicts.append(bool(diagnosis["healthy"]))
     if validate:
         validation, error = m.attempt(m.engine.validate, address)
@@ -159,8 +169,9 @@ def health(m, address, diagnose, validate):
             out["error"] = out["error"] or error
         else:
             out.update(valid=bool(validation["valid"]),
-                       validation_findings=validation["findings"])
-            verdicts.append(bool(validation["valid"]))
+                       validation_findings=validation["findings"],
+                       status=validation["health"])
+            verdicts.append(bool(validation["valid"]) and bool(validation["healthy"]))
     if verdicts and out["error"] is None:
         out["healthy"] = all(verdicts)
     elif verdicts and not all(verdicts):
@@ -169,13 +180,15 @@ def health(m, address, diagnose, validate):
 
 
 def main():
-    m = DataBlockModule(argument_spec("pattern", diagnose=dict(type="bool", default=True),
+    m = DataBlockModule(argument_spec("pattern", "max_bytes",
+                                      diagnose=dict(type="bool", default=True),
                                       validate=dict(type="bool", default=False)))
-    blocks = m.discover(m.params["pattern"])
+    found = m.scan(m.params["pattern"])
+    blocks = found["blocks"]
     for entry in blocks:
         entry["health"] = health(m, entry["address"], m.params["diagnose"],
                                  m.params["validate"])
-    m.exit(changed=False, blocks=blocks, atomics=m.atomics())
+    m.exit(changed=False, blocks=blocks, unreadable=found["unreadable"], atomics=m.atomics())
 
 
 if __name__ == "__main__":

@@ -66,6 +66,7 @@ options:
     default: false
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
@@ -232,15 +233,13 @@ healthy:
   returned: with O(all=true)
   type: bool
   sample: true
-optional_libraries:
+msg:
   description:
-    - Presence of the optional libraries on the managed host. Each value has C(present)
-      (bool), C(version) (str or null) and C(error) (why the import failed, or null).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": true, "version": "1.3.2", "error": null}}
+    - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
+    - On failure, why (a refusal names the holder and its verdict).
+  returned: success with a single O(name), and failure
+  type: str
+  sample: "my_datablock: slot 0: released the write lock of dead pid 4711 (WRITING → FREE) and scrubbed the torn bytes to zeros"
 code:
   description: Error code of the failure (for example V(not-found), V(slot-out-of-range), V(permission), V(usage)).
   returned: failure
@@ -254,13 +253,13 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    ACTIONS, DataBlockModule, argument_spec, parse_slot, problem_messages,
+    ACTIONS, DataBlockModule, argument_spec, parse_slot, problem_messages, summary_msg,
 )
 
 
 def main():
     m = DataBlockModule(
-        argument_spec("name", "all", "pattern", "slot", "force", "repair",
+        argument_spec("name", "all", "pattern", "slot", "force", "repair", "max_bytes",
                       action=dict(type="str", required=True, choices=list(ACTIONS))),
         required_if=[("action", action, ["slot"]) for action in ACTIONS if action != "heal"],
     )
@@ -295,7 +294,7 @@ def main():
         m.fail("%s: %s" % (result["block"]["address"], "; ".join(problems) or "not ok"),
                changed=result.get("changed"), recovery=result,
                code="holder-alive" if result.get("refused") else "failed")
-    m.exit(changed=result.get("changed"), recovery=result)
+    m.exit(changed=result.get("changed"), msg=summary_msg(result), recovery=result)
 
 
 def heal_all(m):

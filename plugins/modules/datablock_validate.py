@@ -14,9 +14,15 @@ description:
     (magic, version, layout hash, layout checksum, geometry, size), state sanity (slot
     states, locks and reader counts against states, consumer count, indexes) and every
     committed slot's and the flexible zone's checksum, recomputed from the data.
-  - Without O(repair) nothing is written. With O(repair=true), only C(COMMITTED) slots whose
-    checksum is wrong or missing get a new checksum (each under the recovery's own write
-    lock); nothing else is ever changed.
+  - Checksums are judged as pylabhub's readers of the block's checksum policy judge them -
+    under C(ENFORCED) a wrong or missing checksum is an error (a wrong flex-zone checksum
+    makes every read fail); under C(MANUAL) the producer stamps only some slots, so a
+    mismatch is C(info) (unverifiable); under C(NONE) nothing is checked.
+  - Without O(repair) nothing is written. With O(repair=true), and only under the
+    C(ENFORCED) policy, C(COMMITTED) slots whose checksum is wrong or missing get a new
+    checksum (each under the recovery's own write lock), and so does the flexible zone
+    once its producer is dead; nothing else is ever changed. Under another policy repair
+    writes no checksum and the findings say so.
   - B(Corruption fails the task by default.) With O(fail_on_corruption=true) (the
     default) the task fails when an error-level finding remains that was not repaired -
     corruption is a finding an operator must see, and a play should not carry on as if
@@ -31,8 +37,9 @@ author:
 options:
   repair:
     description:
-      - Re-bless the checksum of every C(COMMITTED) slot whose stored checksum is wrong or
-        missing. The data itself is never changed, so re-blessing declares the current
+      - Re-bless the checksum of every C(COMMITTED) slot (and of the flexible zone) whose
+        stored checksum is wrong or missing, under the C(ENFORCED) policy only. The data
+        itself is never changed (it cannot be restored), so re-blessing declares the current
         data to be the truth; only do it when that is right (for example after a known
         torn write was discarded by the producer).
     type: bool
@@ -45,6 +52,7 @@ options:
     default: true
 extends_documentation_fragment:
   - pylabhub.recovery.common
+  - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.dependencies
@@ -133,7 +141,7 @@ validation:
       sample: true
     findings:
       description:
-        - Each finding - C(code), C(severity) (C(error) or C(warning)), C(message),
+        - Each finding - C(code), C(severity) (C(error), C(warning) or C(info)), C(message),
           C(repairable), where (C(slot) or C(field)) and C(repaired) once re-blessed.
       type: list
       elements: dict
@@ -141,12 +149,20 @@ validation:
                 "message": "slot 1: stored checksum fe550be2... but the data hashes to a0bc65cb...",
                 "repairable": true, "slot": 1, "repaired": true}]
     reblessed:
-      description: Slots whose checksum was re-blessed (C(slot), C(before), C(after) as hex).
+      description:
+        - Checksums re-blessed - C(target) (C(slot[N].checksum) or C(flexzone_checksum)),
+          C(slot) for a slot, C(before) and C(after) as hex.
       type: list
       elements: dict
-      sample: [{"slot": 1,
+      sample: [{"target": "slot[1].checksum", "slot": 1,
                 "before": "fe550be2d2da2f2c2e70a1839f35856e978a038e7ec685552c551a47fb741b40",
                 "after": "a0bc65cb8bfbf4f6337342040457fd776812d9658bb0c3ee6407779b732787b9"}]
+    checksum_policy:
+      description:
+        - The block's checksum policy the checksums were judged by (C(NONE), C(MANUAL),
+          C(ENFORCED) or C(UNKNOWN(n))); null when the header is not sound.
+      type: str
+      sample: ENFORCED
 blocks:
   description:
     - With O(all=true), one entry per block found - C(address), C(status) (from
@@ -158,14 +174,13 @@ blocks:
   elements: dict
   sample: [{"address": "my_datablock", "status": "ok", "validation": {"valid": true},
             "error": null, "skipped": null}]
-optional_libraries:
-  description: Presence of the optional libraries on the managed host (see M(pylabhub.recovery.datablock_recover)).
-  returned: always
-  type: dict
-  sample: {"psutil": {"present": false, "version": null,
-                      "error": "ModuleNotFoundError: No module named 'psutil'"},
-           "posix_ipc": {"present": false, "version": null,
-                         "error": "ModuleNotFoundError: No module named 'posix_ipc'"}}
+msg:
+  description:
+    - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
+    - On failure, why (a refusal names the holder and its verdict).
+  returned: success with a single O(name) and O(repair=true), and failure
+  type: str
+  sample: "my_datablock: re-blessed the checksum of slot 1"
 code:
   description: Error code of the failure - V(corrupt) for unrepaired corruption, otherwise the engine's (for example V(not-found)).
   returned: failure
@@ -179,7 +194,7 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule, argument_spec, unrepaired_errors,
+    DataBlockModule, argument_spec, summary_msg, unrepaired_errors,
 )
 
 
@@ -191,7 +206,7 @@ def _describe(address, validation):
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", "all", "pattern", "repair",
+    m = DataBlockModule(argument_spec("name", "all", "pattern", "repair", "max_bytes",
                                       fail_on_corruption=dict(type="bool", default=True)))
     p = m.params
     address = m.targets()
@@ -202,6 +217,9 @@ def main():
         if not valid and p["fail_on_corruption"]:
             m.fail(_describe(address, result), changed=result["changed"], validation=result,
                    valid=False, code="corrupt")
+        if p["repair"]:
+            m.exit(changed=result["changed"], msg=summary_msg(result), validation=result,
+                   valid=valid)
         m.exit(changed=result["changed"], validation=result, valid=valid)
 
     summary = m.each("validate", "validation", repair=p["repair"])

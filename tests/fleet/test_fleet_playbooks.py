@@ -228,8 +228,10 @@ def test_diagnose_sees_every_fault_and_changes_nothing(lab):
     w = slot_of(lab, "lab-01", "stuck_writer")
     blocks = {b["address"]: b for b in rep["lab-01"]["blocks"]}
     assert blocks["stuck_writer_block"]["stuck_slots"] == [w]
+    assert blocks["stuck_writer_block"]["status"] == "stuck"
     assert blocks["stuck_writer_block"]["slots"][0]["action"] == "release_writer"
     assert blocks["healthy_block"]["healthy"] is True
+    assert blocks["healthy_block"]["status"] == "healthy"
     assert rep["lab-01"]["unhealthy"] == ["stuck_writer_block"]
 
     r = slot_of(lab, "lab-02", "stuck_readers")
@@ -241,6 +243,7 @@ def test_diagnose_sees_every_fault_and_changes_nothing(lab):
 
     (consumers,) = rep["lab-03"]["blocks"]
     assert consumers["dead_consumers"] == 3 and consumers["stuck_slots"] == []
+    assert consumers["status"] == "degraded"          # dead consumers' entries: warnings
     assert len([f for f in rep["lab-03"]["findings"] if f["code"] == "dead-consumer"]) == 3
 
     assert rep["lab-04"]["corrupt"] == ["corruption_block"]
@@ -303,9 +306,9 @@ def test_recover_takes_each_host_through_its_procedure_step(lab):
     assert rc == 0, out
     rel = reg["lab-01"]["tasks"]["Release what dead holders own, or heal (datablock_recover)"]["recovery"]
     assert rel["result"] == "SUCCESS" and rel["changed"] and rel["outcomes"][0]["slot"] == w
-    assert "WRITING -> FREE" in rel["outcomes"][0]["message"]
+    assert "WRITING → FREE" in rel["outcomes"][0]["message"]
     rel = reg["lab-02"]["tasks"]["Release what dead holders own, or heal (datablock_recover)"]["recovery"]
-    assert rel["result"] == "SUCCESS" and "reader_count 1 -> 0" in rel["outcomes"][0]["message"]
+    assert rel["result"] == "SUCCESS" and "reader_count 1 → 0" in rel["outcomes"][0]["message"]
     assert reg["lab-03"]["tasks"]["Clear dead consumers (datablock_cleanup)"]["cleanup"]["cleaned"] == 3
     val = reg["lab-04"]["tasks"]["Validate, re-blessing checksums with recover_repair=true (datablock_validate)"]["validation"]
     assert val["valid"] and [x["slot"] for x in val["reblessed"]] == [

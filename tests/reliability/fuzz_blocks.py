@@ -25,6 +25,17 @@ cleanup and heal (with and without repair) as dry runs, and discovery. Propertie
    a block mid-creation or a header-less file give the matching error from every entry
    point; diagnose refuses exactly when the header has a problem.
 
+A second campaign fuzzes **geometry and sparseness** (:func:`build_sparse_test`): a valid,
+self-consistent header for a drawn geometry (up to 4 Mi slots, strides up to 16 MiB, flex
+zones, file sizes up to terabytes), the file ``ftruncate``d to the claimed total (or past
+it) and only a few sparse "islands" written: slot entries (any state, lock, readers),
+checksums (the all-zero digest, or garbage) and data pages anywhere. Every entry point runs
+as above with the default budget. Properties: only RecoveryError (an ``over-budget``
+refusal for every-slot listings of huge blocks is expected), nothing read outside the
+file, **no byte allocated** (``st_blocks`` identical: reads never fault a hole in) and
+nothing changed, and validate flags exactly the committed islands whose checksum does not
+match their (mostly zero) data.
+
 There are no live processes in this campaign, so the pauses with which the engine lets
 live processes settle before reporting a finding are shortened to zero (the re-look logic
 still runs): that keeps several hundred images within seconds.
@@ -368,6 +379,14 @@ def oracle(img):
     if size != claimed:
         found.add(("unsupported-layout", "total_block_size"))
     header_ok = not found
+    # checksums are judged by the policy, as pylabhub's readers do (docs/configurations.md):
+    # Enforced errors, Manual (and an unknown value) information, None nothing
+    policy = _u(img, 176, 4)
+    enforced = policy == 2
+    if policy == 0:
+        found.add(("checksums-not-checked", "checksum_policy"))
+    elif policy != 1 and not enforced:
+        found.add(("checksum-policy-unknown", "checksum_policy"))
     # slots
     for i in range(n):
         e = 4096 + 64 * i
@@ -382,24 +401,44 @@ def oracle(img):
             found.add(("reader-count-underflow", i))
         elif readers and state in (0, 1):
             found.add(("readers-in-unreadable-slot", i))
-        if state in (2, 3):
+        if state in (2, 3) and policy != 0:
             cs = img[4096 + 64 * n + 33 * i:][:32]
             data = img[ring + i * stride:ring + (i + 1) * stride]
             if any(cs):
                 if hashlib.blake2b(data, digest_size=32).digest() != cs:
-                    found.add(("checksum-mismatch", i))
-            elif _u(img, 176, 4) == 2:
-                found.add(("checksum-missing", i))
+                    found.add(("checksum-mismatch" if enforced else "checksum-unstamped", i))
+            else:
+                found.add(("checksum-missing" if enforced else "checksum-unstamped", i))
     registered = sum(1 for k in range(8) if _u(img, 496 + 128 * k, 8))
     if _u(img, 208, 4) != registered:
         found.add(("consumer-count-mismatch", "active_consumer_count"))
     commit, write = _u(img, 192, 8), _u(img, 184, 8)
     if commit != L.NO_COMMIT and commit >= write:
         found.add(("index-inconsistent", "commit_index"))
+    else:   # claimed ids after the last commit must each be held by a writer
+        following = (commit + 1) % 2 ** 64
+        gap = (write - following) % 2 ** 64
+        held = [_u(img, 4096 + 64 * (c % n), 8) or img[4096 + 64 * (c % n) + 12] in (1, 3)
+                for c in range(following, following + min(gap, n))]
+        if gap > n or not all(held):
+            found.add(("index-out-of-step", "write_index"))
+    # pylabhub's own validate_integrity (spec section 8) on FREE unlocked slots
+    written = _u(img, 432, 8)
+    upstream = [] if not written else range(n) if written >= n else range(commit % n + 1)
+    for i in upstream:
+        e = 4096 + 64 * i
+        entry = img[4096 + 64 * n + 33 * i:][:33]
+        if _u(img, e, 8) or img[e + 12] != 0 or entry[32] == 1:
+            continue
+        data = img[ring + i * stride:ring + (i + 1) * stride]
+        if not any(entry[:32]) or hashlib.blake2b(data, digest_size=32).digest() != entry[:32]:
+            found.add(("uncommitted-checksum-mismatch", i))
     flex_cs = img[1984:2016]
-    if flex and any(flex_cs) and hashlib.blake2b(img[d:d + flex], digest_size=32).digest() \
-            != flex_cs:
-        found.add(("flexzone-checksum-mismatch", "flexzone_checksum"))
+    if flex and policy != 0 and hashlib.blake2b(img[d:d + flex], digest_size=32).digest() \
+            != flex_cs and (any(flex_cs) or commit != L.NO_COMMIT):
+        found.add((("flexzone-checksum-mismatch" if any(flex_cs) else
+                    "flexzone-checksum-missing") if enforced else
+                   "flexzone-checksum-unstamped", "flexzone_checksum"))
     return ("findings", found, header_ok)
 
 
@@ -483,8 +522,21 @@ def _check_oracle(image, results, errors):
     got = {(f["code"], _where(f)) for f in report["findings"]}
     assert got == expected, "validate findings differ from the spec oracle:\n missing %s\n " \
         "extra %s" % (sorted(expected - got, key=str), sorted(got - expected, key=str))
+    # index-out-of-step is an error only when no live producer could explain it (the
+    # producer's verdict); uncommitted-checksum-mismatch only under the Enforced policy
+    enforced = _u(image, 176, 4) == 2
     errors_expected = {e for e in expected if e[0] not in (
-        "invalid-writer-waiting", "orphaned-slot", "consumer-count-mismatch", "checksum-missing")}
+        "invalid-writer-waiting", "orphaned-slot", "consumer-count-mismatch",
+        "checksum-unstamped", "flexzone-checksum-unstamped", "checksums-not-checked",
+        "checksum-policy-unknown", "index-out-of-step")
+        and (e[0] != "uncommitted-checksum-mismatch" or enforced)}
+    for f in report["findings"]:
+        if f["code"] == "index-out-of-step":
+            assert f["severity"] in ("error", "warning"), f
+            if f["severity"] == "error":
+                errors_expected.add(("index-out-of-step", "write_index"))
+        if f["code"] == "uncommitted-checksum-mismatch":
+            assert f["severity"] == ("error" if enforced else "info"), f
     assert report["valid"] == (not errors_expected), report["findings"]
     for code, dummy in expected:
         FLAGGED[code] += 1
@@ -580,6 +632,180 @@ def build_random_test(bases, examples, seed=None):
     return hyp_seed(seed)(fuzz) if seed is not None else fuzz
 
 
+# ------------------------------------------------------------------- sparse geometries
+SPARSE_STATS = collections.Counter()
+
+
+def _sparse_header(capacity, stride, flex):
+    """A valid header (our runtime's, with the geometry and layout checksum replaced)."""
+    if "head" not in _SPARSE_BASE:
+        name = "plhfuzzhdr_%d" % os.getpid()
+        blk = R.create(name, capacity=2, stride=64, evidence=False)
+        try:
+            _SPARSE_BASE["head"] = bytes(blk.read(0, L.HEADER_SIZE))
+        finally:
+            blk.close()
+            os.unlink(os.path.join(SHM, name))
+    head = bytearray(_SPARSE_BASE["head"])
+    geo = L.Geometry(capacity, stride, flex)
+    for off, value, size in ((164, capacity, 4), (160, stride, 4), (168, flex, 4),
+                             (8, geo.total_size, 8)):
+        head[off:off + size] = value.to_bytes(size, "little")
+    head[2528:2560] = L.layout_checksum(capacity, _u(head, 156, 4), stride, flex, head[172],
+                                        head[148], head[152])
+    return bytes(head), geo
+
+
+_SPARSE_BASE = {}
+
+
+@st.composite
+def sparse_case(draw):
+    capacity = draw(st.one_of(st.integers(1, 64), st.integers(1, 1 << 22),
+                              st.sampled_from([1 << 20, 1 << 22])))
+    stride = 64 * draw(st.one_of(st.integers(1, 64), st.sampled_from([64, 1 << 14, 1 << 18])))
+    flex = 4096 * draw(st.one_of(st.just(0), st.integers(0, 4), st.sampled_from([1 << 12])))
+    extra = draw(st.sampled_from([0, 0, 0, 4096, 1 << 30]))
+    islands = draw(st.lists(st.tuples(
+        st.sampled_from(("committed-zero", "committed-bad", "locked", "readers", "draining",
+                         "garbage-entry", "data-page")),
+        st.integers(0, capacity - 1), st.integers(0, 255)), max_size=4))
+    return capacity, stride, flex, extra, islands
+
+
+def _write_sparse(path, case):
+    capacity, stride, flex, extra, islands = case
+    head, geo = _sparse_header(capacity, stride, flex)
+    bad = set()
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.ftruncate(fd, geo.total_size + extra)
+        os.pwrite(fd, head, 0)
+        for what, i, byte in islands:
+            entry, cks = geo.slot_entry(i), geo.checksum_entry(i)
+            if what.startswith("committed"):
+                os.pwrite(fd, bytes([2]), entry + 12)
+                zero = L.blake2b256(bytes(stride))
+                os.pwrite(fd, zero if what == "committed-zero" else bytes([byte | 1]) * 32, cks)
+                if what == "committed-bad":
+                    bad.add(i)
+            elif what == "locked":
+                os.pwrite(fd, (4194303).to_bytes(8, "little") + b"\0\0\0\0\1", entry)
+            elif what == "readers":
+                os.pwrite(fd, (1 + byte).to_bytes(4, "little") + b"\2", entry + 8)
+            elif what == "draining":
+                os.pwrite(fd, (4194303).to_bytes(8, "little") + (1).to_bytes(4, "little")
+                          + b"\3\1", entry)
+            elif what == "garbage-entry":
+                os.pwrite(fd, bytes([byte]) * 64, entry)
+            else:       # a page of data, clipped to the file (never grows it)
+                start = geo.slot_data(i)
+                os.pwrite(fd, bytes([byte | 1]) * min(4096, geo.total_size + extra - start),
+                          start)
+    finally:
+        os.close(fd)
+    # a later island may overwrite an earlier one (state or checksum): the oracle is the
+    # file as written: COMMITTED with a checksum other than the all-zero digest
+    committed_bad = set()
+    zero = L.blake2b256(bytes(stride))
+    with open(path, "rb") as fh:
+        for i in {i for dummy, i, dummy2 in islands}:
+            fh.seek(geo.slot_entry(i) + 12)
+            state = fh.read(1)
+            fh.seek(geo.checksum_entry(i))
+            stored = fh.read(32)
+            if state in (b"\2", b"\3") and any(stored) and stored != zero:
+                committed_bad.add(i)
+    dirty = {i for what, i, dummy in islands if what == "data-page"}
+    return geo, committed_bad, dirty
+
+
+def _sparse_print(path):
+    st_ = os.stat(path)
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = 0
+        while True:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            h.update(b"%d:" % start + os.pread(fd, stop - start, start))
+            pos = stop
+    finally:
+        os.close(fd)
+    return (h.hexdigest(), st_.st_size, st_.st_blocks, st_.st_mtime_ns, st_.st_ctime_ns)
+
+
+def unverified(results):
+    """Slots validate could not verify (a DRAINING island with a lock is still checked;
+    nothing is live here, so this is normally empty)."""
+    return {f["slot"] for f in results["validate"]["findings"]
+            if f["code"] == "checksum-unverified"}
+
+
+def _sparse_dir():
+    """A private directory in /dev/shm (same tmpfs): other tools listing /dev/shm, such as
+    another test run's ``heal --all`` with an older reader, never see these images (one
+    that maps them would fault their holes in and make the allocation check flaky)."""
+    if "dir" not in _SPARSE_BASE:
+        import atexit
+        import shutil
+        import tempfile
+        _SPARSE_BASE["dir"] = tempfile.mkdtemp(prefix="plhfuzzsp_", dir=SHM)
+        atexit.register(shutil.rmtree, _SPARSE_BASE["dir"], True)
+    return _SPARSE_BASE["dir"]
+
+
+def check_sparse(case):
+    _COUNTER[0] += 1
+    path = name = os.path.join(_sparse_dir(), "img_%d" % _COUNTER[0])   # absolute address
+    geo, committed_bad, dirty = _write_sparse(path, case)
+    try:
+        before = _sparse_print(path)
+        del OUT_OF_RANGE[:]
+        results = {}
+        for what, call in _calls(name):
+            try:
+                results[what] = call()
+            except _errors.RecoveryError as exc:
+                assert "\n" not in str(exc), (what, str(exc))
+                ok = ((exc.code == "over-budget" and what.startswith(("diagnose", "recover")))
+                      or (exc.code == "unsupported-layout" and case[3]))   # file > total
+                assert ok, "%s: %s on %r" % (what, exc.message, case)
+                SPARSE_STATS[exc.code] += 1
+            except Exception:
+                raise AssertionError("%s raised a non-RecoveryError on %r:\n%s"
+                                     % (what, case, traceback.format_exc()))
+        assert not OUT_OF_RANGE, "accesses outside the file: %s" % OUT_OF_RANGE[:3]
+        after = _sparse_print(path)
+        assert after == before, "changed or allocated (st_blocks %d -> %d) on %r" % (
+            before[2], after[2], case)
+        flagged = {f["slot"] for f in results["validate"]["findings"]
+                   if f["code"] == "checksum-mismatch"}
+        zero_ok = committed_bad - dirty
+        assert zero_ok <= flagged | unverified(results) and flagged <= committed_bad | dirty, (
+            flagged, case)
+        SPARSE_STATS["images"] += 1
+        SPARSE_STATS["engine_calls"] += len(results)
+        SPARSE_STATS["claimed_bytes"] += before[1]
+        SPARSE_STATS["allocated_bytes_added"] += after[2] * 512 - before[2] * 512
+    finally:
+        os.unlink(path)
+
+
+def build_sparse_test(examples, seed=None):
+    @settings(max_examples=examples, deadline=None, database=None, print_blob=True,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(case=sparse_case())
+    def fuzz_sparse(case):
+        check_sparse(case)
+
+    return hyp_seed(seed)(fuzz_sparse) if seed is not None else fuzz_sparse
+
+
 def _install_watchers():
     for mod in (_validate, _cleanup):
         mod._SETTLE_S = (0.0,)
@@ -598,6 +824,9 @@ def main(argv=None):
                     default=int(os.environ.get("PLH_FUZZ_EXAMPLES", "300")))
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--fixtures", default=None)
+    ap.add_argument("--sparse-examples", type=int,
+                    default=int(os.environ.get("PLH_FUZZ_SPARSE_EXAMPLES", "60")),
+                    help="sparse/huge-geometry images (second campaign)")
     ap.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = ap.parse_args(argv)
     _install_watchers()
@@ -609,7 +838,15 @@ def main(argv=None):
         check_image(image, bname)
     run_directed(bases)
     build_random_test(bases, args.examples, args.seed)()
+    t1 = time.monotonic()
+    build_sparse_test(args.sparse_examples, args.seed)()
     summary = {
+        "sparse_images": SPARSE_STATS["images"],
+        "sparse_engine_calls": SPARSE_STATS["engine_calls"],
+        "sparse_over_budget_refusals": SPARSE_STATS["over-budget"],
+        "sparse_claimed_bytes": SPARSE_STATS["claimed_bytes"],
+        "sparse_allocated_bytes_added": SPARSE_STATS["allocated_bytes_added"],
+        "sparse_seconds": round(time.monotonic() - t1, 2),
         "images_fuzzed": STATS["images"],
         "random_images": STATS["random_images"],
         "directed_images": STATS["directed_images"],

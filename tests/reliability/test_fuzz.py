@@ -50,3 +50,12 @@ def test_fuzzed_blocks_never_crash_write_or_go_unflagged(fixtures_dir, figures):
     figures["images fuzzed"] = "%d (%d random, %d directed; %d engine calls; %.1f s)" % (
         summary["images_fuzzed"], summary["random_images"], summary["directed_images"],
         summary["engine_calls"], summary["seconds"])
+    # geometry and sparseness: huge claims, a few islands, nothing allocated or changed
+    assert summary["sparse_images"] >= 20
+    assert summary["sparse_allocated_bytes_added"] == 0
+    figures["sparse images fuzzed"] = (
+        "%d (%d engine calls, %d over-budget refusals, %.1f TB claimed, %d bytes allocated, "
+        "%.1f s)" % (summary["sparse_images"], summary["sparse_engine_calls"],
+                     summary["sparse_over_budget_refusals"],
+                     summary["sparse_claimed_bytes"] / 1e12,
+                     summary["sparse_allocated_bytes_added"], summary["sparse_seconds"]))

@@ -19,6 +19,7 @@ import shutil
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import textwrap
 
@@ -419,7 +420,7 @@ def test_discovery_amid_hostile_entries(zoo):
 _CHILD = textwrap.dedent("""
     import json, sys
     from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _block as B, _engine as E, _errors)
+        _block as B, _discovery, _engine as E, _errors)
     ops = {
         "attach": lambda a: B.open_block(a).close(),
         "attach(rw)": lambda a: B.open_block(a, writable=True).close(),
@@ -432,7 +433,10 @@ _CHILD = textwrap.dedent("""
         "heal(repair)": lambda a: E.heal(a, repair=True),
     }
     out = {}
-    for address in sys.argv[1:]:
+    found = _discovery.scan(sys.argv[1])
+    out["scan"] = {"blocks": sorted(e["address"] for e in found["blocks"]),
+                   "unreadable": found["unreadable"]}
+    for address in sys.argv[2:]:
         res = out[address] = {}
         for label, op in ops.items():
             try:
@@ -480,47 +484,452 @@ def unprivileged_python():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_unprivileged_user_gets_permission_errors(zoo, unprivileged_python):
+READS = ("attach", "diagnose", "validate")       # need only read permission
+
+
+def test_unprivileged_user_least_privilege(zoo, unprivileged_python):
+    """As uid 65534: root's world-readable blocks are diagnosed and validated read-only
+    (never mapped, nothing changed); every write needs ownership or root; a 0600 block
+    says whom to run as; the listing counts what it could not read, with the reason."""
     cmd, env = unprivileged_python
     made = []
     try:
         cases = {}
-        for name, mode, owner, expect in (
-                ("root0600", 0o600, 0, {"permission"}),
-                ("root0644", 0o644, 0, {"wrong-owner", "permission"}),
-                ("root0666", 0o666, 0, {"wrong-owner"}),
-                ("nobody000", 0o000, NOBODY, {"permission"})):
+        for name, mode, owner, reads, writes in (
+                ("root0600", 0o600, 0, {"permission"}, {"permission"}),
+                ("root0644", 0o644, 0, {"ok"}, {"permission"}),
+                ("root0666", 0o666, 0, {"ok"}, {"wrong-owner"}),
+                ("nobody000", 0o000, NOBODY, {"permission"}, {"permission"})):
             path = _make_block(PREFIX + name, mode=mode)
             made.append(path)
             os.chown(path, owner, owner)
             os.chmod(path, mode)
-            cases[PREFIX + name] = expect
+            cases[PREFIX + name] = (reads, writes, owner)
         own = _make_block(PREFIX + "nobody0600")         # control: its own block works
         made.append(own)
         os.chown(own, NOBODY, NOBODY)
         before = world()
-        proc = subprocess.run(cmd + list(cases) + [PREFIX + "nobody0600"], env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        proc = subprocess.run(cmd + [PREFIX + "*"] + list(cases) + [PREFIX + "nobody0600"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stderr
         assert world() == before, "the unprivileged run changed something"
         out = json.loads(proc.stdout)
-        for address, expect in cases.items():
+        for address, (reads, writes, owner) in cases.items():
             TRIED["inputs"] += 1
             for label, got in out[address].items():
                 TRIED["calls"] += 1
-                assert got != "ok", "%s(%s) succeeded as uid %d" % (label, address, NOBODY)
+                expect = reads if label in READS else writes
+                if got == "ok":
+                    assert "ok" in expect, ("%s(%s) succeeded as uid %d"
+                                            % (label, address, NOBODY))
+                    continue
                 code, msg = got
                 assert code in expect, "%s(%s): %s %s" % (label, address, code, msg)
                 assert "\n" not in msg and address in msg
-        # writable opens of someone else's readable block say so
+                assert ("run as root or as uid %d (owner)" % owner in msg
+                        or "needs root or uid %d (owner)" % owner in msg), msg
+        # a write to someone else's readable block says what would work
         assert out[PREFIX + "root0666"]["heal(repair)"][0] == "wrong-owner"
-        assert "owned by uid 0" in out[PREFIX + "root0666"]["diagnose"][1]
+        assert "changing it needs root or uid 0" in out[PREFIX + "root0666"]["heal(repair)"][1]
+        assert "mode 0600, owner uid 0" in out[PREFIX + "root0600"]["diagnose"][1]
         assert set(out[PREFIX + "nobody0600"].values()) == {"ok"}, out[PREFIX + "nobody0600"]
+        # the listing: what it could read, and a count (with the reason) of what it could not
+        scan = out["scan"]
+        assert PREFIX + "root0644" in scan["blocks"] and PREFIX + "root0600" not in scan["blocks"]
+        unreadable = {os.path.basename(e["path"]) for e in scan["unreadable"]["entries"]}
+        assert {PREFIX + "root0600", PREFIX + "nobody000"} <= unreadable, scan
+        assert scan["unreadable"]["by_reason"].get("permission denied", 0) >= 2, scan
     finally:
         for path in made:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
+
+
+# -------------------------------------------------------------------- sparse, huge, lying
+def sparse_block(path, capacity, stride, flex=0, mode=0o644):
+    """A block with a valid, self-consistent header for a huge geometry, the file
+    ``ftruncate``d to the claimed total: all of it a hole but the header (as pylabhub's own
+    blocks are before their slots are touched). Returns the geometry."""
+    name = "plhsparse_%d" % os.getpid()
+    blk = R.create(name, capacity=2, stride=64)
+    try:
+        head = bytearray(blk.read(0, L.HEADER_SIZE))
+    finally:
+        blk.close()
+        os.unlink(os.path.join(SHM, name))
+    geo = L.Geometry(capacity, stride, flex)
+    values = {"ring_buffer_capacity": capacity, "logical_unit_size": stride,
+              "flexible_zone_size": flex, "total_block_size": geo.total_size}
+    for key, value in values.items():
+        fld = L.HEADER[key]
+        head[fld.offset:fld.end] = value.to_bytes(fld.size, "little")
+
+    def u(key):
+        fld = L.HEADER[key]
+        return int.from_bytes(head[fld.offset:fld.end], "little")
+    head[2528:2560] = L.layout_checksum(capacity, u("physical_page_size"), stride, flex,
+                                        u("checksum_type"), u("policy"),
+                                        u("consumer_sync_policy"))
+    fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_CLOEXEC, mode)
+    try:
+        os.ftruncate(fd, geo.total_size)
+        os.pwrite(fd, bytes(head), 0)
+    finally:
+        os.close(fd)
+    return geo
+
+
+def sparse_print(path):
+    """Size, allocated blocks, mtime/ctime and a hash of the allocated bytes (holes are
+    skipped, so a 4 GiB sparse file costs what it holds): any change shows."""
+    st = os.stat(path)
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        pos = 0
+        while True:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            stop = os.lseek(fd, start, os.SEEK_HOLE)
+            h.update(b"@%d:" % start)
+            while start < stop:
+                chunk = os.pread(fd, min(1 << 20, stop - start), start)
+                h.update(chunk)
+                start += len(chunk)
+            pos = stop
+    finally:
+        os.close(fd)
+    return (st.st_size, st.st_blocks, st.st_mtime_ns, st.st_ctime_ns, h.hexdigest())
+
+
+# One child per private tmpfs: it mounts 64 MiB in its own mount namespace, builds hostile
+# sparse blocks there and runs the CLI on each, reporting rc, output and tmpfs usage.
+_PRIVATE_TMPFS = textwrap.dedent("""
+    import json, os, subprocess, sys
+    sys.path.insert(0, os.environ["PLH_TEST_DIR"])
+    import test_hostile as T
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _layout as L
+    mnt = sys.argv[1]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,mode=1777", "plhtmpfs", mnt],
+                   check=True)
+
+    def used():
+        st = os.statvfs(mnt)
+        return (st.f_blocks - st.f_bfree) * st.f_frsize
+
+    huge = os.path.join(mnt, "huge")           # 4 Mi slots x 64 B: 675 MB claimed
+    T.sparse_block(huge, 4 << 20, 64)
+    # a committed slot far out, its data a hole: validate must hash it as zeros (valid
+    # when the stored checksum is the all-zero digest) without reading or allocating
+    far = os.path.join(mnt, "far")
+    geo = T.sparse_block(far, 1 << 20, 4096)
+    i = 900000
+    fd = os.open(far, os.O_RDWR)
+    os.pwrite(fd, bytes([2]), geo.slot_entry(i) + 12)                 # COMMITTED
+    os.pwrite(fd, L.blake2b256(bytes(4096)), geo.checksum_entry(i))
+    os.pwrite(fd, (i + 1).to_bytes(8, "little"), 184)                 # write_index
+    os.pwrite(fd, i.to_bytes(8, "little"), 192)                       # commit_index
+    os.close(fd)
+    bad = os.path.join(mnt, "bad")                                    # same, wrong checksum
+    geo = T.sparse_block(bad, 1 << 20, 4096)
+    fd = os.open(bad, os.O_RDWR)
+    os.pwrite(fd, bytes([2]), geo.slot_entry(i) + 12)
+    os.pwrite(fd, b"\\x01" * 32, geo.checksum_entry(i))
+    os.pwrite(fd, (i + 1).to_bytes(8, "little"), 184)
+    os.pwrite(fd, i.to_bytes(8, "little"), 192)
+    os.close(fd)
+    out = {"runs": []}
+    cli = [sys.executable, "-m", "pylabhub.recovery.cli"]
+    for path, argv in json.loads(sys.argv[2]):
+        target = os.path.join(mnt, path)
+        before = (T.sparse_print(target), used())
+        p = subprocess.run(cli + [a.replace("@", target) for a in argv],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+        after = (T.sparse_print(target), used())
+        out["runs"].append({"argv": argv, "path": path, "rc": p.returncode,
+                            "stdout": p.stdout, "stderr": p.stderr,
+                            "before": before, "after": after})
+    print(json.dumps(out))
+""")
+
+# (file, argv with @ for the block, exit code, text that must appear in stdout+stderr)
+SPARSE_RUNS = (
+    ("huge", ["diagnose", "@"], 4, "4194304 slots x 64 B"),
+    ("huge", ["diagnose", "@", "--slot", "4194303"], 0, "result: healthy"),
+    ("huge", ["validate", "@"], 0, "result: valid"),
+    ("huge", ["validate", "@", "--repair", "--yes"], 0, "result: valid"),
+    ("huge", ["heal", "@", "--dry-run"], 0, "result: healthy"),
+    ("huge", ["heal", "@", "--repair", "--yes"], 0, "result: healthy"),
+    ("huge", ["cleanup", "@"], 0, "result: ok"),
+    ("huge", ["recover", "@", "--slot", "all", "--action", "force_reset", "--force",
+              "--yes"], 4, "over the budget"),
+    ("huge", ["recover", "@", "--slot", "7", "--action", "force_reset", "--force",
+              "--yes"], 0, "NOT_STUCK"),
+    ("huge", ["diagnose", "@", "--max-bytes", "8G", "--slot", "0"], 0, "result: healthy"),
+    ("far", ["validate", "@"], 0, "result: valid"),
+    ("far", ["heal", "@"], 0, "result: healthy"),
+    ("far", ["validate", "@", "--max-bytes", "8K"], 4, "1048576 slots x 4096 B"),
+    ("bad", ["validate", "@"], 1, "checksum-mismatch"),
+    ("bad", ["validate", "@", "--repair", "--dry-run"], 0, "would re-bless the checksum of slot 900000"),
+)
+
+
+def _private_tmpfs_available():
+    if os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("mount"):
+        return "needs root, unshare and mount"
+    probe = subprocess.run(["unshare", "--mount", "--propagation", "private", "true"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           universal_newlines=True, timeout=30, check=False)
+    return None if probe.returncode == 0 else "unshare --mount: %s" % probe.stderr.strip()
+
+
+def test_sparse_huge_geometries_on_a_private_tmpfs(tmp_path):
+    """A 64 MiB tmpfs of our own: blocks claiming 675 MB and 4 GiB (valid headers, sparse).
+    Reads never fault pages in (diagnose/validate used to die by SIGBUS, exit 135, with the
+    tmpfs full): each command gives its documented exit code and one clear line or the
+    right answer, and neither the file (size, allocated blocks, bytes, times) nor the
+    tmpfs usage changes, even for writing commands that found nothing to do."""
+    why = _private_tmpfs_available()
+    if why:
+        pytest.skip(why)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    env = dict(os.environ, PLH_TEST_DIR=os.path.dirname(os.path.abspath(__file__)))
+    runs = [[path, argv] for path, argv, dummy, dummy2 in SPARSE_RUNS]
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private",
+                           sys.executable, "-c", _PRIVATE_TMPFS, str(mnt), json.dumps(runs)],
+                          env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=900, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    for run, (path, argv, rc, needle) in zip(out["runs"], SPARSE_RUNS):
+        TRIED["inputs"] += 1
+        TRIED["calls"] += 1
+        label = "%s %s" % (path, " ".join(argv))
+        assert run["rc"] == rc, (label, run)
+        assert needle in run["stdout"] + run["stderr"], (label, run)
+        assert "Traceback" not in run["stderr"], (label, run)
+        errors = [line for line in run["stderr"].splitlines() if "error:" in line]
+        assert len(errors) <= 1, (label, run)
+        assert run["before"] == run["after"], ("changed: file or tmpfs usage", label, run)
+
+
+def test_heal_all_dry_run_over_a_million_slot_sparse_block(names_here):
+    """In /dev/shm: a 1 Mi-slot sparse block (today: 90 s and +64 MiB for heal --all
+    --dry-run). Slots in holes are FREE and idle, so heal examines only what is allocated:
+    it answers (well within the hang guard), allocates nothing, changes nothing; a diagnosis
+    of every slot is over the budget and --all skips that block by name and goes on."""
+    big, small = names_here(), names_here()
+    sparse_block(os.path.join(SHM, big), 1 << 20, 64)
+    _make_block(small)
+    before = sparse_print(os.path.join(SHM, big))
+    with deadline(120.0, "heal --all --dry-run"):
+        healed = E.each_block("heal", pattern=PREFIX + "*", dry_run=True)
+    by = {e["address"]: e for e in healed["blocks"]}
+    assert by[big]["error"] is None and by[big]["skipped"] is None
+    assert by[big]["result"]["healthy"] and not by[big]["result"]["changed"]
+    cost = B.cost(B.open_block(big), hashing=True)
+    assert cost["slots"] == 0 and cost["total"] < 64 << 10, cost
+    diagnosed = E.each_block("diagnose", pattern=PREFIX + "*")
+    by = {e["address"]: e for e in diagnosed["blocks"]}
+    assert by[big]["result"] is None and "1048576 slots x 64 B" in by[big]["skipped"]
+    assert "\n" not in by[big]["skipped"]
+    assert by[small]["result"] is not None and by[small]["skipped"] is None
+    assert sparse_print(os.path.join(SHM, big)) == before
+    TRIED["inputs"] += 1
+    TRIED["calls"] += 2
+
+
+@pytest.fixture
+def names_here():
+    made = []
+
+    def new():
+        name = "%ssp%d" % (PREFIX, len(made))
+        made.append(os.path.join(SHM, name))
+        return name
+    yield new
+    for path in made:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def test_truncated_between_two_commands(names_here):
+    """A block shrunk after it was listed: every command gives one line (truncated, exit
+    4), never SIGBUS, and writes nothing."""
+    name = names_here()
+    _make_block(name)
+    listed = {e["address"]: e for e in _discovery.discover(PREFIX + "*")}
+    assert listed[name]["status"] == "ok"
+    os.truncate(os.path.join(SHM, name), 6000)
+    out = run_all_ops(name)
+    for label, got in out.items():
+        if label in VALIDATING and not isinstance(got, _errors.RecoveryError):
+            assert got is None or {f["code"] for f in got["findings"]} == {"truncated"}, (
+                label, got)                      # attach(lenient) returns nothing
+            continue
+        assert isinstance(got, _errors.RecoveryError), (label, got)
+        assert got.code == "truncated" and got.exit_code == 4, (label, got)
+
+
+def test_truncated_while_mapped(names_here):
+    """Shrunk while we hold it open and mapped for writing: the next write is refused
+    (checked with fstat before every store) instead of a SIGBUS, and a read says the
+    file shrank. What remains (a shrink between that check and the store) is a documented
+    limit; pylabhub never shrinks a segment."""
+    name = names_here()
+    _make_block(name)
+    path = os.path.join(SHM, name)
+    with B.open_block(name, writable=True) as blk:
+        base = blk.geo.slot_entry(1)
+        ok, seen = blk.cas(L.SLOT["write_lock"], 0, 0, base)     # maps, changes nothing
+        assert blk.mapped and ok and seen == 0
+        os.truncate(path, 4096)
+        with pytest.raises(_errors.TruncatedBlock) as info:
+            blk.cas(L.SLOT["write_lock"], 0, 12345, base)
+        assert "shrank to 4096 bytes" in info.value.message
+        with pytest.raises(_errors.TruncatedBlock):
+            blk.get(L.SLOT["slot_state"], base)
+    assert os.stat(path).st_size == 4096
+    TRIED["inputs"] += 1
+    TRIED["calls"] += 3
+
+
+# -------------------------------------------------------------------- untrusted text
+ESC_TEXT = b"\x1b]0;owned\x07\x1b[2J\x1b[H\x9b31m\r\nresult: healthy\xff\xfe\xe2\x80\xae"
+FORGED = "result: healthy"
+
+
+def _raw_terminal_bytes(text):
+    """Characters a terminal would act on (what escaping must have removed)."""
+    return [ch for ch in text if (ord(ch) < 0x20 and ch not in "\n") or 0x7f <= ord(ch) < 0xa0
+            or ch in "\u202e\u2028\u2029" or 0xdc80 <= ord(ch) <= 0xdcff]
+
+
+def _put_text(path, offset, size, raw):
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, raw[:size - 1].ljust(size, b"\0"), offset)
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def hostile_text_block(names_here):
+    """A block whose /dev/shm name and identity strings (hub/producer name and uid, and a
+    dead consumer's name and uid) carry OSC/CSI/C1 sequences, CR LF + a forged result line,
+    invalid UTF-8 and a bidi override."""
+    suffix = "e\x1b[2J\x1b]0;t\x07\nresult: healthy\udcff"
+    name = PREFIX + "txt_" + suffix
+    path = os.path.join(SHM, name)
+    _make_block(PREFIX + "txt_tmp")
+    os.rename(os.path.join(SHM, PREFIX + "txt_tmp"), os.fsencode(path))
+    for key in ("hub_name", "hub_uid", "producer_name", "producer_uid"):
+        fld = L.HEADER[key]
+        _put_text(path, fld.offset, fld.size, ESC_TEXT)
+    child = subprocess.Popen(["sleep", "0"])
+    child.wait()                                          # a dead pid for the consumer
+    base = L.consumer_entry(0)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        os.pwrite(fd, child.pid.to_bytes(8, "little"), base)
+        os.pwrite(fd, (1).to_bytes(4, "little"), L.HEADER["active_consumer_count"].offset)
+    finally:
+        os.close(fd)
+    for key in ("consumer_name", "consumer_uid"):
+        fld = L.CONSUMER[key]
+        _put_text(path, base + fld.offset, fld.size, ESC_TEXT)
+    yield name
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(os.fsencode(path))
+
+
+def _cli(*argv):
+    return subprocess.run([sys.executable, "-m", "pylabhub.recovery.cli"] + list(argv),
+                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=120, check=False,
+                          env=dict(os.environ, TERM="xterm"))
+
+
+def test_untrusted_text_never_reaches_the_terminal_raw(hostile_text_block):
+    """list, diagnose, cleanup (change list and outcomes, dry run and real), heal and
+    validate print every name and identity string escaped: no control character, escape
+    sequence, bidi override or invalid UTF-8 byte comes out, and the only result line is
+    ours. JSON keeps the exact values."""
+    name = hostile_text_block
+
+    def decode(raw):
+        return raw.decode("utf-8", "surrogateescape")
+
+    runs = {"list": ("list", PREFIX + "*"), "diagnose": ("diagnose", name),
+            "cleanup": ("cleanup", name, "--dry-run"), "heal": ("heal", name, "--dry-run"),
+            "validate": ("validate", name), "cleanup-real": ("cleanup", name),
+            "heal-all": ("heal", "--all", "--match", PREFIX + "txt_*", "--max-bytes", "4K"),
+            "missing": ("diagnose", name + "\x1b[2J")}
+    seen = {}
+    for label, argv in runs.items():
+        TRIED["calls"] += 1
+        p = _cli(*argv)
+        out, err = decode(p.stdout), decode(p.stderr)
+        assert "Traceback" not in err, (argv, err)
+        assert not _raw_terminal_bytes(out + err), (argv, out, err)
+        for line in (out + err).splitlines():
+            assert not line.startswith(FORGED), (argv, line)
+        seen[label] = out + err
+    assert "\\x1b]0;owned\\x07" in seen["diagnose"]              # shown, escaped
+    assert "\\x1b[2J" in seen["list"] and "\\xff" in seen["list"]
+    assert "consumer" in seen["cleanup"] and "\\x1b" in seen["cleanup"]   # change list
+    assert "consumer_name" in seen["cleanup-real"] and "SUCCESS" in seen["cleanup-real"]
+    assert "over the budget" in seen["heal-all"]                # skipped, named, escaped
+    assert "\\x1b[2J" in seen["heal-all"] and "no such block" in seen["missing"]
+    j = _cli("list", PREFIX + "txt_*", "--json")
+    entry = json.loads(j.stdout)["blocks"][0]
+    assert entry["name"] == PREFIX + "txt_" + "e\x1b[2J\x1b]0;t\x07\nresult: healthy\udcff"
+    assert entry["producer_name"].startswith("\x1b]0;owned\x07\x1b[2J")   # exact, JSON-escaped
+    assert b"\x1b" not in j.stdout
+    TRIED["inputs"] += 1
+
+
+def test_module_msg_and_callback_escape_untrusted_text(hostile_text_block, monkeypatch):
+    """The Ansible face: a module's msg and warnings show names escaped (its structured
+    result keeps them exact); the fleet_summary callback escapes host names."""
+    from ansible.module_utils import basic
+    from ansible.module_utils.testing import patch_module_args
+    from ansible_collections.pylabhub.recovery.plugins.modules import datablock_validate
+    from ansible_collections.pylabhub.recovery.plugins.callback import fleet_summary
+
+    class Done(Exception):
+        pass
+    got = {"warnings": []}
+
+    def finish(self, **kwargs):
+        got.update(kwargs)
+        raise Done()
+    monkeypatch.setattr(basic.AnsibleModule, "exit_json", finish)
+    monkeypatch.setattr(basic.AnsibleModule, "fail_json", finish)
+    monkeypatch.setattr(basic.AnsibleModule, "warn", lambda self, w: got["warnings"].append(w))
+    with patch_module_args({"all": True, "pattern": PREFIX + "txt_*", "max_bytes": "4K"}):
+        with pytest.raises(Done):
+            datablock_validate.main()
+    text = " ".join(got["warnings"]) + str(got.get("msg", ""))
+    assert "skipped" in text and "\\x1b[2J" in text, got
+    assert not _raw_terminal_bytes(text)
+    assert got["blocks"][0]["address"] == hostile_text_block    # exact in the result
+    with patch_module_args({"name": PREFIX + "nope\x1b]0;x\x07\n" + FORGED}):
+        with pytest.raises(Done):
+            datablock_validate.main()
+    assert not _raw_terminal_bytes(got["msg"]) and "\n" not in got["msg"], got["msg"]
+
+    cb = fleet_summary.CallbackModule()
+    cb._hosts["evil\x1b]0;x\x07\nhost"] = {}
+    table = cb.table()
+    assert "evil\\x1b]0;x\\x07\\nhost" in table and not _raw_terminal_bytes(table)
+    TRIED["inputs"] += 2
+    TRIED["calls"] += 3
 
 
 def test_zz_count_hostile_inputs(figures):

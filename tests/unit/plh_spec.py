@@ -127,3 +127,54 @@ def start_ticks(pid):
     """Field 22 of /proc/<pid>/stat, parsed after the last ')' (independent of _procinfo)."""
     with open("/proc/%d/stat" % pid, "rb") as f:
         return int(f.read().rsplit(b")", 1)[1].split()[19])
+
+
+# -- pylabhub's own validate_integrity (no repair), as a test-side oracle ------------------
+CHECKSUM_TYPE_UNSET = 255
+
+
+def upstream_validate_integrity(image):
+    """What pylabhub's ``datablock_validate_integrity(name, repair=false)`` returns for a
+    block image: ``("SUCCESS" | "FAILED", [reasons])``.
+
+    Written from its C++ (Qing-LAB/pylabhub ``src/utils/shm/data_block_recovery.cpp``)
+    and the spec (section 8), pinned on the real fixtures (tests/fixtures/pylabhub-1.0,
+    README: a, b, h, i SUCCESS; f, k FAILED; j, a flex-zone block, always FAILED):
+
+    1. magic must be "PLHB"; version major 1, minor <= 0; the layout checksum must match;
+    2. unless checksum_type is Unset, it attaches a consumer with a config built from the
+       header, whose flex-zone size it leaves 0: any block with a flex zone fails to
+       attach, and the whole check FAILS;
+    3. slots: nothing when total_slots_written is 0; every slot once total_slots_written
+       >= capacity, whatever its state (FREE and WRITING included); else slots
+       0 .. commit_index mod capacity. A slot passes when its "verified" byte (entry + 32)
+       is 1, without hashing; otherwise its stored BLAKE2b-256 must equal the hash of the
+       full stride (an all-zero stored checksum fails).
+    The checksum *policy* plays no part. ``image``: an :class:`Image` or bytes.
+    """
+    img = image if isinstance(image, Image) else Image(image)
+    why = []
+    if img.magic_bytes != MAGIC_BYTES:
+        return "FAILED", ["magic %s" % img.magic_bytes.hex()]
+    major, minor = img.version
+    if major != 1 or minor > 0:
+        why.append("version %d.%d" % (major, minor))
+    if img.layout_checksum != layout_checksum(img.u(164, 4), img.page_size, img.stride,
+                                              img.flex_size, img.checksum_type, img.policy,
+                                              img.sync):
+        why.append("layout checksum")
+    if img.checksum_type != CHECKSUM_TYPE_UNSET:
+        if img.flex_size:
+            why.append("consumer attach fails: flex zone %d bytes vs 0 configured"
+                       % img.flex_size)
+            return "FAILED", why
+        written, n = img.total_slots_written, img.capacity
+        if written:
+            checked = range(n) if written >= n else range(img.commit_index % n + 1)
+            for i in checked:
+                stored, verified = img.checksum(i)
+                if verified == 1:
+                    continue
+                if not any(stored) or stored != blake(img.slot_data(i)):
+                    why.append("slot %d checksum" % i)
+    return ("FAILED" if why else "SUCCESS"), why

@@ -141,7 +141,7 @@ def test_lists_shm_blocks_and_ignores_junk(prefix):
     write(shm(prefix + "badver"), raw[:4] + struct.pack("<H", 2) + raw[6:])
 
     # this process is the producer of A and B: a live one only while it has them mapped
-    held = [R.attach(a, writable=False), R.attach(b, writable=False)]
+    held = [R.attach(a), R.attach(b)]          # mapped, as a producer has it
     out = by_address(discover(prefix + "*"))
     assert sorted(out) == sorted(prefix + s for s in (
         "A", "B", "short", "onepage", "notready", "badver")), sorted(out)
@@ -231,7 +231,7 @@ def test_producer_evidence_is_used_only_when_it_names_that_pid(prefix):
     name = prefix + "ev"
     make(name, capacity=1, stride=64)
     path = shm(name)
-    held = R.attach(name, writable=False)      # the producer (us) has the block mapped
+    held = R.attach(name)      # mapped: the producer (us) has the block mapped
     (e,) = discover(name)
     ev = e["producer_verdict"]["evidence"]
     assert e["producer_alive"] is True

@@ -90,8 +90,12 @@ HOLD = textwrap.dedent("""
     how, name = sys.argv[1], sys.argv[2]
     if how == "fd":
         keep = os.open("/dev/shm/" + name, os.O_RDONLY)
+    elif how == "ro":                   # a read-only shared mapping (our Block never makes one)
+        import mmap
+        with open("/dev/shm/" + name, "rb") as f:
+            keep = mmap.mmap(f.fileno(), 0, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
     else:
-        keep = R.attach(name, writable=(how == "rw"))
+        keep = R.attach(name)
     print("ready", flush=True)
     time.sleep(120)
 """)

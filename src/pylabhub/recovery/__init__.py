@@ -46,8 +46,10 @@ The four scenarios of the emergency procedure
        >>> recovery.validate_integrity("my_datablock", repair=True).reblessed
        [1]
 
-   ``repair=True`` re-blesses the checksum of COMMITTED slots only: readers will then
-   accept that data as valid, so repair only what you have decided to keep.
+   ``repair=True`` re-blesses the checksum of COMMITTED slots (and of the flexible zone,
+   once its producer is dead) only under the Enforced checksum policy, the one whose
+   producer stamps every commit: readers will then accept that data as valid, so repair
+   only what you have decided to keep. It cannot restore the bytes.
 
 When in doubt use the composite ``heal(name)``: cleanup, release what dead holders own,
 validate -- never forced. ``dry_run=True`` on any mutating call predicts exactly what the
@@ -71,7 +73,8 @@ As in pylabhub, a slot index out of range makes a *recovery* function return
 The richer engine
 -----------------
 ``diagnose``, ``recover``, ``cleanup``, ``validate``, ``heal`` (one block, JSON-ready
-dicts) and ``discover`` (every DataBlock on this host) are the engine the CLI
+dicts), ``discover`` (every DataBlock on this host) and ``list_blocks`` (the same, with
+each block's ``health`` as ``datablock-admin list`` shows it) are the engine the CLI
 ``datablock-admin`` and the Ansible collection ``pylabhub.recovery`` also call;
 ``open_block``/``Block`` (attach a segment), ``Plan``/``Change`` (CAS-on-observed
 mutation, dry run), ``judge``/``Verdict`` (liveness with evidence) are exported too.
@@ -98,9 +101,9 @@ from typing import Any, Callable, Dict, List, Optional, Union
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
     EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_PERMISSION,
     EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable, BlockNotFound, BlockNotReady,
-    ConcurrentChange, HolderAlive, InvalidName, NotADataBlock, PermissionDenied,
+    ConcurrentChange, HolderAlive, InvalidName, NotADataBlock, OverBudget, PermissionDenied,
     RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath, UnsupportedLayout, UsageError,
-    WrongOwner)
+    WrongOwner, printable)
 
 from ._version import __version__
 
@@ -115,6 +118,8 @@ _LAZY = {
     "validate": ("_engine", "validate"),
     "heal": ("_engine", "heal"),
     "discover": ("_discovery", "discover"),
+    "scan": ("_discovery", "scan"),
+    "list_blocks": ("_engine", "list_blocks"),
     "open_block": ("_block", "open_block"),
     "Block": ("_block", "Block"),
     "Plan": ("_plan", "Plan"),
@@ -135,7 +140,7 @@ __all__ = [
     # errors and exit codes
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
-    "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange", "AtomicsUnavailable",
+    "OverBudget", "printable", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange", "AtomicsUnavailable",
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
     "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
 ]
@@ -187,7 +192,13 @@ class SlotDiagnostic:
     ``dead``, ``suspect-hung``, ``unknown``; None when unlocked). ``is_stuck``: a dead
     holder blocks the slot. ``stuck_duration_s``: seconds since it became stuck, when
     known. ``reason``: one line for a human. ``action``: the recovery that applies
-    (``release_writer``, ``release_readers``, ``force_reset``) or None.
+    (``release_writer``, ``release_readers``, ``force_reset``) or None. ``suspect``: only
+    a forced action could free it (a suspect-hung or unknown writer, or a writer waiting
+    for readers that do not move and are not provably gone). ``next_step``: what clears
+    it, as data (``{"operation": "recover", "slot": 2, "action": "release_readers",
+    "force": True}``), or None. ``block_health``: the whole block's health word by the one
+    rule (``healthy``, ``degraded``, ``suspect``, ``stuck``, ``corrupt``): a jam in another
+    slot is never hidden by asking about this one.
     """
 
     slot_index: int
@@ -202,17 +213,21 @@ class SlotDiagnostic:
     reason: str
     action: Optional[str]
     suspect: bool = False
+    next_step: Optional[Dict[str, Any]] = field(default=None, compare=False)
+    block_health: Optional[str] = None
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
-    def from_engine(cls, slot: Dict[str, Any]) -> "SlotDiagnostic":
+    def from_engine(cls, slot: Dict[str, Any],
+                    block_health: Optional[str] = None) -> "SlotDiagnostic":
         writer = slot.get("writer")
         return cls(slot_index=slot["index"], state=slot["state"], write_lock=slot["write_lock"],
                    writer_state=writer["state"] if writer else None,
                    reader_count=slot["reader_count"], writer_waiting=bool(slot["writer_waiting"]),
                    write_generation=slot["write_generation"], is_stuck=bool(slot["is_stuck"]),
                    stuck_duration_s=slot.get("stuck_for_s"), reason=slot.get("reason") or "",
-                   action=slot.get("action"), suspect=bool(slot.get("suspect")), raw=slot)
+                   action=slot.get("action"), suspect=bool(slot.get("suspect")),
+                   next_step=slot.get("next"), block_health=block_health, raw=slot)
 
 
 @dataclass(frozen=True)
@@ -231,7 +246,10 @@ class Change:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What happened to one slot (``slot``) or one consumer entry (``consumer``)."""
+    """What happened to one slot (``slot``) or one consumer entry (``consumer``).
+    ``next_step``: for a refusal (UNSAFE), the forced call that would do it anyway, as
+    data (``{"operation": "recover", "slot": 1, "action": "release_readers", "force":
+    True}``); None otherwise."""
 
     result: RecoveryResult
     message: str
@@ -240,13 +258,14 @@ class Outcome:
     pid: Optional[int] = None
     holder_state: Optional[str] = None
     warnings: List[str] = field(default_factory=list)
+    next_step: Optional[Dict[str, Any]] = None
 
     @classmethod
     def from_engine(cls, o: Dict[str, Any]) -> "Outcome":
         holder = o.get("holder") or o.get("verdict")
         return cls(RecoveryResult.from_name(o["result"]), o.get("message", ""), o.get("slot"),
                    o.get("consumer"), o.get("pid") or (holder or {}).get("pid"),
-                   (holder or {}).get("state"), list(o.get("warnings", [])))
+                   (holder or {}).get("state"), list(o.get("warnings", [])), o.get("next"))
 
 
 def _changes(raw: Dict[str, Any]) -> List[Change]:
@@ -344,7 +363,8 @@ class CleanupReport(_ComparesAsResult):
         outcomes = [Outcome.from_engine(o) for o in raw.get("outcomes", [])]
         result = RecoveryResult.from_name(raw["result"])
         message = _summary(outcomes) if outcomes else (
-            "reconciled %s" % ", ".join(r["field"] for r in raw.get("reconciled", []))
+            _core("_wording").did(bool(raw.get("dry_run")), "reconcile", ", ".join(
+                str(r["field"]) for r in raw.get("reconciled", [])))
             if raw.get("reconciled") else "nothing to do: no dead consumer")
         return cls(result, int(raw.get("cleaned", 0)), bool(raw["changed"]), _changes(raw),
                    message, outcomes, list(raw.get("reconciled", [])),
@@ -375,8 +395,13 @@ class Finding:
 
 @dataclass(eq=False)
 class IntegrityReport(_ComparesAsResult):
-    """Result of ``validate_integrity``: ``valid`` (no error left), the ``findings``, and
-    ``reblessed``: the slots whose checksum ``repair=True`` recomputed."""
+    """Result of ``validate_integrity``: ``valid`` (no error left), the ``findings``,
+    ``reblessed``: the slots whose checksum ``repair=True`` recomputed, and
+    ``flexzone_reblessed``: whether it recomputed the flexible zone's checksum.
+    ``health``: the block's health word by the one rule diagnose and heal use too
+    (``healthy``, ``degraded``, ``suspect``, ``stuck``, ``corrupt``): a block can be valid
+    and still not healthy (a stuck slot, a dead consumer's entry); ``next_steps``: what
+    clears it."""
 
     valid: bool
     findings: List[Finding]
@@ -385,6 +410,15 @@ class IntegrityReport(_ComparesAsResult):
     changes: List[Change] = field(default_factory=list)
     dry_run: bool = False
     raw: Dict[str, Any] = field(default_factory=dict, repr=False)
+    flexzone_reblessed: bool = False
+
+    @property
+    def health(self) -> Optional[str]:
+        return self.raw.get("health")
+
+    @property
+    def next_steps(self) -> List[Dict[str, Any]]:
+        return list(self.raw.get("next_steps") or [])
 
     @property
     def result(self) -> RecoveryResult:
@@ -394,8 +428,9 @@ class IntegrityReport(_ComparesAsResult):
     @classmethod
     def from_engine(cls, raw: Dict[str, Any]) -> "IntegrityReport":
         return cls(bool(raw["valid"]), [Finding.from_engine(f) for f in raw.get("findings", [])],
-                   [int(r["slot"]) for r in raw.get("reblessed", [])], bool(raw.get("changed")),
-                   _changes(raw), bool(raw.get("dry_run")), raw)
+                   [int(r["slot"]) for r in raw.get("reblessed", []) if r.get("slot") is not None],
+                   bool(raw.get("changed")), _changes(raw), bool(raw.get("dry_run")), raw,
+                   any(r.get("slot") is None for r in raw.get("reblessed", [])))
 
 
 # --------------------------------------------------------------------------- functions
@@ -410,32 +445,37 @@ def is_process_alive(pid: int) -> bool:
     return bool(_core("_liveness").is_process_alive(pid))
 
 
-def diagnose_slot(name: str, index: int) -> SlotDiagnostic:
+def diagnose_slot(name: str, index: int, *, max_bytes: Optional[int] = None) -> SlotDiagnostic:
     """Diagnose one slot of block ``name`` (read-only).
 
     Raises :class:`SlotOutOfRange` for a bad ``index`` and a :class:`RecoveryError`
     subclass for a missing, foreign or unsafe block.
     """
-    raw = _core("_engine").diagnose(name, slot=index)
-    return SlotDiagnostic.from_engine(raw["slots"][0])
+    raw = _core("_engine").diagnose(name, slot=index, max_bytes=max_bytes)
+    return SlotDiagnostic.from_engine(raw["slots"][0], raw.get("health"))
 
 
-def diagnose_all_slots(name: str) -> List[SlotDiagnostic]:
-    """Diagnose every slot of block ``name`` (read-only), in slot order."""
-    raw = _core("_engine").diagnose(name)
-    return [SlotDiagnostic.from_engine(s) for s in raw["slots"]]
+def diagnose_all_slots(name: str, *, max_bytes: Optional[int] = None) -> List[SlotDiagnostic]:
+    """Diagnose every slot of block ``name`` (read-only), in slot order.
+
+    ``max_bytes`` (every function here takes it): the most one call may examine in the
+    block (default 256 MiB; see the CLI's ``--max-bytes``); past it :class:`OverBudget`."""
+    raw = _core("_engine").diagnose(name, max_bytes=max_bytes)
+    return [SlotDiagnostic.from_engine(s, raw.get("health")) for s in raw["slots"]]
 
 
 def _recover(name: str, slot: Union[int, str], action: str, force: bool,
-             dry_run: bool) -> RecoveryReport:
+             dry_run: bool, max_bytes: Optional[int]) -> RecoveryReport:
     try:
-        raw = _core("_engine").recover(name, slot, action, force=force, dry_run=dry_run)
+        raw = _core("_engine").recover(name, slot, action, force=force, dry_run=dry_run,
+                                       max_bytes=max_bytes)
     except SlotOutOfRange as err:
         return RecoveryReport.invalid_slot(err)
     return RecoveryReport.from_engine(raw)
 
 
-def release_zombie_writer(name: str, index: int, *, dry_run: bool = False) -> RecoveryReport:
+def release_zombie_writer(name: str, index: int, *, dry_run: bool = False,
+                          max_bytes: Optional[int] = None) -> RecoveryReport:
     """Release slot ``index``'s write lock if its holder is dead.
 
     WRITING becomes FREE (half-written data is never made readable), DRAINING returns to
@@ -443,11 +483,12 @@ def release_zombie_writer(name: str, index: int, *, dry_run: bool = False) -> Re
     the holder is alive, suspect-hung or unknown (there is no force here: use
     :func:`force_reset_slot` with ``force=True``); INVALID_SLOT for a bad index.
     """
-    return _recover(name, index, "release_writer", False, dry_run)
+    return _recover(name, index, "release_writer", False, dry_run, max_bytes)
 
 
 def release_zombie_readers(name: str, index: int, force: bool = False, *,
-                           dry_run: bool = False) -> RecoveryReport:
+                           dry_run: bool = False,
+                           max_bytes: Optional[int] = None) -> RecoveryReport:
     """Release the readers of slot ``index`` that are provably dead.
 
     Readers of a live (or possibly live) consumer are kept, and the call is UNSAFE when
@@ -455,44 +496,52 @@ def release_zombie_readers(name: str, index: int, force: bool = False, *,
     ``warnings``). The slot state is left as it is (a writer waiting in DRAINING proceeds
     by itself once the count is 0). NOT_STUCK when the count is 0.
     """
-    return _recover(name, index, "release_readers", force, dry_run)
+    return _recover(name, index, "release_readers", force, dry_run, max_bytes)
 
 
 def force_reset_slot(name: str, index: int, force: bool = False, *,
-                     dry_run: bool = False) -> RecoveryReport:
+                     dry_run: bool = False, max_bytes: Optional[int] = None) -> RecoveryReport:
     """Reset slot ``index``: release the write lock as :func:`release_zombie_writer` does
     (WRITING -> FREE, DRAINING -> COMMITTED, writer_waiting 0) and clear ``reader_count``;
     committed data stays readable.
 
     Without ``force`` this is refused (UNSAFE) when the writer or any reader may be alive.
     """
-    return _recover(name, index, "force_reset", force, dry_run)
+    return _recover(name, index, "force_reset", force, dry_run, max_bytes)
 
 
 def force_reset_all_slots(name: str, force: bool = False, *,
-                          dry_run: bool = False) -> RecoveryReport:
+                          dry_run: bool = False,
+                          max_bytes: Optional[int] = None) -> RecoveryReport:
     """:func:`force_reset_slot` on every slot; ``result`` is the worst slot's result and
     ``outcomes`` has one entry per slot."""
-    return _recover(name, "all", "force_reset", force, dry_run)
+    return _recover(name, "all", "force_reset", force, dry_run, max_bytes)
 
 
-def cleanup_dead_consumers(name: str, *, dry_run: bool = False) -> CleanupReport:
+def cleanup_dead_consumers(name: str, *, dry_run: bool = False,
+                           max_bytes: Optional[int] = None) -> CleanupReport:
     """Clear the heartbeat entry of every consumer whose process is dead (pid, heartbeat,
     uid, name, read position), release the readers it provably held, and reconcile
     ``active_consumer_count`` (and ``read_index`` under Sequential_sync) from the survivors.
     """
-    return CleanupReport.from_engine(_core("_engine").cleanup(name, dry_run=dry_run))
+    raw = _core("_engine").cleanup(name, dry_run=dry_run, max_bytes=max_bytes)
+    return CleanupReport.from_engine(raw)
 
 
 def validate_integrity(name: str, repair: bool = False, *, dry_run: bool = False,
-                       progress: Optional[Callable[[int, int], None]] = None) -> IntegrityReport:
+                       progress: Optional[Callable[[int, int], None]] = None,
+                       max_bytes: Optional[int] = None) -> IntegrityReport:
     """Check header (magic, version, layout hash and checksum, geometry), slot states and
-    every slot checksum recomputed from the data (the cached "verified" flag is never
-    trusted). ``repair=True`` recomputes the checksum of COMMITTED slots that mismatch, in
-    place, under the slot's write lock; a bad header is never "repaired".
+    every slot and flex-zone checksum recomputed from the data (the cached "verified" flag
+    is never trusted), judged as pylabhub's readers of the block's checksum policy judge
+    them (Enforced: errors; Manual: information; None: not checked).
+    ``repair=True`` (Enforced only) recomputes the checksum of COMMITTED slots that
+    mismatch, in place, under the slot's write lock, and the flexible zone's once no live
+    producer can be writing it; a bad header is never "repaired".
     ``progress(done_bytes, total_bytes)`` is called while hashing.
     """
-    raw = _core("_engine").validate(name, repair=repair, dry_run=dry_run, progress=progress)
+    raw = _core("_engine").validate(name, repair=repair, dry_run=dry_run, progress=progress,
+                                    max_bytes=max_bytes)
     return IntegrityReport.from_engine(raw)
 
 

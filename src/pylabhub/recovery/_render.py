@@ -3,28 +3,41 @@
 Translation only: every word shown comes from an engine result (docs/schema.md); nothing
 here judges a block. Colour is used only when the caller says so (stdout is a terminal,
 NO_COLOR unset, no --no-color).
+
+Results carry untrusted text (file names, names and uids read from a block, messages
+built from them): every ``render_*`` function first makes each string of its input
+printable with the core's one escaping rule (``_errors.printable``), so no field can
+reach the terminal raw, whatever a renderer forgets. Only the colours added here are
+escape sequences.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import shlex
 import sys
 import time
-from typing import Any, Dict, Iterable, List, Optional, Sequence, TextIO
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as W
+from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
+    printable, printable_tree)
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 PROG = "datablock-admin"
 
 
 class Style:
-    """ANSI styling, or none."""
+    """ANSI styling, or none; and how much to show (``verbose``: every store of the change
+    list as recorded, and the evidence behind each verdict)."""
 
     _CODES = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2",
               "cyan": "36"}
 
-    def __init__(self, color: bool) -> None:
+    def __init__(self, color: bool, verbose: bool = False) -> None:
         self.color = color
+        self.verbose = verbose
 
     def __call__(self, text: str, *names: str) -> str:
         if not self.color or not names or not text:
@@ -88,14 +101,67 @@ def ago(seconds: Optional[float]) -> str:
     return "unknown" if seconds is None else duration(seconds) + " ago"
 
 
-def value(v: Any) -> str:
-    if isinstance(v, str) and len(v) > 16:
-        return v[:16] + "…"
-    return str(v)
-
-
 def quote(address: str) -> str:
     return shlex.quote(address)
+
+
+def untrusted(render: Callable[..., List[str]]) -> Callable[..., List[str]]:
+    """Render a copy of the result whose every string is printable (see module doc)."""
+    @functools.wraps(render)
+    def wrapper(result: Any, *args: Any, **kwargs: Any) -> List[str]:
+        return render(printable_tree(result), *args, **kwargs)
+    return wrapper
+
+
+def command(step: Dict[str, Any], address: str) -> str:
+    """A next step (the engine's ``{"operation", "slot", "action", "force", "repair"}``)
+    as the exact command line that runs it, the block name shell-quoted."""
+    words = [PROG, str(step.get("operation")), quote(address)]
+    if step.get("slot") is not None:
+        words += ["--slot", str(step["slot"])]
+    if step.get("action"):
+        words += ["--action", str(step["action"])]
+    if step.get("force"):
+        words.append("--force")
+    if step.get("repair"):
+        words.append("--repair")
+    return " ".join(words)
+
+
+def health_word(health: Optional[str], style: "Style") -> str:
+    """The one-rule word: ``healthy`` in green, else ``NOT HEALTHY (<word>)`` in red
+    (stuck, corrupt) or yellow (suspect, degraded)."""
+    if health == "healthy":
+        return style("healthy", "green")
+    colour = "red" if health in ("stuck", "corrupt") else "yellow"
+    return style("NOT HEALTHY (%s)" % (health or "?"), colour, "bold")
+
+
+def status_lines(d: Dict[str, Any], style: "Style", address: str,
+                 shown: Optional[Sequence[int]] = None, label: str = "health",
+                 said: Sequence[Dict[str, Any]] = ()) -> List[str]:
+    """The one-rule verdict (``health``), the slots that make it, and the next steps as
+    commands. ``shown``: the slots the caller displayed (diagnose --slot): stuck or
+    suspect slots outside it are named as such, never hidden. ``said``: steps already
+    printed (heal's refusals), not repeated."""
+    lines: List[str] = []
+    steps = [st for st in d.get("next_steps") or [] if st not in said]
+    if steps:
+        lines.append("  next:")
+        lines += ["    " + command(st, address) for st in steps]
+    extra = []
+    if d.get("stuck_slots"):
+        extra.append("stuck slot(s): %s" % ", ".join(map(str, d["stuck_slots"])))
+    if d.get("suspect_slots"):
+        extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
+    if shown is not None:
+        hidden = sorted(set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or [])
+                        - set(shown))
+        if hidden:
+            extra.append("not shown here: slot(s) %s (diagnose %s shows every slot)"
+                         % (", ".join(map(str, hidden)), quote(address)))
+    word = health_word(d.get("health"), style)
+    return lines + ["  %s: %s%s" % (label, word, (" -- " + "; ".join(extra)) if extra else "")]
 
 
 # --------------------------------------------------------------------------- pieces
@@ -115,27 +181,63 @@ def block_title(block: Dict[str, Any], style: Style) -> List[str]:
 
 
 def changes_lines(result: Dict[str, Any], style: Style) -> List[str]:
+    """The change list in the block's own terms, each word once (``_wording``): a dry run
+    shows the very lines of the real run. ``--verbose``: every store as recorded (the
+    tool's own claims on a slot included), exact values as in the JSON."""
     changes = result.get("changes") or []
     dry = result.get("dry_run")
     if not changes:
         return ["  changes: none"]
     head = ("  changes (DRY RUN: would change, nothing written):" if dry else "  changes:")
     lines = [style(head, "yellow") if dry else head]
-    for c in changes:
-        lines.append("    %s: %s -> %s" % (c["target"], value(c["before"]), value(c["after"])))
+    lines += ["    %s: %s → %s" % line for line in W.change_lines(result)]
+    if style.verbose:
+        lines.append("  every store, in order (the tool's own claims included):")
+        lines += ["    %s: %s -> %s" % (c["target"], c["before"], c["after"]) for c in changes]
     return lines
 
 
 def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
                   title: str = "outcome") -> List[str]:
-    if not outcomes:
-        return []
+    """The outcome of each slot or consumer entry; a refusal is not repeated here (it is
+    printed once, as one line with its command: :func:`refusal_line`). ``--verbose``
+    adds the evidence behind each holder's verdict."""
     rows = []
     for o in outcomes:
+        if o.get("result") == "UNSAFE":
+            continue
         where = ("slot %s" % o["slot"]) if "slot" in o else (
             "consumer %s" % o.get("consumer", "?"))
         rows.append([where, style.result(str(o["result"])), o.get("message", "")])
-    return ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
+    if not rows:
+        return []
+    lines = ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
+    if style.verbose:
+        lines += ["  " + line if line else line for line in evidence_lines(
+            [o.get("holder") or o.get("verdict") for o in outcomes
+             if o.get("result") != "UNSAFE"])][:-1]
+    return lines
+
+
+def evidence_lines(verdicts: Sequence[Optional[Dict[str, Any]]]) -> List[str]:
+    """``--verbose``: the evidence behind each verdict shown (each pid once)."""
+    lines, seen = [], set()
+    for v in verdicts:
+        if not v or not v.get("evidence") or v.get("pid") in seen:
+            continue
+        seen.add(v.get("pid"))
+        lines.append("  evidence for pid %s (%s): %s" % (
+            v.get("pid"), v.get("state"), "; ".join(v["evidence"])))
+    return lines + ([""] if lines else [])
+
+
+def refusal_line(outcome: Dict[str, Any], address: str) -> str:
+    """A refusal in one line: who holds the slot and the verdict (the engine's short
+    message), and the exact command that forces it, for a human who is sure."""
+    line = str(outcome.get("message", ""))
+    if outcome.get("next"):
+        line += ". If you are sure: %s" % command(outcome["next"], address)
+    return line
 
 
 def warning_lines(result: Dict[str, Any], style: Style) -> List[str]:
@@ -143,7 +245,7 @@ def warning_lines(result: Dict[str, Any], style: Style) -> List[str]:
 
 
 def findings_lines(findings: List[Dict[str, Any]], style: Style,
-                   title: str = "findings") -> List[str]:
+                   title: str = "findings", dry_run: bool = False) -> List[str]:
     if not findings:
         return ["  %s: none" % title]
     rows = []
@@ -151,7 +253,7 @@ def findings_lines(findings: List[Dict[str, Any]], style: Style,
         where = ("slot %s" % f["slot"]) if f.get("slot") is not None else (
             "consumer %s" % f["consumer"] if f.get("consumer") is not None else (
                 f.get("field") or "block"))
-        note = " (repaired)" if f.get("repaired") else (
+        note = " (%s)" % W.done(dry_run, "repair") if f.get("repaired") else (
             " (repairable with --repair)" if f.get("repairable") else "")
         rows.append([style.severity(f["severity"]), f["code"], where, f["message"] + note])
     return ["  %s:" % title] + table(["SEVERITY", "CODE", "WHERE", "MESSAGE"], rows, style,
@@ -159,6 +261,7 @@ def findings_lines(findings: List[Dict[str, Any]], style: Style,
 
 
 # --------------------------------------------------------------------------- commands
+@untrusted
 def render_list(entries: List[Dict[str, Any]], style: Style) -> List[str]:
     if not entries:
         return ["no DataBlock found"]
@@ -168,15 +271,41 @@ def render_list(entries: List[Dict[str, Any]], style: Style) -> List[str]:
         producer = "-" if not e.get("producer_pid") else "%s %s" % (
             e["producer_pid"], style.verdict(verdict["state"] if verdict else None))
         status = e.get("status") or "?"
+        if status != "ok":                 # the header is not sound: its problem
+            shown = style(status, "red")
+        elif e.get("health") is None:      # could not be judged (health_error)
+            shown = style("?", "yellow")
+        else:
+            slots = sorted(set(e.get("stuck_slots") or []) | set(e.get("suspect_slots") or []))
+            word = str(e["health"])
+            shown = style(word + (" (slot %s)" % ",".join(map(str, slots)) if slots else ""),
+                          "green" if word == "healthy" else
+                          "red" if word in ("stuck", "corrupt") else "yellow")
         rows.append([e["address"], e["kind"], str(e["size"]),
                      "-" if e.get("capacity") is None else str(e["capacity"]),
                      "-" if e.get("stride") is None else str(e["stride"]),
-                     str(e.get("policy") or "-"), producer,
-                     style(status, "green" if status == "ok" else "red")])
+                     str(e.get("policy") or "-"), producer, shown])
     return table(["ADDRESS", "KIND", "SIZE", "SLOTS", "STRIDE", "POLICY", "PRODUCER", "STATUS"],
                  rows, style, "")
 
 
+@untrusted
+def unreadable_lines(unreadable: Dict[str, Any]) -> List[str]:
+    """The listing's last line: what could not be read, how many and why (or nothing)."""
+    count = int(unreadable.get("count") or 0)
+    if not count:
+        return []
+    reasons = ", ".join("%d %s" % (n, printable(reason)) for reason, n in
+                        sorted((unreadable.get("by_reason") or {}).items()))
+    entries = unreadable.get("entries") or []
+    files = sum(1 for e in entries if not str(e.get("path", "")).startswith("/proc/"))
+    return ["%d entr%s could not be read (%s): %d in /dev/shm, %d process fd table%s; "
+            "blocks there are not listed (run as root or as their owner to see them)"
+            % (count, "y" if count == 1 else "ies", reasons, files, count - files,
+               "" if count - files == 1 else "s")]
+
+
+@untrusted
 def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     block = d["block"]
     lines = block_title(block, style)
@@ -209,34 +338,25 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     else:
         lines.append("  consumers: none registered")
     lines.append("")
+    if style.verbose:
+        lines += evidence_lines([producer.get("verdict")]
+                                + [(s.get("writer") or None) for s in d["slots"]]
+                                + [c.get("verdict") for c in consumers])
     lines += findings_lines(d.get("findings") or [], style)
-    hints = []
-    address = quote(str(block["address"]))
-    for s in d["slots"]:
-        if s.get("action"):
-            hints.append("%s recover %s --slot %s --action %s"
-                         % (PROG, address, s["index"], s["action"]))
-    if any(c.get("action") for c in consumers):
-        hints.append("%s cleanup %s" % (PROG, address))
-    if hints:
-        lines.append("  next:")
-        lines += ["    " + h for h in hints]
-    verdict = style("healthy", "green") if d["healthy"] else style("NOT HEALTHY", "red", "bold")
-    extra = []
-    if d.get("stuck_slots"):
-        extra.append("stuck slot(s): %s" % ", ".join(map(str, d["stuck_slots"])))
-    if d.get("suspect_slots"):
-        extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
-    lines.append("  result: %s%s" % (verdict, (" -- " + "; ".join(extra)) if extra else ""))
+    shown = [s["index"] for s in d["slots"]]
+    partial = block.get("capacity") is not None and len(shown) < int(block["capacity"])
+    lines += status_lines(d, style, str(block["address"]), shown if partial else None,
+                          label="result")
     return lines
 
 
 def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
     changed = result.get("changed")
-    how = ("would change" if result.get("dry_run") else "changed") if changed else "no change"
+    how = W.did(bool(result.get("dry_run")), "change") if changed else "no change"
     return "  result: %s (%s)" % (word, how)
 
 
+@untrusted
 def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  recover --slot %s --action %s%s%s" % (
@@ -249,65 +369,93 @@ def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+@untrusted
 def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
-    lines.append("  cleanup%s: %s dead consumer entr%s cleared" % (
-        " --dry-run" if r.get("dry_run") else "", r.get("cleaned", 0),
-        "y" if r.get("cleaned") == 1 else "ies"))
+    lines.append("  cleanup%s: %s" % (" --dry-run" if r.get("dry_run") else "",
+                                      _cleared(r, bool(r.get("dry_run")))))
     lines += changes_lines(r, style)
     lines += outcome_lines(r.get("outcomes") or [], style)
-    for rec in r.get("reconciled") or []:
-        if "before" in rec:
-            lines.append("  reconciled %s: %s -> %s"
-                         % (rec.get("field"), rec["before"], rec["after"]))
-        else:
-            lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
-                                                    rec.get("message", "")))
+    lines += reconciled_lines(r.get("reconciled") or [], bool(r.get("dry_run")))
     lines.append(_footer(r, style, style("ok", "green") if r.get("ok") else
                          style("FAILED", "red")))
     return lines
 
 
+def _cleared(cleanup: Dict[str, Any], dry: bool) -> str:
+    count = int(cleanup.get("cleaned") or 0)
+    if not count:
+        return "no dead consumer entry"
+    return W.did(dry, "clear", W.plural(count, "dead consumer entry", "dead consumer entries"))
+
+
+def reconciled_lines(reconciled: List[Dict[str, Any]], dry: bool) -> List[str]:
+    lines = []
+    for rec in reconciled:
+        if "before" in rec:
+            lines.append("  " + W.reconciled(dry, rec))
+        else:
+            lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
+                                                    rec.get("message", "")))
+    return lines
+
+
+def reblessed_lines(reblessed: List[Dict[str, Any]], dry: bool) -> List[str]:
+    return ["  " + W.reblessed(dry, rb) for rb in reblessed]
+
+
+@untrusted
 def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  validate%s%s" % (" --repair" if r.get("repair") else "",
                                      " --dry-run" if r.get("dry_run") else ""))
-    lines += findings_lines(r.get("findings") or [], style)
-    for rb in r.get("reblessed") or []:
-        lines.append("  re-blessed slot %s checksum: %s… -> %s…" % (
-            rb["slot"], str(rb["before"])[:16], str(rb["after"])[:16]))
+    lines += findings_lines(r.get("findings") or [], style, dry_run=bool(r.get("dry_run")))
+    lines += reblessed_lines(r.get("reblessed") or [], bool(r.get("dry_run")))
     if r.get("changed") or r.get("repair"):
         lines += changes_lines(r, style)
+    if r.get("holder_findings"):
+        lines += findings_lines(r["holder_findings"], style, "holders")
+    if r.get("health"):
+        lines += status_lines(r, style, str(r["block"]["address"]))
     word = style("valid", "green") if r["valid"] else style("INVALID", "red", "bold")
     lines.append(_footer(r, style, word))
     return lines
 
 
+@untrusted
 def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  heal%s%s" % (" --repair" if r.get("validate", {}).get("repair") else "",
                                  " --dry-run" if r.get("dry_run") else ""))
     cleanup = r.get("cleanup") or {}
-    lines.append("  cleanup: %s dead consumer entr%s cleared" % (
-        cleanup.get("cleaned", 0), "y" if cleanup.get("cleaned") == 1 else "ies"))
+    dry = bool(r.get("dry_run"))
+    lines.append("  cleanup: %s" % _cleared(cleanup, dry))
     lines += outcome_lines(cleanup.get("outcomes") or [], style, "cleanup outcome")
+    lines += reconciled_lines(cleanup.get("reconciled") or [], dry)
     lines += outcome_lines(r.get("outcomes") or [], style, "slot outcome")
+    for ix in r.get("indexes") or []:
+        lines.append("  %s: %s %s" % (ix.get("field"), style.result(str(ix.get("result"))),
+                                      ix.get("message", "")))
     validate = r.get("validate") or {}
-    for rb in validate.get("reblessed") or []:
-        lines.append("  re-blessed slot %s checksum" % rb["slot"])
+    lines += reblessed_lines(validate.get("reblessed") or [], dry)
     lines += changes_lines(r, style)
     lines += warning_lines(r, style)
     after = r.get("after") or {}
-    lines += findings_lines(after.get("findings") or [], style, "left after heal")
+    lines += findings_lines(after.get("findings") or [], style, "left after heal", dry)
+    left = after.get("findings") or []
     bad = [f for f in validate.get("findings") or []
-           if f.get("severity") == "error" and not f.get("repaired")]
+           if f.get("severity") == "error" and not f.get("repaired") and f not in left]
     if bad:
-        lines += findings_lines(bad, style, "integrity errors")
+        lines += findings_lines(bad, style, "integrity errors", dry)
+    if after.get("health"):
+        lines += status_lines(after, style, str(r["block"]["address"]),
+                              said=[o["next"] for o in r.get("refused") or [] if o.get("next")])
     word = style("healthy", "green") if r["healthy"] else style("NOT HEALTHY", "red", "bold")
     lines.append(_footer(r, style, word))
     return lines
 
 
+@untrusted
 def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -> List[str]:
     """The crash drill's summary, its kill points and every failed iteration."""
     failed = len(d.get("failures") or [])

@@ -1,3 +1,3 @@
 """Single source of the pylabhub.recovery version (galaxy.yml must match)."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

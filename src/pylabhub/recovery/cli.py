@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
     EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_REFUSED,
-    EXIT_USAGE, RecoveryError, UsageError, exit_code_for)
+    EXIT_USAGE, RecoveryError, UsageError, exit_code_for, printable)
 
 from . import _render as R
 from ._version import __version__
@@ -32,21 +33,22 @@ _CORE = "ansible_collections.pylabhub.recovery.plugins.module_utils"
 EXIT_CODES = """\
 exit codes:
   0    healthy, done, or nothing to do
-  1    findings: diagnose found stuck slots or an unhealthy block, validate found
-       corruption, heal left something unhealthy, recover/cleanup done only in part,
-       drill had an iteration fail
+  1    findings: the block is not healthy (diagnose, validate and heal judge it by
+       one rule: stuck, suspect, corrupt or degraded), recover/cleanup done only in
+       part, drill had an iteration fail
   2    usage error: bad arguments, bad block name or path, slot out of range
   3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
-       --force), or the confirmation was declined
+       --force; heal: a slot only --force could free), or the confirmation was declined
   4    no usable block: missing, foreign (no pylabhub magic), unsupported layout,
-       truncated, still being created, or an unsafe path (symlink, FIFO, directory)
+       truncated, still being created, an unsafe path (symlink, FIFO, directory),
+       or more to examine than --max-bytes allows (the message names the geometry)
   5    permission denied, or the block belongs to another user
   6    concurrent change: a live process changed a word between observation and
        action; nothing was left half-done, run the command again
   7    internal error (PLH_DEBUG=1 prints the traceback)
   130  interrupted;  141  stdout closed early (broken pipe)
   With --all the exit code is the highest of all blocks; a block skipped because its
-  header is not sound counts as 4."""
+  header is not sound or it is over --max-bytes counts as 4."""
 
 ADDRESS_HELP = ("the block: a shm name (my_datablock), an absolute path, or a memfd "
                 "address memfd:<pid>:<fd> as 'list' prints it")
@@ -62,10 +64,26 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin validate my_datablock [--repair]
   datablock-admin heal my_datablock | --all [--match PATTERN]
   datablock-admin drill [--iterations N] [--seed S]
+  eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
 
-Every command takes --json (schema pylabhub.recovery/v1), --no-color and -y/--yes
-(before or after COMMAND); every command that can write takes --dry-run (shows
+Every command takes --json (schema pylabhub.recovery/v1), --no-color, -v/--verbose and
+-y/--yes (before or after COMMAND); every command that can write takes --dry-run (shows
 exactly what would change, writes nothing). 'COMMAND --help' for its options."""
+
+SEE_EXIT_CODES = "exit codes: see '%s --help'." % PROG
+
+ACTIONS_HELP = """\
+actions:
+  release_writer   free a slot whose writer is gone: the write lock is released, a
+                   WRITING slot becomes FREE (its torn bytes zeroed), a DRAINING slot
+                   COMMITTED again (its last commit kept)
+  release_readers  take the readers that are provably gone off the slot's reader_count
+  force_reset      both: the writer and the readers of the slot
+
+A holder that is not provably dead (alive, suspect-hung or unknown) is refused in one
+line naming the command that forces it; --verbose adds the evidence.
+
+""" + SEE_EXIT_CODES
 
 DRILL_DESCRIPTION = """\
 Crash drill: prove, on this machine, that recovery works.
@@ -82,6 +100,17 @@ your applications are never touched.
 
 The summary prints the seed: --seed S --iterations N reruns exactly the same kill points.
 Exit code 0 when every iteration survived, 1 when one failed (each failure is listed)."""
+
+ANSIBLE_SETUP_DESCRIPTION = """\
+Print the setup that lets ansible and ansible-doc take the modules' short names
+(datablock_recover for pylabhub.recovery.datablock_recover): the collection's
+plugins/modules directory on Ansible's module library path - of the copy Ansible itself
+uses for the long names, so both run the same files.
+
+  eval "$(datablock-admin ansible-setup)"       # this shell: export ANSIBLE_LIBRARY=...
+  datablock-admin ansible-setup --ini           # lines for the [defaults] of ansible.cfg
+
+Nothing is changed by this command; it only prints."""
 
 
 class Declined(RecoveryError):
@@ -124,6 +153,19 @@ def _positive(text: str) -> int:
     return number
 
 
+_BYTES = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
+_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+
+
+def _bytes(text: str) -> int:
+    """A byte count: digits with an optional binary unit (256M, 1G, 512KiB, 4096)."""
+    match = _BYTES.match(text)
+    if not match or int(match.group(1)) < 1:
+        raise argparse.ArgumentTypeError("invalid byte count %r: give a positive number, "
+                                         "optionally with K, M, G or T (binary units)" % text)
+    return int(match.group(1)) << _SHIFT[match.group(2).upper()]
+
+
 def _seed(text: str) -> int:
     try:
         number = int(text, 10)
@@ -146,9 +188,19 @@ def build_parser() -> argparse.ArgumentParser:
                         help="no colour (also: NO_COLOR set, or stdout not a terminal)")
     common.add_argument("-y", "--yes", action="store_true", default=S,
                         help="do not ask for confirmation of --force/--repair")
+    common.add_argument("-v", "--verbose", action="store_true", default=S,
+                        help="also the evidence behind each verdict and every store of "
+                             "the change list as recorded")
     writes = _Parser(add_help=False)
     writes.add_argument("-n", "--dry-run", action="store_true",
                         help="show what would change; write nothing")
+    budget = _Parser(add_help=False)
+    budget.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
+                        help="most bytes to examine in one block (default 256M): the "
+                             "4 KiB header, 4 KiB per slot examined (every slot when all are "
+                             "listed, else those whose state entry is allocated) and, for "
+                             "validate/heal, the data of the slots to hash; holes are free. "
+                             "A block over it is refused (exit 4); --all skips it")
 
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
     p.add_argument("--version", action="version",
@@ -157,47 +209,60 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", default=False, help=S)
     p.add_argument("--no-color", action="store_true", default=False, help=S)
     p.add_argument("-y", "--yes", action="store_true", default=False, help=S)
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help=S)
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def command(name: str, help_: str, *parents: argparse.ArgumentParser):
-        return sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
+    def command(name: str, help_: str, *parents: argparse.ArgumentParser,
+                epilog: str = SEE_EXIT_CODES):
+        return sub.add_parser(name, help=help_, description=help_, epilog=epilog,
                               formatter_class=fmt, parents=[common, *parents])
 
-    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds)")
+    def every(c: argparse.ArgumentParser) -> None:
+        c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
+        c.add_argument("--all", action="store_true",
+                       help="every DataBlock 'list' shows (exit code: the worst block's)")
+        c.add_argument("--match", metavar="PATTERN",
+                       help="with --all: only names or addresses matching this shell pattern")
+
+    c = command("list", "list every DataBlock on this machine (/dev/shm and memfds) with "
+                        "its health (healthy, degraded, suspect, stuck, corrupt)")
     c.add_argument("pattern", nargs="?", metavar="PATTERN",
                    help="only names or addresses matching this shell pattern")
 
-    c = command("diagnose", "explain every slot (or one) and every consumer; read-only")
-    c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
-    c.add_argument("--slot", type=_slot, metavar="N|all", help="one slot (default: all)")
+    c = command("diagnose", "explain every slot (or one) and every consumer; read-only",
+                budget)
+    every(c)
+    c.add_argument("--slot", type=_slot, metavar="N|all",
+                   help="only this slot's row (default: all); the verdict stays the whole "
+                        "block's")
 
-    c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes)
+    c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes,
+                budget, epilog=ACTIONS_HELP)
     c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
-    c.add_argument("--slot", type=_slot, required=True, metavar="N|all")
-    c.add_argument("--action", required=True, choices=ACTIONS)
+    c.add_argument("--slot", type=_slot, required=True, metavar="N|all",
+                   help="the slot index (0 to capacity-1), or 'all' for every slot")
+    c.add_argument("--action", required=True, choices=ACTIONS, metavar="ACTION",
+                   help="what to release: %s (see 'actions' below)" % ", ".join(ACTIONS))
     c.add_argument("--force", action="store_true",
                    help="also release holders that may be alive (asks on a terminal)")
 
     for name, help_ in (
             ("cleanup", "clear the entries of dead consumers and reconcile the counts"),
             ("validate", "check header, slot states and every checksum (--repair: "
-                         "re-bless committed slots)"),
+                         "re-bless committed slots and the flex zone)"),
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
-        c = command(name, help_, writes)
-        c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
-        c.add_argument("--all", action="store_true", help="every DataBlock 'list' shows")
-        c.add_argument("--match", metavar="PATTERN",
-                       help="with --all: only names or addresses matching this pattern")
+        c = command(name, help_, writes, budget)
+        every(c)
         if name != "cleanup":
             c.add_argument("--repair", action="store_true",
                            help="re-compute mismatching checksums of COMMITTED slots "
                                 "(asks on a terminal)")
 
     c = sub.add_parser("drill", help="crash drill: prove on this machine that recovery works",
-                       description=DRILL_DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt,
-                       parents=[common])
+                       description=DRILL_DESCRIPTION, epilog=SEE_EXIT_CODES,
+                       formatter_class=fmt, parents=[common])
     c.add_argument("--iterations", type=_positive, default=DRILL_ITERATIONS, metavar="N",
                    help="kill-heal-check rounds (default: %d)" % DRILL_ITERATIONS)
     c.add_argument("--seed", type=_seed, metavar="S",
@@ -206,12 +271,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="slots of each scratch block (default: %d)" % DRILL_CAPACITY)
     c.add_argument("--stride", type=_positive, default=DRILL_STRIDE, metavar="S",
                    help="bytes per slot, a multiple of 64 (default: %d)" % DRILL_STRIDE)
+
+    c = sub.add_parser("ansible-setup", help="print the one setup line that makes short "
+                       "module names work (ansible -m datablock_recover, ansible-doc)",
+                       description=ANSIBLE_SETUP_DESCRIPTION, epilog=SEE_EXIT_CODES,
+                       formatter_class=fmt, parents=[common])
+    c.add_argument("--ini", action="store_true",
+                   help="print ansible.cfg lines instead of a shell export")
     return p
 
 
 # --------------------------------------------------------------------------- output
 def _oneline(text: object) -> str:
-    return " ".join(str(text).split())
+    """Untrusted text as one printable line (the core's one escaping rule)."""
+    return printable(text)
 
 
 def _hexify(obj: Any) -> Any:
@@ -223,9 +296,9 @@ def _hexify(obj: Any) -> Any:
 class Out:
     """Where and how results go: stdout (table or JSON), stderr (one-line messages)."""
 
-    def __init__(self, json_mode: bool, color: bool) -> None:
+    def __init__(self, json_mode: bool, color: bool, verbose: bool = False) -> None:
         self.json = json_mode
-        self.style = R.Style(color)
+        self.style = R.Style(color, verbose)
 
     def data(self, obj: Any) -> None:
         import json
@@ -288,28 +361,38 @@ def _outcome_code(outcomes: List[Dict[str, Any]]) -> int:
 
 
 def exit_code(operation: str, result: Dict[str, Any]) -> int:
-    """The documented exit code of one block's engine result."""
+    """The documented exit code of one block's engine result. diagnose, validate and heal
+    exit 0 only for a healthy block (the engine's one rule: same block, same code)."""
     if operation == "diagnose":
         return EXIT_OK if result["healthy"] else EXIT_FINDINGS
     if operation in ("recover", "cleanup"):
         return _outcome_code(result.get("outcomes") or [])
     if operation == "validate":
-        return EXIT_OK if result["valid"] else EXIT_FINDINGS
+        return EXIT_OK if result.get("healthy", result["valid"]) else EXIT_FINDINGS
     if operation == "heal":
         outcomes = list(result.get("outcomes") or [])
         outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+        outcomes += list(result.get("indexes") or [])
         if any(o.get("result") == "FAILED" for o in outcomes):
             return EXIT_CONCURRENT
+        if result.get("refused"):
+            return EXIT_REFUSED
         return EXIT_OK if result["healthy"] else EXIT_FINDINGS
     return EXIT_OK
 
 
-def _report_outcomes(result: Dict[str, Any]) -> None:
+def _report_outcomes(result: Dict[str, Any], verbose: bool = False) -> None:
+    """Each refusal once, as one line with the command that forces it (``--verbose``: the
+    evidence of the verdicts on the lines after it); each concurrent change."""
     outcomes = list(result.get("outcomes") or [])
     outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+    address = str((result.get("block") or {}).get("address", ""))
     for o in outcomes:
         if o.get("result") == "UNSAFE":
-            Out.err("refused", o.get("message", ""))
+            Out.err("refused", R.refusal_line(o, address))
+            if verbose:
+                for line in o.get("evidence") or []:
+                    sys.stderr.write("  evidence: %s\n" % _oneline(line))
         elif o.get("result") == "FAILED":
             Out.err("concurrent change", o.get("message", ""))
 
@@ -320,9 +403,10 @@ def _engine():
     return importlib.import_module(_CORE + "._engine")
 
 
-def _discover(pattern: Optional[str]) -> List[Dict[str, Any]]:
-    import importlib
-    return importlib.import_module(_CORE + "._discovery").discover(pattern)
+def _discover(pattern: Optional[str], max_bytes: Optional[int] = None) -> Dict[str, Any]:
+    """Every block with its health (the engine's list_blocks: one rule, as diagnose),
+    and what could not be read."""
+    return _engine().list_blocks(pattern, max_bytes)
 
 
 def _progress(label: str):
@@ -330,22 +414,23 @@ def _progress(label: str):
 
 
 def cmd_list(args: argparse.Namespace, out: Out) -> int:
-    entries = _discover(args.pattern)
+    found = _discover(args.pattern, getattr(args, "max_bytes", None))
     if out.json:
-        out.data({"schema": SCHEMA, "operation": "list", "blocks": entries})
+        out.data({"schema": SCHEMA, "operation": "list", "blocks": found["blocks"],
+                  "unreadable": found["unreadable"]})
     else:
-        out.lines(R.render_list(entries, out.style))
+        out.lines(R.render_list(found["blocks"], out.style)
+                  + R.unreadable_lines(found["unreadable"]))
     return EXIT_OK
 
 
 def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
     slot = None if args.slot in (None, "all") else args.slot
-    result = _engine().diagnose(args.address, slot=slot)
-    if out.json:
-        out.data(result)
-    else:
-        out.lines(R.render_diagnose(result, out.style))
-    return exit_code("diagnose", result)
+    if args.all and slot is not None:
+        raise _ArgError("%s diagnose" % PROG, "--slot needs a BLOCK (with --all every "
+                        "block's slots are shown)")
+    return _one_or_all(args, out, "diagnose", lambda address, progress: _engine().diagnose(
+        address, slot=slot, max_bytes=args.max_bytes), max_bytes=args.max_bytes)
 
 
 def cmd_recover(args: argparse.Namespace, out: Out) -> int:
@@ -353,13 +438,13 @@ def cmd_recover(args: argparse.Namespace, out: Out) -> int:
                               "live writer's or reader's data can be corrupted"
                         % (args.address, args.slot)) if args.force else None
     result = _engine().recover(args.address, args.slot, args.action, force=args.force,
-                               dry_run=args.dry_run)
+                               dry_run=args.dry_run, max_bytes=args.max_bytes)
     _warn(deferred)
     if out.json:
         out.data(result)
     else:
         out.lines(R.render_recover(result, out.style))
-    _report_outcomes(result)
+    _report_outcomes(result, out.style.verbose)
     return exit_code("recover", result)
 
 
@@ -373,9 +458,10 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
                         "a BLOCK or --all is required")
     if args.match and not args.all:
         raise _ArgError("%s %s" % (PROG, operation), "--match needs --all")
-    deferred = _consent(args, "--repair re-computes the checksum of COMMITTED slots whose "
-                              "data no longer matches it: readers will then accept that data "
-                              "as valid") if getattr(args, "repair", False) else None
+    deferred = _consent(args, "--repair re-computes the checksum of COMMITTED slots (and of "
+                              "the flexible zone) whose data no longer matches it: readers "
+                              "will then accept that data as valid; it cannot restore the "
+                              "bytes") if getattr(args, "repair", False) else None
     if args.all:
         return _every_block(out, operation, deferred, args.match, kwargs)
     result = call(args.address, _progress(args.address))
@@ -384,7 +470,7 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
         out.data(result)
     else:
         out.lines(R.RENDER[operation](result, out.style))
-    _report_outcomes(result)
+    _report_outcomes(result, out.style.verbose)
     return exit_code(operation, result)
 
 
@@ -413,7 +499,7 @@ def _every_block(out: Out, operation: str, deferred: Optional[str], pattern: Opt
         elif entry["skipped"]:
             Out.err("skipped", "%s: %s" % (entry["address"], entry["skipped"]))
         else:
-            _report_outcomes(entry["result"])
+            _report_outcomes(entry["result"], out.style.verbose)
             lines += R.RENDER[operation](entry["result"], out.style) + [""]
     if out.json:
         out.data(summary)
@@ -441,19 +527,22 @@ def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional[R.ProgressBa
 
 def cmd_cleanup(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "cleanup", lambda address, progress: _engine().cleanup(
-        address, dry_run=args.dry_run), dry_run=args.dry_run)
+        address, dry_run=args.dry_run, max_bytes=args.max_bytes), dry_run=args.dry_run,
+        max_bytes=args.max_bytes)
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "validate", lambda address, progress: _with_bar(
-        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run),
-        repair=args.repair, dry_run=args.dry_run)
+        _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes), repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes)
 
 
 def cmd_heal(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "heal", lambda address, progress: _with_bar(
-        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run),
-        repair=args.repair, dry_run=args.dry_run)
+        _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes), repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes)
 
 
 def cmd_drill(args: argparse.Namespace, out: Out) -> int:
@@ -481,9 +570,18 @@ def cmd_drill(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK if result["ok"] else EXIT_FINDINGS
 
 
+def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
+    if out.json:
+        raise _ArgError("%s ansible-setup" % PROG, "--json: this command prints shell or "
+                        "ansible.cfg lines, not a document")
+    from . import _ansible_setup
+    out.lines(_ansible_setup.main_lines(args.ini))
+    return EXIT_OK
+
+
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
             "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
-            "drill": cmd_drill}
+            "drill": cmd_drill, "ansible-setup": cmd_ansible_setup}
 
 
 # --------------------------------------------------------------------------- main
@@ -493,7 +591,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Out("--json" in argv, False)
     try:
         args = build_parser().parse_args(argv)
-        out = Out(args.json, _color(args))
+        out = Out(args.json, _color(args), args.verbose)
         return COMMANDS[args.command](args, out)
     except _ArgError as exc:
         out.error({"code": UsageError.code, "message": exc.message}, prefix=exc.prog)

@@ -260,17 +260,26 @@ NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/b
 @pytest.mark.parametrize("mode,code", [(0o600, "permission"), (0o644, "wrong-owner"),
                                        (0o666, "wrong-owner")])
 def test_permission_exit_5(cli, crashes, names, nobody_tree, mode, code):
+    """Writes need ownership or root; reading needs only the kernel's read permission: a
+    0644/0666 block of root is diagnosed by anyone, a 0600 one says whom to run as."""
     name = names()
     crashes.stuck_writer(name)
     os.chmod(shm(name), mode)
     before = read_bytes(shm(name))
     env = {"PYTHONPATH": nobody_tree, "HOME": "/", "PYTHONDONTWRITEBYTECODE": "1"}
-    for argv in (["diagnose", name], ["recover", name, "--slot", "0", "--action",
-                                      "release_writer"], ["heal", name]):
+    writes = [["recover", name, "--slot", "0", "--action", "release_writer"], ["heal", name]]
+    reads = [["diagnose", name], ["heal", name, "--dry-run"], ["validate", name]]
+    for argv in writes + (reads if mode == 0o600 else []):
         r = cli(*argv, env=env, prefix=NOBODY)
         assert_one_line_error(r, EXIT["permission"])
+        assert "run as root or as uid 0 (owner)" in r.stderr or "needs root or uid 0" in r.stderr, r
         j = cli(*(argv + ["--json"]), env=env, prefix=NOBODY)
         assert j.rc == EXIT["permission"] and j.json["error"]["code"] in ("permission", code), j
+    if mode != 0o600:
+        r = cli("diagnose", name, env=env, prefix=NOBODY)     # read-only: allowed
+        assert r.rc == EXIT["findings"] and "stuck slot(s): 0" in r.stdout, r
+        r = cli("heal", name, "--dry-run", "--json", env=env, prefix=NOBODY)
+        assert r.rc == EXIT["ok"] and r.json["changed"] and r.json["dry_run"], r
     assert read_bytes(shm(name)) == before
 
 
@@ -327,7 +336,7 @@ BOOM = textwrap.dedent("""
 def test_internal_error_exit_7(cli):
     r = cli("diagnose", "whatever", prefix=[sys.executable, "-c", BOOM])
     assert_one_line_error(r, EXIT["internal"], "internal error", "RuntimeError",
-                          "simulated bug second line")
+                          "simulated bug\\nsecond line")
     j = cli("diagnose", "whatever", "--json", prefix=[sys.executable, "-c", BOOM])
     assert j.rc == EXIT["internal"] and j.json["error"]["code"] == "internal"
     d = cli("diagnose", "whatever", env={"PLH_DEBUG": "1"}, prefix=[sys.executable, "-c", BOOM])

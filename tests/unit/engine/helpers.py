@@ -53,6 +53,15 @@ def image(name: str) -> spec.Image:
     return spec.Image.read(os.path.join(SHM, name))
 
 
+def poke(name: str, offset: int, data: bytes) -> None:
+    """Write ``data`` at ``offset`` of /dev/shm/<name> (a test's own corruption)."""
+    fd = os.open(os.path.join(SHM, name), os.O_RDWR)
+    try:
+        os.pwrite(fd, data, offset)
+    finally:
+        os.close(fd)
+
+
 def file_bytes(name: str) -> bytes:
     with open(os.path.join(SHM, name), "rb") as f:
         return f.read()

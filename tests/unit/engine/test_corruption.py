@@ -11,17 +11,9 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import NotADataBlock
 
-from .helpers import COMMITTED, DEAD_PID, DRAINING, WRITING, codes, file_bytes, image
+from .helpers import COMMITTED, DEAD_PID, DRAINING, WRITING, codes, file_bytes, image, poke
 
 import plh_spec as spec
-
-
-def poke(name, offset, data):
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
 
 
 def u(value, size):
@@ -75,12 +67,27 @@ CASES = {
                         {("readers-in-unreadable-slot", 3)}, "error"),
     "consumer_count": (lambda n: poke(n, 208, u(2, 4)),
                        {("consumer-count-mismatch", "active_consumer_count")}, "warning"),
+    # commit_index 3 (= write_index) also puts slot 3 (FREE, never written, checksum all
+    # zero) among the slots pylabhub's validate_integrity hashes (0..commit_index mod 4):
+    # pylabhub fails on it, so ours now says so too (issue 10, item 5)
     "commit_index": (lambda n: poke(n, 192, u(image(n).write_index, 8)),
-                     {("index-inconsistent", "commit_index")}, "error"),
+                     {("index-inconsistent", "commit_index"),
+                      ("uncommitted-checksum-mismatch", 3)}, "error"),
+    # the same inconsistency where pylabhub's range is slot 0 only (4 mod 4): just that
+    "commit_index_ahead": (lambda n: poke(n, 192, u(image(n).write_index + 1, 8)),
+                           {("index-inconsistent", "commit_index")}, "error"),
+    # a claimed slot id no writer holds, the producer dead: an error heal repairs
+    "write_index_ahead": (lambda n: poke(n, 184, u(image(n).write_index + 1, 8)),
+                          {("index-out-of-step", "write_index")}, "error"),
+    # a FREE slot in pylabhub's range whose bytes do not match its checksum
+    "free_slot_torn": (lambda n: (poke(n, 192, u(3, 8)), poke(n, 184, u(4, 8)),
+                                  poke(n, 432, u(4, 8)), poke(n, data_off(n, 3), b"torn")),
+                       {("uncommitted-checksum-mismatch", 3)}, "error"),
     "checksum_mismatch": (lambda n: flip(n, data_off(n, 1) + 7), {("checksum-mismatch", 1)},
                           "error"),
+    # Enforced: pylabhub's reader rejects an all-zero hash at release, as a wrong one
     "checksum_missing": (lambda n: poke(n, checksum_off(1), bytes(32)),
-                         {("checksum-missing", 1)}, "warning"),
+                         {("checksum-missing", 1)}, "error"),
 }
 REPAIRED = {"checksum_mismatch", "checksum_missing"}
 
@@ -129,6 +136,8 @@ def test_bad_magic_is_not_a_datablock(lab, magic):
 
 
 def test_flex_zone_checksum_mismatch(lab):
+    """Under Enforced a flex-zone mismatch rejects every read: an error, and (its producer
+    dead) repair re-blesses exactly the zone's checksum entry."""
     name = lab.create(capacity=8, stride=64, flex_size=4096, commits=8)
     img = image(name)
     assert img.geo["flex"] == 8192 and img.geo["ring"] == 12288
@@ -139,11 +148,16 @@ def test_flex_zone_checksum_mismatch(lab):
     flip(name, 8192 + 1000)
     result = E.validate(name)
     assert codes(result) == {("flexzone-checksum-mismatch", "flexzone_checksum")}
-    assert not result["ok"]
+    assert not result["ok"] and result["findings"][0]["repairable"]
     before = file_bytes(name)
     repaired = E.validate(name, repair=True)
-    assert not repaired["ok"] and not repaired["changed"]
-    assert file_bytes(name) == before
+    assert repaired["ok"] and repaired["changed"]
+    assert [r["target"] for r in repaired["reblessed"]] == ["flexzone_checksum"]
+    after = file_bytes(name)
+    assert after[1984:2016] == spec.blake(after[8192:8192 + 4096]) and after[2016] == 0
+    diff = [i for i in range(len(before)) if before[i] != after[i]]
+    assert diff and all(1984 <= i < 2017 or 304 <= i < 312 or 368 <= i < 376 for i in diff)
+    assert E.validate(name)["findings"] == []
 
 
 @pytest.mark.parametrize("state", [WRITING, DRAINING])
@@ -183,5 +197,5 @@ def test_repair_skips_committed_slot_whose_lock_is_held(lab):
     repaired = E.validate(name, repair=True)
     assert not repaired["ok"] and not repaired["reblessed"] and not repaired["changed"]
     (f,) = repaired["findings"]
-    assert f["code"] == "checksum-mismatch" and "not re-blessed" in f["message"]
+    assert f["code"] == "checksum-mismatch" and "repair cannot re-bless it" in f["message"]
     assert file_bytes(name) == before

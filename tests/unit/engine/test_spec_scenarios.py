@@ -107,7 +107,7 @@ def test_5_liveness_dead_pid_dead_own_pid_alive(lab, kind):
     # Our own pid is alive as a holder while this process has the block mapped (a
     # process holds a block's words only through its mapping: kernel truth first).
     poke(name, slot_off(s), 8, os.getpid())
-    with R.attach(name, writable=False):
+    with R.attach(name):
         slot = E.diagnose(name, s)["slots"][0]
         assert slot["writer"]["state"] == "alive" and not slot["is_stuck"]
         assert slot["writer"]["process"]["pid"] == os.getpid()

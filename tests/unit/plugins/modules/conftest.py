@@ -120,11 +120,10 @@ def name():
 
 
 @pytest.fixture
-def without_optional_libraries(monkeypatch):
-    """Make psutil and posix_ipc unimportable for the test."""
+def without_third_party_libraries(monkeypatch):
+    """Make psutil and posix_ipc (installed for the tests) unimportable for the test:
+    the modules use the standard library only."""
     import sys
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import dependencies
-    monkeypatch.setattr(dependencies, "_CACHE", {})
-    for lib in dependencies.OPTIONAL_LIBRARIES:
+    for lib in ("psutil", "posix_ipc"):
         monkeypatch.setitem(sys.modules, lib, None)   # import raises ImportError
     yield

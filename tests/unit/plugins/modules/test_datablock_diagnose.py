@@ -43,10 +43,16 @@ def test_healthy_block(run, lab, name):
 
 
 def test_one_slot(run, lab, name):
+    """Only the slot asked for is explained, but the block's health and its stuck slots
+    are the whole block's (issue 10: "--slot hides the jam"; before, stuck_slots was [] here
+    and the block was called healthy)."""
     slot, _dead = lab.stuck_writer(name)
     other = (slot + 1) % 4
     diag = run(datablock_diagnose, {"name": name, "slot": str(other)})["diagnosis"]
-    assert [s["index"] for s in diag["slots"]] == [other] and diag["stuck_slots"] == []
+    assert [s["index"] for s in diag["slots"]] == [other] and diag["stuck_slots"] == [slot]
+    assert diag["healthy"] is False and diag["health"] == "stuck"
+    assert {"operation": "recover", "slot": slot, "action": "release_writer",
+            "force": False} in diag["next_steps"]
 
 
 def test_failures(run, lab, name):

@@ -11,7 +11,10 @@ from ansible_collections.pylabhub.recovery.plugins.modules import datablock_dril
 
 
 def _scratch():
-    return sorted(n for n in os.listdir("/dev/shm") if n.startswith("plh_drill_"))
+    """This process's scratch blocks (the module runs in-process; other drills on the
+    machine, such as a parallel test run's, are not ours to count)."""
+    mine = "plh_drill_%d_" % os.getpid()
+    return sorted(n for n in os.listdir("/dev/shm") if n.startswith(mine))
 
 
 def test_drill_survives_and_leaves_nothing(run):

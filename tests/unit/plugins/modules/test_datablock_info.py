@@ -27,17 +27,20 @@ def test_lists_blocks_with_health(run, lab, name):
     assert sorted(blocks) == sorted([stuck, healthy, corrupt])
     assert blocks[stuck]["health"]["healthy"] is False
     assert blocks[stuck]["health"]["stuck_slots"] == [slot]
+    assert blocks[stuck]["health"]["status"] == "stuck"
     assert blocks[healthy]["health"]["healthy"] is True
+    assert blocks[healthy]["health"]["status"] == "healthy"
     # without validate the checksum corruption is not seen, and valid is unknown
     assert blocks[corrupt]["health"]["healthy"] is True
     assert blocks[corrupt]["health"]["valid"] is None
     assert out["atomics"]["available"] is True
-    assert set(out["optional_libraries"]) == {"psutil", "posix_ipc"}
 
     out = run(datablock_info, {"pattern": name + "_*", "validate": True}, check_mode=True)
     blocks = _by_address(out)
     assert blocks[corrupt]["health"]["valid"] is False
     assert blocks[corrupt]["health"]["healthy"] is False
+    assert blocks[corrupt]["health"]["status"] == "corrupt"
+    assert blocks[stuck]["health"]["status"] == "stuck"
     assert blocks[healthy]["health"]["valid"] is True
     assert [snapshot(n) for n in (stuck, healthy, corrupt)] == before
 
