@@ -25,17 +25,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _discovery
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _atomics
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
-        RecoveryError, printable,
-    )
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._layout import (
-        SlotState, enum_name,
-    )
 except Exception:  # pylint: disable=broad-except
     ENGINE_IMPORT_ERROR = traceback.format_exc()
-    engine = _discovery = _atomics = None  # pylint: disable=invalid-name
+    engine = None  # pylint: disable=invalid-name
 
     class RecoveryError(Exception):  # type: ignore[no-redef]
         """Placeholder: the engine could not be imported (never raised)."""
@@ -45,10 +37,17 @@ except Exception:  # pylint: disable=broad-except
         return str(text)
 else:
     ENGINE_IMPORT_ERROR = None
+    RecoveryError = engine.RecoveryError
+    printable = engine.printable
 
 #: The recover actions the engine knows, plus the ``heal`` composite.
-SLOT_ACTIONS = ("release_writer", "release_readers", "force_reset")
+SLOT_ACTIONS = tuple(getattr(engine, "SLOT_ACTIONS", ()))
 ACTIONS = SLOT_ACTIONS + ("heal",)
+#: The crash drill's defaults, the engine's (empty when it cannot be imported: the
+#: module then fails with the import error before anything runs).
+DRILL_DEFAULTS = {"iterations": getattr(engine, "DRILL_ITERATIONS", None),
+                  "capacity": getattr(engine, "DRILL_CAPACITY", None),
+                  "stride": getattr(engine, "DRILL_STRIDE", None)}
 
 # --------------------------------------------------------------------------- options
 
@@ -65,7 +64,8 @@ SHARED_OPTIONS = {
 }
 
 #: Engine operations that take ``max_bytes`` (the module's option is passed to them).
-_BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block")
+_BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block",
+             "examine")
 
 
 def argument_spec(*shared, **specific):
@@ -116,7 +116,7 @@ def _entity(target):
 
 def _render(field, value):
     if field == "slot_state" and isinstance(value, int):
-        return "%d (%s)" % (value, enum_name(SlotState, value))
+        return "%d (%s)" % (value, engine.state_name(value))
     if field in ("consumer_name", "consumer_uid") and isinstance(value, str):
         return repr(value)  # the engine reports text fields decoded
     return str(value)
@@ -224,16 +224,6 @@ class DataBlockModule(object):
             self.record(entry[key])
         return summary
 
-    def discover(self, pattern=None):
-        return self.call(_discovery.discover, pattern)
-
-    def scan(self, pattern=None):
-        """Discovery plus what could not be read (``{"blocks", "unreadable"}``)."""
-        return self.call(_discovery.scan, pattern)
-
-    @staticmethod
-    def atomics():
-        return {"available": bool(_atomics.AVAILABLE), "provider": _atomics.PROVIDER}
 
     # -- results -----------------------------------------------------------------------
     def record(self, result, header=None):
@@ -271,27 +261,23 @@ class DataBlockModule(object):
 # --------------------------------------------------------------------------- messages
 
 
+def _listed(template, items):
+    """``template`` % (count, plural "s", the items' messages joined)."""
+    return template % (len(items), "" if len(items) == 1 else "s",
+                       "; ".join(str(i.get("message")) for i in items))
+
+
 def problem_messages(result):
-    """The refused (UNSAFE) and FAILED outcomes of a mutating engine result, as text."""
-    refused = list(result.get("refused") or [])
-    outcomes = list(result.get("outcomes") or [])
-    cleanup = result.get("cleanup")
-    if isinstance(cleanup, dict):
-        outcomes += list(cleanup.get("outcomes") or [])
-    failed = [o for o in outcomes if o.get("result") == "FAILED"]
+    """The engine's ``refused`` and ``failed`` outcomes of a mutating result, as text."""
     parts = []
-    if refused:
-        parts.append("refused %d unsafe action%s: %s" % (
-            len(refused), "" if len(refused) == 1 else "s",
-            "; ".join(str(o.get("message")) for o in refused)))
-    if failed:
-        parts.append("%d action%s failed: %s" % (
-            len(failed), "" if len(failed) == 1 else "s",
-            "; ".join(str(o.get("message")) for o in failed)))
+    if result.get("refused"):
+        parts.append(_listed("refused %d unsafe action%s: %s", result["refused"]))
+    if result.get("failed"):
+        parts.append(_listed("%d action%s failed: %s", result["failed"]))
     return parts
 
 
-def unrepaired_errors(validation):
-    """The error findings of a validate result that were not repaired."""
-    return [f for f in validation.get("findings") or []
-            if f.get("severity") == "error" and not f.get("repaired")]
+def unrepaired_message(address, validation):
+    """A validate result's ``unrepaired`` error findings, as one text."""
+    return "%s: %s" % (address, _listed("%d unrepaired error finding%s: %s",
+                                        validation["unrepaired"]))
