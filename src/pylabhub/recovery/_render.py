@@ -20,11 +20,12 @@ import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
-from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
+from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
     printable, printable_tree)
 
+from .cli import PROG
+
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-PROG = "datablock-admin"
 
 
 class Style:
