@@ -13,7 +13,8 @@ Filters (documented in the ``.yml`` file of each name):
 * ``health_report(info, host, explain=True)`` - role ``datablock_health``'s report from
   ``datablock_info``'s result;
 * ``recovery_report(heal, host, check_mode=False, allow_repair=False)`` - role
-  ``datablock_recovery``'s report from ``datablock_recover``'s (``all=true action=heal``);
+  ``datablock_recovery``'s report from ``datablock_recover``'s (``all=true action=heal``),
+  also what the ``datablock_heal`` action returns;
 * ``force_for_host(entries, host)`` - the ``datablock_recovery_force`` entries for one
   host, as ``datablock_recover``'s ``force_refused``;
 * ``heal_verdict(reports)`` - the ``heal`` playbook's fleet verdict over every host's
@@ -27,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Optional
 
 Doc = Dict[str, Any]
+
 
 def _list(value: Any) -> list:
     return list(value) if isinstance(value, (list, tuple)) else []
@@ -115,7 +117,7 @@ def recovery_report(heal: Doc, host: str, check_mode: bool = False,
         blocks = [{"address": "(every block)", "changed": False, "healthy": False,
                    "released": [], "cleaned": 0, "reblessed": [], "refused": [],
                    "unrepaired": [], "failed": [], "forced": [], "skipped": None,
-                   "after": None,
+                   "after": None, "recovery": None,
                    "error": {"code": heal.get("code") or "error",
                              "message": heal.get("msg") or "heal did not run"}}]
     unhealthy = [b["address"] for b in blocks if not b["healthy"]]
@@ -138,7 +140,7 @@ def _recovery_entry(e: Doc) -> Doc:
         "unrepaired": [f.get("message") for f in _list(r.get("unrepaired"))],
         "failed": [o.get("message") for o in _list(r.get("failed"))],
         "forced": _list(r.get("forced")), "error": e.get("error"), "skipped": e.get("skipped"),
-        "after": r.get("after"),
+        "after": r.get("after"), "recovery": e.get("recovery"),
     }
 
 

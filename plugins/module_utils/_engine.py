@@ -26,10 +26,10 @@ from . import _layout as L
 from ._atomics import AVAILABLE as _ATOMICS_AVAILABLE, PROVIDER as _ATOMICS_PROVIDER
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
-from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,  # noqa: F401
+from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
                         INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
 from ._diagnose import assess, findings_of, producer_dead, report, validate_health
-from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,  # noqa: F401
+from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,
                       EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable,
                       BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
                       InvalidName, NotADataBlock, OverBudget, PermissionDenied,
@@ -37,13 +37,34 @@ from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLO
                       UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
                       printable_tree)
 from ._heal import heal as _heal
-from ._liveness import Verdict, is_process_alive, judge  # noqa: F401
+from ._liveness import Verdict, is_process_alive, judge
 from ._observe import Scene
 from ._plan import Plan
 from ._recover import check_action, plan_slot, targets
-from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK,  # noqa: F401
-                      STUCK, SUSPECT, health as _health)
+from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
+                      health as _health)
 from ._validate import Progress, validate as _validate
+
+#: The front door: what a face may use (the faces import nothing below this module).
+__all__ = [
+    # operations (one block, by address), and on every block of the host
+    "diagnose", "recover", "cleanup", "validate", "heal", "each_block", "examine",
+    "discover", "scan", "list_blocks", "drill",
+    # entry points into what the operations are made of
+    "aggregate", "atomics", "block_info", "geometry_problem", "state_name",
+    "is_process_alive", "judge", "Verdict", "open_block", "Block", "Plan",
+    # names and numbers
+    "SCHEMA", "SLOT_ACTIONS", "SUCCESS", "FAILED", "UNSAFE", "NOT_STUCK", "INVALID_SLOT",
+    "HEALTHY", "DEGRADED", "SUSPECT", "STUCK", "CORRUPT", "HEALTH_RANK",
+    "DRILL_ITERATIONS", "DRILL_CAPACITY", "DRILL_STRIDE",
+    "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
+    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
+    # errors, and the one escaping rule for untrusted text
+    "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
+    "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
+    "OverBudget", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange",
+    "AtomicsUnavailable", "Declined", "exit_code_for", "printable", "printable_tree",
+]
 
 _RANK = {NOT_STUCK: 0, SUCCESS: 1, UNSAFE: 2, FAILED: 3}
 

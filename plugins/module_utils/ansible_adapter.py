@@ -224,7 +224,6 @@ class DataBlockModule(object):
             self.record(entry[key])
         return summary
 
-
     # -- results -----------------------------------------------------------------------
     def record(self, result, header=None):
         """Forward an engine result's warnings and, in diff mode, its changes."""

@@ -98,6 +98,7 @@ from ._version import __version__
 
 #: The public names. Each but ``__version__`` is ``_api``'s, loaded on first access (PEP
 #: 562): the result types and functions below, the engine's operations and the errors.
+# pylint: disable=undefined-all-variable
 __all__ = [
     "__version__", "SCHEMA",
     # pylabhub-style API
@@ -117,6 +118,7 @@ __all__ = [
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
     "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
 ]
+# pylint: enable=undefined-all-variable
 
 
 def __getattr__(name: str) -> object:

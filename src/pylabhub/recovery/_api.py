@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Union
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
-from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (  # noqa: F401
+# re-exported: pylabhub.recovery's names (its __all__) are this module's
+from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (  # noqa: F401 pylint: disable=unused-import
     DRILL_ITERATIONS, EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK,
     EXIT_PERMISSION, EXIT_REFUSED, EXIT_USAGE, SCHEMA, AtomicsUnavailable, Block,
     BlockNotFound, BlockNotReady, ConcurrentChange, HolderAlive, InvalidName, NotADataBlock,

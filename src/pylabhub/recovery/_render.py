@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
-    printable, printable_tree)
+    FAILED, INVALID_SLOT, NOT_STUCK, SUCCESS, UNSAFE, printable, printable_tree)
 
 from .cli import PROG
 
@@ -49,8 +49,8 @@ class Style:
         return self(state or "?", colour) if colour else (state or "?")
 
     def result(self, result: str) -> str:
-        colour = {"SUCCESS": "green", "NOT_STUCK": "dim", "UNSAFE": "yellow",
-                  "FAILED": "red", "INVALID_SLOT": "red"}.get(result)
+        colour = {SUCCESS: "green", NOT_STUCK: "dim", UNSAFE: "yellow",
+                  FAILED: "red", INVALID_SLOT: "red"}.get(result)
         return self(result, colour) if colour else result
 
     def severity(self, severity: str) -> str:

@@ -194,8 +194,8 @@ def test_recovery_report_when_heal_could_not_run():
                                   ({}, "error", "heal did not run")):
         rep = recovery_report(failed, "h1")
         (blk,) = rep["blocks"]
-        assert blk["address"] == "(every block)" and blk["error"] == {"code": code,
-                                                                       "message": message}
+        assert blk["address"] == "(every block)"
+        assert blk["error"] == {"code": code, "message": message}
         assert rep["healthy"] is False and rep["errors"] == ["(every block)"]
 
 
