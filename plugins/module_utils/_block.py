@@ -182,8 +182,8 @@ def permission_message(address: str, path: str, writable: bool) -> str:
     euid = os.geteuid()
     mine = " (you are uid %d)" % euid if euid != st.st_uid else ""
     return ("%s: permission denied opening %s for %s (mode %04o, owner uid %d%s); run as root "
-            "or as uid %d (owner)" % (address, path, what, stat.S_IMODE(st.st_mode), st.st_uid,
-                                       mine, st.st_uid))
+            "or as uid %d (owner)"
+            % (address, path, what, stat.S_IMODE(st.st_mode), st.st_uid, mine, st.st_uid))
 
 
 def _uint(raw: bytes, field: L.Field) -> int:

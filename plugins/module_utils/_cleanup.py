@@ -26,6 +26,7 @@ from ._errors import ConcurrentChange
 from ._observe import ConsumerView, Scene
 from ._recover import plan_slot
 from ._validate import _SETTLE_S
+from ._wording import did
 
 CONS = L.CONSUMER
 CEV = L.CONSUMER_EVIDENCE
@@ -45,9 +46,9 @@ def cleanup(scene: Scene) -> Dict[str, object]:
     for c in dead:
         if _still_inside(scene, c):
             outcomes.append({"consumer": c.index, "pid": c.pid, "result": FAILED,
-                             "message": "consumer %d (pid %d): its reader in slot %d could not "
-                             "be released yet (see that slot's outcome); entry kept so a later "
-                             "run can still attribute it" % (c.index, c.pid, c.reading)})
+                             "message": "consumer %d (pid %d): its reader in slot %d cannot "
+                             "be released yet (see that slot's outcome); the entry stays so a "
+                             "later run can still attribute it" % (c.index, c.pid, c.reading)})
             continue
         try:
             _clear_entry(scene, c)
@@ -60,8 +61,9 @@ def cleanup(scene: Scene) -> Dict[str, object]:
         cleaned += 1
         counted += 1 if c.heartbeat_ns else 0    # stamped after its count += 1
         outcomes.append({"consumer": c.index, "pid": c.pid, "result": SUCCESS,
-                         "message": "consumer %d (pid %d, %s): entry cleared; %s"
-                         % (c.index, c.pid, c.name or "unnamed", "; ".join(c.verdict.evidence)),
+                         "message": "consumer %d (pid %d, %s, %s): %s"
+                         % (c.index, c.pid, c.name or "unnamed", c.verdict.state,
+                            did(plan.dry_run, "clear", "its entry")),
                          "verdict": c.verdict.to_dict()})
     # 3. reconcile from survivors; upstream counts one action per entry cleaned
     reconciled = _reconcile(scene, counted)

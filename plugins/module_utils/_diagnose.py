@@ -83,7 +83,8 @@ def holder_findings(scene: Scene) -> List[Dict[str, object]]:
     for c in scene.consumers:
         if c.dead:
             out.append({"code": "dead-consumer", "severity": "warning", "consumer": c.index,
-                        "message": "consumer %d (pid %d) is dead: cleanup" % (c.index, c.pid)})
+                        "message": "consumer %d (pid %d) is dead: cleanup clears its entry"
+                                   % (c.index, c.pid)})
     return out
 
 

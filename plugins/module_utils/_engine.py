@@ -44,6 +44,8 @@ from ._recover import check_action, plan_slot, targets
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
                       health as _health)
 from ._validate import Progress, validate as _validate
+from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, plural,
+                       reblessed, reconciled, summary)
 
 #: The front door: what a face may use (the faces import nothing below this module).
 __all__ = [
@@ -64,6 +66,9 @@ __all__ = [
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
     "OverBudget", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange",
     "AtomicsUnavailable", "Declined", "exit_code_for", "printable", "printable_tree",
+    # the words of a change, in the run's tense (_wording: the one place they are chosen)
+    "did", "done", "plural", "reblessed", "reconciled", "summary", "change_lines",
+    "PAST_FORMS", "CONDITIONAL_FORMS",
 ]
 
 _RANK = {NOT_STUCK: 0, SUCCESS: 1, UNSAFE: 2, FAILED: 3}

@@ -35,7 +35,7 @@ dead pid with a state the next run handles the same way.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._contract import FAILED, NOT_STUCK, SUCCESS, UNSAFE
@@ -43,6 +43,7 @@ from ._contract import SLOT_ACTIONS as ACTIONS
 from ._errors import ConcurrentChange, UsageError
 from ._observe import Scene, SlotView
 from ._status import step
+from ._wording import did, did_all, plural
 
 SLOT = L.SLOT
 CEV = L.CONSUMER_EVIDENCE
@@ -71,25 +72,33 @@ def _after_writer(state: int) -> int:
     return state
 
 
-def _refusal(view: SlotView, what: str, scene: Scene) -> str:
+def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
+    """A refusal in one short line (who holds the slot, the verdict), and the evidence
+    behind each verdict (the outcome's ``evidence``; the CLI shows it with --verbose)."""
     if what == "writer":
         v = view.writer
-        return ("slot %d: write lock held by pid %d, verdict %s (%s); not released without force"
-                % (view.index, v.pid, v.state, "; ".join(v.evidence)))
+        return ("slot %d: write lock held by pid %d, verdict %s; releasing it needs force"
+                % (view.index, v.pid, v.state), ["pid %d: %s" % (v.pid, e) for e in v.evidence])
     live = [c for c in scene.live_consumers if c.reading == view.index or not c.has_evidence]
     who = ", ".join("pid %d (%s)" % (c.pid, c.verdict.state) for c in live) or (
         "no reader is attributable and a live process exists (producer pid %s)"
         % (scene.producer_pid or "?"))
-    waits = (" (writer pid %d waits for them)" % view.write_lock
+    waits = (", writer pid %d waits for them" % view.write_lock
              if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
-    return ("slot %d: %d reader(s)%s, %d provably dead; may still be inside: %s; not released "
-            "without force" % (view.index, view.reader_count, waits, view.releasable_readers,
-                               who))
+    evidence = ["pid %d: %s" % (c.pid, e) for c in live for e in c.verdict.evidence]
+    message = ("slot %d: %s%s, %d provably dead; may still be inside: %s; releasing them "
+               "needs force" % (view.index, plural(view.reader_count, "reader"), waits,
+                                view.releasable_readers, who))
+    return message, evidence
 
 
-def refused(index: int, action: str, message: str, view: SlotView) -> Dict[str, object]:
-    """An UNSAFE outcome, with the forced command that would do it anyway."""
-    return outcome(index, UNSAFE, message, view, next=step("recover", index, action, True))
+def refused(index: int, action: str, why: Tuple[str, List[str]],
+            view: SlotView) -> Dict[str, object]:
+    """An UNSAFE outcome: one short ``message``, the ``evidence`` of the verdicts, and the
+    forced command that would do it anyway (``next``)."""
+    message, evidence = why
+    return outcome(index, UNSAFE, message, view, evidence=evidence,
+                   next=step("recover", index, action, True))
 
 
 def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dict[str, object]:
@@ -98,6 +107,7 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
     release_writer = action in ("release_writer", "force_reset")
     release_readers = action in ("release_readers", "force_reset")
     warnings: List[str] = []
+    dry = scene.plan.dry_run
 
     writer_todo = release_writer and (view.write_lock != 0 or view.orphaned or
                                       (view.writer_waiting and view.state != _S.DRAINING))
@@ -110,14 +120,15 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
     if writer_todo and view.write_lock and not view.writer_dead:
         if not force:
             return refused(index, action, _refusal(view, "writer", scene), view)
-        warnings.append("FORCED: released the write lock of pid %d whose verdict is %s"
-                        % (view.write_lock, view.writer.state))
+        warnings.append("FORCED: %s" % did(dry, "release", "the write lock of pid %d whose "
+                                           "verdict is %s" % (view.write_lock, view.writer.state)))
     new_readers = view.reader_count
     if readers_todo:
         if force:
             if view.releasable_readers < view.reader_count:
-                warnings.append("FORCED: cleared %d reader(s) of slot %d that may be live"
-                                % (view.reader_count - view.releasable_readers, index))
+                maybe_live = view.reader_count - view.releasable_readers
+                warnings.append("FORCED: %s" % did(dry, "clear", "%s of slot %d that may be live"
+                                                   % (plural(maybe_live, "reader"), index)))
             new_readers = 0
         elif view.releasable_readers == 0 or (action == "force_reset" and
                                               view.releasable_readers < view.reader_count):
@@ -134,26 +145,38 @@ def plan_slot(scene: Scene, index: int, action: str, force: bool = False) -> Dic
         return outcome(index, FAILED, "slot %d: %s%s; run again" % (index, exc, kept), view)
     done = scene.plan.commit()
     scene.plan.count_recovery(1 if done else 0)
-    left = (" (%d reader(s) kept: they may be live)" % new_readers) if new_readers else ""
     scrubbed = any(c.target == _label(index, "data") for c in done)
-    message = "slot %d: %s%s%s" % (index, _describe(view, writer_todo, new_readers),
-                                   "; torn bytes scrubbed to zeros" if scrubbed else "", left)
+    message = "slot %d: %s" % (index, _describe(view, writer_todo, new_readers, scrubbed, dry))
     result = outcome(index, SUCCESS, message, view)
     if warnings:
         result["warnings"] = warnings
     return result
 
 
-def _describe(view: SlotView, writer: bool, new_readers: int) -> str:
+def _describe(view: SlotView, writer: bool, new_readers: int, scrubbed: bool,
+              dry: bool) -> str:
+    """What a release did (or, in a dry run, would do), in the tense of the run."""
     parts = []
     if writer:
         after = _after_writer(view.state)
-        parts.append("released write lock%s, %s -> %s" % (
-            " of dead pid %d" % view.write_lock if view.write_lock else "",
-            L.enum_name(_S, view.state), L.enum_name(_S, after)))
+        what = ("the orphaned slot" if not view.write_lock else
+                "the write lock of dead pid %d" % view.write_lock if view.writer_dead else
+                "the write lock of pid %d (%s)" % (
+                    view.write_lock, view.writer.state if view.writer else "?"))
+        parts.append(("release", "%s (%s)" % (what, "%s → %s" % (
+            L.enum_name(_S, view.state), L.enum_name(_S, after)) if after != view.state
+            else "the slot stays %s" % L.enum_name(_S, after))))
+    if scrubbed:
+        parts.append(("scrub", "the torn bytes to zeros"))
     if new_readers != view.reader_count:
-        parts.append("reader_count %d -> %d" % (view.reader_count, new_readers))
-    return "; ".join(parts)
+        parts.append(("release", "%s (reader_count %d → %d)" % (
+            plural(view.reader_count - new_readers, "reader"), view.reader_count,
+            new_readers)))
+    text = did_all(dry, parts)
+    if new_readers:
+        text += "; %s may be live and stay%s counted" % (
+            plural(new_readers, "reader"), "s" if new_readers == 1 else "")
+    return text
 
 
 def _apply(scene: Scene, view: SlotView, writer: bool, new_readers: int) -> None:
@@ -256,9 +279,10 @@ def plan_scrub(scene: Scene, index: int) -> Dict[str, object]:
             else "nothing changed"), view)
     plan.commit()
     plan.count_recovery(1)
-    return outcome(index, SUCCESS, "slot %d: FREE slot's torn bytes scrubbed to zeros%s" % (
-        index, " and its checksum set to match" if
-        plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED else ""), view)
+    parts = [("scrub", "the torn bytes of this FREE slot to zeros")]
+    if plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED:
+        parts.append(("set", "its checksum to match"))
+    return outcome(index, SUCCESS, "slot %d: %s" % (index, did_all(plan.dry_run, parts)), view)
 
 
 def repair_write_index(scene: Scene, observed: int, following: int) -> Dict[str, object]:
@@ -276,8 +300,9 @@ def repair_write_index(scene: Scene, observed: int, following: int) -> Dict[str,
     plan.commit()
     plan.count_recovery(1)
     return {"field": "write_index", "result": SUCCESS, "before": observed, "after": following,
-            "message": "write_index %d -> %d: claimed slot ids no writer holds, left by a dead "
-                       "producer, given back" % (observed, following)}
+            "message": "%s (write_index %d → %d)" % (
+                did(plan.dry_run, "give back", "the slot ids a dead producer claimed and no "
+                    "writer holds"), observed, following)}
 
 
 def _consume_attribution(scene: Scene, view: SlotView, released: int) -> None:

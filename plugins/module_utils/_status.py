@@ -138,7 +138,7 @@ def judge_slot(view: SlotView, blocked: bool) -> Dict[str, object]:
                   if view.write_lock else "%s with no write lock: orphaned" % state)
         action = "release_writer"
     elif readers_stuck:
-        waiting = (" ; writer pid %d waits for them forever" % view.write_lock
+        waiting = ("; writer pid %d waits for them forever" % view.write_lock
                    if view.state == _S.DRAINING and view.write_lock else "")
         reason = "%d of %d reader(s) provably dead%s" % (
             view.releasable_readers, view.reader_count, waiting)
@@ -146,7 +146,7 @@ def judge_slot(view: SlotView, blocked: bool) -> Dict[str, object]:
         if drain_suspect:
             reason += ("; %d more may be live: releasing them needs --force" % readers_left)
     elif view.writer_suspect:
-        reason = ("write lock held by pid %d whose verdict is %s: not released without --force"
+        reason = ("write lock held by pid %d whose verdict is %s: releasing it needs --force"
                   % (view.write_lock, view.writer.state if view.writer else "?"))
     elif drain_suspect:
         reason = ("writer pid %d waits for %d reader(s) that have not moved and are not "

@@ -539,7 +539,7 @@ def _rebless(plan: Plan, check: ChecksumCheck) -> List[Dict[str, object]]:
         for f in check.findings:
             if f["code"] in ("checksum-unstamped", "flexzone-checksum-unstamped",
                              "checksums-not-checked"):
-                f["message"] += "; not re-blessed: " + why
+                f["message"] += "; repair cannot re-bless it: " + why
         return []
     bad = [f for f in check.findings if f["repairable"]]
     done = _rebless_slots(plan, [f for f in bad if f.get("slot") is not None])
@@ -572,7 +572,7 @@ def _rebless_slots(plan: Plan, bad: List[Dict[str, object]]) -> List[Dict[str, o
             plan.cas("slot[%d].write_lock" % i, SLOT["write_lock"], base, plan.pid, 0)
         except ConcurrentChange as exc:
             plan.rollback()
-            f["message"] += "; not re-blessed: %s" % exc
+            f["message"] += "; repair cannot re-bless it: %s" % exc
             continue
         plan.commit()
         done.append({"target": "slot[%d].checksum" % i, "slot": i,
@@ -607,7 +607,7 @@ def _rebless_flex(plan: Plan, f: Dict[str, object],
     only when the zone still hashes to what was judged."""
     why = _flex_writer_alive(plan)
     if why:
-        f["message"] += "; not re-blessed: %s" % why
+        f["message"] += "; repair cannot re-bless it: %s" % why
         return None
     entry, judged = seen
     off = FLEX_CHECKSUM.offset
@@ -620,7 +620,7 @@ def _rebless_flex(plan: Plan, f: Dict[str, object],
         plan.put("header.flexzone_checksum", off, entry[:L.HASH_SIZE], judged)
     except ConcurrentChange as exc:
         plan.rollback()
-        f["message"] += "; not re-blessed: %s" % exc
+        f["message"] += "; repair cannot re-bless it: %s" % exc
         return None
     plan.commit()
     return {"target": FLEX, "before": entry[:L.HASH_SIZE].hex(), "after": judged.hex()}

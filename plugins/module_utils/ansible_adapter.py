@@ -114,35 +114,25 @@ def _entity(target):
     return (head, tail) if tail else ("block", head)
 
 
-def _render(field, value):
-    if field == "slot_state" and isinstance(value, int):
-        return "%d (%s)" % (value, engine.state_name(value))
-    if field in ("consumer_name", "consumer_uid") and isinstance(value, str):
-        return repr(value)  # the engine reports text fields decoded
-    return str(value)
-
-
-def diff_from_changes(changes, header):
-    """Before/after text of every slot, consumer entry and header field in ``changes``.
-
-    A word changed more than once (e.g. a lock claimed by us, then released) shows its
-    first ``before`` and its last ``after``.
+def diff_from_changes(changes, header, result=None):
+    """Before/after text of every slot, consumer entry and header field in ``changes``,
+    in the block's own terms, as the CLI shows them (``engine.change_lines``: state
+    names, pids with their verdict from ``result``, each word once from its first
+    ``before`` to its last ``after``, so check mode shows the real run's diff).
     """
+    doc = dict(result or {})
+    doc["changes"] = changes or []
     entities = OrderedDict()
-    for change in changes or []:
-        entity, field = _entity(str(change.get("target", "")))
-        fields = entities.setdefault(entity, OrderedDict())
-        if field in fields:
-            fields[field] = (fields[field][0], change.get("after"))
-        else:
-            fields[field] = (change.get("before"), change.get("after"))
+    for target, old, new in engine.change_lines(doc):
+        entity, field = _entity(target)
+        entities.setdefault(entity, OrderedDict())[field] = (old, new)
     before, after = [], []
     for entity, fields in entities.items():
         before.append("%s:" % entity)
         after.append("%s:" % entity)
         for field, (old, new) in fields.items():
-            before.append("  %s: %s" % (field, _render(field, old)))
-            after.append("  %s: %s" % (field, _render(field, new)))
+            before.append("  %s: %s" % (field, printable(old)))
+            after.append("  %s: %s" % (field, printable(new)))
     text_before = "\n".join(before) + "\n" if before else ""
     text_after = "\n".join(after) + "\n" if after else ""
     return {"before": text_before, "after": text_after,
@@ -235,7 +225,7 @@ class DataBlockModule(object):
             if header is None:
                 block = result.get("block") or {}
                 header = str(block.get("address") or block.get("path") or "datablock")
-            self._diffs.append(diff_from_changes(result["changes"], header))
+            self._diffs.append(diff_from_changes(result["changes"], header, result))
 
     def _finish(self, result):
         if self.module._diff and self._diffs:
@@ -280,3 +270,10 @@ def unrepaired_message(address, validation):
     """A validate result's ``unrepaired`` error findings, as one text."""
     return "%s: %s" % (address, _listed("%d unrepaired error finding%s: %s",
                                         validation["unrepaired"]))
+
+
+def summary_msg(result):
+    """What a mutating engine result did, or in check mode would do, in one line (the
+    engine's ``summary``, in the run's tense), after the block's address, printable."""
+    block = result.get("block") or {}
+    return printable("%s: %s" % (block.get("address", "?"), engine.summary(result)))

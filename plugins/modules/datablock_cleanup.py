@@ -119,6 +119,13 @@ cleaned:
   returned: success
   type: int
   sample: 1
+msg:
+  description:
+    - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
+    - On failure, why (a refusal names the holder and its verdict).
+  returned: success with a single O(name), and failure
+  type: str
+  sample: "my_datablock: consumer 1 (pid 4712, reader, dead): cleared its entry"
 code:
   description: Error code of the failure (for example V(not-found), V(permission), V(failed)).
   returned: failure
@@ -132,7 +139,7 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule, argument_spec, problem_messages,
+    DataBlockModule, argument_spec, problem_messages, summary_msg,
 )
 
 
@@ -146,7 +153,8 @@ def main():
         if problems or not result.get("ok", True):
             m.fail("%s: %s" % (address, "; ".join(problems) or "not ok"),
                    changed=result["changed"], cleanup=result, code="failed")
-        m.exit(changed=result["changed"], cleanup=result, cleaned=result["cleaned"])
+        m.exit(changed=result["changed"], msg=summary_msg(result), cleanup=result,
+               cleaned=result["cleaned"])
 
     summary = m.each("cleanup", "cleanup")
     failures = ["%s: %s" % (e["address"], e["error"]["message"]) for e in summary["blocks"]

@@ -144,7 +144,7 @@ blocks:
   type: list
   elements: dict
   sample: [{"address": "sensor_block", "changed": true, "healthy": true,
-            "released": ["slot 3: released write lock of dead pid 4242, WRITING -> FREE"],
+            "released": ["slot 3: released the write lock of dead pid 4242 (WRITING → FREE)"],
             "cleaned": 0, "reblessed": [], "refused": [], "unrepaired": [], "failed": [],
             "forced": [], "error": null, "skipped": null}]
 '''

@@ -305,6 +305,13 @@ healthy:
   returned: with O(all=true)
   type: bool
   sample: true
+msg:
+  description:
+    - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
+    - On failure, why (a refusal names the holder and its verdict).
+  returned: success with a single O(name), and failure
+  type: str
+  sample: "my_datablock: slot 0: released the write lock of dead pid 4711 (WRITING → FREE) and scrubbed the torn bytes to zeros"
 code:
   description: Error code of the failure (for example V(not-found), V(slot-out-of-range), V(permission), V(usage)).
   returned: failure
@@ -319,6 +326,7 @@ error:
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
     ACTIONS, SLOT_ACTIONS, DataBlockModule, argument_spec, parse_slot, problem_messages,
+    summary_msg,
 )
 
 FORCE_ENTRY = dict(name=dict(type="str", required=True), slot=dict(type="raw", required=True),
@@ -368,7 +376,7 @@ def main():
         m.fail("%s: %s" % (result["block"]["address"], "; ".join(problems) or "not ok"),
                changed=result.get("changed"), recovery=result,
                code="holder-alive" if result.get("refused") else "failed")
-    m.exit(changed=result.get("changed"), recovery=result)
+    m.exit(changed=result.get("changed"), msg=summary_msg(result), recovery=result)
 
 
 def heal_all(m):

@@ -175,6 +175,13 @@ blocks:
   elements: dict
   sample: [{"address": "my_datablock", "status": "ok", "validation": {"valid": true},
             "error": null, "skipped": null}]
+msg:
+  description:
+    - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
+    - On failure, why (a refusal names the holder and its verdict).
+  returned: success with a single O(name) and O(repair=true), and failure
+  type: str
+  sample: "my_datablock: re-blessed the checksum of slot 1"
 code:
   description: Error code of the failure - V(corrupt) for unrepaired corruption, otherwise the engine's (for example V(not-found)).
   returned: failure
@@ -188,7 +195,7 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule, argument_spec, unrepaired_message,
+    DataBlockModule, argument_spec, summary_msg, unrepaired_message,
 )
 
 
@@ -204,6 +211,9 @@ def main():
         if not valid and p["fail_on_corruption"]:
             m.fail(unrepaired_message(address, result), changed=result["changed"],
                    validation=result, valid=False, code="corrupt")
+        if p["repair"]:
+            m.exit(changed=result["changed"], msg=summary_msg(result), validation=result,
+                   valid=valid)
         m.exit(changed=result["changed"], validation=result, valid=valid)
 
     summary = m.each("validate", "validation", repair=p["repair"])

@@ -314,9 +314,9 @@ def test_recover_takes_each_host_through_its_procedure_step(lab):
     assert rc == 0, out
     rel = reg["lab-01"]["tasks"]["Release what dead holders own, or heal (datablock_recover)"]["recovery"]
     assert rel["result"] == "SUCCESS" and rel["changed"] and rel["outcomes"][0]["slot"] == w
-    assert "WRITING -> FREE" in rel["outcomes"][0]["message"]
+    assert "WRITING → FREE" in rel["outcomes"][0]["message"]
     rel = reg["lab-02"]["tasks"]["Release what dead holders own, or heal (datablock_recover)"]["recovery"]
-    assert rel["result"] == "SUCCESS" and "reader_count 1 -> 0" in rel["outcomes"][0]["message"]
+    assert rel["result"] == "SUCCESS" and "reader_count 1 → 0" in rel["outcomes"][0]["message"]
     assert reg["lab-03"]["tasks"]["Clear dead consumers (datablock_cleanup)"]["cleanup"]["cleaned"] == 3
     val = reg["lab-04"]["tasks"]["Validate, re-blessing checksums with recover_repair=true (datablock_validate)"]["validation"]
     assert val["valid"] and [x["slot"] for x in val["reblessed"]] == [

@@ -698,8 +698,10 @@ def _write_sparse(path, case):
                           + b"\3\1", entry)
             elif what == "garbage-entry":
                 os.pwrite(fd, bytes([byte]) * 64, entry)
-            else:
-                os.pwrite(fd, bytes([byte | 1]) * 4096, geo.slot_data(i))
+            else:       # a page of data, clipped to the file (never grows it)
+                start = geo.slot_data(i)
+                os.pwrite(fd, bytes([byte | 1]) * min(4096, geo.total_size + extra - start),
+                          start)
     finally:
         os.close(fd)
     # a later island may overwrite an earlier one (state or checksum): the oracle is the

@@ -515,8 +515,8 @@ def test_unprivileged_user_least_privilege(zoo, unprivileged_python):
                 TRIED["calls"] += 1
                 expect = reads if label in READS else writes
                 if got == "ok":
-                    assert "ok" in expect, "%s(%s) succeeded as uid %d" % (label, address,
-                                                                          NOBODY)
+                    assert "ok" in expect, ("%s(%s) succeeded as uid %d"
+                                            % (label, address, NOBODY))
                     continue
                 code, msg = got
                 assert code in expect, "%s(%s): %s %s" % (label, address, code, msg)
@@ -668,7 +668,7 @@ SPARSE_RUNS = (
     ("far", ["heal", "@"], 0, "result: healthy"),
     ("far", ["validate", "@", "--max-bytes", "8K"], 4, "1048576 slots x 4096 B"),
     ("bad", ["validate", "@"], 1, "checksum-mismatch"),
-    ("bad", ["validate", "@", "--repair", "--dry-run"], 0, "re-blessed slot 900000"),
+    ("bad", ["validate", "@", "--repair", "--dry-run"], 0, "would re-bless the checksum of slot 900000"),
 )
 
 
@@ -855,7 +855,10 @@ def test_untrusted_text_never_reaches_the_terminal_raw(hostile_text_block):
     sequence, bidi override or invalid UTF-8 byte comes out, and the only result line is
     ours. JSON keeps the exact values."""
     name = hostile_text_block
-    decode = lambda b: b.decode("utf-8", "surrogateescape")      # noqa: E731
+
+    def decode(raw):
+        return raw.decode("utf-8", "surrogateescape")
+
     runs = {"list": ("list", PREFIX + "*"), "diagnose": ("diagnose", name),
             "cleanup": ("cleanup", name, "--dry-run"), "heal": ("heal", name, "--dry-run"),
             "validate": ("validate", name), "cleanup-real": ("cleanup", name),

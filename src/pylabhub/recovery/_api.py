@@ -217,7 +217,8 @@ class CleanupReport(_ComparesAsResult):
         outcomes = [Outcome.from_engine(o) for o in raw.get("outcomes", [])]
         result = RecoveryResult.from_name(raw["result"])
         message = _summary(outcomes) if outcomes else (
-            "reconciled %s" % ", ".join(r["field"] for r in raw.get("reconciled", []))
+            engine.did(bool(raw.get("dry_run")), "reconcile", ", ".join(
+                str(r["field"]) for r in raw.get("reconciled", [])))
             if raw.get("reconciled") else "nothing to do: no dead consumer")
         return cls(result, int(raw.get("cleaned", 0)), bool(raw["changed"]), _changes(raw),
                    message, outcomes, list(raw.get("reconciled", [])),

@@ -6,7 +6,7 @@ NO_COLOR unset, no --no-color).
 
 Results carry untrusted text (file names, names and uids read from a block, messages
 built from them): every ``render_*`` function first makes each string of its input
-printable with the core's one escaping rule (``_errors.printable``), so no field can
+printable with the core's one escaping rule (``engine.printable``), so no field can
 reach the terminal raw, whatever a renderer forgets. Only the colours added here are
 escape sequences.
 """
@@ -21,7 +21,8 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
-    FAILED, INVALID_SLOT, NOT_STUCK, SUCCESS, UNSAFE, printable, printable_tree)
+    FAILED, INVALID_SLOT, NOT_STUCK, SUCCESS, UNSAFE, change_lines, did, done, plural,
+    printable, printable_tree, reblessed as reblessed_text, reconciled as reconciled_text)
 
 from .cli import PROG
 
@@ -29,13 +30,15 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Style:
-    """ANSI styling, or none."""
+    """ANSI styling, or none; and how much to show (``verbose``: every store of the change
+    list as recorded, and the evidence behind each verdict)."""
 
     _CODES = {"red": "31", "green": "32", "yellow": "33", "bold": "1", "dim": "2",
               "cyan": "36"}
 
-    def __init__(self, color: bool) -> None:
+    def __init__(self, color: bool, verbose: bool = False) -> None:
         self.color = color
+        self.verbose = verbose
 
     def __call__(self, text: str, *names: str) -> str:
         if not self.color or not names or not text:
@@ -97,12 +100,6 @@ def duration(seconds: Optional[float]) -> str:
 
 def ago(seconds: Optional[float]) -> str:
     return "unknown" if seconds is None else duration(seconds) + " ago"
-
-
-def value(v: Any) -> str:
-    if isinstance(v, str) and len(v) > 16:
-        return v[:16] + "…"
-    return str(v)
 
 
 def quote(address: str) -> str:
@@ -185,37 +182,63 @@ def block_title(block: Dict[str, Any], style: Style) -> List[str]:
 
 
 def changes_lines(result: Dict[str, Any], style: Style) -> List[str]:
+    """The change list in the block's own terms, each word once (``_wording``): a dry run
+    shows the very lines of the real run. ``--verbose``: every store as recorded (the
+    tool's own claims on a slot included), exact values as in the JSON."""
     changes = result.get("changes") or []
     dry = result.get("dry_run")
     if not changes:
         return ["  changes: none"]
     head = ("  changes (DRY RUN: would change, nothing written):" if dry else "  changes:")
     lines = [style(head, "yellow") if dry else head]
-    for c in changes:
-        lines.append("    %s: %s -> %s" % (c["target"], value(c["before"]), value(c["after"])))
+    lines += ["    %s: %s → %s" % line for line in change_lines(result)]
+    if style.verbose:
+        lines.append("  every store, in order (the tool's own claims included):")
+        lines += ["    %s: %s -> %s" % (c["target"], c["before"], c["after"]) for c in changes]
     return lines
 
 
 def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
                   title: str = "outcome") -> List[str]:
-    if not outcomes:
-        return []
+    """The outcome of each slot or consumer entry; a refusal is not repeated here (it is
+    printed once, as one line with its command: :func:`refusal_line`). ``--verbose``
+    adds the evidence behind each holder's verdict."""
     rows = []
     for o in outcomes:
+        if o.get("result") == UNSAFE:
+            continue
         where = ("slot %s" % o["slot"]) if "slot" in o else (
             "consumer %s" % o.get("consumer", "?"))
         rows.append([where, style.result(str(o["result"])), o.get("message", "")])
-    return ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
-
-
-def refused_lines(result: Dict[str, Any], style: Style) -> List[str]:
-    """For each refusal, the forced command that would do it anyway (a human decides)."""
-    address = str((result.get("block") or {}).get("address", ""))
-    steps = [o["next"] for o in result.get("refused") or [] if o.get("next")]
-    if not steps:
+    if not rows:
         return []
-    return ([style("  refused; only if you are sure the holders are gone:", "yellow")]
-            + ["    " + command(st, address) for st in steps])
+    lines = ["  %s:" % title] + table(["TARGET", "RESULT", "MESSAGE"], rows, style, "    ")
+    if style.verbose:
+        lines += ["  " + line if line else line for line in evidence_lines(
+            [o.get("holder") or o.get("verdict") for o in outcomes
+             if o.get("result") != UNSAFE])][:-1]
+    return lines
+
+
+def evidence_lines(verdicts: Sequence[Optional[Dict[str, Any]]]) -> List[str]:
+    """``--verbose``: the evidence behind each verdict shown (each pid once)."""
+    lines, seen = [], set()
+    for v in verdicts:
+        if not v or not v.get("evidence") or v.get("pid") in seen:
+            continue
+        seen.add(v.get("pid"))
+        lines.append("  evidence for pid %s (%s): %s" % (
+            v.get("pid"), v.get("state"), "; ".join(v["evidence"])))
+    return lines + ([""] if lines else [])
+
+
+def refusal_line(outcome: Dict[str, Any], address: str) -> str:
+    """A refusal in one line: who holds the slot and the verdict (the engine's short
+    message), and the exact command that forces it, for a human who is sure."""
+    line = str(outcome.get("message", ""))
+    if outcome.get("next"):
+        line += ". If you are sure: %s" % command(outcome["next"], address)
+    return line
 
 
 def warning_lines(result: Dict[str, Any], style: Style) -> List[str]:
@@ -223,7 +246,7 @@ def warning_lines(result: Dict[str, Any], style: Style) -> List[str]:
 
 
 def findings_lines(findings: List[Dict[str, Any]], style: Style,
-                   title: str = "findings") -> List[str]:
+                   title: str = "findings", dry_run: bool = False) -> List[str]:
     if not findings:
         return ["  %s: none" % title]
     rows = []
@@ -231,7 +254,7 @@ def findings_lines(findings: List[Dict[str, Any]], style: Style,
         where = ("slot %s" % f["slot"]) if f.get("slot") is not None else (
             "consumer %s" % f["consumer"] if f.get("consumer") is not None else (
                 f.get("field") or "block"))
-        note = " (repaired)" if f.get("repaired") else (
+        note = " (%s)" % done(dry_run, "repair") if f.get("repaired") else (
             " (repairable with --repair)" if f.get("repairable") else "")
         rows.append([style.severity(f["severity"]), f["code"], where, f["message"] + note])
     return ["  %s:" % title] + table(["SEVERITY", "CODE", "WHERE", "MESSAGE"], rows, style,
@@ -316,6 +339,10 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     else:
         lines.append("  consumers: none registered")
     lines.append("")
+    if style.verbose:
+        lines += evidence_lines([producer.get("verdict")]
+                                + [(s.get("writer") or None) for s in d["slots"]]
+                                + [c.get("verdict") for c in consumers])
     lines += findings_lines(d.get("findings") or [], style)
     shown = [s["index"] for s in d["slots"]]
     partial = block.get("capacity") is not None and len(shown) < int(block["capacity"])
@@ -326,7 +353,7 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
 
 def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
     changed = result.get("changed")
-    how = ("would change" if result.get("dry_run") else "changed") if changed else "no change"
+    how = did(bool(result.get("dry_run")), "change") if changed else "no change"
     return "  result: %s (%s)" % (word, how)
 
 
@@ -338,7 +365,6 @@ def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
         " --dry-run" if r.get("dry_run") else ""))
     lines += changes_lines(r, style)
     lines += outcome_lines(r.get("outcomes") or [], style)
-    lines += refused_lines(r, style)
     lines += warning_lines(r, style)
     lines.append(_footer(r, style, style.result(str(r["result"]))))
     return lines
@@ -347,26 +373,36 @@ def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
 @untrusted
 def render_cleanup(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
-    lines.append("  cleanup%s: %s dead consumer entr%s cleared" % (
-        " --dry-run" if r.get("dry_run") else "", r.get("cleaned", 0),
-        "y" if r.get("cleaned") == 1 else "ies"))
+    lines.append("  cleanup%s: %s" % (" --dry-run" if r.get("dry_run") else "",
+                                      _cleared(r, bool(r.get("dry_run")))))
     lines += changes_lines(r, style)
     lines += outcome_lines(r.get("outcomes") or [], style)
-    for rec in r.get("reconciled") or []:
-        if "before" in rec:
-            lines.append("  reconciled %s: %s -> %s"
-                         % (rec.get("field"), rec["before"], rec["after"]))
-        else:
-            lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
-                                                    rec.get("message", "")))
+    lines += reconciled_lines(r.get("reconciled") or [], bool(r.get("dry_run")))
     lines.append(_footer(r, style, style("ok", "green") if r.get("ok") else
                          style("FAILED", "red")))
     return lines
 
 
-def _reblessed_what(rb: Dict[str, Any]) -> str:
-    return ("slot %s checksum" % rb["slot"] if rb.get("slot") is not None
-            else "flexible zone checksum")
+def _cleared(cleanup: Dict[str, Any], dry: bool) -> str:
+    count = int(cleanup.get("cleaned") or 0)
+    if not count:
+        return "no dead consumer entry"
+    return did(dry, "clear", plural(count, "dead consumer entry", "dead consumer entries"))
+
+
+def reconciled_lines(reconciled: List[Dict[str, Any]], dry: bool) -> List[str]:
+    lines = []
+    for rec in reconciled:
+        if "before" in rec:
+            lines.append("  " + reconciled_text(dry, rec))
+        else:
+            lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
+                                                    rec.get("message", "")))
+    return lines
+
+
+def reblessed_lines(reblessed: List[Dict[str, Any]], dry: bool) -> List[str]:
+    return ["  " + reblessed_text(dry, rb) for rb in reblessed]
 
 
 @untrusted
@@ -374,10 +410,8 @@ def render_validate(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  validate%s%s" % (" --repair" if r.get("repair") else "",
                                      " --dry-run" if r.get("dry_run") else ""))
-    lines += findings_lines(r.get("findings") or [], style)
-    for rb in r.get("reblessed") or []:
-        lines.append("  re-blessed %s: %s… -> %s…" % (
-            _reblessed_what(rb), str(rb["before"])[:16], str(rb["after"])[:16]))
+    lines += findings_lines(r.get("findings") or [], style, dry_run=bool(r.get("dry_run")))
+    lines += reblessed_lines(r.get("reblessed") or [], bool(r.get("dry_run")))
     if r.get("changed") or r.get("repair"):
         lines += changes_lines(r, style)
     if r.get("holder_findings"):
@@ -395,26 +429,25 @@ def render_heal(r: Dict[str, Any], style: Style) -> List[str]:
     lines.append("  heal%s%s" % (" --repair" if r.get("validate", {}).get("repair") else "",
                                  " --dry-run" if r.get("dry_run") else ""))
     cleanup = r.get("cleanup") or {}
-    lines.append("  cleanup: %s dead consumer entr%s cleared" % (
-        cleanup.get("cleaned", 0), "y" if cleanup.get("cleaned") == 1 else "ies"))
+    dry = bool(r.get("dry_run"))
+    lines.append("  cleanup: %s" % _cleared(cleanup, dry))
     lines += outcome_lines(cleanup.get("outcomes") or [], style, "cleanup outcome")
+    lines += reconciled_lines(cleanup.get("reconciled") or [], dry)
     lines += outcome_lines(r.get("outcomes") or [], style, "slot outcome")
     for ix in r.get("indexes") or []:
         lines.append("  %s: %s %s" % (ix.get("field"), style.result(str(ix.get("result"))),
                                       ix.get("message", "")))
     validate = r.get("validate") or {}
-    for rb in validate.get("reblessed") or []:
-        lines.append("  re-blessed %s" % _reblessed_what(rb))
+    lines += reblessed_lines(validate.get("reblessed") or [], dry)
     lines += changes_lines(r, style)
     lines += warning_lines(r, style)
     after = r.get("after") or {}
-    lines += findings_lines(after.get("findings") or [], style, "left after heal")
+    lines += findings_lines(after.get("findings") or [], style, "left after heal", dry)
     left = after.get("findings") or []
     bad = [f for f in validate.get("findings") or []
            if f.get("severity") == "error" and not f.get("repaired") and f not in left]
     if bad:
-        lines += findings_lines(bad, style, "integrity errors")
-    lines += refused_lines(r, style)
+        lines += findings_lines(bad, style, "integrity errors", dry)
     if after.get("health"):
         lines += status_lines(after, style, str(r["block"]["address"]),
                               said=[o["next"] for o in r.get("refused") or [] if o.get("next")])

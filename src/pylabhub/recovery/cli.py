@@ -69,9 +69,24 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin drill [--iterations N] [--seed S]
   eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
 
-Every command takes --json (schema pylabhub.recovery/v1), --no-color and -y/--yes
-(before or after COMMAND); every command that can write takes --dry-run (shows
+Every command takes --json (schema pylabhub.recovery/v1), --no-color, -v/--verbose and
+-y/--yes (before or after COMMAND); every command that can write takes --dry-run (shows
 exactly what would change, writes nothing). 'COMMAND --help' for its options."""
+
+SEE_EXIT_CODES = "exit codes: see '%s --help'." % PROG
+
+ACTIONS_HELP = """\
+actions:
+  release_writer   free a slot whose writer is gone: the write lock is released, a
+                   WRITING slot becomes FREE (its torn bytes zeroed), a DRAINING slot
+                   COMMITTED again (its last commit kept)
+  release_readers  take the readers that are provably gone off the slot's reader_count
+  force_reset      both: the writer and the readers of the slot
+
+A holder that is not provably dead (alive, suspect-hung or unknown) is refused in one
+line naming the command that forces it; --verbose adds the evidence.
+
+""" + SEE_EXIT_CODES
 
 DRILL_DESCRIPTION = """\
 Crash drill: prove, on this machine, that recovery works.
@@ -199,6 +214,9 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
                         help="no colour (also: NO_COLOR set, or stdout not a terminal)")
     common.add_argument("-y", "--yes", action="store_true", default=S,
                         help="do not ask for confirmation of --force/--repair")
+    common.add_argument("-v", "--verbose", action="store_true", default=S,
+                        help="also the evidence behind each verdict and every store of "
+                             "the change list as recorded")
     writes = _Parser(add_help=False)
     writes.add_argument("-n", "--dry-run", action="store_true",
                         help="show what would change; write nothing")
@@ -215,13 +233,22 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", default=False, help=S)
     p.add_argument("--no-color", action="store_true", default=False, help=S)
     p.add_argument("-y", "--yes", action="store_true", default=False, help=S)
+    p.add_argument("-v", "--verbose", action="store_true", default=False, help=S)
     subparsers = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     sub = _OnlyOne(subparsers, only)
 
-    def command(name: str, help_: str, *parents: argparse.ArgumentParser):
-        return sub.add_parser(name, help=help_, description=help_, epilog=EXIT_CODES,
+    def command(name: str, help_: str, *parents: argparse.ArgumentParser,
+                epilog: str = SEE_EXIT_CODES):
+        return sub.add_parser(name, help=help_, description=help_, epilog=epilog,
                               formatter_class=fmt, parents=[common, *parents])
+
+    def every(c: argparse.ArgumentParser) -> None:
+        c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
+        c.add_argument("--all", action="store_true",
+                       help="every DataBlock 'list' shows (exit code: the worst block's)")
+        c.add_argument("--match", metavar="PATTERN",
+                       help="with --all: only names or addresses matching this shell pattern")
 
     c = command("list", "list every DataBlock on this machine (/dev/shm and memfds) with "
                         "its health (healthy, degraded, suspect, stuck, corrupt)")
@@ -230,14 +257,18 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 
     c = command("diagnose", "explain every slot (or one) and every consumer; read-only",
                 budget)
-    c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
-    c.add_argument("--slot", type=_slot, metavar="N|all", help="one slot (default: all)")
+    every(c)
+    c.add_argument("--slot", type=_slot, metavar="N|all",
+                   help="only this slot's row (default: all); the verdict stays the whole "
+                        "block's")
 
     c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes,
-                budget)
+                budget, epilog=ACTIONS_HELP)
     c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
-    c.add_argument("--slot", type=_slot, required=True, metavar="N|all")
-    c.add_argument("--action", required=True, choices=SLOT_ACTIONS)
+    c.add_argument("--slot", type=_slot, required=True, metavar="N|all",
+                   help="the slot index (0 to capacity-1), or 'all' for every slot")
+    c.add_argument("--action", required=True, choices=SLOT_ACTIONS, metavar="ACTION",
+                   help="what to release: %s (see 'actions' below)" % ", ".join(SLOT_ACTIONS))
     c.add_argument("--force", action="store_true",
                    help="also release holders that may be alive (asks on a terminal)")
 
@@ -248,18 +279,15 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
         c = command(name, help_, writes, budget)
-        c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
-        c.add_argument("--all", action="store_true", help="every DataBlock 'list' shows")
-        c.add_argument("--match", metavar="PATTERN",
-                       help="with --all: only names or addresses matching this pattern")
+        every(c)
         if name != "cleanup":
             c.add_argument("--repair", action="store_true",
                            help="re-compute mismatching checksums of COMMITTED slots "
                                 "(asks on a terminal)")
 
     c = sub.add_parser("drill", help="crash drill: prove on this machine that recovery works",
-                       description=DRILL_DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt,
-                       parents=[common])
+                       description=DRILL_DESCRIPTION, epilog=SEE_EXIT_CODES,
+                       formatter_class=fmt, parents=[common])
     c.add_argument("--iterations", type=_int, default=DRILL_ITERATIONS, metavar="N",
                    help="kill-heal-check rounds (default: %d)" % DRILL_ITERATIONS)
     c.add_argument("--seed", type=_int, metavar="S",
@@ -271,8 +299,8 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
 
     c = sub.add_parser("ansible-setup", help="print the one setup line that makes short "
                        "module names work (ansible -m datablock_recover, ansible-doc)",
-                       description=ANSIBLE_SETUP_DESCRIPTION, formatter_class=fmt,
-                       parents=[common])
+                       description=ANSIBLE_SETUP_DESCRIPTION, epilog=SEE_EXIT_CODES,
+                       formatter_class=fmt, parents=[common])
     c.add_argument("--ini", action="store_true",
                    help="print ansible.cfg lines instead of a shell export")
     return p
@@ -293,13 +321,17 @@ def _hexify(obj: Any) -> Any:
 class Out:
     """Where and how results go: stdout (table or JSON), stderr (one-line messages)."""
 
-    def __init__(self, json_mode: bool, color: bool) -> None:
+    def __init__(self, json_mode: bool, color: bool, verbose: bool = False) -> None:
         self.json = json_mode
         self.color = color
+        self.verbose = verbose
+        self._style: Optional["_render.Style"] = None
 
     @property
     def style(self) -> "_render.Style":
-        return _r().Style(self.color)
+        if self._style is None:
+            self._style = _r().Style(self.color, self.verbose)
+        return self._style
 
     def data(self, obj: Any) -> None:
         import json
@@ -372,12 +404,16 @@ def exit_code(operation: str, result: Dict[str, Any]) -> int:
     return E.EXIT_OK
 
 
-def _report_outcomes(result: Dict[str, Any]) -> None:
-    """A line on stderr for each refused and each failed outcome the engine published."""
+def _report_outcomes(result: Dict[str, Any], verbose: bool = False) -> None:
+    """Each refusal the engine published once, as one line with the command that forces
+    it (``--verbose``: the evidence of the verdicts on the lines after it); each
+    concurrent change."""
     address = str((result.get("block") or {}).get("address", ""))
     for o in result.get("refused") or []:
-        nxt = (" (to force it: %s)" % _r().command(o["next"], address)) if o.get("next") else ""
-        Out.err("refused", "%s%s" % (o.get("message", ""), nxt))
+        Out.err("refused", _r().refusal_line(o, address))
+        if verbose:
+            for line in o.get("evidence") or []:
+                sys.stderr.write("  evidence: %s\n" % _oneline(line))
     for o in result.get("failed") or []:
         Out.err("concurrent change", o.get("message", ""))
 
@@ -406,12 +442,11 @@ def cmd_list(args: argparse.Namespace, out: Out) -> int:
 
 def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
     slot = None if args.slot in (None, "all") else args.slot
-    result = _engine().diagnose(args.address, slot=slot, max_bytes=args.max_bytes)
-    if out.json:
-        out.data(result)
-    else:
-        out.lines(_r().render_diagnose(result, out.style))
-    return exit_code("diagnose", result)
+    if args.all and slot is not None:
+        raise _ArgError("%s diagnose" % PROG, "--slot needs a BLOCK (with --all every "
+                        "block's slots are shown)")
+    return _one_or_all(args, out, "diagnose", lambda address, progress: _engine().diagnose(
+        address, slot=slot, max_bytes=args.max_bytes), max_bytes=args.max_bytes)
 
 
 def cmd_recover(args: argparse.Namespace, out: Out) -> int:
@@ -425,7 +460,7 @@ def cmd_recover(args: argparse.Namespace, out: Out) -> int:
         out.data(result)
     else:
         out.lines(_r().render_recover(result, out.style))
-    _report_outcomes(result)
+    _report_outcomes(result, out.verbose)
     return exit_code("recover", result)
 
 
@@ -451,7 +486,7 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
         out.data(result)
     else:
         out.lines(_r().RENDER[operation](result, out.style))
-    _report_outcomes(result)
+    _report_outcomes(result, out.verbose)
     return exit_code(operation, result)
 
 
@@ -481,7 +516,7 @@ def _every_block(out: Out, operation: str, deferred: Optional[str], pattern: Opt
         elif entry["skipped"]:
             Out.err("skipped", "%s: %s" % (entry["address"], entry["skipped"]))
         else:
-            _report_outcomes(entry["result"])
+            _report_outcomes(entry["result"], out.verbose)
             lines += _r().RENDER[operation](entry["result"], out.style) + [""]
     if out.json:
         out.data(summary)
@@ -571,7 +606,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     out = Out("--json" in argv, False)
     try:
         args = build_parser(_command_in(argv)).parse_args(argv)
-        out = Out(args.json, _color(args))
+        out = Out(args.json, _color(args), args.verbose)
         return COMMANDS[args.command](args, out)
     except _ArgError as exc:
         E = _engine()

@@ -78,6 +78,10 @@ def test_zombie_writer(crashes, names):
     dry = recovery.release_zombie_writer(name, 0, dry_run=True)
     assert dry.result == RecoveryResult.SUCCESS and dry.dry_run and dry.changed
     assert read_bytes(shm(name)) == before
+    # a dry run's summary in the conditional, the real run's in the past tense
+    assert dry.message.startswith("slot 0: would release the write lock of dead pid %d"
+                                  % info["writer"]), dry.message
+    assert "released" not in dry.message and "scrubbed" not in dry.message
 
     r = recovery.release_zombie_writer(name, 0)
     assert isinstance(r, RecoveryReport)
@@ -85,6 +89,7 @@ def test_zombie_writer(crashes, names):
     assert r.changed and any(c.target == "slot[0].write_lock" for c in r.changes)
     assert [c.target for c in r.changes] == [c.target for c in dry.changes]
     assert r.outcomes[0].holder_state == "dead" and "released" in r.message
+    assert "would" not in r.message
     s0 = image(name).slot(0)
     assert (s0["lock"], s0["state"], s0["waiting"]) == (0, FREE, 0)
     assert image(name).u(RECOVERY_COUNT, 8) == 1
@@ -168,7 +173,11 @@ def test_one_slot_names_the_block_health(crashes, names):
 def test_dead_consumers(crashes, names):
     name = names()
     info = crashes.dead_consumers(name, dead=2)
+    dry = recovery.cleanup_dead_consumers(name, dry_run=True)
+    assert dry.cleaned == 2 and "would clear its entry" in dry.message
+    assert "cleared" not in dry.message
     r = recovery.cleanup_dead_consumers(name)
+    assert "cleared its entry" in r.message and "would" not in r.message
     assert r.result == RecoveryResult.SUCCESS and r == RecoveryResult.SUCCESS
     assert r.cleaned == 2 and r.changed
     assert sorted(o.pid for o in r.outcomes if o.consumer is not None) == sorted(info["dead"])

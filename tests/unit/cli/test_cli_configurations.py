@@ -40,7 +40,7 @@ def test_flex_zone_mismatch_fails_diagnose_validate_heal_until_repaired(cli, fix
     assert dry.rc == 0 and dry.json["healthy"] and read(name) == before
     r = cli("validate", name, "--repair", "--yes")
     assert r.rc == 0, r
-    assert "re-blessed flexible zone checksum" in r.stdout
+    assert "re-blessed the flexible zone's checksum" in r.stdout
     assert "cannot restore" in r.stderr             # the same warning as for slots
     after = read(name)
     assert after[1984:2016] != before[1984:2016] and after[8192:] == before[8192:]
@@ -68,5 +68,5 @@ def test_manual_stale_hashes_are_information(cli, fixture_block):
     assert v.rc == 0 and not v.json["changed"] and v.json["checksum_policy"] == "MANUAL"
     assert {(f["code"], f["severity"], f["slot"]) for f in v.json["findings"]} == {
         ("checksum-unstamped", "info", 0), ("checksum-unstamped", "info", 3)}
-    assert all("not re-blessed" in f["message"] for f in v.json["findings"])
+    assert all("repair cannot re-bless it" in f["message"] for f in v.json["findings"])
     assert read(name) == before

@@ -98,7 +98,8 @@ def test_help_documents_the_drill(cli):
     r = cli("drill", "--help")
     assert r.rc == 0
     for text in ("--iterations N", "--seed S", "--capacity N", "--stride S", "SIGKILL",
-                 "--seed S --iterations N reruns", "\n  1 "):
+                 "--seed S --iterations N reruns", "1 when one failed",
+                 "exit codes: see 'datablock-admin --help'"):
         assert text in r.stdout, text
     assert "drill" in cli("--help").stdout
 

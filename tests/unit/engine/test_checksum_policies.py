@@ -210,7 +210,7 @@ def test_fixture_k_manual_stale_hashes_are_information(lab):
         assert not out["changed"] and not out["changes"]
         checked = out.get("validate", out)
         assert checked["valid"] and checked["reblessed"] == []
-        assert all("not re-blessed: the Manual checksum policy" in f["message"]
+        assert all("repair cannot re-bless it: the Manual checksum policy" in f["message"]
                    for f in checked["findings"])
     assert file_bytes(name) == before
     assert read_now(lab, name) == "ok"             # id 9 (slot 1), as C++ reads it
@@ -323,7 +323,7 @@ def test_flex_rebless_refused_while_the_producer_lives(lab):
     assert not repaired["ok"] and not repaired["changed"] and repaired["reblessed"] == []
     (f,) = repaired["findings"]
     assert f["code"] == "flexzone-checksum-mismatch" and not f.get("repaired")
-    assert "not re-blessed: producer pid %d" % w.pid in f["message"]
+    assert "repair cannot re-bless it: producer pid %d" % w.pid in f["message"]
     healed = E.heal(name, repair=True)
     assert not healed["healthy"] and not healed["changed"]
     assert not E.diagnose(name)["healthy"]

@@ -185,5 +185,5 @@ def test_rebless_refused_when_writer_takes_the_slot(lab):
         assert plan.fired and plan.changes == []
     assert body["reblessed"] == [] and not body["valid"]
     (f,) = body["findings"]
-    assert f["code"] == "checksum-mismatch" and "not re-blessed" in f["message"]
+    assert f["code"] == "checksum-mismatch" and "repair cannot re-bless it" in f["message"]
     assert file_bytes(name) == expected_bytes(before, lock_off, 8, os.getpid())

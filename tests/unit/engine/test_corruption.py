@@ -197,5 +197,5 @@ def test_repair_skips_committed_slot_whose_lock_is_held(lab):
     repaired = E.validate(name, repair=True)
     assert not repaired["ok"] and not repaired["reblessed"] and not repaired["changed"]
     (f,) = repaired["findings"]
-    assert f["code"] == "checksum-mismatch" and "not re-blessed" in f["message"]
+    assert f["code"] == "checksum-mismatch" and "repair cannot re-bless it" in f["message"]
     assert file_bytes(name) == before

@@ -20,13 +20,18 @@ def test_check_apply_idempotent(run, lab, name):
     assert snapshot(name) == before
     diff = checked["diff"]
     assert "consumer[0]:" in diff["before"] and "consumer[1]:" in diff["after"]
-    assert "consumer_pid: %d" % pids[0] in diff["before"]
-    assert "consumer_name: 'crashlab-dead-0'" in diff["before"]
-    assert "consumer_name: ''" in diff["after"]
+    assert "consumer_pid: %d (dead)" % pids[0] in diff["before"]
+    assert 'consumer_name: "crashlab-dead-0"' in diff["before"]
+    assert 'consumer_name: ""' in diff["after"]
     assert "active_consumer_count: 2" in diff["before"]
+    # msg: what check mode would do, in the conditional
+    assert checked["msg"].startswith(name + ": ") and "would clear its entry" in checked["msg"]
+    assert "cleared" not in checked["msg"]
 
-    applied = run(datablock_cleanup, {"name": name})
+    applied = run(datablock_cleanup, {"name": name}, diff=True)
     assert not applied.failed and applied["changed"] is True
+    assert "cleared its entry" in applied["msg"] and "would" not in applied["msg"]
+    assert applied["diff"] == diff           # check mode showed the real run's diff
     assert lab.consumer_pids(name) == []
     assert applied["cleanup"]["cleaned"] == 2
 

@@ -58,13 +58,41 @@ def test_diff_shows_each_touched_slot_before_and_after(run, lab, name):
     assert diff["before_header"].startswith(name)
     before, after = diff["before"], diff["after"]
     assert "slot[%d]:" % slot in before and "slot[%d]:" % slot in after
-    assert "write_lock: %d" % dead in before and "write_lock: 0" in after
-    assert "slot_state: 1 (WRITING)" in before and "slot_state: 0 (FREE)" in after
+    assert "write_lock: %d (dead)" % dead in before and "write_lock: 0" in after
+    assert "slot_state: WRITING" in before and "slot_state: FREE" in after
     assert "header:" in before and "write_index:" in before
+    assert "last_error_timestamp_ns: now" in after
+    # the real run's diff is the one check mode showed
+    real = run(datablock_recover, {"name": name, "slot": slot, "action": "release_writer"},
+               diff=True)
+    assert real["diff"] == diff
     # no diff unless asked for
     assert "diff" not in run(datablock_recover, {"name": name, "slot": slot,
                                                  "action": "release_writer"},
                              check_mode=True).result
+
+
+def test_msg_in_the_tense_of_the_run(run, lab, name):
+    """msg says what the task did, or in check mode what it would do; a refusal says who
+    holds the slot, the same in both."""
+    slot, dead = lab.stuck_writer(name)
+    args = {"name": name, "slot": slot, "action": "release_writer"}
+    checked = run(datablock_recover, args, check_mode=True)
+    assert checked["msg"] == ("%s: slot %d: would release the write lock of dead pid %d "
+                              "(WRITING → FREE) and scrub the torn bytes to zeros"
+                              % (name, slot, dead)), checked["msg"]
+    applied = run(datablock_recover, args)
+    assert applied["msg"] == ("%s: slot %d: released the write lock of dead pid %d "
+                              "(WRITING → FREE) and scrubbed the torn bytes to zeros"
+                              % (name, slot, dead)), applied["msg"]
+    assert run(datablock_recover, args)["msg"] == "%s: nothing to do" % name
+    other = name + "_live"
+    lslot, live = lab.live_writer(other)
+    refusals = [run(datablock_recover, {"name": other, "slot": lslot,
+                                        "action": "release_writer"}, check_mode=check)["msg"]
+                for check in (True, False)]
+    assert refusals[0] == refusals[1] and "pid %d, verdict alive" % live in refusals[0]
+    assert "would" not in refusals[0] and "released" not in refusals[0]
 
 
 def test_slot_all_and_digit_strings(run, lab, name):
