@@ -27,6 +27,13 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional
 
+# The words of a change in the run's tense come from the core's one place for them
+# (a check-mode report says "would re-bless", a real one "re-blessed"). The controller
+# is no managed host: only this import-light module of the core is loaded here, as the
+# fleet_summary callback loads only _contract and _errors.
+from ansible_collections.pylabhub.recovery.plugins.module_utils._wording import (
+    done, reblessed)
+
 Doc = Dict[str, Any]
 
 
@@ -162,12 +169,14 @@ def heal_verdict(reports: Any) -> Doc:
     problems: Dict[str, List[str]] = {}
     left: List[str] = []
     reports = [r for r in _list(reports) if isinstance(r, dict)]
+    dry = False
     for rep in reports:
         host = rep.get("host")
+        dry = dry or bool(rep.get("check_mode"))
         said, todo = [], []
         for b in _list(rep.get("blocks")):
-            done, left_here = _block_lines(b)
-            said += done + left_here
+            did_here, left_here = _block_lines(b, bool(rep.get("check_mode")))
+            said += did_here + left_here
             todo += left_here
         lines[host] = said or ["%d block(s), nothing to do" % len(_list(rep.get("blocks")))]
         if not rep.get("healthy"):
@@ -177,20 +186,21 @@ def heal_verdict(reports: Any) -> Doc:
         message = "%d host(s) left unhealthy: %s" % (
             len(left), "; ".join("%s (%s)" % (h, "; ".join(problems[h])) for h in left))
     else:
-        message = "%d host(s) healed: every block healthy" % len(reports)
+        message = "%d host(s) %s: every block healthy" % (len(reports), done(dry, "heal"))
     return {"lines": lines, "left": left, "problems": problems, "hosts": len(reports),
             "message": message}
 
 
-def _block_lines(b: Doc) -> tuple:
-    """One block of a recovery report: (lines of what was done, lines of what is left)."""
+def _block_lines(b: Doc, dry_run: bool = False) -> tuple:
+    """One block of a recovery report: (lines of what was done, lines of what is left).
+    ``dry_run`` (a check-mode report): what would be done, in the conditional (the
+    engine's own messages already are)."""
     a = b.get("address")
-    done = ["%s: %s" % (a, m) for m in _list(b.get("released"))]
-    done += ["%s: %s re-blessed (allow_repair)"
-             % (a, "flexible zone checksum" if s is None else "slot %s checksum" % s)
-             for s in _list(b.get("reblessed"))]
-    done += ["%s: FORCED %s: %s" % (a, f.get("action"), f.get("message"))
-             for f in _list(b.get("forced"))]
+    done_ = ["%s: %s" % (a, m) for m in _list(b.get("released"))]
+    done_ += ["%s: %s (allow_repair)" % (a, reblessed(dry_run, {"slot": s}))
+              for s in _list(b.get("reblessed"))]
+    done_ += ["%s: FORCED %s: %s" % (a, f.get("action"), f.get("message"))
+              for f in _list(b.get("forced"))]
     left = ["%s: REFUSED %s" % (a, r.get("message")) for r in _list(b.get("refused"))]
     left += ["%s: NOT REPAIRED %s (datablock_recovery_allow_repair=true re-blesses it)"
              % (a, m) for m in _list(b.get("unrepaired"))]
@@ -199,14 +209,14 @@ def _block_lines(b: Doc) -> tuple:
         left.append("%s: ERROR %s" % (a, _message(b["error"])))
     if b.get("skipped"):
         left.append("%s: skipped: %s" % (a, b["skipped"]))
-    return done, left
+    return done_, left
 
 
 def done_lines(results: Any) -> List[str]:
     """What one step of the recover playbook did: the message of every outcome of the
     engine's result (``recovery``, ``cleanup`` or ``validation`` of the first result that
     ran), and of every validation finding (with ``-> checksum re-blessed`` when
-    repaired)."""
+    repaired, ``would be re-blessed`` in a dry run)."""
     doc: Optional[Doc] = None
     for result in _list(results):
         result = _dict(result)
@@ -221,7 +231,9 @@ def done_lines(results: Any) -> List[str]:
     if doc is None:
         return []
     out = [str(o.get("message")) for o in _list(doc.get("outcomes"))]
-    out += ["%s%s" % (f.get("message"), " -> checksum re-blessed" if f.get("repaired") else "")
+    dry = bool(doc.get("dry_run"))
+    out += ["%s%s" % (f.get("message"), " -> checksum %s" % done(dry, "re-bless")
+                      if f.get("repaired") else "")
             for f in _list(doc.get("findings"))]
     return out
 

@@ -7,13 +7,20 @@ the real modules over real crashed blocks."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.filter import reports
 from ansible_collections.pylabhub.recovery.plugins.filter.reports import (
     done_lines, force_for_host, heal_verdict, health_report, recovery_report)
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as W
 from ansible_collections.pylabhub.recovery.plugins.modules import (
     datablock_info, datablock_recover)
+
+#: A past-tense verb of the core's vocabulary (not after "would be"), and a conditional.
+PAST = re.compile(r"(?<!would be )\b(%s)\b" % "|".join(re.escape(w) for w in W.PAST_FORMS))
+CONDITIONAL = re.compile("|".join(re.escape(w) for w in W.CONDITIONAL_FORMS))
 
 
 def test_the_filters_are_exported_under_their_names():
@@ -237,8 +244,8 @@ def test_heal_verdict_lines_per_host_and_what_is_left():
         report("h4", [])]
     v = heal_verdict(reports)
     assert v["lines"] == {
-        "h1": ["w: slot 3: released", "w: slot 1 checksum re-blessed (allow_repair)",
-               "w: flexible zone checksum re-blessed (allow_repair)",
+        "h1": ["w: slot 3: released", "w: re-blessed the checksum of slot 1 (allow_repair)",
+               "w: re-blessed the flexible zone's checksum (allow_repair)",
                "w: FORCED release_writer: slot 2: FORCED"],
         "h2": ["r: REFUSED slot 2: suspect-hung",
                "r: NOT REPAIRED slot 1: checksum (datablock_recovery_allow_repair=true "
@@ -256,6 +263,22 @@ def test_heal_verdict_all_healed():
     assert heal_verdict([])["message"] == "0 host(s) healed: every block healthy"
 
 
+def test_heal_verdict_check_mode_speaks_in_the_conditional():
+    """A check-mode report (the heal playbook with --check) says what the run would do:
+    the words in the run's tense come from the core (_wording), never a past tense."""
+    rep = dict(report("h1", [block("w", released=["slot 3: would release the write lock"],
+                                   reblessed=[1, None])]), check_mode=True)
+    v = heal_verdict([rep])
+    assert v["lines"]["h1"] == [
+        "w: slot 3: would release the write lock",
+        "w: would re-bless the checksum of slot 1 (allow_repair)",
+        "w: would re-bless the flexible zone's checksum (allow_repair)"]
+    assert v["message"] == "1 host(s) would be healed: every block healthy"
+    text = " ".join(v["lines"]["h1"] + [v["message"]])
+    assert not PAST.search(text), text
+    assert CONDITIONAL.search(text)
+
+
 def test_done_lines():
     skipped = {"skipped": True, "changed": False}
     recovery = {"recovery": {"outcomes": [outcome("SUCCESS", "slot 0: released", slot=0),
@@ -268,6 +291,9 @@ def test_done_lines():
     cleanup = {"cleanup": {"outcomes": [outcome("SUCCESS", "consumer 0: cleared",
                                                 consumer=0)]}}
     assert done_lines([skipped, cleanup, skipped]) == ["consumer 0: cleared"]
+    dry = {"validation": {"dry_run": True, "outcomes": [], "findings": [
+        {"message": "slot 1: checksum", "repaired": True}]}}
+    assert done_lines([dry]) == ["slot 1: checksum -> checksum would be re-blessed"]
     assert done_lines([skipped, skipped, skipped]) == [] == done_lines([])
 
 
@@ -298,7 +324,7 @@ def test_recovery_report_of_a_real_heal(run, lab, name):
     by = {b["address"]: b for b in rep["blocks"]}
     assert rep["healthy"] is True and rep["changed_blocks"] == sorted(by)
     assert by[name + "_c"]["cleaned"] == 2
-    assert any("pid %d" % dead in m and "WRITING -> FREE" in m
+    assert any("pid %d" % dead in m and "WRITING → FREE" in m
                for m in by[name + "_w"]["released"]), by[name + "_w"]
     lines = heal_verdict([rep])["lines"]["h1"]
     assert sum(1 for line in lines if line.startswith(name + "_c: consumer")) == 2, lines
