@@ -172,3 +172,36 @@ def test_absence_proves_death_only_in_a_complete_scan_younger_than_the_record():
     assert newer["process"]["nspid"][-1] == 1, newer
     dead = out["after_death"]
     assert dead["state"] == "dead" and "scan complete" in dead["evidence"][-1], dead
+
+
+HIDDEN = textwrap.dedent("""
+    import subprocess
+    # this host's /proc hides other users' processes (hidepid=2): uid 65534 can still
+    # learn from kill() that pid 1 (root, this code) exists, but cannot read its stat
+    subprocess.run(["mount", "-o", "remount,hidepid=2", "/proc"], check=True)
+    code = %r + '''
+    import json
+    v = liveness.judge(1, block=kernel.BlockId(0, 1, 0, "shm", "/dev/shm/none"))
+    print(json.dumps(v.to_dict()))
+    '''
+    def drop():
+        os.setgroups([]); os.setgid(65534); os.setuid(65534)
+    r = subprocess.run([%r, "-c", code], preexec_fn=drop, cwd="/", stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, check=False)
+    print(json.dumps({"rc": r.returncode, "out": r.stdout.decode(), "err": r.stderr.decode()}))
+""")
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("unshare"), reason="needs root, unshare")
+def test_a_process_whose_stat_is_unreadable_is_unknown_never_dead():
+    """kill(pid, 0) says it exists (EPERM) but /proc/PID/stat cannot be read (hidepid):
+    nothing proves it gone."""
+    exe = _unprivileged_python()
+    if exe is None:
+        pytest.skip("needs a python runnable by uid 65534")
+    got = in_namespace_host(HIDDEN % (SHIM, exe))
+    assert got["rc"] == 0, got
+    v = json.loads(got["out"].strip().splitlines()[-1])
+    assert v["state"] == "unknown", v
+    assert any("EPERM" in e for e in v["evidence"]), v
+    assert "/proc/1/stat unreadable" in v["evidence"][-1], v
