@@ -167,8 +167,8 @@ def main() -> int:
     args = ap.parse_args()
     if args.list:
         for name, (module, functions, tests) in TARGETS.items():
-            print("%-9s %s: %s\n          tests: %s" % (name, module, ", ".join(functions),
-                                                         " ".join(tests)))
+            print("%-9s %s: %s\n          tests: %s"
+                  % (name, module, ", ".join(functions), " ".join(tests)))
         return 0
     unknown = [t for t in args.targets if t not in TARGETS]
     if unknown:
@@ -193,8 +193,8 @@ def main() -> int:
                 "score %.1f %%" % (name, out["total"], out["killed"], len(out["survived"]),
                                    out["incompetent"], out["pending"], score))
             for s in out["survived"]:
-                print("--- survivor: %s line %d, %s\n%s" % (s["function"], s["line"],
-                                                         s["operator"], s["diff"]))
+                print("--- survivor: %s line %d, %s\n%s"
+                      % (s["function"], s["line"], s["operator"], s["diff"]))
     finally:
         if not args.keep:
             shutil.rmtree(str(work), ignore_errors=True)
