@@ -172,7 +172,7 @@ def peak(pattern: str, enabled: bool) -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--processes", type=int, default=2000)
     ap.add_argument("--blocks", type=int, default=100)
     ap.add_argument("--mappers", type=int, default=100)

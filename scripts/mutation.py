@@ -140,7 +140,7 @@ def run_target(name: str, bin_dir: Path, work: Path, timeout: float) -> dict:
     tree = work / "tree"
     log("%s: baseline (%s)" % (name, test_cmd))
     if subprocess.run(test_cmd, shell=True, cwd=str(tree), stdout=subprocess.DEVNULL,
-                      stderr=subprocess.DEVNULL).returncode != 0:
+                      stderr=subprocess.DEVNULL, check=False).returncode != 0:
         raise SystemExit("mutation: %s: the focused tests fail without any mutant" % name)
     subprocess.run([str(bin_dir / "cosmic-ray"), "init", str(config), str(session)],
                    cwd=str(tree), check=True)
@@ -158,7 +158,7 @@ def run_target(name: str, bin_dir: Path, work: Path, timeout: float) -> dict:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("targets", nargs="*", help="targets to run (default: all)")
     ap.add_argument("--list", action="store_true", help="list the targets and exit")
     ap.add_argument("--keep", help="keep the scratch tree and sessions in this directory")

@@ -364,7 +364,7 @@ def campaign(scenarios: int, seed: int, fig: Optional[Figures] = None,
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n", maxsplit=1)[0])
     ap.add_argument("--scenarios", type=int,
                     default=int(os.environ.get("PLH_NEVER_STEAL_SCENARIOS", "200")))
     ap.add_argument("--seed", type=int, default=int(time.time()))
