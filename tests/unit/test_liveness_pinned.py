@@ -16,7 +16,7 @@ import time
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _kernel as K, _liveness as liveness, _runtime as R)
+    _kernel as K, _liveness as liveness, _procinfo as procinfo, _runtime as R)
 from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
 from ansible_collections.pylabhub.recovery.tests.unit.test_liveness import (
     SHIM, _drop, _unprivileged_python)
@@ -70,9 +70,10 @@ def test_pid_1_is_a_pid_judged_not_refused():
     assert v.pid == 1 and not v.is_dead
 
 
-def test_a_boot_id_longer_than_16_bytes_is_refused():
+@pytest.mark.parametrize("size", [15, 17])
+def test_a_boot_id_of_another_size_than_16_bytes_is_refused(size):
     with pytest.raises(ValueError, match="16 bytes"):
-        judge(os.getpid(), recorded_boot_id=b"b" * 17)
+        judge(os.getpid(), recorded_boot_id=b"b" * size)
 
 
 def test_a_lease_proves_death_where_the_per_pid_rules_cannot(attached, children):
@@ -81,10 +82,23 @@ def test_a_lease_proves_death_where_the_per_pid_rules_cannot(attached, children)
     a heartbeat age (a dead verdict reads the same from one run to the next)."""
     p = children(["sleep", "60"])
     ours = liveness.Snapshot.take().pidns
+    ticks = procinfo.process_start_ticks(p.pid)
     v = judge(p.pid, block=attached[1], scans=K.Scans(), recorded_pidns=ours + 1,
-              heartbeat_ns=time.monotonic_ns() - 3600 * 10**9)
+              heartbeat_ns=time.monotonic_ns() - 3600 * 10**9, recorded_start_ticks=ticks)
     assert v.is_dead, v
     assert "exclusive lease" in v.evidence[-1], v
+    assert not any(" old" in e for e in v.evidence), v
+    assert "pid %d started at tick %d, as recorded" % (p.pid, ticks) in v.evidence, v
+
+
+def test_a_dead_verdict_of_the_per_pid_rules_carries_no_heartbeat_age(block_name,
+                                                                      children):
+    p = children(["sleep", "60"])          # exists, does not hold the block: not the holder
+    b = R.attach(block_name)
+    ident = K.BlockId.of(b)
+    b.close()
+    v = judge(p.pid, block=ident, heartbeat_ns=time.monotonic_ns() - 3600 * 10**9)
+    assert v.is_dead and "not the holder" in v.evidence[-1], v
     assert not any(" old" in e for e in v.evidence), v
 
 
@@ -149,8 +163,13 @@ FRESHNESS = textwrap.dedent("""
     out["older_scan"] = L.judge(1, scan=old, **kw).to_dict()
     out["newer_scan"] = L.judge(1, scan=K.HostScan.take(), **kw).to_dict()
     out["holder"] = h.pid
-    h.kill(); h.wait()
-    out["after_death"] = L.judge(1, scan=K.HostScan.take(), **kw).to_dict()
+    h.kill(); h.wait()                        # its child dies with it (--kill-child)...
+    deadline = time.monotonic() + 30
+    while K.HostScan.take().holders(ident.key) and time.monotonic() < deadline:
+        time.sleep(0.01)                      # ...a moment later
+    out["after_death"] = L.judge(1, scan=K.HostScan.take(), recorded_start_ticks=12345,
+                                 heartbeat_ns=time.monotonic_ns() - 3600 * 10**9,
+                                 **kw).to_dict()
     print(json.dumps(out))
 """)
 
@@ -172,6 +191,8 @@ def test_absence_proves_death_only_in_a_complete_scan_younger_than_the_record():
     assert newer["process"]["nspid"][-1] == 1, newer
     dead = out["after_death"]
     assert dead["state"] == "dead" and "scan complete" in dead["evidence"][-1], dead
+    assert any("the record says 12345" in e for e in dead["evidence"]), dead
+    assert not any(" old" in e for e in dead["evidence"]), dead
 
 
 HIDDEN = textwrap.dedent("""
