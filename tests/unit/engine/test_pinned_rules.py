@@ -73,3 +73,14 @@ def test_cleanup_keeps_a_consumer_of_another_pid_namespace(shm_name, actors):
     assert c.ns_pid == 1 and image(shm_name).consumer(at["consumer"])["pid"] == 1
     _consumer_kept(shm_name, 1)
     os.kill(c.pid, signal.SIGKILL)
+
+
+def test_a_draining_slot_with_no_lock_is_stuck_orphaned(lab):
+    """DRAINING with no write lock: no writer can ever move it on (only WRITING was
+    pinned): stuck, and release_writer is the step."""
+    name = lab.create(capacity=4, commits=3)
+    poke(name, 4096 + 64 * 1 + 12, bytes([DRAINING]))
+    assert image(name).slot(1)["lock"] == 0
+    (s,) = E.diagnose(name, 1)["slots"]
+    assert s["is_stuck"], s
+    assert "DRAINING with no write lock: orphaned" in s["reason"], s
