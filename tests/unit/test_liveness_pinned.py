@@ -82,7 +82,8 @@ def test_a_lease_proves_death_where_the_per_pid_rules_cannot(attached, children)
     a heartbeat age (a dead verdict reads the same from one run to the next)."""
     p = children(["sleep", "60"])
     ours = liveness.Snapshot.take().pidns
-    ticks = procinfo.process_start_ticks(p.pid)
+    ticks = int(procinfo.process_start_ticks(p.pid) or 0)
+    assert ticks > 0
     v = judge(p.pid, block=attached[1], scans=K.Scans(), recorded_pidns=ours + 1,
               heartbeat_ns=time.monotonic_ns() - 3600 * 10**9, recorded_start_ticks=ticks)
     assert v.is_dead, v
