@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Dict, Iterable, List, Optional
 
 from . import _layout as L
+from ._audit import Recorder
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
 from ._diagnose import assess, findings_of, producer_dead, report, validate_health
@@ -90,46 +91,53 @@ def diagnose(address: str, slot: Optional[int] = None,
 
 
 def recover(address: str, slot, action: str, force: bool = False,
-            dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
+            dry_run: bool = False, max_bytes: Optional[int] = None, **record) -> dict:
     """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
     index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
     committed data is never made unreadable and half-written data never readable.
-    ``dry_run`` returns the identical plan without writing."""
+    ``dry_run`` returns the identical plan without writing. ``record``: the before-image
+    and audit options of :class:`_audit.Recorder` (``snapshot``, ``snapshot_dir``,
+    ``audit_log``, ``audit``)."""
     check_action(action)
-    with open_block(address, writable=not dry_run) as block:
+    with open_block(address, writable=not dry_run) as block, \
+            Recorder("recover", block, dry_run, forced=force, **record) as rec:
         every = slot == "all"
         check_budget(block, "recover", max_bytes, walk=every,
                      listed=block.geo.capacity if every else 1)
-        plan = Plan(block, dry_run)
+        plan = Plan(block, dry_run, rec.journal)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
         result = aggregate(outcomes)
-        return _envelope("recover", block, plan, action=action, force=force,
-                         slot=slot, result=result, ok=result in (SUCCESS, NOT_STUCK),
-                         outcomes=outcomes, warnings=_warnings(outcomes),
-                         refused=[o for o in outcomes if o["result"] == UNSAFE])
+        return rec.finish(_envelope(
+            "recover", block, plan, action=action, force=force,
+            slot=slot, result=result, ok=result in (SUCCESS, NOT_STUCK),
+            outcomes=outcomes, warnings=_warnings(outcomes),
+            refused=[o for o in outcomes if o["result"] == UNSAFE]))
 
 
-def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
+def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None,
+            **record) -> dict:
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
-    with open_block(address, writable=not dry_run) as block:
+    with open_block(address, writable=not dry_run) as block, \
+            Recorder("cleanup", block, dry_run, **record) as rec:
         check_budget(block, "cleanup", max_bytes, walk=False)
-        plan = Plan(block, dry_run)
+        plan = Plan(block, dry_run, rec.journal)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
         result = aggregate(outcomes)  # type: ignore[arg-type]
         if result == NOT_STUCK and plan.changed:
             result = SUCCESS             # only counts were reconciled
-        return _envelope("cleanup", block, plan, result=result,
-                         ok=result in (SUCCESS, NOT_STUCK),
-                         refused=[o for o in outcomes if o.get("result") == UNSAFE],
-                         warnings=_warnings(outcomes), **body)
+        return rec.finish(_envelope(
+            "cleanup", block, plan, result=result, ok=result in (SUCCESS, NOT_STUCK),
+            refused=[o for o in outcomes if o.get("result") == UNSAFE],
+            warnings=_warnings(outcomes), **body))
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
-             progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
+             progress: Progress = None, max_bytes: Optional[int] = None,
+             **record) -> dict:
     """Check header, state sanity (indexes included) and every checksum (recomputed,
     never the cached "verified" flag), and FREE slots pylabhub's own check would fail.
     Writes nothing unless ``repair``, which re-blesses only COMMITTED slots and lists
@@ -137,9 +145,10 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     the holders' and every slot (as diagnose and heal judge). ``progress(done_bytes,
     total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
-    with open_block(address, writable=writes, strict=False) as block:
+    with open_block(address, writable=writes, strict=False) as block, \
+            Recorder("validate", block, not writes, **record) as rec:
         check_budget(block, "validate", max_bytes, hashing=True)
-        plan = Plan(block, dry_run=not writes)
+        plan = Plan(block, not writes, rec.journal)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
                          producer_dead=scene is not None and producer_dead(scene))
@@ -149,28 +158,81 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
             word = _health([], [], body["findings"])
             body.update(health=word, healthy=word == "healthy", stuck_slots=[],
                         suspect_slots=[], next_steps=[], holder_findings=[])
-        return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
-                         dry_run=dry_run, **body)
+        out = _envelope("validate", block, plan, repair=repair, ok=body["valid"],
+                        dry_run=dry_run, **body)
+        return rec.finish(out) if writes else out
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
-         progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
+         progress: Progress = None, max_bytes: Optional[int] = None, **record) -> dict:
     """The safe composite: cleanup, release what dead holders own, scrub FREE slots
     pylabhub's own check fails, give back slot ids a dead producer claimed, validate
     (repair only when asked), and judge the result by the one rule (``health``). Never
     forced: what only force could clear (a suspect or unknown holder, a writer waiting on
     readers nothing proves gone) is reported as refused, with the forced command."""
-    with open_block(address, writable=not dry_run) as block:
+    with open_block(address, writable=not dry_run) as block, \
+            Recorder("heal", block, dry_run, **record) as rec:
         check_budget(block, "heal", max_bytes, hashing=True)
-        plan = Plan(block, dry_run)
+        plan = Plan(block, dry_run, rec.journal)
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
         body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
         failed = any(o.get("result") == FAILED
                      for o in outcomes + body["indexes"])  # type: ignore[operator]
-        return _envelope("heal", block, plan, repair=repair,
-                         ok=not body["refused"] and not failed,
-                         warnings=_warnings(outcomes), **body)
+        return rec.finish(_envelope("heal", block, plan, repair=repair,
+                                    ok=not body["refused"] and not failed,
+                                    warnings=_warnings(outcomes), **body))
+
+
+def undo(snapshot: str, dry_run: bool = False, snapshot_dir: Optional[str] = None,
+         **record) -> dict:
+    """Put back what the run of ``snapshot`` (an id in the snapshot directory, or a
+    path) stored, newest first, by CAS on the value that run wrote. A dry pass over every
+    store comes first: if anything changed since (or the block was re-created), the
+    whole undo is refused naming the field (:class:`_snapshot.UndoRefused`, exit 6;
+    :class:`_snapshot.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
+    journaled (its own snapshot), so an undo can be undone. See :mod:`_snapshot`."""
+    from ._errors import ConcurrentChange
+    from ._snapshot import UndoRefused, apply_undo, check_identity, load, locate
+    snap = load(locate(snapshot, snapshot_dir))
+    head = snap["head"]
+    address = str(head["block"]["address"])                        # type: ignore[index]
+
+    def refuse(problems: List[str], block_address: str) -> UndoRefused:
+        more = " (and %d more)" % (len(problems) - 1) if len(problems) > 1 else ""
+        return UndoRefused("%s: undo of %s refused: %s%s; nothing was changed"
+                           % (block_address, head["id"], problems[0], more),
+                           snapshot=head["id"], fields=problems)
+
+    with open_block(address, writable=not dry_run) as block, \
+            Recorder("undo", block, dry_run, snapshot_dir=snapshot_dir,
+                     context={"undo_of": head["id"]}, **record) as rec:
+        check_identity(block, head)                                # type: ignore[arg-type]
+        plan = Plan(block, dry_run=True)
+        problems = apply_undo(plan, snap)
+        if problems:
+            raise refuse(problems, block.address)
+        if not dry_run:
+            plan = Plan(block, False, rec.journal)
+            plan.begin()
+            try:
+                problems = apply_undo(plan, snap)
+            except ConcurrentChange as exc:
+                problems = [exc.message]
+            if problems:                    # a live change between the two passes
+                plan.rollback()
+                raise refuse(problems, block.address)
+            plan.commit()
+        return rec.finish(_envelope(
+            "undo", block, plan, undo_of=head["id"], undone_operation=head["operation"],
+            complete=snap["complete"], result=SUCCESS if plan.changed else NOT_STUCK,
+            ok=True, outcomes=[], refused=[], warnings=[]))
+
+
+def snapshots(snapshot_dir: Optional[str] = None) -> dict:
+    """The before-images in the snapshot directory, newest first (read-only)."""
+    from ._snapshot import listing
+    return dict(schema=SCHEMA, operation="snapshots", **listing(snapshot_dir))
 
 
 def discover(pattern: Optional[str] = None) -> List[dict]:
