@@ -184,17 +184,17 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
                                     warnings=_warnings(outcomes), **body))
 
 
-def undo(snapshot: str, dry_run: bool = False, snapshot_dir: Optional[str] = None,
+def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = None,
          **record) -> dict:
-    """Put back what the run of ``snapshot`` (an id in the snapshot directory, or a
-    path) stored, newest first, by CAS on the value that run wrote. A dry pass over every
+    """Put back what the run of ``snapshot_id`` (an id in the snapshot directory, or the
+    path of a snapshot) stored, newest first, by CAS on the value that run wrote. A dry pass over every
     store comes first: if anything changed since (or the block was re-created), the
     whole undo is refused naming the field (:class:`_snapshot.UndoRefused`, exit 6;
     :class:`_snapshot.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
     journaled (its own snapshot), so an undo can be undone. See :mod:`_snapshot`."""
     from ._errors import ConcurrentChange
     from ._snapshot import UndoRefused, apply_undo, check_identity, load, locate
-    snap = load(locate(snapshot, snapshot_dir))
+    snap = load(locate(snapshot_id, snapshot_dir))
     head = snap["head"]
     address = str(head["block"]["address"])                        # type: ignore[index]
 
