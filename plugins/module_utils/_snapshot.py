@@ -38,7 +38,8 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
-from ._errors import EXIT_CONCURRENT, EXIT_NO_BLOCK, RecoveryError, UsageError
+from ._errors import (EXIT_CONCURRENT, EXIT_NO_BLOCK, EXIT_SNAPSHOT, RecoveryError,
+                      UsageError)
 
 FORMAT = "pylabhub.recovery/snapshot-v1"
 ROOT_DIR = "/var/lib/pylabhub-recovery/snapshots"
@@ -60,7 +61,7 @@ class SnapshotError(RecoveryError):
     SIGKILL at that store would leave it, with every applied store in the journal)."""
 
     code = "snapshot-failed"
-    exit_code = 8
+    exit_code = EXIT_SNAPSHOT
 
 
 class UndoRefused(RecoveryError):

@@ -34,7 +34,7 @@ from . import _layout as L
 PAST = {
     "release": "released", "clear": "cleared", "scrub": "scrubbed", "re-bless": "re-blessed",
     "reconcile": "reconciled", "give back": "gave back", "set": "set", "repair": "repaired",
-    "roll back": "rolled back", "change": "changed",
+    "roll back": "rolled back", "change": "changed", "restore": "restored",
 }
 #: Participles used after "was"/"would be" (:func:`done`).
 PARTICIPLE = dict(PAST, **{"give back": "given back"})

@@ -80,6 +80,21 @@ each block's ``health`` as ``datablock-admin list`` shows it) are the engine the
 mutation, dry run), ``judge``/``Verdict`` (liveness with evidence) are exported too.
 They load on first use, so ``import pylabhub.recovery`` stays cheap.
 
+Before-images and undo
+----------------------
+Every real run that changes a block first writes its before-image (``result["snapshot"]``:
+``id`` and ``path``) and appends an audit line (``result["audit"]``); the engine functions
+take ``snapshot_dir=``, ``snapshot=False`` (none) and ``audit_log=``.
+``undo(snapshot_id, dry_run=False, snapshot_dir=None)`` puts a run's stores back by CAS
+on the values it wrote, or raises :class:`UndoRefused` (a field changed since: nothing
+changed) or :class:`SnapshotMismatch` (the block was re-created); ``snapshots()`` lists
+them. A before-image that cannot be written raises :class:`SnapshotError` and nothing is
+changed (docs/audit-and-undo.md)::
+
+    >>> r = recovery.heal("my_datablock")
+    >>> recovery.undo(r["snapshot"]["id"])["changed"]
+    True
+
 Crash drill
 -----------
 ``run_drill(iterations=20, seed=None)`` proves on this host that recovery works: real
@@ -100,7 +115,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
     EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_PERMISSION,
-    EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable, BlockNotFound, BlockNotReady,
+    EXIT_REFUSED, EXIT_SNAPSHOT, EXIT_USAGE, AtomicsUnavailable, BlockNotFound, BlockNotReady,
     ConcurrentChange, HolderAlive, InvalidName, NotADataBlock, OverBudget, PermissionDenied,
     RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath, UnsupportedLayout, UsageError,
     WrongOwner, printable)
@@ -120,6 +135,11 @@ _LAZY = {
     "discover": ("_discovery", "discover"),
     "scan": ("_discovery", "scan"),
     "list_blocks": ("_engine", "list_blocks"),
+    "undo": ("_engine", "undo"),
+    "snapshots": ("_engine", "snapshots"),
+    "SnapshotError": ("_snapshot", "SnapshotError"),
+    "UndoRefused": ("_snapshot", "UndoRefused"),
+    "SnapshotMismatch": ("_snapshot", "SnapshotMismatch"),
     "open_block": ("_block", "open_block"),
     "Block": ("_block", "Block"),
     "Plan": ("_plan", "Plan"),
@@ -142,7 +162,7 @@ __all__ = [
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
     "OverBudget", "printable", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange", "AtomicsUnavailable",
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
-    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
+    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL", "EXIT_SNAPSHOT",
 ]
 
 
