@@ -235,6 +235,22 @@ def snapshots(snapshot_dir: Optional[str] = None) -> dict:
     return dict(schema=SCHEMA, operation="snapshots", **listing(snapshot_dir))
 
 
+def metrics(pattern: Optional[str] = None, textfile: Optional[str] = None,
+            audit_log: Optional[str] = None, max_bytes: Optional[int] = None) -> dict:
+    """Prometheus metrics of this host (:mod:`_metrics`): every block validated read-only
+    (health, stuck and suspect slots, dead consumers, integrity errors) and the audit
+    log's history (last heal, actions taken and refused). ``text`` is the textfile;
+    with ``textfile`` (node_exporter's textfile directory) it is also written there,
+    atomically, as ``pylabhub_recovery.prom``."""
+    from . import _metrics
+    from ._audit import log_path
+    checked = each_block("validate", pattern, max_bytes=max_bytes)
+    doc = _metrics.collect(checked, log_path(audit_log))
+    text = _metrics.render(doc)
+    path = _metrics.write_textfile(textfile, text) if textfile else None
+    return dict(schema=SCHEMA, operation="metrics", textfile=path, text=text, **doc)
+
+
 def discover(pattern: Optional[str] = None) -> List[dict]:
     """Every DataBlock on this host (see :mod:`_discovery`)."""
     from ._discovery import discover as _discover

@@ -137,6 +137,7 @@ _LAZY = {
     "list_blocks": ("_engine", "list_blocks"),
     "undo": ("_engine", "undo"),
     "snapshots": ("_engine", "snapshots"),
+    "metrics": ("_engine", "metrics"),
     "SnapshotError": ("_snapshot", "SnapshotError"),
     "UndoRefused": ("_snapshot", "UndoRefused"),
     "SnapshotMismatch": ("_snapshot", "SnapshotMismatch"),

@@ -67,6 +67,7 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin heal my_datablock | --all [--match PATTERN]
   datablock-admin snapshots                  # the before-images of real runs
   datablock-admin undo SNAPSHOT [--dry-run]  # put a run's stores back
+  datablock-admin metrics --textfile DIR     # Prometheus, node_exporter's textfile
   datablock-admin drill [--iterations N] [--seed S]
   eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
 
@@ -128,6 +129,13 @@ its id. undo checks every store first: if any word the run wrote holds another v
 now (a live process wrote since), or the block was re-created, nothing is changed and
 the refusal names the field (exit 6; re-created: exit 4). A run killed mid-way is
 undone as far as it got. undo writes its own before-image: it can be undone too.
+
+""" + SEE_EXIT_CODES
+
+
+METRICS_HELP = """\
+Metric names and labels: docs/audit-and-undo.md. Typical use, from cron or a systemd
+timer:  datablock-admin metrics --textfile /var/lib/node_exporter/textfile_collector
 
 """ + SEE_EXIT_CODES
 
@@ -303,6 +311,17 @@ def build_parser() -> argparse.ArgumentParser:
                 writes, epilog=UNDO_HELP)
     c.add_argument("snapshot", metavar="SNAPSHOT",
                    help="a before-image id as 'snapshots' lists it, or the path of one")
+
+    c = command("metrics", "Prometheus metrics of this host's blocks (every block validated "
+                           "read-only) and of the audit log; read-only", budget,
+                epilog=METRICS_HELP)
+    c.add_argument("--textfile", metavar="DIR",
+                   help="write DIR/pylabhub_recovery.prom atomically (node_exporter's "
+                        "--collector.textfile.directory) instead of printing")
+    c.add_argument("--match", metavar="PATTERN",
+                   help="only blocks whose names or addresses match this shell pattern")
+    c.add_argument("--audit-log", metavar="FILE",
+                   help="the audit log the history is read from (default: as heal writes)")
 
     c = command("snapshots", "list the before-images of real runs (newest first)")
     c.add_argument("--snapshot-dir", metavar="DIR", help=SNAPSHOT_DIR_HELP)
@@ -601,6 +620,18 @@ def cmd_undo(args: argparse.Namespace, out: Out) -> int:
     return EXIT_OK
 
 
+def cmd_metrics(args: argparse.Namespace, out: Out) -> int:
+    doc = _engine().metrics(args.match, textfile=args.textfile, audit_log=args.audit_log,
+                            max_bytes=args.max_bytes)
+    if out.json:
+        out.data(doc)
+    elif args.textfile:
+        out.lines(["wrote %s (%d block(s))" % (_oneline(doc["textfile"]), len(doc["blocks"]))])
+    else:
+        sys.stdout.write(doc["text"])
+    return EXIT_OK
+
+
 def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
     listing = _engine().snapshots(args.snapshot_dir)
     if out.json:
@@ -647,7 +678,7 @@ def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
             "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
             "drill": cmd_drill, "ansible-setup": cmd_ansible_setup, "undo": cmd_undo,
-            "snapshots": cmd_snapshots}
+            "snapshots": cmd_snapshots, "metrics": cmd_metrics}
 
 
 # --------------------------------------------------------------------------- main

@@ -102,3 +102,24 @@ def test_undo_of_a_missing_snapshot_is_a_usage_error(cli, tmp_path):
     assert r.rc == 2 and len(r.err_lines) == 1, r
     r = cli("undo", "not a snapshot\x1b[31m", env=_env(tmp_path))
     assert r.rc == 2 and "\x1b" not in r.stderr, r
+
+
+def test_metrics_textfile(cli, crashes, names, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+    name = names()
+    crashes.stuck_writer(name)
+    env = _env(tmp_path)
+    (tmp_path / "tf").mkdir()
+    r = cli("metrics", "--textfile", str(tmp_path / "tf"), "--match", name, env=env)
+    assert r.rc == 0 and "wrote " in r.stdout, r
+    text = (tmp_path / "tf" / "pylabhub_recovery.prom").read_text()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples[("pylabhub_recovery_stuck_slots", (("block", name),))] == 1
+    assert samples[("pylabhub_recovery_blocks", (("health", "stuck"),))] == 1
+    printed = cli("metrics", "--match", name, env=env)
+    assert printed.rc == 0 and "pylabhub_recovery_stuck_slots{block=" in printed.stdout
+    doc = cli("metrics", "--match", name, "--json", env=env)
+    assert doc.rc == 0 and doc.json["blocks"][0]["stuck_slots"] == 1
+    missing = cli("metrics", "--textfile", str(tmp_path / "nope"), env=env)
+    assert missing.rc == 2 and len(missing.err_lines) == 1, missing
