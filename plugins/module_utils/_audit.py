@@ -67,8 +67,8 @@ def verdicts(result: Dict[str, object]) -> List[Dict[str, object]]:
     checked = result.get("validate") if result.get("operation") == "heal" else result
     for f in (checked or {}).get("findings") or []:                 # type: ignore
         if f.get("repaired"):
-            out.append({"result": "REPAIRED", **{k: v for k, v in f.items()
-                                                  if k != "repaired"}})
+            found = {k: v for k, v in f.items() if k != "repaired"}
+            out.append(dict(found, result="REPAIRED"))
     return out
 
 

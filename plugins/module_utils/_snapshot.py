@@ -145,9 +145,10 @@ def identity(block) -> Dict[str, object]:
 
 
 def _now_id(operation: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-    return "%s.%06dZ-%s-%d-%s" % (stamp, int(time.time() * 1e6) % 1000000, operation,
-                                 os.getpid(), os.urandom(4).hex())
+    now = time.time()
+    return "%s.%06dZ-%s-%d-%s" % (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)),
+                                  int(now * 1e6) % 1000000, operation, os.getpid(),
+                                  os.urandom(4).hex())
 
 
 # --------------------------------------------------------------------------- the journal
@@ -378,10 +379,12 @@ def _check(found, expected, before, last: bool, target: str, problems: List[str]
         return True
     if last and found == before:
         return False
-    show = (lambda v: v) if isinstance(found, int) else (lambda v: "%d bytes" % len(v))
-    problems.append("%s changed since: the recovery wrote %s, it now holds %s"
-                    % (target, expected if isinstance(expected, int) else "other bytes",
-                       found if isinstance(found, int) else "other bytes (%s)" % show(found)))
+    if isinstance(found, int):
+        problems.append("%s changed since: the run wrote %s, it now holds %s"
+                        % (target, expected, found))
+    else:
+        problems.append("%s changed since: it no longer holds the %d bytes the run wrote"
+                        % (target, len(expected)))
     return False
 
 

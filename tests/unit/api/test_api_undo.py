@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-import pylabhub.recovery as recovery
+from pylabhub import recovery
 
 
 def _bytes(name):

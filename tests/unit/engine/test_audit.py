@@ -130,9 +130,9 @@ def test_the_record_reaches_syslog(tmp_path):
     p = subprocess.run(["unshare", "-m", "sh", "-c",
                         'mount -t tmpfs none /dev && exec "$0" -c "$1"', sys.executable,
                         script], capture_output=True, text=True, timeout=60,
-                       env=dict(os.environ))
+                       env=dict(os.environ), check=False)
     assert p.returncode == 0, p.stderr
-    head, _, body = p.stdout.partition("audit ")
+    head, dummy, body = p.stdout.partition("audit ")
     assert "pylabhub-recovery[" in head
     assert head.startswith("<%d>" % (8 + 4))            # LOG_USER | LOG_WARNING (forced)
     short = json.loads(body)

@@ -18,7 +18,7 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _engine as E, _snapshot as S)
 
-from .helpers import (DEAD_PID, file_bytes, image, poke, publish_in_child)
+from .helpers import file_bytes, image, poke, publish_in_child
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ KINDS = {
                     lambda c: E.recover(c.name, c.slot, "force_reset")),
     "cleanup": (lambda lab: lab.crashed("consumer"), lambda c: E.cleanup(c.name)),
     "heal_scrub": (lambda lab: lab.crashed("mid_write"), lambda c: E.heal(c.name)),
-    "heal_torn_free": (_torn_free, lambda name: E.heal(name)),
+    "heal_torn_free": (_torn_free, E.heal),
     "heal_repair": (_corrupt, lambda name: E.heal(name, repair=True)),
 }
 
@@ -128,7 +128,6 @@ def test_undo_refused_after_a_live_process_wrote(lab, snapdir):
 def test_undo_refused_after_a_direct_cas(lab, snapdir):
     crash = lab.crashed("reader")
     result = E.recover(crash.name, crash.slot, "release_readers")
-    img = image(crash.name)
     block = B.open_block(crash.name, writable=True)
     try:
         fld = B.L.SLOT["reader_count"]
@@ -141,7 +140,6 @@ def test_undo_refused_after_a_direct_cas(lab, snapdir):
         E.undo(result["snapshot"]["id"])
     assert "slot[%d].reader_count" % crash.slot in err.value.message
     assert file_bytes(crash.name) == now
-    del img
 
 
 def test_undo_of_a_recreated_block_is_refused(lab, snapdir):
@@ -280,4 +278,3 @@ def test_journal_lines_are_json_with_identity(lab, snapdir):
     kinds = {line.get("kind") for line in lines[1:-1]}
     assert "word" in kinds and "pages" in kinds
     assert "end" in lines[-1]
-    assert DEAD_PID
