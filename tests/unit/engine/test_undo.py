@@ -278,3 +278,21 @@ def test_journal_lines_are_json_with_identity(lab, snapdir):
     kinds = {line.get("kind") for line in lines[1:-1]}
     assert "word" in kinds and "pages" in kinds
     assert "end" in lines[-1]
+
+
+@pytest.mark.parametrize("k", [1, 3, 6])
+def test_killed_undo_is_undone_by_its_own_journal(lab, snapdir, k):
+    """An undo SIGKILLed after its k-th store leaves its own journal: undoing that gives
+    back the recovered block byte for byte, and the first snapshot can then be undone."""
+    crash = lab.crashed("mid_write")
+    original = file_bytes(crash.name)
+    first = E.heal(crash.name)["snapshot"]
+    recovered = file_bytes(crash.name)
+    _killed(lambda: E.undo(first["id"]), k, between=False)
+    partial = [n for n in os.listdir(str(snapdir)) if "-undo-" in n]
+    assert len(partial) == 1
+    assert not S.load(os.path.join(str(snapdir), partial[0]))["complete"]
+    E.undo(partial[0][:-6])
+    assert file_bytes(crash.name) == recovered
+    E.undo(first["id"])
+    assert file_bytes(crash.name) == original
