@@ -56,6 +56,8 @@ class Change:
                 return v
             if self.text:
                 return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+            if len(v) > 64:          # a page (undo of a scrub): its BLAKE2b-256, as a scrub
+                return L.blake2b256(bytes(v)).hex()   # shows its range (the journal keeps it)
             return v.hex()
         return {"target": self.target, "before": show(self.before), "after": show(self.after)}
 

@@ -52,6 +52,9 @@ def test_recover_prints_its_before_image_and_undo_restores(cli, crashes, names, 
     assert snap_id in cli("snapshots", env=env).stdout
 
     recovered = read_bytes(shm(name))
+    text = cli("undo", snap_id, "--dry-run", env=env)
+    assert text.rc == 0 and "DRY RUN" in text.stdout, text
+    assert "slot[0].write_lock: 0 → " in text.stdout and "→ now" not in text.stdout, text
     dry = cli("undo", snap_id, "--dry-run", "--json", env=env)
     assert dry.rc == 0 and dry.json["changed"] and dry.json["snapshot"] is None, dry
     assert read_bytes(shm(name)) == recovered
