@@ -36,6 +36,9 @@ ENV_SYSLOG = "PYLABHUB_RECOVERY_SYSLOG"          # "off": no syslog copy
 SYSLOG_IDENT = "pylabhub-recovery"
 SYSLOG_MAX = 7900        # rsyslog's default limit is 8 KiB: longer records are summarised
 FORMAT = "pylabhub.recovery/audit-v1"
+#: Errors recorded even when no store was made: a before-image that could not be written,
+#: an undo refused because the block moved on or was re-created.
+_RECORDED = (_snapshot.SnapshotError, _snapshot.UndoRefused, _snapshot.SnapshotMismatch)
 
 
 def log_path(explicit: Optional[str] = None) -> str:
@@ -70,6 +73,15 @@ def verdicts(result: Dict[str, object]) -> List[Dict[str, object]]:
             found = {k: v for k, v in f.items() if k != "repaired"}
             out.append(dict(found, result="REPAIRED"))
     return out
+
+
+def acted(record: Dict[str, object]) -> bool:
+    """Whether a run is an action to record: it changed bytes, refused a holder, or met
+    a concurrent change. A run with nothing to do writes no line (decision: a second run
+    changes nothing on the host, its audit log included)."""
+    return bool(record["changed"] or record["refused"] or record["error"]
+                or any(v.get("result") == "FAILED"
+                       for v in record["verdicts"]))           # type: ignore[union-attr]
 
 
 def append(record: Dict[str, object], path: str) -> None:
@@ -129,9 +141,10 @@ class Recorder:
         self.audit_log = audit_log
         self.context = dict(context or {})
         self.journal = None
-        if not dry_run and _snapshot.enabled(snapshot):
-            self.journal = _snapshot.Journal(operation, block,
-                                             _snapshot.directory(snapshot_dir), self.context)
+        if not dry_run:
+            self.journal = (_snapshot.Journal(operation, block,
+                                              _snapshot.directory(snapshot_dir), self.context)
+                            if _snapshot.enabled(snapshot) else _snapshot.NoJournal())
 
     def __enter__(self) -> "Recorder":
         return self
@@ -140,6 +153,11 @@ class Recorder:
         if exc is None or self.dry_run:
             if self.journal is not None:
                 self.journal.close()
+            return
+        if not self.journal.stores and not isinstance(exc, _RECORDED):
+            # refused before any store (a bad block, over budget, ...): no action was
+            # taken, and a bad input changes nothing on the host, the audit log included
+            self.journal.close()
             return
         error = exc.to_dict() if isinstance(exc, RecoveryError) else {
             "code": "internal", "message": "%s: %s" % (type(exc).__name__, exc)}
@@ -208,6 +226,11 @@ class Recorder:
         result["snapshot"] = ({"id": snap.id, "path": snap.path}
                               if snap is not None and snap.written else None)
         record = self._record(result)
+        if not acted(record):           # nothing to do: the host stays as it was
+            result["audit"] = None
+            if problem:
+                result["audit_error"] = problem
+            return result
         problem = self._write(record) or problem
         result["audit"] = record if self.audit else None
         if problem:

@@ -50,7 +50,8 @@ METRICS = (
     ("last_heal_timestamp_seconds", "gauge", "when heal last ran for real on the block "
                                              "(audit log)"),
     ("actions_total", "counter", "real runs by operation and outcome: taken (changed "
-                                 "bytes), refused (holders refused), failed (error), noop"),
+                                 "bytes), refused (holders refused), failed (an error or a "
+                                 "concurrent change)"),
 )
 
 
@@ -77,13 +78,14 @@ def history(audit_log: str) -> Dict[str, object]:
                 address = str(rec["block"]["address"])
             except (ValueError, KeyError, TypeError):
                 continue
-            if rec.get("error"):
+            outcome = None
+            if rec.get("error") or any(v.get("result") == "FAILED"
+                                       for v in rec.get("verdicts") or []):
                 outcome = "failed"
             elif rec.get("changed"):
                 outcome = "taken"
-            else:
-                outcome = "noop"
-            actions[(operation, outcome)] = actions.get((operation, outcome), 0) + 1
+            if outcome:
+                actions[(operation, outcome)] = actions.get((operation, outcome), 0) + 1
             refused = rec.get("refused") or 0
             if isinstance(refused, int) and refused > 0:
                 actions[(operation, "refused")] = actions.get((operation, "refused"), 0) \

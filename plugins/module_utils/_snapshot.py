@@ -254,6 +254,28 @@ class Journal:
     def written(self) -> bool:
         return self.id is not None
 
+    @property
+    def stores(self) -> int:
+        """Stores announced so far (each one was journaled before it was made)."""
+        return self._seq
+
+
+class NoJournal(Journal):
+    """A run without a before-image (``snapshot=False``): counts the stores it is told
+    of, writes nothing."""
+
+    def __init__(self) -> None:                 # pylint: disable=super-init-not-called
+        self.id = self.path = None
+        self._fd = None
+        self._seq = 0
+
+    def intent(self, ch, undoes: Optional[int] = None) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _line(self, record: Dict[str, object], first: bool = False) -> None:
+        return None
+
 
 def prune(path: str, dfd: int, keep_id: Optional[str] = None) -> List[str]:
     """Bounded retention: remove snapshots older than $PYLABHUB_RECOVERY_SNAPSHOT_DAYS

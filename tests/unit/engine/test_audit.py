@@ -17,7 +17,7 @@ import textwrap
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _audit as A, _engine as E, _snapshot as S)
+    _audit as A, _engine as E, _errors, _snapshot as S)
 
 from .helpers import file_bytes, image
 
@@ -138,3 +138,29 @@ def test_the_record_reaches_syslog(tmp_path):
     short = json.loads(body)
     assert short["truncated"] is True and short["changes"] == 400   # too long: summarised
     assert short["operation"] == "heal" and short["forced"] is True
+
+
+def test_nothing_to_do_and_bad_input_write_no_line(lab, log):
+    crash = lab.crashed("locked")
+    E.recover(crash.name, crash.slot, "release_writer")
+    assert len(lines(log)) == 1
+    again = E.recover(crash.name, crash.slot, "release_writer")   # nothing to do
+    assert not again["changed"] and again["audit"] is None and len(lines(log)) == 1
+    E.heal(crash.name)
+    assert len(lines(log)) == 1
+    path = os.path.join("/dev/shm", crash.name)
+    os.truncate(path, 4096 + 64)                     # a truncated block: refused
+    with pytest.raises(_errors.TruncatedBlock):
+        E.heal(crash.name)
+    assert len(lines(log)) == 1
+
+
+def test_a_refused_undo_is_recorded(lab, log):
+    crash = lab.crashed("locked")
+    snap = E.recover(crash.name, crash.slot, "release_writer")["snapshot"]["id"]
+    E.undo(snap)
+    with pytest.raises(S.UndoRefused):
+        E.undo(snap)
+    rec = lines(log)[-1]
+    assert rec["operation"] == "undo" and rec["undo_of"] == snap
+    assert rec["error"]["code"] == "undo-refused" and not rec["changed"]
