@@ -28,6 +28,7 @@ import time
 from typing import Dict, List, Optional
 
 from . import _snapshot
+from ._contract import AUDIT_FORMAT
 from ._errors import RecoveryError
 
 ROOT_LOG = "/var/log/pylabhub-recovery/audit.jsonl"
@@ -35,7 +36,7 @@ ENV_LOG = "PYLABHUB_RECOVERY_AUDIT_LOG"
 ENV_SYSLOG = "PYLABHUB_RECOVERY_SYSLOG"          # "off": no syslog copy
 SYSLOG_IDENT = "pylabhub-recovery"
 SYSLOG_MAX = 7900        # rsyslog's default limit is 8 KiB: longer records are summarised
-FORMAT = "pylabhub.recovery/audit-v1"
+FORMAT = AUDIT_FORMAT
 #: Errors recorded even when no store was made: a before-image that could not be written,
 #: an undo refused because the block moved on or was re-created.
 _RECORDED = (_snapshot.SnapshotError, _snapshot.UndoRefused, _snapshot.SnapshotMismatch)
