@@ -96,7 +96,7 @@ msg:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule, argument_spec, printable, wording,
+    DataBlockModule, argument_spec, printable,
 )
 
 
@@ -106,7 +106,7 @@ def main():
     result = m.call(m.engine.undo, m.params["snapshot_id"], dry_run=m.check_mode)
     m.record(result)
     count = len(result["changes"])
-    what = (wording.did(result["dry_run"], "restore", "%d store%s of %s" % (
+    what = (m.engine.did(result["dry_run"], "restore", "%d store%s of %s" % (
         count, "" if count == 1 else "s", result["undo_of"])) if count
         else "nothing to put back from %s" % result["undo_of"])
     m.exit(changed=result["changed"], undo=result,
