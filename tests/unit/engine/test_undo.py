@@ -296,3 +296,24 @@ def test_killed_undo_is_undone_by_its_own_journal(lab, snapdir, k):
     assert file_bytes(crash.name) == recovered
     E.undo(first["id"])
     assert file_bytes(crash.name) == original
+
+
+def test_heal_with_forced_actions_is_undone_run_by_run(lab, snapdir):
+    """heal with force_refused is several runs (heal, the forced release, heal again),
+    each with its before-image: undone newest first, the block is back byte for byte.
+    The live writer draining behind the dead reader is paused (SIGSTOP) so that it stores
+    nothing meanwhile."""
+    crash = lab.crashed("draining_live_writer", evidence=False)
+    crash.writer.stop()
+    original = file_bytes(crash.name)
+    result = E.heal(crash.name, force_refused=[{"name": crash.name, "slot": crash.slot,
+                                                 "action": "release_readers",
+                                                 "reason": "test"}])
+    assert result["forced"] and result["forced"][0]["snapshot"], result["forced"]
+    assert len(result["snapshots"]) >= 2 and result["forced"][0]["snapshot"] in result[
+        "snapshots"]
+    assert [a["snapshot"] for a in result["audits"] if a["snapshot"]] == result["snapshots"]
+    assert any(a["forced"] for a in result["audits"])
+    for snap in reversed(result["snapshots"]):
+        E.undo(snap)
+    assert file_bytes(crash.name) == original
