@@ -66,7 +66,7 @@ def main() -> int:
     try:
         for run in range(args.runs):
             for snap in (True, False):
-                name = "%s_%d_%d" % (base, run, snap)
+                name = "%s_%d_%d" % (base, run, int(snap))
                 shutil.copyfile(os.path.join(SHM, base), os.path.join(SHM, name))
                 try:
                     t = time.perf_counter()

@@ -306,9 +306,9 @@ def test_heal_with_forced_actions_is_undone_run_by_run(lab, snapdir):
     crash = lab.crashed("draining_live_writer", evidence=False)
     crash.writer.stop()
     original = file_bytes(crash.name)
-    result = E.heal(crash.name, force_refused=[{"name": crash.name, "slot": crash.slot,
-                                                 "action": "release_readers",
-                                                 "reason": "test"}])
+    enable = {"name": crash.name, "slot": crash.slot, "action": "release_readers",
+              "reason": "test"}
+    result = E.heal(crash.name, force_refused=[enable])
     assert result["forced"] and result["forced"][0]["snapshot"], result["forced"]
     assert len(result["snapshots"]) >= 2 and result["forced"][0]["snapshot"] in result[
         "snapshots"]
