@@ -71,6 +71,7 @@ class Plan:
         # the write-ahead journal of a real run (_snapshot.Journal): every store is
         # announced there, fsynced, before it is made; None: no before-image
         self.journal = None if dry_run else journal
+        self.scans = None         # the engine call's kernel scans (_kernel.Scans), shared
         self.pid = os.getpid()
         self.changes: List[Change] = []
         self._overlay: Dict[Tuple[int, int], Value] = {}
