@@ -354,7 +354,37 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
 def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
     changed = result.get("changed")
     how = did(bool(result.get("dry_run")), "change") if changed else "no change"
-    return "  result: %s (%s)" % (word, how)
+    return "  result: %s (%s)" % (word, how) + "".join("\n" + line
+                                                       for line in record_lines(result))
+
+
+def record_lines(result: Dict[str, Any]) -> List[str]:
+    """The before-image a real run wrote, with the command that puts it back."""
+    ids = result.get("snapshots") or [(result.get("snapshot") or {}).get("id")]
+    return ["  before-image: %s (undo: %s undo %s)" % (i, PROG, i)
+            for i in reversed([i for i in ids if i])]      # newest first: undo in that order
+
+
+@untrusted
+def render_undo(r: Dict[str, Any], style: Style) -> List[str]:
+    lines = block_title(r["block"], style)
+    lines.append("  undo %s (a %s run%s)%s" % (
+        r["undo_of"], r["undone_operation"], "" if r.get("complete") else
+        ", killed before its end", " --dry-run" if r.get("dry_run") else ""))
+    lines += changes_lines(r, style)
+    lines.append(_footer(r, style, style.result(str(r["result"]))))
+    return lines
+
+
+@untrusted
+def render_snapshots(listing: Dict[str, Any], style: Style) -> List[str]:
+    rows = [(s["id"], s["operation"], str(s["block"].get("address")), str(s["stores"]),
+             "yes" if s["complete"] else "no (killed)", s.get("undo_of") or "")
+            for s in listing["snapshots"]]
+    if not rows:
+        return ["no before-image in %s" % listing["directory"]]
+    return (table(("SNAPSHOT", "OPERATION", "BLOCK", "STORES", "COMPLETE", "UNDO OF"), rows,
+                  style) + ["%d before-image(s) in %s" % (len(rows), listing["directory"])])
 
 
 @untrusted
@@ -485,7 +515,7 @@ def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -
 
 
 RENDER = {"diagnose": render_diagnose, "recover": render_recover, "cleanup": render_cleanup,
-          "validate": render_validate, "heal": render_heal}
+          "validate": render_validate, "heal": render_heal, "undo": render_undo}
 
 
 # --------------------------------------------------------------------------- progress
