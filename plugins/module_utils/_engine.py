@@ -22,6 +22,7 @@ from ._observe import Scene
 from ._plan import Plan
 from ._recover import (FAILED, NOT_STUCK, SUCCESS, UNSAFE, check_action, plan_slot,
                        targets)
+from ._scan import SlotScan, scan_slots
 from ._status import health as _health
 from ._validate import Progress, validate as _validate
 
@@ -71,22 +72,44 @@ def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
 
 
+def _scanned(plan: Plan, operation: str, max_bytes: Optional[int], listed: int = 0,
+             hashing: bool = False, hint: str = "") -> SlotScan:
+    """The bulk scan of the slot table (:mod:`_scan`), within the budget: checked before
+    it (the table's allocated bytes, ``listed`` slots, what ``hashing`` reads) and after
+    it, when the slots found not plain are known (each is examined one by one)."""
+    block = plan.block
+    check_budget(block, operation, max_bytes, listed=listed, hashing=hashing, hint=hint)
+    scan = scan_slots(plan)
+    if len(scan.interesting) > listed:
+        check_budget(block, operation, max_bytes, listed=len(scan.interesting),
+                     hashing=hashing, hint=hint)
+    return scan
+
+
 def diagnose(address: str, slot: Optional[int] = None,
-             max_bytes: Optional[int] = None) -> dict:
-    """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
-    every holder with its evidence, whether the slot is stuck or suspect, why, and the
-    next step that clears it; plus consumers, producer, block-wide findings and the
-    block's ``health`` by the one rule (always the whole block's, also with ``slot``).
-    Read-only (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
+             max_bytes: Optional[int] = None, all_slots: bool = False) -> dict:
+    """Explain who holds what in the slots that are not plain (or one ``slot``, or
+    every slot with ``all_slots``), the liveness verdict on every holder with its
+    evidence, whether the slot is stuck or suspect, why, and the next step that clears
+    it; ``slot_counts`` counts every slot (a plain slot -- FREE or COMMITTED, no lock, no
+    reader, no writer waiting -- is counted, not listed); plus consumers, producer,
+    block-wide findings and the block's ``health`` by the one rule (always the whole
+    block's, also with ``slot``; with ``slot`` no other slot's data is read). Read-only
+    (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
     :func:`_block.check_budget`."""
     with open_block(address) as block:
-        if slot is None:
-            check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
-                         hint="; or diagnose a single slot")
-        else:
-            check_budget(block, "diagnose", max_bytes, walk=False, listed=1)
         plan = Plan(block, dry_run=True)
-        return _envelope("diagnose", block, None, **report(Scene(plan), slot))
+        if slot is not None:
+            block.check_slot(slot)
+            scan = _scanned(plan, "diagnose", max_bytes, listed=1)
+        elif all_slots:
+            scan = _scanned(plan, "diagnose", max_bytes, listed=block.geo.capacity,
+                            hint="; diagnose without all_slots lists only the slots that "
+                                 "are not plain, or diagnose a single slot")
+        else:
+            scan = _scanned(plan, "diagnose", max_bytes, hint="; or diagnose a single slot")
+        return _envelope("diagnose", block, None,
+                         **report(Scene(plan), slot, all_slots=all_slots, scan=scan))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
@@ -138,13 +161,16 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
     with open_block(address, writable=writes, strict=False) as block:
-        check_budget(block, "validate", max_bytes, hashing=True)
         plan = Plan(block, dry_run=not writes)
+        scan = None
+        if block.geometry is not None:
+            scan = _scanned(plan, "validate", max_bytes, hashing=True)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
-                         producer_dead=scene is not None and producer_dead(scene))
+                         producer_dead=scene is not None and producer_dead(scene), scan=scan)
         if scene is not None:
-            body.update(validate_health(Scene(plan, now=scene.now), body["findings"]))
+            # a re-bless changes checksums only, never a slot's words: the scan still holds
+            body.update(validate_health(Scene(plan, now=scene.now), body["findings"], scan))
         else:                      # no geometry to trust: the header findings say it all
             word = _health([], [], body["findings"])
             body.update(health=word, healthy=word == "healthy", stuck_slots=[],
@@ -161,8 +187,8 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
     forced: what only force could clear (a suspect or unknown holder, a writer waiting on
     readers nothing proves gone) is reported as refused, with the forced command."""
     with open_block(address, writable=not dry_run) as block:
-        check_budget(block, "heal", max_bytes, hashing=True)
         plan = Plan(block, dry_run)
+        _scanned(plan, "heal", max_bytes, hashing=True)   # heal scans again after cleanup
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
         body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
@@ -197,9 +223,10 @@ def list_blocks(pattern: Optional[str] = None,
             continue
         try:
             with open_block(str(entry["address"])) as block:
-                check_budget(block, "list", max_bytes)     # the slots in use, walked
-                scene = Scene(Plan(block, dry_run=True))
-                judged = assess(scene, findings_of(scene))
+                plan = Plan(block, dry_run=True)
+                slots = _scanned(plan, "list", max_bytes)
+                scene = Scene(plan)
+                judged = assess(scene, findings_of(scene, slots), indexes=slots.interesting)
         except RecoveryError as exc:
             entry["health_error"] = exc.to_dict()
             continue
