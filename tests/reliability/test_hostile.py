@@ -652,7 +652,8 @@ _PRIVATE_TMPFS = textwrap.dedent("""
 
 # (file, argv with @ for the block, exit code, text that must appear in stdout+stderr)
 SPARSE_RUNS = (
-    ("huge", ["diagnose", "@"], 4, "4194304 slots x 64 B"),
+    ("huge", ["diagnose", "@"], 0, "4194304 slots not listed: plain"),
+    ("huge", ["diagnose", "@", "--all-slots"], 4, "4194304 slots x 64 B"),
     ("huge", ["diagnose", "@", "--slot", "4194303"], 0, "result: healthy"),
     ("huge", ["validate", "@"], 0, "result: valid"),
     ("huge", ["validate", "@", "--repair", "--yes"], 0, "result: valid"),
