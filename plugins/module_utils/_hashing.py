@@ -53,16 +53,14 @@ def _u64(raw: bytes, at: int) -> int:
     return int.from_bytes(raw[at:at + 8], "little")
 
 
-def batches(slots: Sequence[int], stride: int) -> List[Tuple[int, int]]:
-    """``(first, count)`` runs of consecutive slots from a sorted list, each at most
-    :data:`BATCH_BYTES` of data (at least one slot)."""
+def batches(ranges: Sequence[Tuple[int, int]], stride: int) -> List[Tuple[int, int]]:
+    """``(first, count)`` runs of consecutive slots, each at most :data:`BATCH_BYTES` of
+    data (at least one slot), from sorted, disjoint ``(first, stop)`` ranges."""
     per = max(1, BATCH_BYTES // stride)
     out: List[Tuple[int, int]] = []
-    for i in slots:
-        if out and out[-1][0] + out[-1][1] == i and out[-1][1] < per:
-            out[-1] = (out[-1][0], out[-1][1] + 1)
-        else:
-            out.append((i, 1))
+    for first, stop in ranges:
+        for a in range(first, stop, per):
+            out.append((a, min(per, stop - a)))
     return out
 
 
@@ -125,28 +123,26 @@ class _Hasher:
         entries = self.block.read(geo.slot_entry(first), n * _E)
         sums = self.block.read(geo.checksum_entry(first), n * _C)
         digests = self.digests(first, n)
-        odd: List[Odd] = []
-        for j, digest in enumerate(digests):
-            stored = sums[j * _C:j * _C + L.HASH_SIZE]
-            if digest != stored:
-                e = j * _E
-                words = (_u64(entries, e), _u64(entries, e + 16), entries[e + 12])
-                odd.append((first + j, words, stored, digest))
-        return odd
+        odd = [j for j in range(n) if digests[j] != sums[j * _C:j * _C + L.HASH_SIZE]]
+        return [(first + j, (_u64(entries, j * _E), _u64(entries, j * _E + 16),
+                             entries[j * _E + 12]),
+                 sums[j * _C:j * _C + L.HASH_SIZE], digests[j]) for j in odd]
 
 
-def hash_slots(block, slots: Sequence[int], progress: Progress = None) -> List[Odd]:
-    """Hash every slot of ``slots`` (sorted indexes) and return the odd ones: a stored
-    checksum that is missing (all zero) or does not match, each with the words read
-    before its data was hashed. ``progress(done_bytes, total_bytes)`` per batch."""
+def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = None
+               ) -> List[Odd]:
+    """Hash every slot of ``ranges`` (sorted, disjoint ``(first, stop)``) and return the
+    odd ones: a stored checksum that is missing (all zero) or does not match, each with
+    the words read before its data was hashed. ``progress(done_bytes, total_bytes)`` per
+    batch."""
     stride = block.geo.stride
-    runs = batches(slots, stride)
+    runs = batches(ranges, stride)
     if not runs:
         return []
+    total, done = sum(n for dummy, n in runs) * stride, 0
+    workers = min(len(runs), os.cpu_count() or 1, 4)
     from concurrent.futures import ThreadPoolExecutor   # validate only: not at start-up
     hasher = _Hasher(block, runs[0][0], runs[-1][0] + runs[-1][1])
-    total, done = len(slots) * stride, 0
-    workers = min(len(runs), os.cpu_count() or 1, 4)
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     results = pool.map(hasher.batch, runs) if pool else map(hasher.batch, runs)
     odd: List[Odd] = []

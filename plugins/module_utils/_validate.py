@@ -304,17 +304,33 @@ def _checksum_findings(plan: Plan, progress: Progress,
     return check
 
 
-def _committed(plan: Plan, scan: SlotScan) -> List[int]:
-    """The slots to hash: COMMITTED or DRAINING as the bulk scan read them, and as the
-    plan leaves the slots it holds planned words for (a dry run's earlier steps)."""
+def _committed(plan: Plan, scan: SlotScan) -> List[Tuple[int, int]]:
+    """The slots to hash, as sorted ``(first, stop)`` ranges: COMMITTED or DRAINING as the
+    bulk scan read them, and as the plan leaves the slots it holds planned words for (a
+    dry run's earlier steps)."""
     geo = plan.block.geo
-    planned = {(off - geo.slot_table) // L.SLOT_ENTRY_SIZE for off in
-               plan.planned(geo.slot_table, geo.slot_entry(geo.capacity))}
-    wanted = (_S.COMMITTED, _S.DRAINING)
-    out = [i for s in wanted for i in scan.in_runs(s) if i not in planned]
-    out += [i for i in planned if plan.get(SLOT["slot_state"], geo.slot_entry(i)) in wanted]
-    out.sort()
-    return out
+    planned = sorted({(off - geo.slot_table) // L.SLOT_ENTRY_SIZE for off in
+                      plan.planned(geo.slot_table, geo.slot_entry(geo.capacity))})
+    ranges = sorted(scan.runs.get(_S.COMMITTED, []) + scan.runs.get(_S.DRAINING, []))
+    if planned:
+        wanted = (_S.COMMITTED, _S.DRAINING)
+        keep = {i for i in planned if plan.get(SLOT["slot_state"], geo.slot_entry(i)) in wanted}
+        cut: List[Tuple[int, int]] = []
+        for first, stop in ranges:               # planned slots out, then the kept ones in
+            for i in [p for p in planned if first <= p < stop]:
+                if first < i:
+                    cut.append((first, i))
+                first = i + 1
+            if first < stop:
+                cut.append((first, stop))
+        ranges = sorted(cut + [(i, i + 1) for i in keep])
+    merged: List[Tuple[int, int]] = []
+    for first, stop in ranges:
+        if merged and merged[-1][1] == first:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((first, stop))
+    return merged
 
 
 def _unstamped(check: ChecksumCheck, i: int, what: str) -> Dict[str, object]:
