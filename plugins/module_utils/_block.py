@@ -445,13 +445,7 @@ class Block:
             while start < stop:
                 n = min(window, stop - start)
                 view = memoryview(buf)[:n]
-                try:
-                    got = os.preadv(self._fd, [view], start)   # type: ignore[arg-type]
-                except OSError as exc:
-                    raise RecoveryError("%s: cannot read bytes %d..%d: %s"
-                                        % (self.address, start, start + n, exc.strerror))
-                if got != n:
-                    raise self._shrunk(start, n)
+                self.pread_into(view, start)
                 yield start, n, view
                 start += n
             pos = stop
