@@ -83,8 +83,8 @@ def main() -> int:
             "python3 -c pass": [sys.executable, "-c", "pass"],
             "diagnose B": _proc.admin("diagnose", name),
             "diagnose B --json": _proc.admin("diagnose", name, "--json"),
-            "diagnose B --slot %d" % args.slot: _proc.admin("diagnose", name, "--slot",
-                                                           str(args.slot)),
+            "diagnose B --slot %d" % args.slot: _proc.admin(
+                "diagnose", name, "--slot", str(args.slot)),
         }
         got = _proc.interleaved(rows, env, args.rounds)
         ref = got["python3 -c pass"]
