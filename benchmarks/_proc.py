@@ -102,7 +102,7 @@ def interleaved(commands: Dict[str, List[str]], env: Dict[str, str], rounds: int
     for argv in commands.values():
         run(argv, env, ok)
     rows: Dict[str, List[Run]] = {k: [] for k in commands}
-    for _ in range(rounds):
+    for dummy in range(rounds):
         for key, argv in commands.items():
             rows[key].append(run(argv, env, ok))
     out = medians(rows)

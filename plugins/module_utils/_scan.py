@@ -80,8 +80,7 @@ class SlotScan:
         """Allocated slots in ``state`` (from ``runs``) within ``first .. stop``."""
         stop = self.capacity if stop is None else stop
         for a, b in self.runs.get(state, ()):
-            for i in range(max(a, first), min(b, stop)):
-                yield i
+            yield from range(max(a, first), min(b, stop))
 
 
 def _entry_windows(block, table: int, capacity: int) -> Iterator[Tuple[int, int]]:
