@@ -18,21 +18,24 @@ description:
   - C(blocks) - blocks named in any result - RV(pylabhub.recovery.datablock_info#module:blocks[].address),
     and C(block.address) of the engine results listed below.
   - C(healthy) - blocks whose most recent health observation was healthy and that are not
-    corrupt. Health is observed by RV(pylabhub.recovery.datablock_info#module:blocks[].health.healthy),
-    C(diagnosis.healthy) (datablock_diagnose) and C(recovery.healthy) (datablock_recover
-    with C(action=heal)). A later real (not check mode) change by datablock_recover (other
+    corrupt. Health is what the engine publishes as C(healthy) (the one rule) -
+    RV(pylabhub.recovery.datablock_info#module:blocks[].health.healthy),
+    C(diagnosis.healthy) (datablock_diagnose), C(validation.healthy) (datablock_validate)
+    and C(recovery.healthy) (datablock_recover with C(action=heal)), also under
+    C(blocks[]). A later real (not check mode) change by datablock_recover (other
     than heal) or datablock_cleanup makes a block's health unknown until it is observed again - end a play with
     M(pylabhub.recovery.datablock_info) for an up-to-date column. Corrupt blocks are never
-    counted healthy.
+    counted healthy (a diagnosis after a validation does not hash the data again).
   - C(recovered) - blocks where a datablock_recover, datablock_cleanup or datablock_validate
     result has C(changed=true) (C(recovery.changed), C(cleanup.changed),
     C(validation.changed), or the same under C(blocks[])). Changes predicted in check mode
     (C(dry_run=true)) are counted with a C(*) and a footnote - nothing was written.
   - C(refused) - blocks with a non-empty C(recovery.refused) (an unsafe action refused;
-    the holder is not provably dead).
-  - C(corrupt) - blocks whose most recent validation was not valid -
-    C(validation.valid), C(blocks[].validation.valid) (datablock_validate),
-    C(recovery.validate.valid) (heal), C(blocks[].health.valid) (datablock_info).
+    the holder is not provably dead), or a slot first refused, then forced by
+    C(force_refused) (C(recovery.forced)).
+  - C(corrupt) - blocks whose most recent validation was not valid - the engine's
+    C(valid) - C(validation.valid), C(blocks[].validation.valid) (datablock_validate),
+    C(recovery.valid) (heal), C(blocks[].health.valid) (datablock_info).
   - C(unreachable) - how many task results for the host were unreachable (any module).
   - The engine results are recognised by C(schema=pylabhub.recovery/v1) and their
     C(operation) (V(diagnose), V(recover), V(heal), V(cleanup), V(validate)); results of
@@ -60,9 +63,11 @@ options:
 
 from ansible.plugins.callback import CallbackBase
 
+# The controller is no managed host: only the engine's import-free modules are loaded here
+# (its names, and the one escaping rule), never the machinery that reads blocks.
+from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import SCHEMA
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import printable
 
-SCHEMA = "pylabhub.recovery/v1"
 _ENGINE_KEYS = ("diagnosis", "recovery", "cleanup", "validation")
 _COLUMNS = ("blocks", "healthy", "recovered", "refused", "corrupt", "unreachable")
 
@@ -131,11 +136,15 @@ class CallbackModule(CallbackBase):
             self._engine(host, data.get(key))
 
     def _info(self, host, address, health):
-        block = self._block(host, address)
-        if health.get("healthy") is not None:
-            block.healthy = bool(health["healthy"])
-        if health.get("valid") is not None:
-            block.corrupt = not health["valid"]
+        self._observe(self._block(host, address), health)
+
+    @staticmethod
+    def _observe(block, facts):
+        """The engine's published verdicts: ``healthy`` (the one rule) and ``valid``."""
+        if facts.get("healthy") is not None:
+            block.healthy = bool(facts["healthy"])
+        if facts.get("valid") is not None:
+            block.corrupt = not facts["valid"]
 
     def _engine(self, host, doc):
         if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
@@ -144,26 +153,16 @@ class CallbackModule(CallbackBase):
         if address is None:
             return
         block = self._block(host, address)
-        operation = doc.get("operation")
-        real_change = bool(doc.get("changed")) and not doc.get("dry_run")
         if doc.get("changed"):
             if doc.get("dry_run"):
                 block.predicted = True
             else:
                 block.recovered = True
-        if doc.get("refused"):
+                if "healthy" not in doc:   # recover / cleanup changed bytes: health unknown
+                    block.healthy = None
+        if doc.get("refused") or doc.get("forced"):
             block.refused = True
-        if operation == "diagnose":
-            block.healthy = bool(doc.get("healthy"))
-        elif operation == "heal":
-            block.healthy = bool(doc.get("healthy"))
-            checked = doc.get("validate")
-            if isinstance(checked, dict) and "valid" in checked:
-                block.corrupt = not checked["valid"]
-        elif operation == "validate":
-            block.corrupt = not doc.get("valid", True)
-        elif real_change:          # recover / cleanup changed bytes: health unknown now
-            block.healthy = None
+        self._observe(block, doc)
 
     def v2_runner_on_ok(self, result):
         self._collect(result)

@@ -21,6 +21,7 @@ import time
 from typing import Dict, List
 
 from . import _layout as L
+from ._contract import FAILED, SUCCESS
 from ._errors import ConcurrentChange
 from ._observe import ConsumerView, Scene
 from ._recover import plan_slot
@@ -44,7 +45,7 @@ def cleanup(scene: Scene) -> Dict[str, object]:
     cleaned = counted = 0
     for c in dead:
         if _still_inside(scene, c):
-            outcomes.append({"consumer": c.index, "pid": c.pid, "result": "FAILED",
+            outcomes.append({"consumer": c.index, "pid": c.pid, "result": FAILED,
                              "message": "consumer %d (pid %d): its reader in slot %d cannot "
                              "be released yet (see that slot's outcome); the entry stays so a "
                              "later run can still attribute it" % (c.index, c.pid, c.reading)})
@@ -53,13 +54,13 @@ def cleanup(scene: Scene) -> Dict[str, object]:
             _clear_entry(scene, c)
         except ConcurrentChange as exc:
             plan.rollback()
-            outcomes.append({"consumer": c.index, "pid": c.pid, "result": "FAILED",
+            outcomes.append({"consumer": c.index, "pid": c.pid, "result": FAILED,
                              "message": "consumer %d: %s; nothing changed" % (c.index, exc)})
             continue
         plan.commit()
         cleaned += 1
         counted += 1 if c.heartbeat_ns else 0    # stamped after its count += 1
-        outcomes.append({"consumer": c.index, "pid": c.pid, "result": "SUCCESS",
+        outcomes.append({"consumer": c.index, "pid": c.pid, "result": SUCCESS,
                          "message": "consumer %d (pid %d, %s, %s): %s"
                          % (c.index, c.pid, c.name or "unnamed", c.verdict.state,
                             did(plan.dry_run, "clear", "its entry")),
@@ -152,7 +153,7 @@ def _uncount(plan, counted: int) -> List[Dict[str, object]]:
         plan.commit()
         return [{"field": "active_consumer_count", "before": count,
                  "after": max(0, count - counted)}]
-    return [{"field": "header.active_consumer_count", "result": "FAILED",
+    return [{"field": "header.active_consumer_count", "result": FAILED,
              "message": "active_consumer_count kept changing; run again"}]
 
 
@@ -186,6 +187,6 @@ def _reconcile(scene: Scene, counted: int = 0) -> List[Dict[str, object]]:
                          "after": targets["read_index"]})
     except ConcurrentChange as exc:
         plan.rollback()
-        return [{"field": exc.details.get("target"), "result": "FAILED", "message": str(exc)}]
+        return [{"field": exc.details.get("target"), "result": FAILED, "message": str(exc)}]
     plan.commit()
     return done

@@ -28,6 +28,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
 from . import _runtime as R
+from ._contract import DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, SCHEMA
 from ._engine import heal, diagnose, validate
 
 POINTS = ("writer_locked", "writer_midwrite", "writer_precommit", "reader_inside",
@@ -174,7 +175,8 @@ def _stage(point: str, block, rng: random.Random) -> Tuple[List[int], List[int],
     return pids, [], []
 
 
-def run_iteration(seed: int, index: int, capacity: int = 4, stride: int = 4096) -> Dict[str, object]:
+def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
+                  stride: int = DRILL_STRIDE) -> Dict[str, object]:
     """One kill-heal-check round on a scratch block; returns what was checked and found."""
     rng = random.Random("%d:%d" % (seed, index))
     point = rng.choice(POINTS)
@@ -244,8 +246,9 @@ def _still_works(block, rng: random.Random) -> List[str]:
     return []
 
 
-def drill(iterations: int = 20, seed: Optional[int] = None, capacity: int = 4,
-          stride: int = 4096, progress: Optional[Callable[[int, int], None]] = None) -> dict:
+def drill(iterations: int = DRILL_ITERATIONS, seed: Optional[int] = None,
+          capacity: int = DRILL_CAPACITY, stride: int = DRILL_STRIDE,
+          progress: Optional[Callable[[int, int], None]] = None) -> dict:
     """Run ``iterations`` kill-heal-check rounds; summary plus per-iteration detail."""
     seed = random.SystemRandom().randrange(2 ** 32) if seed is None else seed
     started = time.monotonic()
@@ -255,7 +258,7 @@ def drill(iterations: int = 20, seed: Optional[int] = None, capacity: int = 4,
         if progress:
             progress(i + 1, iterations)
     failed = [r for r in results if not r["ok"]]
-    return {"schema": "pylabhub.recovery/v1", "operation": "drill", "seed": seed,
+    return {"schema": SCHEMA, "operation": "drill", "seed": seed,
             "iterations": iterations, "kills": sum(int(r["killed"]) for r in results),
             "survived": iterations - len(failed),
             "committed_checked": sum(int(r["committed_checked"]) for r in results),

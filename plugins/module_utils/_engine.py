@@ -3,30 +3,74 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """The recovery engine's front door: what the CLI, the API and the modules call.
 
-Each function takes a block address, attaches (read-only unless it may write), runs one
-operation in a :class:`Plan`, and returns one JSON-ready dict in schema
-``pylabhub.recovery/v1`` (docs/schema.md). Errors are raised from the ``_errors``
-hierarchy. Nothing here decides policy: that lives in the modules it calls.
+Each operation takes a block address, attaches (read-only unless it may write), runs in a
+:class:`Plan`, and returns one JSON-ready dict in schema ``pylabhub.recovery/v1``
+(docs/schema.md). Errors are raised from the ``_errors`` hierarchy. Nothing here decides
+policy: that lives in the modules it calls.
+
+The faces import this module and nothing below it. So every derived fact a face shows is
+published here, once: ``released``, ``refused`` and ``failed`` outcomes and the aggregate
+``result`` of every mutating operation (heal's cleanup, slot and index steps merged),
+``unrepaired`` errors of validate and heal, ``health``/``healthy`` by the one rule for
+every block (also per entry of :func:`each_block`, and as :func:`examine`'s summary), and
+``next_steps``. So are the constants (:mod:`_contract`, the health words, the errors and
+exit codes) and the entry points the faces need (:func:`drill`, :func:`scan`,
+:func:`atomics`, :func:`geometry_problem`, :func:`is_process_alive`, ...).
 """
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 from . import _layout as L
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
+from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
+                        INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
 from ._diagnose import assess, findings_of, producer_dead, report, validate_health
+from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,
+                      EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable,
+                      BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
+                      InvalidName, NotADataBlock, OverBudget, PermissionDenied,
+                      RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath,
+                      UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
+                      printable_tree)
 from ._heal import heal as _heal
+from ._liveness import Verdict, is_process_alive, judge
 from ._observe import Scene
 from ._plan import Plan
-from ._recover import (FAILED, NOT_STUCK, SUCCESS, UNSAFE, check_action, plan_slot,
-                       targets)
+from ._recover import check_action, plan_slot, targets
 from ._scan import SlotScan, scan_slots
-from ._status import health as _health
+from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
+                      health as _health)
 from ._validate import Progress, validate as _validate
+from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, plural,
+                       reblessed, reconciled, summary)
 
-SCHEMA = "pylabhub.recovery/v1"
+#: The front door: what a face may use (the faces import nothing below this module).
+__all__ = [
+    # operations (one block, by address), and on every block of the host
+    "diagnose", "recover", "cleanup", "validate", "heal", "each_block", "examine",
+    "discover", "scan", "list_blocks", "drill",
+    # entry points into what the operations are made of
+    "aggregate", "atomics", "block_info", "geometry_problem", "state_name",
+    "is_process_alive", "judge", "Verdict", "open_block", "Block", "Plan",
+    # names and numbers
+    "SCHEMA", "SLOT_ACTIONS", "SUCCESS", "FAILED", "UNSAFE", "NOT_STUCK", "INVALID_SLOT",
+    "HEALTHY", "DEGRADED", "SUSPECT", "STUCK", "CORRUPT", "HEALTH_RANK",
+    "DRILL_ITERATIONS", "DRILL_CAPACITY", "DRILL_STRIDE",
+    "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
+    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
+    # errors, and the one escaping rule for untrusted text
+    "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
+    "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
+    "OverBudget", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange",
+    "AtomicsUnavailable", "Declined", "exit_code_for", "printable", "printable_tree",
+    # the words of a change, in the run's tense (_wording: the one place they are chosen)
+    "did", "done", "plural", "reblessed", "reconciled", "summary", "change_lines",
+    "PAST_FORMS", "CONDITIONAL_FORMS",
+]
+
 _RANK = {NOT_STUCK: 0, SUCCESS: 1, UNSAFE: 2, FAILED: 3}
 
 
@@ -86,6 +130,18 @@ def _scanned(plan: Plan, operation: str, max_bytes: Optional[int], listed: int =
     return scan
 
 
+def _settled(outcomes: List[Dict[str, object]]) -> Dict[str, object]:
+    """What a mutating result says of its outcomes, so that no face sorts them again:
+    ``released`` (SUCCESS: done, or would be in a dry run), ``refused`` (UNSAFE: a holder
+    not provably dead), ``failed`` (FAILED: a word changed under us; nothing half-done),
+    the aggregate ``result`` (:func:`aggregate`) and ``ok`` (nothing refused or failed)."""
+    result = aggregate(outcomes)
+    return {"result": result, "ok": result in (SUCCESS, NOT_STUCK),
+            "released": [o for o in outcomes if o.get("result") == SUCCESS],
+            "refused": [o for o in outcomes if o.get("result") == UNSAFE],
+            "failed": [o for o in outcomes if o.get("result") == FAILED]}
+
+
 def diagnose(address: str, slot: Optional[int] = None,
              max_bytes: Optional[int] = None, all_slots: bool = False) -> dict:
     """Explain who holds what in the slots that are not plain (or one ``slot``, or
@@ -126,11 +182,9 @@ def recover(address: str, slot, action: str, force: bool = False,
         plan = Plan(block, dry_run)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
-        result = aggregate(outcomes)
         return _envelope("recover", block, plan, action=action, force=force,
-                         slot=slot, result=result, ok=result in (SUCCESS, NOT_STUCK),
-                         outcomes=outcomes, warnings=_warnings(outcomes),
-                         refused=[o for o in outcomes if o["result"] == UNSAFE])
+                         slot=slot, outcomes=outcomes, warnings=_warnings(outcomes),
+                         **_settled(outcomes))
 
 
 def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
@@ -142,13 +196,11 @@ def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None
         plan = Plan(block, dry_run)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
-        result = aggregate(outcomes)  # type: ignore[arg-type]
-        if result == NOT_STUCK and plan.changed:
-            result = SUCCESS             # only counts were reconciled
-        return _envelope("cleanup", block, plan, result=result,
-                         ok=result in (SUCCESS, NOT_STUCK),
-                         refused=[o for o in outcomes if o.get("result") == UNSAFE],
-                         warnings=_warnings(outcomes), **body)
+        settled = _settled(outcomes)  # type: ignore[arg-type]
+        if settled["result"] == NOT_STUCK and plan.changed:
+            settled["result"] = SUCCESS   # only counts were reconciled
+        return _envelope("cleanup", block, plan, warnings=_warnings(outcomes),
+                         **dict(body, **settled))
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
@@ -173,36 +225,118 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
             body.update(validate_health(Scene(plan, now=scene.now), body["findings"], scan))
         else:                      # no geometry to trust: the header findings say it all
             word = _health([], [], body["findings"])
-            body.update(health=word, healthy=word == "healthy", stuck_slots=[],
+            body.update(health=word, healthy=word == HEALTHY, stuck_slots=[],
                         suspect_slots=[], next_steps=[], holder_findings=[])
         return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
                          dry_run=dry_run, **body)
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
-         progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
+         progress: Progress = None, max_bytes: Optional[int] = None,
+         force_refused: Optional[Iterable[Dict[str, object]]] = None) -> dict:
     """The safe composite: cleanup, release what dead holders own, scrub FREE slots
     pylabhub's own check fails, give back slot ids a dead producer claimed, validate
     (repair only when asked), and judge the result by the one rule (``health``). Never
     forced: what only force could clear (a suspect or unknown holder, a writer waiting on
-    readers nothing proves gone) is reported as refused, with the forced command."""
+    readers nothing proves gone) is reported as refused, with the forced command.
+
+    ``force_refused``: the forced actions an operator enabled, ``{"name", "slot",
+    "action", "reason"}`` each (``slot`` an index or ``"all"``; entries naming another
+    block are ignored). Each slot this heal refused that an entry names gets the entry's
+    action with force (:func:`recover`), and the block is healed again; ``forced`` lists
+    them (``slot``, ``action``, ``reason``, ``result``, ``changed``, ``message``,
+    ``warnings``). A slot heal did not refuse is never forced. In a dry run the forced
+    actions are predicted apart from the heal (a plan sees only its own changes), so the
+    refusal stays in the result."""
+    first = _heal_once(address, repair, dry_run, progress, max_bytes)
+    todo = _enabled(first, force_refused or ())
+    if not todo:
+        return first
+    forced = []
+    for slot, action, reason in todo:
+        done = recover(address, slot, action, force=True, dry_run=dry_run,
+                       max_bytes=max_bytes)
+        outcome = done["outcomes"][0] if done["outcomes"] else {}
+        forced.append({"slot": slot, "action": action, "reason": reason,
+                       "result": done["result"], "changed": done["changed"],
+                       "message": outcome.get("message", ""), "warnings": done["warnings"],
+                       "outcomes": done["outcomes"], "changes": done["changes"]})
+    if dry_run:      # nothing written: a second heal would only repeat the first
+        last, before = first, []
+    else:
+        last, before = _heal_once(address, repair, dry_run, None, max_bytes), [first]
+    return _with_forced(before, forced, last)
+
+
+def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
+               max_bytes: Optional[int]) -> dict:
     with open_block(address, writable=not dry_run) as block:
         plan = Plan(block, dry_run)
         _scanned(plan, "heal", max_bytes, hashing=True)   # heal scans again after cleanup
         body = _heal(plan, repair=repair, progress=progress)
-        outcomes = body["outcomes"] + body["cleanup"]["outcomes"]  # type: ignore
-        body["refused"] = [o for o in outcomes if o.get("result") == UNSAFE]
-        failed = any(o.get("result") == FAILED
-                     for o in outcomes + body["indexes"])  # type: ignore[operator]
-        return _envelope("heal", block, plan, repair=repair,
-                         ok=not body["refused"] and not failed,
-                         warnings=_warnings(outcomes), **body)
+        outcomes = (body["cleanup"]["outcomes"] + body["outcomes"]  # type: ignore[operator]
+                    + body["indexes"])
+        body.update(_settled(outcomes))
+        checked = body["validate"]
+        body.update(valid=checked["valid"], unrepaired=checked["unrepaired"],  # type: ignore
+                    forced=[],
+                    # the one rule after the steps, and nothing refused (never forced)
+                    healthy=bool(body["after"]["healthy"]) and not body["refused"])  # type: ignore
+        return _envelope("heal", block, plan, repair=repair, warnings=_warnings(outcomes),
+                         **body)
+
+
+def _enabled(result: dict, entries: Iterable[Dict[str, object]]) -> List[tuple]:
+    """``(slot, action, reason)`` for every refused slot of ``result`` that an entry
+    enables (same block address, same slot or ``all``), each once, in refusal order."""
+    address = str(result["block"]["address"])
+    todo: List[tuple] = []
+    for refused in result["refused"]:
+        for entry in entries:
+            if str(entry.get("name")) != address or refused.get("slot") is None:
+                continue
+            if str(entry.get("slot")).lower() not in (str(refused["slot"]), "all"):
+                continue
+            action = str(entry.get("action"))
+            check_action(action)
+            item = (refused["slot"], action, str(entry.get("reason") or ""))
+            if item not in todo:
+                todo.append(item)
+    return todo
+
+
+def _with_forced(before: List[dict], forced: List[dict], last: dict) -> dict:
+    """The last heal's result, with what came before it (an earlier heal, the forced
+    actions) in ``forced``, ``released``, ``failed``, ``changes``, ``warnings`` and
+    ``changed``; what is refused and the health are the last heal's."""
+    out = dict(last)
+    steps = [o for f in forced for o in f["outcomes"]]
+    out["forced"] = [{k: v for k, v in f.items() if k not in ("outcomes", "changes")}
+                     for f in forced]
+    out["released"] = ([o for r in before for o in r["released"]]
+                       + [o for o in steps if o.get("result") == SUCCESS] + last["released"])
+    out["failed"] = [o for o in steps if o.get("result") == FAILED] + last["failed"]
+    out["changes"] = ([c for r in before for c in r["changes"]]
+                      + [c for f in forced for c in f["changes"]] + last["changes"])
+    out["warnings"] = ([w for r in before for w in r["warnings"]]
+                       + [w for f in forced for w in f["warnings"]] + last["warnings"])
+    out["changed"] = bool(out["changes"]) or any(r["changed"] for r in before + [last])
+    out["ok"] = last["ok"] and not out["failed"]
+    out["result"] = aggregate(steps + last["cleanup"]["outcomes"] + last["outcomes"]
+                              + last["indexes"])
+    return out
 
 
 def discover(pattern: Optional[str] = None) -> List[dict]:
     """Every DataBlock on this host (see :mod:`_discovery`)."""
     from ._discovery import discover as _discover
     return _discover(pattern)
+
+
+def scan(pattern: Optional[str] = None) -> Dict[str, object]:
+    """:func:`discover`, plus what could not be read: ``{"blocks", "unreadable"}``."""
+    from ._discovery import scan as _scan
+    return _scan(pattern)
 
 
 def list_blocks(pattern: Optional[str] = None,
@@ -214,8 +348,6 @@ def list_blocks(pattern: Optional[str] = None,
     header, hashing no committed slot. A block whose header is not sound, that cannot be
     opened or that is over the ``max_bytes`` budget gets ``health`` null
     (``health_error`` says why)."""
-    from ._discovery import scan
-    from ._errors import RecoveryError
     found = scan(pattern)
     for entry in found["blocks"]:  # type: ignore[union-attr]
         entry.update(health=None, stuck_slots=None, suspect_slots=None, health_error=None)
@@ -245,7 +377,6 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
     over the ``max_bytes`` budget (named, with its geometry); an error on one block does
     not stop the others.
     """
-    from ._errors import OverBudget, RecoveryError, UsageError
     run = {"diagnose": diagnose, "cleanup": cleanup, "validate": validate, "heal": heal}
     if operation not in run:
         raise UsageError("%r cannot run on every block; choose one of %s"
@@ -266,10 +397,104 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
                                 else exc.message)
         except RecoveryError as exc:
             entry["error"] = exc.to_dict()
+    judges = operation != "cleanup"          # the others' results carry the one rule
+    for entry in entries:
+        result = entry["result"]
+        entry["health"] = None if result is None else result.get("health")
+        if result is None:                   # an error, or skipped: never called healthy
+            entry["healthy"] = False
+        else:
+            entry["healthy"] = bool(result["healthy"]) if judges else None
     results = [e["result"] for e in entries if e["result"] is not None]
     return {"schema": SCHEMA, "operation": operation, "pattern": pattern,
             "dry_run": bool(kwargs.get("dry_run", False)),
             "changed": any(r.get("changed") for r in results),
             "ok": not any(e["error"] for e in entries) and all(
                 r.get("ok", r.get("healthy", True)) for r in results),
+            "healthy": all(e["healthy"] for e in entries) if judges else None,
             "blocks": entries}
+
+
+def examine(address: str, diagnosis: bool = True, validation: bool = False,
+            max_bytes: Optional[int] = None) -> Dict[str, object]:
+    """One block's health summary, read-only (``datablock_info``'s ``health``): its
+    ``diagnose`` (``stuck_slots``, ``suspect_slots``, ``findings``, ``dead_consumers``,
+    ``slots``: the stuck and suspect slots explained) and, with ``validation``, its
+    ``validate`` (``valid``, ``validation_findings``). ``status`` is the health word of the
+    most thorough judgement that ran (validation's hashes too), ``healthy`` whether it is
+    ``healthy``. An error is kept in ``error`` (the first met), not raised; then
+    ``healthy`` is null unless what did run already says not healthy."""
+    out: Dict[str, object] = {
+        "healthy": None, "status": None, "stuck_slots": None, "suspect_slots": None,
+        "findings": None, "dead_consumers": None, "slots": None, "valid": None,
+        "validation_findings": None, "error": None}
+    verdicts = []
+    if diagnosis:
+        try:
+            d = diagnose(address, max_bytes=max_bytes)
+        except RecoveryError as exc:
+            out["error"] = exc.to_dict()
+        else:
+            out.update(stuck_slots=d["stuck_slots"], suspect_slots=d["suspect_slots"],
+                       findings=d["findings"], status=d["health"],
+                       dead_consumers=sum(1 for c in d["consumers"] if c["action"] == "cleanup"),
+                       slots=[s for s in d["slots"] if s["is_stuck"] or s["suspect"]])
+            verdicts.append(bool(d["healthy"]))
+    if validation:
+        try:
+            v = validate(address, max_bytes=max_bytes)
+        except RecoveryError as exc:
+            out["error"] = out["error"] or exc.to_dict()
+        else:
+            out.update(valid=v["valid"], validation_findings=v["findings"], status=v["health"])
+            verdicts.append(bool(v["healthy"]))
+    if verdicts and (out["error"] is None or not all(verdicts)):
+        out["healthy"] = all(verdicts)
+    return out
+
+
+# --------------------------------------------------------------------------- entry points
+def drill(iterations: Optional[int] = None, seed: Optional[int] = None,
+          capacity: Optional[int] = None, stride: Optional[int] = None,
+          progress: Optional[Callable[[int, int], None]] = None,
+          dry_run: bool = False) -> Optional[dict]:
+    """The crash drill (:mod:`_drill`): ``iterations`` kill-heal-check rounds on scratch
+    blocks of ``capacity`` slots of ``stride`` bytes (None: the defaults of
+    :mod:`_contract`). Every argument is checked here, for every face, before anything
+    is created: :class:`UsageError` names the first one that is wrong. ``dry_run``: check
+    the arguments only (the drill starts and kills processes) and return None."""
+    iterations = DRILL_ITERATIONS if iterations is None else iterations
+    capacity = DRILL_CAPACITY if capacity is None else capacity
+    stride = DRILL_STRIDE if stride is None else stride
+    for name, value in (("iterations", iterations), ("capacity", capacity)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise UsageError("%s must be a whole number of at least 1, not %r" % (name, value))
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise UsageError("seed must be a whole number >= 0, not %r" % (seed,))
+    problem = geometry_problem(capacity, stride)
+    if problem:
+        raise UsageError("stride: %s" % problem)
+    if dry_run:
+        return None
+    from ._drill import drill as _drill
+    return _drill(iterations, seed, capacity=capacity, stride=stride, progress=progress)
+
+
+def geometry_problem(capacity: int, stride: int, flex_size: int = 0) -> Optional[str]:
+    """Why a block of this geometry cannot exist in the DataBlock 1.0 format, or None."""
+    if isinstance(stride, bool) or not isinstance(stride, int):
+        return "slot stride %r is not a whole number" % (stride,)
+    return L.Geometry(capacity, stride, flex_size).problem()
+
+
+def atomics() -> Dict[str, Any]:
+    """Whether this host can change blocks atomically (``available``) and what provides
+    it, or why nothing does (``provider``). Imported here, not at start-up: choosing the
+    provider looks for libatomic (``ldconfig``), which read-only commands never need."""
+    from . import _atomics
+    return {"available": bool(_atomics.AVAILABLE), "provider": _atomics.PROVIDER}
+
+
+def state_name(value: int) -> str:
+    """A slot state's name (``WRITING``), ``UNKNOWN(<n>)`` for a value the format lacks."""
+    return L.enum_name(L.SlotState, value)

@@ -174,6 +174,14 @@ class HolderAlive(RecoveryError):
     exit_code = EXIT_REFUSED
 
 
+class Declined(RecoveryError):
+    """A face asked for confirmation (the CLI, of --force or --repair) and was told no;
+    nothing was changed."""
+
+    code = "not-confirmed"
+    exit_code = EXIT_REFUSED
+
+
 class ConcurrentChange(RecoveryError):
     code = "concurrent-change"
     exit_code = EXIT_CONCURRENT

@@ -69,17 +69,15 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
     # the drains found blocked above were refused or released since: not looked at again
     # (the looks take ~0.6 s); judge_slot re-reads each slot's words
     judgement = assess(final, findings, blocked)
-    refused = [o for o in outcomes if o["result"] == UNSAFE]
     after = {key: judgement[key] for key in ("health", "healthy", "stuck_slots",
                                              "suspect_slots", "next_steps")}
     after["findings"] = findings
+    # refused, released, failed, healthy (after's, and nothing refused): the engine's
     return {
         "cleanup": cleaned,
         "outcomes": outcomes,
         "indexes": indexes,
-        "refused": refused,
         "validate": checked,
         "after": after,
         "health": after["health"],
-        "healthy": bool(after["healthy"]) and not refused,
     }

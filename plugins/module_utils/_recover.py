@@ -38,14 +38,13 @@ from __future__ import annotations
 from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
+from ._contract import FAILED, NOT_STUCK, SUCCESS, UNSAFE
+from ._contract import SLOT_ACTIONS as ACTIONS
 from ._errors import ConcurrentChange, UsageError
 from ._observe import Scene, SlotView
 from ._status import step
 from ._wording import did, did_all, plural
 
-ACTIONS = ("release_writer", "release_readers", "force_reset")
-SUCCESS, FAILED, UNSAFE, NOT_STUCK, INVALID_SLOT = (
-    "SUCCESS", "FAILED", "UNSAFE", "NOT_STUCK", "INVALID_SLOT")
 SLOT = L.SLOT
 CEV = L.CONSUMER_EVIDENCE
 _S = L.SlotState

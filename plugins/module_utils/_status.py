@@ -61,7 +61,7 @@ def health(stuck: Sequence[int], suspect: Sequence[int],
            findings: Iterable[Dict[str, object]]) -> str:
     """THE rule: the worst word that applies (see the module doc)."""
     left = [f for f in findings if not f.get("repaired")]
-    if any(f.get("severity") == "error" for f in left):
+    if _validate.unrepaired(left):
         return CORRUPT
     if stuck:
         return STUCK

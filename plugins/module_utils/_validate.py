@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import WINDOW
@@ -90,9 +90,16 @@ def validate(plan: Plan, repair: bool = False, progress: Progress = None,
             for f in check.findings:
                 if _target(f) in fixed:
                     f["repaired"] = True
-    errors = [f for f in findings if f["severity"] == "error" and not f.get("repaired")]
-    return {"valid": not errors, "findings": findings, "reblessed": reblessed,
+    errors = unrepaired(findings)
+    return {"valid": not errors, "findings": findings, "unrepaired": errors,
+            "reblessed": reblessed,
             "checksum_policy": None if policy is None else L.enum_name(_P, policy)}
+
+
+def unrepaired(findings: Iterable[Dict[str, object]]) -> List[Dict[str, object]]:
+    """The error findings no repair fixed: what makes a block invalid and, by the one
+    rule (:func:`_status.health`), corrupt."""
+    return [f for f in findings if f.get("severity") == "error" and not f.get("repaired")]
 
 
 def _target(f: Dict[str, object]) -> str:

@@ -34,7 +34,7 @@ from . import _layout as L
 PAST = {
     "release": "released", "clear": "cleared", "scrub": "scrubbed", "re-bless": "re-blessed",
     "reconcile": "reconciled", "give back": "gave back", "set": "set", "repair": "repaired",
-    "roll back": "rolled back", "change": "changed",
+    "roll back": "rolled back", "change": "changed", "heal": "healed",
 }
 #: Participles used after "was"/"would be" (:func:`done`).
 PARTICIPLE = dict(PAST, **{"give back": "given back"})
@@ -86,6 +86,27 @@ def reconciled(dry_run: bool, entry: Dict[str, object]) -> str:
     """One ``reconciled`` entry of a cleanup result (``field``, ``before``, ``after``)."""
     return did(dry_run, "reconcile", "%s: %s → %s" % (
         entry.get("field"), entry.get("before"), entry.get("after")))
+
+
+def summary(result: Dict[str, object]) -> str:
+    """What a mutating result did (or, in a dry run, would do), in one line without the
+    block's name: the messages of what the engine ``released`` (its published SUCCESS
+    outcomes: heal's cleanup, slot and index steps merged), the checksums re-blessed and
+    the counts reconciled, or that nothing needed doing. Refusals and failures are not
+    here (each face reports those apart). Unescaped: the face escapes what it prints."""
+    dry = bool(result.get("dry_run"))
+    cleanup = result.get("cleanup") if isinstance(result.get("cleanup"), dict) else {}
+    checked = result.get("validate") if isinstance(result.get("validate"), dict) else result
+    parts = [str(o.get("message")) for o in result.get("released") or []  # type: ignore
+             if isinstance(o, dict)]
+    parts += [reblessed(dry, rb) for rb in checked.get("reblessed") or []]  # type: ignore
+    parts += [reconciled(dry, rec) for rec in                               # type: ignore
+              list(cleanup.get("reconciled") or []) + list(result.get("reconciled") or [])
+              if "before" in rec]
+    if not parts:
+        parts = ["nothing to do" if not result.get("changed") else
+                 did(dry, "change", "the block")]
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- changes

@@ -25,15 +25,9 @@ from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _discovery
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _atomics
-    from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
-        RecoveryError, printable,
-    )
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as wording
 except Exception:  # pylint: disable=broad-except
     ENGINE_IMPORT_ERROR = traceback.format_exc()
-    engine = _discovery = _atomics = wording = None  # pylint: disable=invalid-name
+    engine = None  # pylint: disable=invalid-name
 
     class RecoveryError(Exception):  # type: ignore[no-redef]
         """Placeholder: the engine could not be imported (never raised)."""
@@ -43,10 +37,17 @@ except Exception:  # pylint: disable=broad-except
         return str(text)
 else:
     ENGINE_IMPORT_ERROR = None
+    RecoveryError = engine.RecoveryError
+    printable = engine.printable
 
 #: The recover actions the engine knows, plus the ``heal`` composite.
-SLOT_ACTIONS = ("release_writer", "release_readers", "force_reset")
+SLOT_ACTIONS = tuple(getattr(engine, "SLOT_ACTIONS", ()))
 ACTIONS = SLOT_ACTIONS + ("heal",)
+#: The crash drill's defaults, the engine's (empty when it cannot be imported: the
+#: module then fails with the import error before anything runs).
+DRILL_DEFAULTS = {"iterations": getattr(engine, "DRILL_ITERATIONS", None),
+                  "capacity": getattr(engine, "DRILL_CAPACITY", None),
+                  "stride": getattr(engine, "DRILL_STRIDE", None)}
 
 # --------------------------------------------------------------------------- options
 
@@ -63,7 +64,8 @@ SHARED_OPTIONS = {
 }
 
 #: Engine operations that take ``max_bytes`` (the module's option is passed to them).
-_BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block")
+_BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block",
+             "examine")
 
 
 def argument_spec(*shared, **specific):
@@ -114,14 +116,14 @@ def _entity(target):
 
 def diff_from_changes(changes, header, result=None):
     """Before/after text of every slot, consumer entry and header field in ``changes``,
-    in the block's own terms, as the CLI shows them (``_wording.change_lines``: state
+    in the block's own terms, as the CLI shows them (``engine.change_lines``: state
     names, pids with their verdict from ``result``, each word once from its first
     ``before`` to its last ``after``, so check mode shows the real run's diff).
     """
     doc = dict(result or {})
     doc["changes"] = changes or []
     entities = OrderedDict()
-    for target, old, new in wording.change_lines(doc):
+    for target, old, new in engine.change_lines(doc):
         entity, field = _entity(target)
         entities.setdefault(entity, OrderedDict())[field] = (old, new)
     before, after = [], []
@@ -212,17 +214,6 @@ class DataBlockModule(object):
             self.record(entry[key])
         return summary
 
-    def discover(self, pattern=None):
-        return self.call(_discovery.discover, pattern)
-
-    def scan(self, pattern=None):
-        """Discovery plus what could not be read (``{"blocks", "unreadable"}``)."""
-        return self.call(_discovery.scan, pattern)
-
-    @staticmethod
-    def atomics():
-        return {"available": bool(_atomics.AVAILABLE), "provider": _atomics.PROVIDER}
-
     # -- results -----------------------------------------------------------------------
     def record(self, result, header=None):
         """Forward an engine result's warnings and, in diff mode, its changes."""
@@ -259,49 +250,30 @@ class DataBlockModule(object):
 # --------------------------------------------------------------------------- messages
 
 
+def _listed(template, items):
+    """``template`` % (count, plural "s", the items' messages joined)."""
+    return template % (len(items), "" if len(items) == 1 else "s",
+                       "; ".join(str(i.get("message")) for i in items))
+
+
 def problem_messages(result):
-    """The refused (UNSAFE) and FAILED outcomes of a mutating engine result, as text."""
-    refused = list(result.get("refused") or [])
-    outcomes = list(result.get("outcomes") or [])
-    cleanup = result.get("cleanup")
-    if isinstance(cleanup, dict):
-        outcomes += list(cleanup.get("outcomes") or [])
-    failed = [o for o in outcomes if o.get("result") == "FAILED"]
+    """The engine's ``refused`` and ``failed`` outcomes of a mutating result, as text."""
     parts = []
-    if refused:
-        parts.append("refused %d unsafe action%s: %s" % (
-            len(refused), "" if len(refused) == 1 else "s",
-            "; ".join(str(o.get("message")) for o in refused)))
-    if failed:
-        parts.append("%d action%s failed: %s" % (
-            len(failed), "" if len(failed) == 1 else "s",
-            "; ".join(str(o.get("message")) for o in failed)))
+    if result.get("refused"):
+        parts.append(_listed("refused %d unsafe action%s: %s", result["refused"]))
+    if result.get("failed"):
+        parts.append(_listed("%d action%s failed: %s", result["failed"]))
     return parts
 
 
+def unrepaired_message(address, validation):
+    """A validate result's ``unrepaired`` error findings, as one text."""
+    return "%s: %s" % (address, _listed("%d unrepaired error finding%s: %s",
+                                        validation["unrepaired"]))
+
+
 def summary_msg(result):
-    """What a mutating engine result did, or in check mode would do, in one line: the
-    engine's messages of the slots and entries changed (phrased in the run's tense, see
-    ``_wording``), or that nothing needed doing. Refusals and failures are not here (the
-    task fails with :func:`problem_messages`)."""
-    dry = bool(result.get("dry_run"))
-    cleanup = result.get("cleanup") if isinstance(result.get("cleanup"), dict) else {}
-    checked = result.get("validate") if isinstance(result.get("validate"), dict) else result
-    parts = [str(o.get("message")) for o in
-             list(cleanup.get("outcomes") or []) + list(result.get("outcomes") or [])
-             + list(result.get("indexes") or []) if o.get("result") == "SUCCESS"]
-    parts += [wording.reblessed(dry, rb) for rb in checked.get("reblessed") or []]
-    parts += [wording.reconciled(dry, rec) for rec in
-              list(cleanup.get("reconciled") or []) + list(result.get("reconciled") or [])
-              if "before" in rec]
-    if not parts:
-        parts = ["nothing to do" if not result.get("changed") else
-                 wording.did(dry, "change", "the block")]
+    """What a mutating engine result did, or in check mode would do, in one line (the
+    engine's ``summary``, in the run's tense), after the block's address, printable."""
     block = result.get("block") or {}
-    return printable("%s: %s" % (block.get("address", "?"), "; ".join(parts)))
-
-
-def unrepaired_errors(validation):
-    """The error findings of a validate result that were not repaired."""
-    return [f for f in validation.get("findings") or []
-            if f.get("severity") == "error" and not f.get("repaired")]
+    return printable("%s: %s" % (block.get("address", "?"), engine.summary(result)))

@@ -106,8 +106,9 @@ blocks:
   description:
     - With O(all=true), one entry per block found - C(address), C(status) (from
       discovery), C(cleanup) (the engine result as above, or null), C(error)
-      (C(code)/C(message), or null) and C(skipped) (why the block was not touched, or
-      null).
+      (C(code)/C(message), or null), C(skipped) (why the block was not touched, or
+      null), C(health) (null - cleanup does not judge) and C(healthy) (false for an
+      error or a skipped block, else null).
   returned: with O(all=true)
   type: list
   elements: dict

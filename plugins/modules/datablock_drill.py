@@ -120,27 +120,23 @@ drill:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule,
+    DRILL_DEFAULTS, DataBlockModule,
 )
-
-try:
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _drill
-except ImportError:  # reported by DataBlockModule's engine import check
-    _drill = None
 
 
 def main():
-    m = DataBlockModule(dict(iterations=dict(type="int", default=20), seed=dict(type="int"),
-                             capacity=dict(type="int", default=4),
-                             stride=dict(type="int", default=4096),
+    m = DataBlockModule(dict(iterations=dict(type="int", default=DRILL_DEFAULTS["iterations"]),
+                             seed=dict(type="int"),
+                             capacity=dict(type="int", default=DRILL_DEFAULTS["capacity"]),
+                             stride=dict(type="int", default=DRILL_DEFAULTS["stride"]),
                              fail_on_failure=dict(type="bool", default=True)))
     p = m.params
-    if p["iterations"] < 1:
-        m.fail("iterations must be at least 1", code="usage")
+    # the engine checks the arguments, in check mode too (which runs nothing)
+    summary = m.call(m.engine.drill, p["iterations"], p["seed"], p["capacity"], p["stride"],
+                     dry_run=m.check_mode)
     if m.check_mode:
         m.exit(changed=False, drill=None,
                msg="check mode: would run %d drill iteration(s)" % p["iterations"])
-    summary = m.call(_drill.drill, p["iterations"], p["seed"], p["capacity"], p["stride"])
     if not summary["ok"] and p["fail_on_failure"]:
         m.fail("crash drill: %d of %d iteration(s) broke an invariant (seed %d)"
                % (summary["iterations"] - summary["survived"], summary["iterations"],

@@ -99,13 +99,17 @@ blocks:
           counts checksum errors. C(healthy) is C(status) == V(healthy) (with
           O(validate=true) it also requires C(valid)); both null when the block could not
           be diagnosed (see C(error)) or with O(diagnose=false) and O(validate=false).
-        - C(stuck_slots), C(suspect_slots), C(findings) and C(dead_consumers) come from the
-          diagnosis; C(valid) and C(validation_findings) from the validation (null
-          without O(validate=true)); C(error) is C(code)/C(message) of the first error
-          met, or null.
+        - C(stuck_slots), C(suspect_slots), C(findings), C(dead_consumers) and C(slots)
+          (the stuck and suspect slots explained as RV(pylabhub.recovery.datablock_diagnose#module:diagnosis.slots)
+          explains them - C(index), C(state), C(write_lock), C(reader_count), C(reason),
+          C(action), C(next) and more) come from the diagnosis; C(valid) and
+          C(validation_findings) from the validation (null without O(validate=true));
+          C(error) is C(code)/C(message) of the first error met, or null.
       type: dict
       sample: {"healthy": false, "status": "stuck", "stuck_slots": [0], "suspect_slots": [],
-               "dead_consumers": 0,
+               "dead_consumers": 0, "slots": [{"index": 0, "state": "WRITING", "is_stuck": true,
+                                               "reason": "write lock held by dead pid 16709 (WRITING)",
+                                               "action": "release_writer"}],
                "findings": [{"code": "dead-producer", "severity": "info",
                              "message": "producer pid 16709 is dead: committed data stays readable; a new producer may attach"}],
                "valid": null, "validation_findings": null, "error": null}
@@ -120,7 +124,7 @@ blocks:
                                  "evidence": ["kill(16709, 0): ESRCH (no such process)"]},
             "producer_alive": false,
             "health": {"healthy": false, "status": "stuck", "stuck_slots": [0],
-                       "suspect_slots": [],
+                       "suspect_slots": [], "slots": [],
                        "dead_consumers": 0, "findings": [], "valid": null,
                        "validation_findings": null, "error": null}}]
 unreadable:
@@ -145,50 +149,17 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 )
 
 
-def health(m, address, diagnose, validate):
-    """The health summary of one block; engine errors land in ``error``."""
-    out = {"healthy": None, "status": None, "stuck_slots": None, "suspect_slots": None,
-           "findings": None, "dead_consumers": None, "valid": None,
-           "validation_findings": None, "error": None}
-    verdicts = []
-    if diagnose:
-        diagnosis, error = m.attempt(m.engine.diagnose, address)
-        if error:
-            out["error"] = error
-        else:
-            out.update(stuck_slots=diagnosis["stuck_slots"],
-                       suspect_slots=diagnosis["suspect_slots"],
-                       findings=diagnosis["findings"],
-                       dead_consumers=sum(1 for c in diagnosis["consumers"]
-                                          if c.get("action") == "cleanup"),
-                       status=diagnosis["health"])
-            verdicts.append(bool(diagnosis["healthy"]))
-    if validate:
-        validation, error = m.attempt(m.engine.validate, address)
-        if error:
-            out["error"] = out["error"] or error
-        else:
-            out.update(valid=bool(validation["valid"]),
-                       validation_findings=validation["findings"],
-                       status=validation["health"])
-            verdicts.append(bool(validation["valid"]) and bool(validation["healthy"]))
-    if verdicts and out["error"] is None:
-        out["healthy"] = all(verdicts)
-    elif verdicts and not all(verdicts):
-        out["healthy"] = False
-    return out
-
-
 def main():
     m = DataBlockModule(argument_spec("pattern", "max_bytes",
                                       diagnose=dict(type="bool", default=True),
                                       validate=dict(type="bool", default=False)))
-    found = m.scan(m.params["pattern"])
-    blocks = found["blocks"]
-    for entry in blocks:
-        entry["health"] = health(m, entry["address"], m.params["diagnose"],
-                                 m.params["validate"])
-    m.exit(changed=False, blocks=blocks, unreadable=found["unreadable"], atomics=m.atomics())
+    found = m.call(m.engine.scan, m.params["pattern"])
+    for entry in found["blocks"]:
+        entry["health"] = m.call(m.engine.examine, entry["address"],
+                                 diagnosis=m.params["diagnose"],
+                                 validation=m.params["validate"])
+    m.exit(changed=False, blocks=found["blocks"], unreadable=found["unreadable"],
+           atomics=m.engine.atomics())
 
 
 if __name__ == "__main__":

@@ -63,6 +63,36 @@ options:
         stored checksum does not match their data (see M(pylabhub.recovery.datablock_validate)).
     type: bool
     default: false
+  force_refused:
+    description:
+      - With O(action=heal) only - the forced actions an operator enables, per block and
+        slot. After the heal, each slot it refused that an entry names (same block, same
+        slot or V(all)) gets that entry's action with force (a warning each), and the
+        block is healed again - in the same module call. A slot heal did not refuse is
+        never forced. RV(recovery.forced) lists what was forced.
+      - In check mode each forced action is predicted apart from the heal (a dry run
+        sees only its own changes), so the refusal stays in the result.
+    type: list
+    elements: dict
+    default: []
+    suboptions:
+      name:
+        description: The block's address, as reported (for example V(sensor_block)).
+        type: str
+        required: true
+      slot:
+        description: The slot index, or V(all) for every refused slot of the block.
+        type: raw
+        required: true
+      action:
+        description: The forced action.
+        type: str
+        required: true
+        choices: [release_writer, release_readers, force_reset]
+      reason:
+        description: Why the operator forces it; copied into RV(recovery.forced).
+        type: str
+        default: ""
 extends_documentation_fragment:
   - pylabhub.recovery.common
   - pylabhub.recovery.common.budget
@@ -118,8 +148,9 @@ recovery:
     - The engine's result (schema C(pylabhub.recovery/v1)), also returned when the task
       fails because an action was refused or failed.
     - For O(action=heal) the keys RV(recovery.cleanup), RV(recovery.validate),
-      RV(recovery.after) and RV(recovery.healthy) are added and RV(recovery.action),
-      RV(recovery.slot), RV(recovery.force) and RV(recovery.result) are absent.
+      RV(recovery.after), RV(recovery.healthy), RV(recovery.valid), RV(recovery.unrepaired)
+      and RV(recovery.forced) are added and RV(recovery.action), RV(recovery.slot) and
+      RV(recovery.force) are absent.
   returned: when the block could be attached
   type: dict
   contains:
@@ -173,7 +204,9 @@ recovery:
       type: bool
       sample: false
     result:
-      description: Aggregate over the slots touched, worst first - V(FAILED), V(UNSAFE), V(SUCCESS), V(NOT_STUCK).
+      description:
+        - Aggregate over the slots touched, worst first - V(FAILED), V(UNSAFE), V(SUCCESS),
+          V(NOT_STUCK). For heal, over every step (cleanup, slots, index repair, forced).
       type: str
       sample: SUCCESS
     ok:
@@ -191,8 +224,23 @@ recovery:
                 "message": "slot 0: released write lock of dead pid 16530, WRITING -> FREE",
                 "holder": {"pid": 16530, "state": "dead",
                            "evidence": ["kill(16530, 0): ESRCH (no such process)"]}}]
+    released:
+      description:
+        - The V(SUCCESS) outcomes - what was released, cleared or repaired (or would be,
+          in check mode). For heal, of every step - cleanup, slots, index repair and the
+          forced actions - in the order they ran.
+      type: list
+      elements: dict
+      sample: []
     refused:
-      description: The V(UNSAFE) outcomes.
+      description:
+        - The V(UNSAFE) outcomes - a holder not provably dead. For heal, of every step,
+          after the forced actions (what is still refused).
+      type: list
+      elements: dict
+      sample: []
+    failed:
+      description: The V(FAILED) outcomes - a word changed between observation and action; nothing was left half-done.
       type: list
       elements: dict
       sample: []
@@ -217,18 +265,43 @@ recovery:
       description: Heal only - the block is healthy afterwards, valid, and nothing was refused.
       type: bool
       sample: true
+    health:
+      description: Heal only - the block's health word afterwards by the one rule (V(healthy), V(degraded), V(suspect), V(stuck), V(corrupt)).
+      type: str
+      sample: healthy
+    valid:
+      description: Heal only - its validation left no error finding unrepaired.
+      type: bool
+      sample: true
+    unrepaired:
+      description: Heal only - the error findings its validation left unrepaired (corruption without O(repair=true)).
+      type: list
+      elements: dict
+      sample: []
+    forced:
+      description:
+        - Heal only - the forced actions O(force_refused) enabled and this run applied -
+          C(slot), C(action), C(reason), C(result), C(changed), C(message), C(warnings).
+      type: list
+      elements: dict
+      sample: [{"slot": 2, "action": "release_writer", "reason": "INC-123", "result": "SUCCESS",
+                "changed": true, "message": "slot 2: FORCED release of write lock of pid 4711 (suspect-hung), WRITING -> FREE",
+                "warnings": ["slot 2: FORCED release of write lock held by pid 4711 (suspect-hung)"]}]
 blocks:
   description:
     - With O(all=true) (O(action=heal)), one entry per block found - C(address), C(status)
       (from discovery), C(recovery) (the heal result as RV(recovery), or null), C(error)
-      (C(code)/C(message), or null) and C(skipped) (why the block was not touched, or null).
+      (C(code)/C(message), or null), C(skipped) (why the block was not touched, or null),
+      C(health) (the health word after heal, null when not healed) and C(healthy).
   returned: with O(all=true)
   type: list
   elements: dict
   sample: [{"address": "my_datablock", "status": "ok", "recovery": {"healthy": true},
-            "error": null, "skipped": null}]
+            "error": null, "skipped": null, "health": "healthy", "healthy": true}]
 healthy:
-  description: With O(all=true), whether every healed block is healthy afterwards.
+  description:
+    - With O(all=true), whether every block is healthy afterwards (a block that could not
+      be healed - an error, or skipped - is not).
   returned: with O(all=true)
   type: bool
   sample: true
@@ -252,15 +325,22 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    ACTIONS, DataBlockModule, argument_spec, parse_slot, problem_messages, summary_msg,
+    ACTIONS, SLOT_ACTIONS, DataBlockModule, argument_spec, parse_slot, problem_messages,
+    summary_msg,
 )
+
+FORCE_ENTRY = dict(name=dict(type="str", required=True), slot=dict(type="raw", required=True),
+                   action=dict(type="str", required=True, choices=list(SLOT_ACTIONS)),
+                   reason=dict(type="str", default=""))
 
 
 def main():
     m = DataBlockModule(
         argument_spec("name", "all", "pattern", "slot", "force", "repair", "max_bytes",
-                      action=dict(type="str", required=True, choices=list(ACTIONS))),
-        required_if=[("action", action, ["slot"]) for action in ACTIONS if action != "heal"],
+                      action=dict(type="str", required=True, choices=list(ACTIONS)),
+                      force_refused=dict(type="list", elements="dict", default=[],
+                                         options=FORCE_ENTRY)),
+        required_if=[("action", action, ["slot"]) for action in SLOT_ACTIONS],
     )
     p = m.params
     try:
@@ -273,18 +353,21 @@ def main():
             m.fail("action=heal works on the whole block: omit slot or give slot=all",
                    code="usage")
         if p["force"]:
-            m.fail("action=heal is never forced: force=true is not accepted with it",
+            m.fail("action=heal is never forced: force=true is not accepted with it "
+                   "(force_refused enables forced actions on the slots heal refuses)",
                    code="usage")
         if address is None:
             heal_all(m)
-        result = m.call(m.engine.heal, address, repair=p["repair"], dry_run=m.check_mode)
+        result = m.call(m.engine.heal, address, repair=p["repair"], dry_run=m.check_mode,
+                        force_refused=p["force_refused"])
     else:
         if address is None:
             m.fail("all=true is accepted with action=heal only; slot actions need a name",
                    code="usage")
-        if p["repair"]:
-            m.fail("repair=true is only accepted with action=heal (or use "
-                   "pylabhub.recovery.datablock_validate)", code="usage")
+        if p["repair"] or p["force_refused"]:
+            m.fail("%s=true is only accepted with action=heal%s"
+                   % (("repair", " (or use pylabhub.recovery.datablock_validate)")
+                      if p["repair"] else ("force_refused", "")), code="usage")
         result = m.call(m.engine.recover, address, slot, p["action"], force=p["force"],
                         dry_run=m.check_mode)
     m.record(result)
@@ -299,18 +382,19 @@ def main():
 def heal_all(m):
     """action=heal, all=true: every block in one engine call; fails like one block would,
     naming each block that refused or failed."""
-    summary = m.each("heal", "recovery", repair=m.params["repair"])
+    summary = m.each("heal", "recovery", repair=m.params["repair"],
+                     force_refused=m.params["force_refused"])
     problems = ["%s: %s" % (e["address"], e["error"]["message"])
                 for e in summary["blocks"] if e["error"]]
     problems += ["%s: %s" % (e["address"], "; ".join(problem_messages(e["recovery"])))
                  for e in summary["blocks"] if e["recovery"] and problem_messages(e["recovery"])]
-    healthy = all(e["recovery"]["healthy"] for e in summary["blocks"] if e["recovery"])
     if problems:
         m.fail("%d block(s) refused or failed: %s" % (len(problems), "; ".join(problems)),
-               changed=summary["changed"], blocks=summary["blocks"], healthy=healthy,
-               code="holder-alive" if any(e["recovery"] and e["recovery"].get("refused")
+               changed=summary["changed"], blocks=summary["blocks"],
+               healthy=summary["healthy"],
+               code="holder-alive" if any(e["recovery"] and e["recovery"]["refused"]
                                           for e in summary["blocks"]) else "failed")
-    m.exit(changed=summary["changed"], blocks=summary["blocks"], healthy=healthy)
+    m.exit(changed=summary["changed"], blocks=summary["blocks"], healthy=summary["healthy"])
 
 
 if __name__ == "__main__":

@@ -167,8 +167,9 @@ blocks:
   description:
     - With O(all=true), one entry per block found - C(address), C(status) (from
       discovery), C(validation) (the engine result as above, or null), C(error)
-      (C(code)/C(message), or null) and C(skipped) (always null - validate reports a
-      damaged header as findings).
+      (C(code)/C(message), or null), C(skipped) (always null - validate reports a
+      damaged header as findings), C(health) (the health word, null on an error) and
+      C(healthy).
   returned: with O(all=true)
   type: list
   elements: dict
@@ -194,15 +195,8 @@ error:
 '''
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter import (
-    DataBlockModule, argument_spec, summary_msg, unrepaired_errors,
+    DataBlockModule, argument_spec, summary_msg, unrepaired_message,
 )
-
-
-def _describe(address, validation):
-    errors = unrepaired_errors(validation)
-    return "%s: %d unrepaired error finding%s: %s" % (
-        address, len(errors), "" if len(errors) == 1 else "s",
-        "; ".join(str(f.get("message")) for f in errors))
 
 
 def main():
@@ -215,8 +209,8 @@ def main():
         m.record(result)
         valid = bool(result["valid"])
         if not valid and p["fail_on_corruption"]:
-            m.fail(_describe(address, result), changed=result["changed"], validation=result,
-                   valid=False, code="corrupt")
+            m.fail(unrepaired_message(address, result), changed=result["changed"],
+                   validation=result, valid=False, code="corrupt")
         if p["repair"]:
             m.exit(changed=result["changed"], msg=summary_msg(result), validation=result,
                    valid=valid)
@@ -225,7 +219,7 @@ def main():
     summary = m.each("validate", "validation", repair=p["repair"])
     entries = summary["blocks"]
     errors = ["%s: %s" % (e["address"], e["error"]["message"]) for e in entries if e["error"]]
-    corrupt = [_describe(e["address"], e["validation"]) for e in entries
+    corrupt = [unrepaired_message(e["address"], e["validation"]) for e in entries
                if e["validation"] and not e["validation"]["valid"]]
     valid = not corrupt
     if errors or (corrupt and p["fail_on_corruption"]):

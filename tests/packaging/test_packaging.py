@@ -33,6 +33,7 @@ SHIPPED = (
     "meta/", "plugins/", "roles/", "playbooks/",
     "changelogs/changelog.yaml", "changelogs/config.yaml",
     "docs/schema.md", "docs/schema-v1.json", "docs/reliability.md", "docs/configurations.md",
+    "docs/performance.md",
     # the tests ansible-test runs from an installed collection, and what they import
     "tests/conftest.py", "tests/crashlab.py", "tests/support.py", "tests/fixtures/",
     "tests/unit/", "tests/integration/targets/",

@@ -56,8 +56,8 @@ def _asked_ansible(ansible_doc: str) -> Optional[str]:
 
 def _own_copy() -> str:
     """This installation's own copy of the collection's modules directory."""
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _errors
-    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_errors.__file__))),
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(_engine.__file__))),
                         "modules")
 
 

@@ -6,7 +6,7 @@ NO_COLOR unset, no --no-color).
 
 Results carry untrusted text (file names, names and uids read from a block, messages
 built from them): every ``render_*`` function first makes each string of its input
-printable with the core's one escaping rule (``_errors.printable``), so no field can
+printable with the core's one escaping rule (``engine.printable``), so no field can
 reach the terminal raw, whatever a renderer forgets. Only the colours added here are
 escape sequences.
 """
@@ -20,12 +20,13 @@ import sys
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
-from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as W
-from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
-    printable, printable_tree)
+from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
+    FAILED, INVALID_SLOT, NOT_STUCK, SUCCESS, UNSAFE, change_lines, did, done, plural,
+    printable, printable_tree, reblessed as reblessed_text, reconciled as reconciled_text)
+
+from .cli import PROG
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-PROG = "datablock-admin"
 
 
 class Style:
@@ -51,8 +52,8 @@ class Style:
         return self(state or "?", colour) if colour else (state or "?")
 
     def result(self, result: str) -> str:
-        colour = {"SUCCESS": "green", "NOT_STUCK": "dim", "UNSAFE": "yellow",
-                  "FAILED": "red", "INVALID_SLOT": "red"}.get(result)
+        colour = {SUCCESS: "green", NOT_STUCK: "dim", UNSAFE: "yellow",
+                  FAILED: "red", INVALID_SLOT: "red"}.get(result)
         return self(result, colour) if colour else result
 
     def severity(self, severity: str) -> str:
@@ -190,7 +191,7 @@ def changes_lines(result: Dict[str, Any], style: Style) -> List[str]:
         return ["  changes: none"]
     head = ("  changes (DRY RUN: would change, nothing written):" if dry else "  changes:")
     lines = [style(head, "yellow") if dry else head]
-    lines += ["    %s: %s → %s" % line for line in W.change_lines(result)]
+    lines += ["    %s: %s → %s" % line for line in change_lines(result)]
     if style.verbose:
         lines.append("  every store, in order (the tool's own claims included):")
         lines += ["    %s: %s -> %s" % (c["target"], c["before"], c["after"]) for c in changes]
@@ -204,7 +205,7 @@ def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
     adds the evidence behind each holder's verdict."""
     rows = []
     for o in outcomes:
-        if o.get("result") == "UNSAFE":
+        if o.get("result") == UNSAFE:
             continue
         where = ("slot %s" % o["slot"]) if "slot" in o else (
             "consumer %s" % o.get("consumer", "?"))
@@ -215,7 +216,7 @@ def outcome_lines(outcomes: List[Dict[str, Any]], style: Style,
     if style.verbose:
         lines += ["  " + line if line else line for line in evidence_lines(
             [o.get("holder") or o.get("verdict") for o in outcomes
-             if o.get("result") != "UNSAFE"])][:-1]
+             if o.get("result") != UNSAFE])][:-1]
     return lines
 
 
@@ -253,7 +254,7 @@ def findings_lines(findings: List[Dict[str, Any]], style: Style,
         where = ("slot %s" % f["slot"]) if f.get("slot") is not None else (
             "consumer %s" % f["consumer"] if f.get("consumer") is not None else (
                 f.get("field") or "block"))
-        note = " (%s)" % W.done(dry_run, "repair") if f.get("repaired") else (
+        note = " (%s)" % done(dry_run, "repair") if f.get("repaired") else (
             " (repairable with --repair)" if f.get("repairable") else "")
         rows.append([style.severity(f["severity"]), f["code"], where, f["message"] + note])
     return ["  %s:" % title] + table(["SEVERITY", "CODE", "WHERE", "MESSAGE"], rows, style,
@@ -370,7 +371,7 @@ def plain_lines(counts: Optional[Dict[str, Any]]) -> List[str]:
 
 def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
     changed = result.get("changed")
-    how = W.did(bool(result.get("dry_run")), "change") if changed else "no change"
+    how = did(bool(result.get("dry_run")), "change") if changed else "no change"
     return "  result: %s (%s)" % (word, how)
 
 
@@ -404,14 +405,14 @@ def _cleared(cleanup: Dict[str, Any], dry: bool) -> str:
     count = int(cleanup.get("cleaned") or 0)
     if not count:
         return "no dead consumer entry"
-    return W.did(dry, "clear", W.plural(count, "dead consumer entry", "dead consumer entries"))
+    return did(dry, "clear", plural(count, "dead consumer entry", "dead consumer entries"))
 
 
 def reconciled_lines(reconciled: List[Dict[str, Any]], dry: bool) -> List[str]:
     lines = []
     for rec in reconciled:
         if "before" in rec:
-            lines.append("  " + W.reconciled(dry, rec))
+            lines.append("  " + reconciled_text(dry, rec))
         else:
             lines.append("  reconcile %s: %s %s" % (rec.get("field"), rec.get("result"),
                                                     rec.get("message", "")))
@@ -419,7 +420,7 @@ def reconciled_lines(reconciled: List[Dict[str, Any]], dry: bool) -> List[str]:
 
 
 def reblessed_lines(reblessed: List[Dict[str, Any]], dry: bool) -> List[str]:
-    return ["  " + W.reblessed(dry, rb) for rb in reblessed]
+    return ["  " + reblessed_text(dry, rb) for rb in reblessed]
 
 
 @untrusted

@@ -3,32 +3,35 @@
 A thin face over the recovery engine (plugins/module_utils/_engine.py): it translates
 arguments into one engine call per block and the engine's result into a table, JSON
 (schema ``pylabhub.recovery/v1``, docs/schema.md) and an exit code. No recovery rule is
-decided here. It never imports ansible, and loads the engine only after parsing, so
-``--help`` and ``--version`` are instant.
+decided here. It never imports ansible.
+
+It imports only what a command needs, when it needs it: the parser reads the engine's
+names from ``_contract`` (which imports nothing), and the engine and the renderer are
+imported inside the functions that use them, so ``--help``, ``--version`` and ``COMMAND
+--help`` load neither (benchmarks/bench_startup.py measures it).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
-from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import (
-    EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK, EXIT_REFUSED,
-    EXIT_USAGE, RecoveryError, UsageError, exit_code_for, printable)
+from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import (
+    DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, SCHEMA, SLOT_ACTIONS)
 
-from . import _render as R
 from ._version import __version__
 
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
+
+    from . import _render
+
 PROG = "datablock-admin"
-SCHEMA = "pylabhub.recovery/v1"
+VERSION = "%s %s (pylabhub.recovery; pylabhub DataBlock 1.0)" % (PROG, __version__)
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
-ACTIONS = ("release_writer", "release_readers", "force_reset")
-DRILL_ITERATIONS, DRILL_CAPACITY, DRILL_STRIDE = 20, 4, 4096
-_CORE = "ansible_collections.pylabhub.recovery.plugins.module_utils"
 
 EXIT_CODES = """\
 exit codes:
@@ -113,11 +116,16 @@ uses for the long names, so both run the same files.
 Nothing is changed by this command; it only prints."""
 
 
-class Declined(RecoveryError):
-    """The operator answered no to a confirmation."""
+def _engine():
+    """The recovery engine (imported on first use)."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as engine
+    return engine
 
-    code = "not-confirmed"
-    exit_code = EXIT_REFUSED
+
+def _r():
+    """The renderer, :mod:`._render` (imported on first use)."""
+    from . import _render
+    return _render
 
 
 class _ArgError(Exception):
@@ -143,40 +151,58 @@ def _slot(text: str):
         raise argparse.ArgumentTypeError("invalid slot %r: give a slot index or 'all'" % text)
 
 
-def _positive(text: str) -> int:
+def _int(text: str) -> int:
+    """A whole number; what range it must be in is the engine's to say."""
     try:
-        number = int(text, 10)
+        return int(text, 10)
     except ValueError:
-        number = 0
-    if number < 1:
-        raise argparse.ArgumentTypeError("invalid value %r: give a positive integer" % text)
-    return number
+        raise argparse.ArgumentTypeError("invalid value %r: give a whole number" % text)
 
 
-_BYTES = re.compile(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", re.IGNORECASE)
 _SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
 
 
 def _bytes(text: str) -> int:
     """A byte count: digits with an optional binary unit (256M, 1G, 512KiB, 4096)."""
-    match = _BYTES.match(text)
+    import re
+    match = re.match(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", text, re.IGNORECASE)
     if not match or int(match.group(1)) < 1:
         raise argparse.ArgumentTypeError("invalid byte count %r: give a positive number, "
                                          "optionally with K, M, G or T (binary units)" % text)
     return int(match.group(1)) << _SHIFT[match.group(2).upper()]
 
 
-def _seed(text: str) -> int:
-    try:
-        number = int(text, 10)
-    except ValueError:
-        number = -1
-    if number < 0:
-        raise argparse.ArgumentTypeError("invalid seed %r: give an integer >= 0" % text)
-    return number
+class _OnlyOne:
+    """The subparsers action, giving every command its name and help (for the listing and
+    the choices) but building the options of only the command being run (``only``; all
+    when None): each command's options cost start-up time."""
+
+    def __init__(self, action: argparse._SubParsersAction, only: Optional[str]) -> None:
+        self.action = action
+        self.only = only
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        if self.only in (None, name):
+            return self.action.add_parser(name, **kwargs)
+        self.action.add_parser(name, help=kwargs.get("help"))
+        return _Unbuilt()
 
 
-def build_parser() -> argparse.ArgumentParser:
+class _Unbuilt:
+    """A command that is not being run: its options are not built."""
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+def _command_in(argv: Sequence[str]) -> Optional[str]:
+    """The command named in ``argv``: its first word that is not an option (the options
+    before a command take no value)."""
+    return next((a for a in argv if not a.startswith("-")), None)
+
+
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The parser; with ``only``, the options of that command alone are built."""
     fmt = argparse.RawDescriptionHelpFormatter
     S = argparse.SUPPRESS
     # Common options, accepted before or after the command; SUPPRESS keeps a value given
@@ -204,15 +230,14 @@ def build_parser() -> argparse.ArgumentParser:
                              "--all skips it")
 
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
-    p.add_argument("--version", action="version",
-                   version="%s %s (pylabhub.recovery; pylabhub DataBlock 1.0)"
-                   % (PROG, __version__))
+    p.add_argument("--version", action="version", version=VERSION)
     p.add_argument("--json", action="store_true", default=False, help=S)
     p.add_argument("--no-color", action="store_true", default=False, help=S)
     p.add_argument("-y", "--yes", action="store_true", default=False, help=S)
     p.add_argument("-v", "--verbose", action="store_true", default=False, help=S)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
+    subparsers = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    subparsers.required = True
+    sub = _OnlyOne(subparsers, only)
 
     def command(name: str, help_: str, *parents: argparse.ArgumentParser,
                 epilog: str = SEE_EXIT_CODES):
@@ -247,8 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
     c.add_argument("--slot", type=_slot, required=True, metavar="N|all",
                    help="the slot index (0 to capacity-1), or 'all' for every slot")
-    c.add_argument("--action", required=True, choices=ACTIONS, metavar="ACTION",
-                   help="what to release: %s (see 'actions' below)" % ", ".join(ACTIONS))
+    c.add_argument("--action", required=True, choices=SLOT_ACTIONS, metavar="ACTION",
+                   help="what to release: %s (see 'actions' below)" % ", ".join(SLOT_ACTIONS))
     c.add_argument("--force", action="store_true",
                    help="also release holders that may be alive (asks on a terminal)")
 
@@ -268,13 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("drill", help="crash drill: prove on this machine that recovery works",
                        description=DRILL_DESCRIPTION, epilog=SEE_EXIT_CODES,
                        formatter_class=fmt, parents=[common])
-    c.add_argument("--iterations", type=_positive, default=DRILL_ITERATIONS, metavar="N",
+    c.add_argument("--iterations", type=_int, default=DRILL_ITERATIONS, metavar="N",
                    help="kill-heal-check rounds (default: %d)" % DRILL_ITERATIONS)
-    c.add_argument("--seed", type=_seed, metavar="S",
+    c.add_argument("--seed", type=_int, metavar="S",
                    help="seed of the kill points (default: random; the summary prints it)")
-    c.add_argument("--capacity", type=_positive, default=DRILL_CAPACITY, metavar="N",
+    c.add_argument("--capacity", type=_int, default=DRILL_CAPACITY, metavar="N",
                    help="slots of each scratch block (default: %d)" % DRILL_CAPACITY)
-    c.add_argument("--stride", type=_positive, default=DRILL_STRIDE, metavar="S",
+    c.add_argument("--stride", type=_int, default=DRILL_STRIDE, metavar="S",
                    help="bytes per slot, a multiple of 64 (default: %d)" % DRILL_STRIDE)
 
     c = sub.add_parser("ansible-setup", help="print the one setup line that makes short "
@@ -289,7 +314,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- output
 def _oneline(text: object) -> str:
     """Untrusted text as one printable line (the core's one escaping rule)."""
-    return printable(text)
+    return _engine().printable(text)
 
 
 def _hexify(obj: Any) -> Any:
@@ -303,7 +328,15 @@ class Out:
 
     def __init__(self, json_mode: bool, color: bool, verbose: bool = False) -> None:
         self.json = json_mode
-        self.style = R.Style(color, verbose)
+        self.color = color
+        self.verbose = verbose
+        self._style: Optional["_render.Style"] = None
+
+    @property
+    def style(self) -> "_render.Style":
+        if self._style is None:
+            self._style = _r().Style(self.color, self.verbose)
+        return self._style
 
     def data(self, obj: Any) -> None:
         import json
@@ -343,7 +376,7 @@ def _consent(args: argparse.Namespace, warning: str) -> Optional[str]:
     sys.stderr.flush()
     answer = sys.stdin.readline()
     if answer.strip().lower() not in ("y", "yes"):
-        raise Declined("not confirmed; nothing was changed")
+        raise _engine().Declined("not confirmed; nothing was changed")
     return None
 
 
@@ -353,61 +386,44 @@ def _warn(deferred: Optional[str]) -> None:
 
 
 # --------------------------------------------------------------------------- exit codes
-def _outcome_code(outcomes: List[Dict[str, Any]]) -> int:
-    """recover/cleanup: partly done -> 1, refused -> 3, concurrent change -> 6."""
-    results = {str(o.get("result")) for o in outcomes}
-    if "SUCCESS" in results and results & {"UNSAFE", "FAILED"}:
-        return EXIT_FINDINGS
-    if "UNSAFE" in results:
-        return EXIT_REFUSED
-    if "FAILED" in results:
-        return EXIT_CONCURRENT
-    return EXIT_OK
-
-
 def exit_code(operation: str, result: Dict[str, Any]) -> int:
-    """The documented exit code of one block's engine result. diagnose, validate and heal
-    exit 0 only for a healthy block (the engine's one rule: same block, same code)."""
-    if operation == "diagnose":
-        return EXIT_OK if result["healthy"] else EXIT_FINDINGS
+    """The documented exit code of one block's engine result, from what the engine
+    published: diagnose, validate and heal exit 0 only for a healthy block (the one rule:
+    same block, same code); recover and cleanup done in part give 1, refused 3, failed
+    (a concurrent change) 6."""
+    E = _engine()
+    if operation in ("diagnose", "validate"):
+        return E.EXIT_OK if result["healthy"] else E.EXIT_FINDINGS
     if operation in ("recover", "cleanup"):
-        return _outcome_code(result.get("outcomes") or [])
-    if operation == "validate":
-        return EXIT_OK if result.get("healthy", result["valid"]) else EXIT_FINDINGS
+        if result["released"] and (result["refused"] or result["failed"]):
+            return E.EXIT_FINDINGS
+        if result["refused"]:
+            return E.EXIT_REFUSED
+        return E.EXIT_CONCURRENT if result["failed"] else E.EXIT_OK
     if operation == "heal":
-        outcomes = list(result.get("outcomes") or [])
-        outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
-        outcomes += list(result.get("indexes") or [])
-        if any(o.get("result") == "FAILED" for o in outcomes):
-            return EXIT_CONCURRENT
-        if result.get("refused"):
-            return EXIT_REFUSED
-        return EXIT_OK if result["healthy"] else EXIT_FINDINGS
-    return EXIT_OK
+        if result["failed"]:
+            return E.EXIT_CONCURRENT
+        if result["refused"]:
+            return E.EXIT_REFUSED
+        return E.EXIT_OK if result["healthy"] else E.EXIT_FINDINGS
+    return E.EXIT_OK
 
 
 def _report_outcomes(result: Dict[str, Any], verbose: bool = False) -> None:
-    """Each refusal once, as one line with the command that forces it (``--verbose``: the
-    evidence of the verdicts on the lines after it); each concurrent change."""
-    outcomes = list(result.get("outcomes") or [])
-    outcomes += list((result.get("cleanup") or {}).get("outcomes") or [])
+    """Each refusal the engine published once, as one line with the command that forces
+    it (``--verbose``: the evidence of the verdicts on the lines after it); each
+    concurrent change."""
     address = str((result.get("block") or {}).get("address", ""))
-    for o in outcomes:
-        if o.get("result") == "UNSAFE":
-            Out.err("refused", R.refusal_line(o, address))
-            if verbose:
-                for line in o.get("evidence") or []:
-                    sys.stderr.write("  evidence: %s\n" % _oneline(line))
-        elif o.get("result") == "FAILED":
-            Out.err("concurrent change", o.get("message", ""))
+    for o in result.get("refused") or []:
+        Out.err("refused", _r().refusal_line(o, address))
+        if verbose:
+            for line in o.get("evidence") or []:
+                sys.stderr.write("  evidence: %s\n" % _oneline(line))
+    for o in result.get("failed") or []:
+        Out.err("concurrent change", o.get("message", ""))
 
 
 # --------------------------------------------------------------------------- commands
-def _engine():
-    import importlib
-    return importlib.import_module(_CORE + "._engine")
-
-
 def _discover(pattern: Optional[str], max_bytes: Optional[int] = None) -> Dict[str, Any]:
     """Every block with its health (the engine's list_blocks: one rule, as diagnose),
     and what could not be read."""
@@ -415,7 +431,7 @@ def _discover(pattern: Optional[str], max_bytes: Optional[int] = None) -> Dict[s
 
 
 def _progress(label: str):
-    return R.ProgressBar(label) if sys.stderr.isatty() else None
+    return _r().ProgressBar(label) if sys.stderr.isatty() else None
 
 
 def cmd_list(args: argparse.Namespace, out: Out) -> int:
@@ -424,9 +440,9 @@ def cmd_list(args: argparse.Namespace, out: Out) -> int:
         out.data({"schema": SCHEMA, "operation": "list", "blocks": found["blocks"],
                   "unreadable": found["unreadable"]})
     else:
-        out.lines(R.render_list(found["blocks"], out.style)
-                  + R.unreadable_lines(found["unreadable"]))
-    return EXIT_OK
+        out.lines(_r().render_list(found["blocks"], out.style)
+                  + _r().unreadable_lines(found["unreadable"]))
+    return _engine().EXIT_OK
 
 
 def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
@@ -452,8 +468,8 @@ def cmd_recover(args: argparse.Namespace, out: Out) -> int:
     if out.json:
         out.data(result)
     else:
-        out.lines(R.render_recover(result, out.style))
-    _report_outcomes(result, out.style.verbose)
+        out.lines(_r().render_recover(result, out.style))
+    _report_outcomes(result, out.verbose)
     return exit_code("recover", result)
 
 
@@ -478,18 +494,19 @@ def _one_or_all(args: argparse.Namespace, out: Out, operation: str,
     if out.json:
         out.data(result)
     else:
-        out.lines(R.RENDER[operation](result, out.style))
-    _report_outcomes(result, out.style.verbose)
+        out.lines(_r().RENDER[operation](result, out.style))
+    _report_outcomes(result, out.verbose)
     return exit_code(operation, result)
 
 
 def entry_exit_code(operation: str, entry: Dict[str, Any]) -> int:
     """The exit code of one ``each_block`` entry: its error's (from the error classes),
     4 (no usable block) when it was skipped, else its result's."""
+    E = _engine()
     if entry.get("error"):
-        return exit_code_for(entry["error"].get("code"))
+        return E.exit_code_for(entry["error"].get("code"))
     if entry.get("skipped"):
-        return EXIT_NO_BLOCK
+        return E.EXIT_NO_BLOCK
     return exit_code(operation, entry["result"])
 
 
@@ -499,7 +516,7 @@ def _every_block(out: Out, operation: str, deferred: Optional[str], pattern: Opt
     entries = summary["blocks"]
     if any(e["result"] is not None for e in entries):
         _warn(deferred)
-    worst = EXIT_OK
+    worst = _engine().EXIT_OK
     lines: List[str] = []
     for entry in entries:
         worst = max(worst, entry_exit_code(operation, entry))
@@ -508,8 +525,8 @@ def _every_block(out: Out, operation: str, deferred: Optional[str], pattern: Opt
         elif entry["skipped"]:
             Out.err("skipped", "%s: %s" % (entry["address"], entry["skipped"]))
         else:
-            _report_outcomes(entry["result"], out.style.verbose)
-            lines += R.RENDER[operation](entry["result"], out.style) + [""]
+            _report_outcomes(entry["result"], out.verbose)
+            lines += _r().RENDER[operation](entry["result"], out.style) + [""]
     if out.json:
         out.data(summary)
         return worst
@@ -525,7 +542,7 @@ def _every_block(out: Out, operation: str, deferred: Optional[str], pattern: Opt
     return worst
 
 
-def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional[R.ProgressBar],
+def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional["_render.ProgressBar"],
               **kw: Any) -> Dict[str, Any]:
     try:
         return fn(progress=progress, **kw)
@@ -555,16 +572,11 @@ def cmd_heal(args: argparse.Namespace, out: Out) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, out: Out) -> int:
-    import importlib
-    problem = importlib.import_module(_CORE + "._layout").Geometry(
-        args.capacity, args.stride, 0).problem()
-    if problem:
-        raise _ArgError("%s drill" % PROG, "--stride: " + problem)
-    meter = R.ProgressBar("drill", scale=0, unit="iterations") if sys.stderr.isatty() else None
-    try:
-        result = importlib.import_module(_CORE + "._drill").drill(
-            args.iterations, args.seed, capacity=args.capacity, stride=args.stride,
-            progress=meter)
+    meter = (_r().ProgressBar("drill", scale=0, unit="iterations") if sys.stderr.isatty()
+             else None)
+    try:   # the engine checks every argument before it creates anything
+        result = _engine().drill(args.iterations, args.seed, capacity=args.capacity,
+                                 stride=args.stride, progress=meter)
     finally:
         if meter is not None:
             meter.close()
@@ -575,8 +587,8 @@ def cmd_drill(args: argparse.Namespace, out: Out) -> int:
             PROG, result["iterations"], result["seed"],
             " --capacity %d" % args.capacity if args.capacity != DRILL_CAPACITY else "",
             " --stride %d" % args.stride if args.stride != DRILL_STRIDE else "")
-        out.lines(R.render_drill(result, out.style, rerun))
-    return EXIT_OK if result["ok"] else EXIT_FINDINGS
+        out.lines(_r().render_drill(result, out.style, rerun))
+    return _engine().EXIT_OK if result["ok"] else _engine().EXIT_FINDINGS
 
 
 def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
@@ -585,7 +597,7 @@ def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
                         "ansible.cfg lines, not a document")
     from . import _ansible_setup
     out.lines(_ansible_setup.main_lines(args.ini))
-    return EXIT_OK
+    return _engine().EXIT_OK
 
 
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
@@ -597,17 +609,18 @@ COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run datablock-admin; returns the exit code (never raises for a user error)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--version"]:           # nothing to parse, nothing to load
+        sys.stdout.write(VERSION + "\n")
+        return 0
     out = Out("--json" in argv, False)
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(_command_in(argv)).parse_args(argv)
         out = Out(args.json, _color(args), args.verbose)
         return COMMANDS[args.command](args, out)
     except _ArgError as exc:
-        out.error({"code": UsageError.code, "message": exc.message}, prefix=exc.prog)
-        return EXIT_USAGE
-    except RecoveryError as exc:
-        out.error(exc.to_dict())
-        return exc.exit_code
+        E = _engine()
+        out.error({"code": E.UsageError.code, "message": exc.message}, prefix=exc.prog)
+        return E.EXIT_USAGE
     except KeyboardInterrupt:
         sys.stderr.write("\n%s: interrupted\n" % PROG)
         return EXIT_INTERRUPTED
@@ -620,12 +633,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
         return EXIT_BROKEN_PIPE
     except Exception as exc:  # the last line of defence: never a traceback for a user
-        if os.environ.get("PLH_DEBUG") == "1":
-            import traceback
-            traceback.print_exc()
-        out.error({"code": "internal", "message": "internal error: %s: %s (PLH_DEBUG=1 shows "
-                   "the traceback)" % (type(exc).__name__, exc)})
-        return EXIT_INTERNAL
+        return _failed(exc, out)
+
+
+def _failed(exc: Exception, out: Out) -> int:
+    """A :class:`RecoveryError` as its one line and exit code; anything else as an
+    internal error (the engine is loaded here: only errors need its classes)."""
+    E = _engine()
+    if isinstance(exc, E.RecoveryError):
+        out.error(exc.to_dict())
+        return exc.exit_code
+    if os.environ.get("PLH_DEBUG") == "1":
+        import traceback
+        traceback.print_exc()
+    out.error({"code": "internal", "message": "internal error: %s: %s (PLH_DEBUG=1 shows "
+               "the traceback)" % (type(exc).__name__, exc)})
+    return E.EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -424,7 +424,8 @@ def test_all_reports_a_bad_block_and_goes_on(cli, crashes, names):
 
 def test_all_exit_code_of_an_entry():
     """--all: an entry's error gives the exit code its error class carries (exit_code_for
-    reads the class hierarchy, the CLI's own Declined included); a skipped entry gives 4."""
+    reads the class hierarchy, Declined - the CLI's confirmation answered no - included);
+    a skipped entry gives 4."""
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _errors
     for cls in (_errors.WrongOwner, _errors.UnsupportedLayout, _errors.ConcurrentChange,
                 _errors.InvalidName, _errors.AtomicsUnavailable):
@@ -432,7 +433,7 @@ def test_all_exit_code_of_an_entry():
     assert _errors.exit_code_for("internal") == _errors.EXIT_INTERNAL
     assert _errors.exit_code_for("no-such-code") == _errors.EXIT_INTERNAL
     from pylabhub.recovery import cli as cli_module
-    assert _errors.exit_code_for(cli_module.Declined.code) == _errors.EXIT_REFUSED
+    assert _errors.exit_code_for(_errors.Declined.code) == _errors.EXIT_REFUSED
     entry = {"address": "x", "status": "ok", "result": None, "skipped": None,
              "error": {"code": "permission", "message": "x: permission denied"}}
     assert cli_module.entry_exit_code("heal", entry) == _errors.EXIT_PERMISSION

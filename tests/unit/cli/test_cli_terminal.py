@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 import plh_spec as spec
 from plh_crash import read_bytes
 
@@ -143,12 +145,40 @@ def test_cli_never_imports_ansible(crashes, names):
         assert not [m for m in mods if m == "ansible" or m.startswith("ansible.")], code
 
 
-def test_help_and_version_do_not_load_the_engine():
+#: What start-up must not load: the engine (any core module but its import-free
+#: ``_contract``), the renderer, the API's types, and the heavy standard modules they use.
+_CORE = "ansible_collections.pylabhub.recovery.plugins.module_utils."
+_HEAVY = ("dataclasses", "inspect", "typing", "json", "ctypes", "hashlib", "mmap",
+          "pylabhub.recovery._render", "pylabhub.recovery._api")
+
+
+def _heavy_after(argv):
     mods = _modules_after("import sys\nfrom pylabhub.recovery.cli import main\n"
-                          "try:\n    main(['--version'])\nexcept SystemExit:\n    pass")
-    core = "ansible_collections.pylabhub.recovery.plugins.module_utils."
-    assert core + "_errors" in mods
-    assert core + "_engine" not in mods and core + "_block" not in mods
+                          "try:\n    main(%r)\nexcept SystemExit:\n    pass" % (argv,))
+    return sorted(m for m in mods if m in _HEAVY or (
+        m.startswith(_CORE) and m != _CORE + "_contract"))
+
+
+@pytest.mark.parametrize("argv", [["--version"], ["--help"], ["--json", "--help"]]
+                         + [[c, "--help"] for c in ("list", "diagnose", "recover", "cleanup",
+                                                    "validate", "heal", "drill",
+                                                    "ansible-setup")], ids=" ".join)
+def test_help_and_version_do_not_load_the_engine(argv):
+    assert _heavy_after(argv) == []
+
+
+def test_a_command_loads_the_engine_it_needs(crashes, names):
+    """The check above can fail: a command that reads a block loads the engine."""
+    name = names()
+    crashes.committed(name)
+    assert _CORE + "_engine" in _heavy_after(["diagnose", name])
+
+
+def test_import_of_the_api_is_cheap():
+    mods = _modules_after("import pylabhub.recovery")
+    assert not [m for m in mods if m in _HEAVY or m.startswith(_CORE)], sorted(mods)
+    mods = _modules_after("import pylabhub.recovery\npylabhub.recovery.RecoveryResult")
+    assert _CORE + "_engine" in mods and "pylabhub.recovery._api" in mods
 
 
 def test_importtime_has_no_ansible():

@@ -94,3 +94,20 @@ def test_other_modules_are_ignored():
     cb.v2_runner_on_ok(Result("h", {"changed": True, "blocks": "not ours",
                                     "recovery": {"changed": True}}))
     assert cb.table() is None
+
+
+def test_the_engines_published_verdicts_are_read_as_they_are():
+    """healthy and valid as the engine published them, whatever the operation: a heal's
+    top-level valid, a validation's healthy; a slot refused then forced counts as refused."""
+    cb = CallbackModule()
+    cb.v2_runner_on_ok(Result("h", {"recovery": doc(
+        "heal", "a", changed=True, dry_run=False, healthy=False, valid=False, refused=[],
+        forced=[])}))
+    cb.v2_runner_on_ok(Result("h", {"validation": doc("validate", "b", changed=False,
+                                                      dry_run=False, valid=True,
+                                                      healthy=False)}))
+    cb.v2_runner_on_ok(Result("h", {"blocks": [{"address": "c", "recovery": doc(
+        "heal", "c", changed=True, dry_run=False, healthy=True, valid=True, refused=[],
+        forced=[{"slot": 0, "action": "release_writer"}])}]}))
+    assert rows(cb)["h"] == {"blocks": 3, "healthy": 1, "recovered": "2", "refused": 1,
+                             "corrupt": 1, "unreachable": 0}

@@ -5,8 +5,13 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import time
+
 import pytest
 
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _procinfo
 from ansible_collections.pylabhub.recovery.plugins.modules import datablock_recover
 from ansible_collections.pylabhub.recovery.tests.crashlab import snapshot
 
@@ -249,3 +254,66 @@ def test_heal_all_in_one_call(run, lab, name):
 def test_all_only_with_heal(run, lab, name):
     out = run(datablock_recover, {"all": True, "action": "release_writer", "slot": 0})
     assert out.failed and out["code"] == "usage" and "action=heal" in out["msg"]
+
+
+def _stopped(pid):
+    """SIGSTOP ``pid`` and wait (a deadline, not a sleep) until the kernel says so."""
+    os.kill(pid, signal.SIGSTOP)
+    deadline = time.monotonic() + 10
+    while _procinfo.process_state(pid) not in ("T", "t"):
+        assert time.monotonic() < deadline, "pid %d did not stop" % pid
+        time.sleep(0.01)
+
+
+def test_force_refused_forces_only_the_slots_heal_refused(run, lab, name):
+    """A writer paused (SIGSTOP) holding its lock is suspect-hung: heal refuses it. An
+    entry of force_refused for another slot, or another block, enables nothing; one for
+    this slot (or all) forces it in the same call - predicted apart in check mode (the
+    refusal stays, nothing is written) - and the block is healed again."""
+    slot, live = lab.live_writer(name)
+    _stopped(live)
+    try:
+        out = run(datablock_recover, {"name": name, "action": "heal"})
+        assert out.failed and out["code"] == "holder-alive", out
+        (refused,) = out["recovery"]["refused"]
+        assert refused["slot"] == slot and "suspect-hung" in refused["message"]
+        assert out["recovery"]["forced"] == []
+
+        others = [{"name": name, "slot": slot + 1, "action": "release_writer"},
+                  {"name": name + "_other", "slot": "all", "action": "release_writer"}]
+        out = run(datablock_recover, {"name": name, "action": "heal", "force_refused": others})
+        assert out.failed and out["recovery"]["forced"] == []
+        assert lab.slot_words(name, slot)["write_lock"] == live
+
+        enabled = [{"name": name, "slot": "all", "action": "release_writer",
+                    "reason": "paused by the test"}]
+        before = snapshot(name)
+        checked = run(datablock_recover, {"name": name, "action": "heal",
+                                          "force_refused": enabled}, check_mode=True)
+        (forced,) = checked["recovery"]["forced"]
+        assert (forced["slot"], forced["action"], forced["result"]) == (
+            slot, "release_writer", "SUCCESS")
+        assert checked["changed"] is True and checked["recovery"]["refused"]
+        assert snapshot(name) == before, "check mode wrote to the block"
+
+        applied = run(datablock_recover, {"name": name, "action": "heal",
+                                          "force_refused": enabled})
+        assert not applied.failed, applied
+        recovery = applied["recovery"]
+        (forced,) = recovery["forced"]
+        assert forced["reason"] == "paused by the test" and forced["changed"] is True
+        assert forced["warnings"] and "FORCED" in forced["warnings"][0]
+        assert recovery["refused"] == [] and recovery["healthy"] is True
+        assert any(o.get("slot") == slot for o in recovery["released"])
+        assert "FORCED" in applied.warnings[0]
+        words = lab.slot_words(name, slot)
+        assert words["write_lock"] == 0 and words["slot_state"] == FREE
+    finally:
+        os.kill(live, signal.SIGCONT)
+
+
+def test_force_refused_only_with_heal(run, lab, name):
+    out = run(datablock_recover, {"name": name, "slot": 0, "action": "release_writer",
+                                  "force_refused": [{"name": name, "slot": 0,
+                                                     "action": "release_writer"}]})
+    assert out.failed and out["code"] == "usage" and "force_refused" in out["msg"]

@@ -1,0 +1,119 @@
+"""Benchmark: how long ``datablock-admin --version`` (and ``--help``, ``COMMAND --help``,
+``import pylabhub.recovery``) takes, as a ratio against ``python3 -c pass`` measured in
+the same run with the same interpreter. Whole processes, interleaved, median of the
+rounds. Target (issue 14): ``--version`` <= 2x ``python3 -c pass``.
+
+    python benchmarks/bench_startup.py [--rounds 11] [--installed PATH]
+
+By default the working tree is run as an installed copy would run: the collection under
+``<tmp>/ansible_collections/pylabhub/recovery`` and ``src/`` on ``PYTHONPATH``, started
+by a script identical to the console script pip writes for ``datablock-admin`` (which
+imports ``re`` and ``sys``, then ``pylabhub.recovery.cli``), with bytecode cached (in a
+private ``PYTHONPYCACHEPREFIX``, written by one untimed warm-up run, as pip compiles
+at install time). ``--installed PATH`` times an installed ``datablock-admin`` instead
+(its interpreter is the reference then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# What pip (distlib) writes as bin/datablock-admin, but for the interpreter line.
+CONSOLE_SCRIPT = """\
+import re
+import sys
+from pylabhub.recovery.cli import main
+if __name__ == "__main__":
+    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
+    sys.exit(main())
+"""
+
+
+def _interpreter(script: str) -> str:
+    with open(script, "rb") as f:
+        first = f.readline().decode("utf-8", "replace").strip()
+    return first[2:].strip() if first.startswith("#!") else sys.executable
+
+
+def _commands(python: str, admin: list) -> dict:
+    return {
+        "python3 -c pass": [python, "-c", "pass"],
+        "import pylabhub.recovery": [python, "-c", "import pylabhub.recovery"],
+        "datablock-admin --version": admin + ["--version"],
+        "datablock-admin --help": admin + ["--help"],
+        "datablock-admin heal --help": admin + ["heal", "--help"],
+    }
+
+
+def _once(argv: list, env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          check=False)
+    took = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit("%s failed (exit %d): %s" % (" ".join(argv), proc.returncode,
+                                                      proc.stderr.decode()[-2000:]))
+    return took
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=11, help="timed rounds (median; >= 5)")
+    ap.add_argument("--installed", metavar="PATH",
+                    help="an installed datablock-admin to time instead of the working tree")
+    ap.add_argument("--target", type=float, default=2.0)
+    args = ap.parse_args()
+    if args.rounds < 5:
+        ap.error("--rounds: at least 5")
+
+    tmp = Path(tempfile.mkdtemp(prefix="plh-startup-"))
+    try:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("PYTHONDONTWRITEBYTECODE", "PYTHONPATH", "PYTHONPYCACHEPREFIX")}
+        if args.installed:
+            python, admin = _interpreter(args.installed), [args.installed]
+        else:
+            ns = tmp / "collections" / "ansible_collections" / "pylabhub"
+            ns.mkdir(parents=True)
+            (ns / "recovery").symlink_to(REPO, target_is_directory=True)
+            script = tmp / "datablock-admin"
+            script.write_text(CONSOLE_SCRIPT)
+            env["PYTHONPATH"] = os.pathsep.join([str(tmp / "collections"), str(REPO / "src")])
+            env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
+            python, admin = sys.executable, [sys.executable, str(script)]
+        commands = _commands(python, admin)
+        for argv in commands.values():          # untimed: bytecode written, caches warm
+            _once(argv, env)
+        times = {name: [] for name in commands}
+        for rnd in range(args.rounds):
+            order = list(commands) if rnd % 2 == 0 else list(reversed(commands))
+            for name in order:
+                times[name].append(_once(commands[name], env))
+    finally:
+        shutil.rmtree(str(tmp), ignore_errors=True)
+
+    ref = statistics.median(times["python3 -c pass"])
+    print("interpreter: %s; %s; median of %d rounds, interleaved"
+          % (python, "installed " + args.installed if args.installed
+             else "working tree as installed (bytecode cached)", args.rounds))
+    for name, values in times.items():
+        med = statistics.median(values)
+        print("%-28s %7.1f ms  %5.2fx python3 -c pass" % (name, med * 1e3, med / ref))
+    ratio = statistics.median(times["datablock-admin --version"]) / ref
+    print("ratio --version / python3 -c pass: %.2f (target <= %.1f: %s)"
+          % (ratio, args.target, "met" if ratio <= args.target else "NOT met"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
