@@ -156,7 +156,7 @@ def status_lines(d: Dict[str, Any], style: "Style", address: str,
     if d.get("suspect_slots"):
         extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
     if shown is not None:
-        hidden = sorted(set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or [])
+        hidden = sorted((set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or []))
                         - set(shown))
         if hidden:
             extra.append("not shown here: slot(s) %s (diagnose %s shows every slot)"
