@@ -200,3 +200,48 @@ def test_one_slot_reads_no_other_slots_data(shm_name, slot):
     assert _data_slots(geo, one["reads"]) <= {slot}
     assert one["stuck"] == [2] == whole["stuck"]         # the jam elsewhere is still named
     assert "uncommitted-not-hashed" in one["codes"]
+
+
+_PEAK = r"""
+import json, sys
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+name = sys.argv[1]
+E.diagnose(name)                         # both imported and warmed before the baseline
+E.validate(name, max_bytes=1 << 30)
+
+
+def hwm():
+    with open("/proc/self/status") as f:
+        return int([l.split()[1] for l in f if l.startswith("VmHWM:")][0])
+
+
+base = hwm()
+out = {}
+for op in ("diagnose", "validate"):
+    for arg in sys.argv[2:]:
+        if op == "diagnose":
+            E.diagnose(arg)
+        else:
+            E.validate(arg, max_bytes=1 << 30)
+    out[op] = hwm() - base
+print(json.dumps(out))
+"""
+
+
+def test_peak_memory_does_not_grow_with_the_block(shm_name):
+    """Peak RSS of diagnose and validate over a 65,536-slot block holding 256 MiB of
+    committed data (its whole slot table allocated) stays within the slot-state table
+    (4 MiB) plus a fixed window of what the same calls need for a 4-slot block."""
+    small = shm_name + "_small"
+    _committed_block(small, 4, 4, wrapped=True).close()
+    try:
+        _committed_block(shm_name, 65536, 65536, wrapped=True).close()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+        out = subprocess.run([sys.executable, "-c", _PEAK, small, shm_name], env=env,
+                             capture_output=True, text=True, check=True, timeout=600)
+        grown = json.loads(out.stdout)
+        table_kib = 65536 * L.SLOT_ENTRY_SIZE // 1024
+        for op, kib in grown.items():
+            assert kib <= table_kib + 8 * 1024, (op, kib)    # not 256 MiB
+    finally:
+        os.unlink(os.path.join(SHM, small))
