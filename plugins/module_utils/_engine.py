@@ -126,7 +126,8 @@ def _scanned(plan: Plan, operation: str, max_bytes: Optional[int], listed: int =
     scan = scan_slots(plan)
     if len(scan.interesting) > listed:
         check_budget(block, operation, max_bytes, listed=len(scan.interesting),
-                     hashing=hashing, hint=hint)
+                     hashing=hashing, hint="; %d slots are not plain, each examined one by "
+                     "one" % len(scan.interesting))
     return scan
 
 
@@ -163,7 +164,7 @@ def diagnose(address: str, slot: Optional[int] = None,
                             hint="; diagnose without all_slots lists only the slots that "
                                  "are not plain, or diagnose a single slot")
         else:
-            scan = _scanned(plan, "diagnose", max_bytes, hint="; or diagnose a single slot")
+            scan = _scanned(plan, "diagnose", max_bytes)
         return _envelope("diagnose", block, None,
                          **report(Scene(plan), slot, all_slots=all_slots, scan=scan))
 

@@ -245,3 +245,21 @@ def test_peak_memory_does_not_grow_with_the_block(shm_name):
             assert kib <= table_kib + 8 * 1024, (op, kib)    # not 256 MiB
     finally:
         os.unlink(os.path.join(SHM, small))
+
+
+def test_budget_counts_the_slots_that_are_not_plain(shm_name):
+    """A table whose every slot needs a look costs 4 KiB a slot, counted once the bulk
+    scan found them: over ``max_bytes`` diagnose refuses and says why; a plain block of
+    the same geometry is within the same budget."""
+    block = R.create(shm_name, capacity=64, stride=64)
+    try:
+        block.write(block.geo.slot_table, _entry(lock=DEAD_PID, state=WRITING) * 64)
+    finally:
+        block.close()
+    with pytest.raises(E.OverBudget) as err:
+        E.diagnose(shm_name, max_bytes=128 << 10)
+    assert "64 slots are not plain" in str(err.value) and "\n" not in str(err.value)
+    assert E.diagnose(shm_name, max_bytes=512 << 10)["stuck_slots"] == list(range(64))
+    with B.open_block(shm_name, writable=True) as block:
+        block.write(block.geo.slot_table, _entry(state=COMMITTED, generation=1) * 64)
+    assert E.diagnose(shm_name, max_bytes=128 << 10)["slot_counts"]["plain"] == 64
