@@ -658,6 +658,11 @@ def _init_main(host: str, config: str, shm_size: str) -> int:
         print("fleetlab _init must run as PID 1 of a new PID namespace", file=sys.stderr)
         return 2
     socket.sethostname(host)
+    # Recovery inside a host judges its kernel scan complete (scope "namespace") only when
+    # /dev/shm is provably younger than this PID namespace: its birth time must follow
+    # PID 1's start by more than the clocks' granularity. Never mount it in the first
+    # ticks of our life.
+    time.sleep(0.05)
     _mount_tmpfs("/dev/shm", "mode=1777,size=%s" % shm_size)
     # sshd needs its privilege-separation dir /run/sshd (root-owned, not group/world
     # writable). A private /run gives every host its own, and leaves the real one alone.

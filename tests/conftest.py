@@ -112,3 +112,34 @@ def shm_name():
         os.unlink(os.path.join("/dev/shm", name))
     except FileNotFoundError:
         pass
+
+
+@pytest.fixture
+def actors():
+    """Start crash actors (plugins/module_utils/_actors.py): ``actors(block, steps, ...)``
+    returns a started Actor; every one still running is killed afterwards."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _actors
+    started = []
+
+    def start(*args, **kw):
+        actor = _actors.Actor(*args, **kw).start()
+        started.append(actor)
+        return actor
+    yield start
+    for actor in reversed(started):
+        actor.close()
+
+
+@pytest.fixture
+def block_name(request):
+    """A fresh block in /dev/shm made by our runtime (``capacity``/``stride`` from the
+    test module's ``BLOCK_GEOMETRY``, default 4 x 4096), unlinked afterwards."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime
+    capacity, stride = getattr(request.module, "BLOCK_GEOMETRY", (4, 4096))
+    name = "plhblk_%d_%d" % (os.getpid(), next(_SHM_COUNTER))
+    _runtime.create(name, capacity=capacity, stride=stride).close()
+    yield name
+    try:
+        os.unlink(os.path.join("/dev/shm", name))
+    except FileNotFoundError:
+        pass

@@ -321,6 +321,14 @@ class Block:
         except Exception:
             pass
 
+    def mapping(self) -> Tuple[Optional[int], int]:
+        """(start address or None while nothing was written, fd) of this attachment: the
+        kernel scan leaves the recovery engine's own mapping and fd out of this process's
+        entry (see _kernel.engine_mapping)."""
+        if self._fd is None:
+            raise RecoveryError("%s: block is closed" % self.address)
+        return self._addr, self._fd
+
     @property
     def name(self) -> str:
         return os.path.basename(self.path) if self.kind == "shm" else self.address
@@ -505,6 +513,18 @@ class Block:
             raise PermissionDenied("%s: attached read-only; cannot change bytes %d..%d"
                                    % (self.address, offset, offset + size))
         self._where(offset, size)
+        self.map()
+        self._check_covers(offset, size)
+        return self._addr + offset
+
+    def map(self) -> int:
+        """Make the shared read-write mapping now (the first write does it otherwise):
+        our runtime maps at attach, as a pylabhub process does. Returns its address."""
+        if not self.writable:
+            raise PermissionDenied("%s: attached read-only; cannot map it writable"
+                                   % self.address)
+        if self._fd is None:
+            raise RecoveryError("%s: block is closed" % self.address)
         if self._addr is None:
             addr = _mmap(None, self.size, _PROT_READ | _PROT_WRITE, _MAP_SHARED,
                          self._fd, 0)
@@ -512,8 +532,7 @@ class Block:
                 err = ctypes.get_errno()
                 raise RecoveryError("%s: mmap failed: %s" % (self.address, os.strerror(err)))
             self._addr = addr
-        self._check_covers(offset, size)
-        return self._addr + offset
+        return self._addr
 
     def pread(self, offset: int, size: int) -> bytes:
         """Bytes read from the file, not through the mapping (same as :meth:`read`: on

@@ -15,16 +15,20 @@ by a user who cannot see everything says so (:func:`scan`).
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import errno
 import fnmatch
 import os
 import stat
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import SHM_DIR, inspect_header
+from ._kernel import BlockId, Scans, engine_fd
 from ._liveness import ALIVE, DEAD, SUSPECT_HUNG, Snapshot
 from ._observe import producer_verdict
+from ._procinfo import monotonic_ns
 
 MEMFD_LINK = "/memfd:"
 _DELETED = " (deleted)"
@@ -101,7 +105,7 @@ def _decode(head: bytes, name: str):
 
 
 def _describe(address: str, kind: str, path: str, name: str, st: os.stat_result,
-              head: bytes, snap: Snapshot) -> Dict[str, object]:
+              head: bytes) -> Dict[str, object]:
     geometry, problems = inspect_header(head, st.st_size)
     entry = {
         "address": address, "kind": kind, "path": path, "name": name,
@@ -128,14 +132,49 @@ def _describe(address: str, kind: str, path: str, name: str, st: os.stat_result,
     evidence = full and (_decode(head, "ev_marker") == L.EVIDENCE_MARKER
                          and _decode(head, "ev_version") == L.EVIDENCE_VERSION)
     pid = _decode(head, "producer_heartbeat_pid") if full else 0
-    verdict = producer_verdict(lambda name: _decode(head, name), snap) if pid else None
     entry["has_evidence"] = bool(evidence)
     entry["producer_pid"] = pid if full else None
+    entry["producer_verdict"] = entry["producer_alive"] = None
+    return entry
+
+
+def _judge_producer(entry: Dict[str, object], head: bytes, block: BlockId,
+                    observed_ns: int, snap: Snapshot, scans: Scans) -> None:
+    """The producer's verdict by the engine's rule (kernel scan first, _observe)."""
+    if not entry["producer_pid"]:
+        return
+    verdict = producer_verdict(lambda name: _decode(head, name), snap, block, scans,
+                               observed_ns)
     entry["producer_verdict"] = verdict.to_dict() if verdict else None
     # alive / suspect-hung: the process exists; dead: positively gone; unknown: None
     entry["producer_alive"] = (None if verdict is None or verdict.state not in
                                (ALIVE, SUSPECT_HUNG, DEAD) else verdict.state != DEAD)
-    return entry
+
+
+@contextlib.contextmanager
+def _reopened(block: BlockId) -> Iterator[BlockId]:
+    """``block`` with an fd of its own (read-only, never followed through a symlink) while
+    its producer is judged: nobody else having it open proves every holder gone without
+    a /proc walk (_kernel.exclusive). Without one (a memfd, gone, replaced) as it was."""
+    fd = None
+    if block.kind != "memfd":
+        try:
+            fd = os.open(block.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC
+                         | os.O_NOFOLLOW)
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != block.key:
+                os.close(fd)
+                fd = None
+        except OSError:
+            fd = None
+    if fd is None:
+        yield block
+        return
+    try:
+        with engine_fd(fd):                 # recovery's own open: not a holder
+            yield dataclasses.replace(block, fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _memfd_name(target: str) -> str:
@@ -148,15 +187,20 @@ def _numeric(names: List[str]) -> List[int]:
 
 
 def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
-             proc: str = "/proc", unreadable: Optional[list] = None) -> List[Dict[str, object]]:
+             proc: str = "/proc", unreadable: Optional[list] = None,
+             scans: Optional[Scans] = None, verdicts: bool = True) -> List[Dict[str, object]]:
     """List every DataBlock on the host, sorted by address (see module doc).
 
     ``pattern`` (fnmatch) filters on the block's name (shm name, or the memfd's name such
     as ``plh_shm_capability``) or its address. Files without the magic are not listed;
     blocks with the magic but a bad header are, with ``status`` = the first problem's code.
+    Producers are judged after every header was read, by one kernel scan (``scans``, or
+    one taken here); ``verdicts=False`` leaves ``producer_verdict``/``producer_alive``
+    None (``each_block`` does not show them).
     """
     snap = Snapshot.take()
     seen = {}  # type: Dict[Tuple[int, int], Dict[str, object]]
+    heads = {}  # type: Dict[Tuple[int, int], Tuple[bytes, BlockId, int]]
     # 1. named segments
     try:
         names = sorted(os.listdir(shm_dir))
@@ -170,12 +214,15 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
                 continue
         except OSError:
             continue
+        t = monotonic_ns()
         got = _read_head(path, os.O_NOFOLLOW, unreadable)
         if got is None or not _has_magic(got[1]):
             continue
         st, head = got
         seen[(st.st_dev, st.st_ino)] = _describe(name if plain else path, "shm", path, name,
-                                                 st, head, snap)
+                                                 st, head)
+        heads[(st.st_dev, st.st_ino)] = (head, BlockId(st.st_dev, st.st_ino, st.st_uid,
+                                                       "shm" if plain else "path", path), t)
     # 2. memfds held by processes
     try:
         pids = _numeric(os.listdir(proc))
@@ -206,6 +253,7 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
                 if isinstance(holders, list) and pid not in holders:
                     holders.append(pid)
                 continue
+            t = monotonic_ns()
             got = _read_head(link, 0, unreadable)
             if got is None or (got[0].st_dev, got[0].st_ino) != key:
                 continue  # gone or replaced mid-scan: try the next fd
@@ -213,10 +261,21 @@ def discover(pattern: Optional[str] = None, shm_dir: str = SHM_DIR,
                 skip.add(key)
                 continue
             entry = _describe("memfd:%d:%d" % (pid, fd), "memfd", link, _memfd_name(target),
-                              got[0], got[1], snap)
+                              got[0], got[1])
             entry["holders"] = [pid]
             seen[key] = entry
-    out = [e for e in seen.values()
+            heads[key] = (got[1], BlockId(key[0], key[1], got[0].st_uid, "memfd", link), t)
+    out = [(k, e) for k, e in seen.items()
            if pattern is None or fnmatch.fnmatchcase(str(e["name"]), pattern)
            or fnmatch.fnmatchcase(str(e["address"]), pattern)]
+    if verdicts:
+        scans = scans if scans is not None else Scans()
+        for key, entry in out:
+            head, block, t = heads[key]
+            if len(head) >= L.HEADER_SIZE:
+                if block.kind == "path":
+                    scans.want(block.path)
+                with _reopened(block) as again:
+                    _judge_producer(entry, head, again, t, snap, scans)
+    out = [e for dummy, e in out]
     return sorted(out, key=lambda e: str(e["address"]))

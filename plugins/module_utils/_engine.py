@@ -20,8 +20,10 @@ exit codes) and the entry points the faces need (:func:`drill`, :func:`scan`,
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+import contextlib
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
+from . import _kernel, _registry
 from . import _layout as L
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
@@ -36,8 +38,9 @@ from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLO
                       UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
                       printable_tree)
 from ._heal import heal as _heal
+from ._kernel import Scans
 from ._liveness import Verdict, is_process_alive, judge
-from ._observe import Scene
+from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import check_action, plan_slot, targets
 from ._scan import SlotScan, scan_slots
@@ -112,6 +115,26 @@ def aggregate(outcomes: Iterable[Dict[str, object]]) -> str:
     return max(results, key=lambda r: _RANK.get(r, 3)) if results else NOT_STUCK
 
 
+@contextlib.contextmanager
+def _attached(address: str, writable: bool, strict: bool = True) -> Iterator[Block]:
+    """The block, attached for one engine call. Its mapping is the engine's own (left out
+    of the kernel scan: recovery is not a holder) and a writable attachment registers
+    this process as a recovery run (``_registry.registration``) for concurrent runs."""
+    with open_block(address, writable=writable, strict=strict) as block:
+        with _kernel.engine_mapping(block):
+            if not writable:
+                yield block
+                return
+            with _registry.registration():
+                yield block
+
+
+def _plan(block: Block, dry_run: bool, scan: Optional[Scans]) -> Plan:
+    plan = Plan(block, dry_run)
+    plan.scans = scan            # shared kernel scans (None: the first Scene makes them)
+    return plan
+
+
 def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
 
@@ -144,7 +167,8 @@ def _settled(outcomes: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def diagnose(address: str, slot: Optional[int] = None,
-             max_bytes: Optional[int] = None, all_slots: bool = False) -> dict:
+             max_bytes: Optional[int] = None, all_slots: bool = False,
+             scan: Optional[Scans] = None) -> dict:
     """Explain who holds what in the slots that are not plain (or one ``slot``, or
     every slot with ``all_slots``), the liveness verdict on every holder with its
     evidence, whether the slot is stuck or suspect, why, and the next step that clears
@@ -153,34 +177,38 @@ def diagnose(address: str, slot: Optional[int] = None,
     block-wide findings and the block's ``health`` by the one rule (always the whole
     block's, also with ``slot``; with ``slot`` no other slot's data is read). Read-only
     (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
-    :func:`_block.check_budget`."""
-    with open_block(address) as block:
-        plan = Plan(block, dry_run=True)
+    :func:`_block.check_budget`.
+
+    ``scan`` (every operation takes it): the kernel scans to share with other blocks of
+    one call (``each_block``); by default one is taken when a verdict needs it."""
+    with _attached(address, False) as block:
+        plan = _plan(block, True, scan)
         if slot is not None:
             block.check_slot(slot)
-            scan = _scanned(plan, "diagnose", max_bytes, listed=1)
+            slots = _scanned(plan, "diagnose", max_bytes, listed=1)
         elif all_slots:
-            scan = _scanned(plan, "diagnose", max_bytes, listed=block.geo.capacity,
-                            hint="; diagnose without all_slots lists only the slots that "
-                                 "are not plain, or diagnose a single slot")
+            slots = _scanned(plan, "diagnose", max_bytes, listed=block.geo.capacity,
+                             hint="; diagnose without all_slots lists only the slots that "
+                                  "are not plain, or diagnose a single slot")
         else:
-            scan = _scanned(plan, "diagnose", max_bytes)
+            slots = _scanned(plan, "diagnose", max_bytes)
         return _envelope("diagnose", block, None,
-                         **report(Scene(plan), slot, all_slots=all_slots, scan=scan))
+                         **report(Scene(plan), slot, all_slots=all_slots, scan=slots))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
-            dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
+            dry_run: bool = False, max_bytes: Optional[int] = None,
+            scan: Optional[Scans] = None) -> dict:
     """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
     index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
     committed data is never made unreadable and half-written data never readable.
     ``dry_run`` returns the identical plan without writing."""
     check_action(action)
-    with open_block(address, writable=not dry_run) as block:
+    with _attached(address, not dry_run) as block:
         every = slot == "all"
         check_budget(block, "recover", max_bytes, walk=every,
                      listed=block.geo.capacity if every else 1)
-        plan = Plan(block, dry_run)
+        plan = _plan(block, dry_run, scan)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
         return _envelope("recover", block, plan, action=action, force=force,
@@ -188,13 +216,14 @@ def recover(address: str, slot, action: str, force: bool = False,
                          **_settled(outcomes))
 
 
-def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None) -> dict:
+def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None,
+            scan: Optional[Scans] = None) -> dict:
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
-    with open_block(address, writable=not dry_run) as block:
+    with _attached(address, not dry_run) as block:
         check_budget(block, "cleanup", max_bytes, walk=False)
-        plan = Plan(block, dry_run)
+        plan = _plan(block, dry_run, scan)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
         settled = _settled(outcomes)  # type: ignore[arg-type]
@@ -205,7 +234,8 @@ def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
-             progress: Progress = None, max_bytes: Optional[int] = None) -> dict:
+             progress: Progress = None, max_bytes: Optional[int] = None,
+             scan: Optional[Scans] = None) -> dict:
     """Check header, state sanity (indexes included) and every checksum (recomputed,
     never the cached "verified" flag), and FREE slots pylabhub's own check would fail.
     Writes nothing unless ``repair``, which re-blesses only COMMITTED slots and lists
@@ -213,17 +243,17 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     the holders' and every slot (as diagnose and heal judge). ``progress(done_bytes,
     total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
-    with open_block(address, writable=writes, strict=False) as block:
-        plan = Plan(block, dry_run=not writes)
-        scan = None
+    with _attached(address, writes, strict=False) as block:
+        plan = _plan(block, not writes, scan)
+        slots = None
         if block.geometry is not None:
-            scan = _scanned(plan, "validate", max_bytes, hashing=True)
+            slots = _scanned(plan, "validate", max_bytes, hashing=True)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
-                         producer_dead=scene is not None and producer_dead(scene), scan=scan)
+                         producer_dead=scene is not None and producer_dead(scene), scan=slots)
         if scene is not None:
             # a re-bless changes checksums only, never a slot's words: the scan still holds
-            body.update(validate_health(Scene(plan, now=scene.now), body["findings"], scan))
+            body.update(validate_health(Scene(plan, now=scene.now), body["findings"], slots))
         else:                      # no geometry to trust: the header findings say it all
             word = _health([], [], body["findings"])
             body.update(health=word, healthy=word == HEALTHY, stuck_slots=[],
@@ -234,7 +264,8 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
          progress: Progress = None, max_bytes: Optional[int] = None,
-         force_refused: Optional[Iterable[Dict[str, object]]] = None) -> dict:
+         force_refused: Optional[Iterable[Dict[str, object]]] = None,
+         scan: Optional[Scans] = None) -> dict:
     """The safe composite: cleanup, release what dead holders own, scrub FREE slots
     pylabhub's own check fails, give back slot ids a dead producer claimed, validate
     (repair only when asked), and judge the result by the one rule (``health``). Never
@@ -249,14 +280,14 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
     ``warnings``). A slot heal did not refuse is never forced. In a dry run the forced
     actions are predicted apart from the heal (a plan sees only its own changes), so the
     refusal stays in the result."""
-    first = _heal_once(address, repair, dry_run, progress, max_bytes)
+    first = _heal_once(address, repair, dry_run, progress, max_bytes, scan)
     todo = _enabled(first, force_refused or ())
     if not todo:
         return first
     forced = []
     for slot, action, reason in todo:
         done = recover(address, slot, action, force=True, dry_run=dry_run,
-                       max_bytes=max_bytes)
+                       max_bytes=max_bytes, scan=scan)
         outcome = done["outcomes"][0] if done["outcomes"] else {}
         forced.append({"slot": slot, "action": action, "reason": reason,
                        "result": done["result"], "changed": done["changed"],
@@ -265,14 +296,14 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
     if dry_run:      # nothing written: a second heal would only repeat the first
         last, before = first, []
     else:
-        last, before = _heal_once(address, repair, dry_run, None, max_bytes), [first]
+        last, before = _heal_once(address, repair, dry_run, None, max_bytes, scan), [first]
     return _with_forced(before, forced, last)
 
 
 def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
-               max_bytes: Optional[int]) -> dict:
-    with open_block(address, writable=not dry_run) as block:
-        plan = Plan(block, dry_run)
+               max_bytes: Optional[int], scan: Optional[Scans]) -> dict:
+    with _attached(address, not dry_run) as block:
+        plan = _plan(block, dry_run, scan)
         _scanned(plan, "heal", max_bytes, hashing=True)   # heal scans again after cleanup
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = (body["cleanup"]["outcomes"] + body["outcomes"]  # type: ignore[operator]
@@ -328,10 +359,11 @@ def _with_forced(before: List[dict], forced: List[dict], last: dict) -> dict:
     return out
 
 
-def discover(pattern: Optional[str] = None) -> List[dict]:
-    """Every DataBlock on this host (see :mod:`_discovery`)."""
+def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> List[dict]:
+    """Every DataBlock on this host (see :mod:`_discovery`), producers judged by one
+    kernel scan taken after every header was read."""
     from ._discovery import discover as _discover
-    return _discover(pattern)
+    return _discover(pattern, scans=scan)
 
 
 def scan(pattern: Optional[str] = None) -> Dict[str, object]:
@@ -350,13 +382,17 @@ def list_blocks(pattern: Optional[str] = None,
     opened or that is over the ``max_bytes`` budget gets ``health`` null
     (``health_error`` says why)."""
     found = scan(pattern)
+    sound = [e for e in found["blocks"] if e["status"] == "ok"]  # type: ignore[union-attr]
+    scans = Scans()                 # one kernel scan judges the holders of every block
+    for entry in sound:
+        preobserve(scans, str(entry["address"]), max_bytes)
     for entry in found["blocks"]:  # type: ignore[union-attr]
         entry.update(health=None, stuck_slots=None, suspect_slots=None, health_error=None)
         if entry["status"] != "ok":
             continue
         try:
-            with open_block(str(entry["address"])) as block:
-                plan = Plan(block, dry_run=True)
+            with _attached(str(entry["address"]), False) as block:
+                plan = _plan(block, True, scans)
                 slots = _scanned(plan, "list", max_bytes)
                 scene = Scene(plan)
                 judged = assess(scene, findings_of(scene, slots), indexes=slots.interesting)
@@ -377,27 +413,41 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
     by everything but validate (which reports exactly those problems), and so is a block
     over the ``max_bytes`` budget (named, with its geometry); an error on one block does
     not stop the others.
+
+    One kernel scan serves every block: each block's holder words are read (by pread,
+    ``_observe.preobserve``) before it is taken, so a holder is proven absent by it; only
+    a word that changed since is judged by a newer scan.
     """
+    from ._discovery import discover as _discover
     run = {"diagnose": diagnose, "cleanup": cleanup, "validate": validate, "heal": heal}
     if operation not in run:
         raise UsageError("%r cannot run on every block; choose one of %s"
                          % (operation, ", ".join(sorted(run))))
+    mutating = operation != "diagnose" and not kwargs.get("dry_run") and (
+        operation != "validate" or bool(kwargs.get("repair")))
+    scans = Scans()
     entries: List[dict] = []
-    for found in discover(pattern):
-        entry = {"address": found["address"], "status": found["status"], "result": None,
-                 "error": None, "skipped": None}
-        entries.append(entry)
-        if found["status"] != "ok" and operation != "validate":
-            entry["skipped"] = "header not sound: %s" % "; ".join(found["problems"])
-            continue
-        try:
-            entry["result"] = run[operation](found["address"], **kwargs)
-        except OverBudget as exc:           # its message starts with the address
-            prefix = "%s: " % found["address"]
-            entry["skipped"] = (exc.message[len(prefix):] if exc.message.startswith(prefix)
-                                else exc.message)
-        except RecoveryError as exc:
-            entry["error"] = exc.to_dict()
+    with _registry.registration() if mutating else contextlib.nullcontext():
+        found_all = _discover(pattern, verdicts=False)
+        budget = kwargs.get("max_bytes")
+        for found in found_all:
+            if found["status"] == "ok":
+                preobserve(scans, str(found["address"]), budget)  # type: ignore[arg-type]
+        for found in found_all:
+            entry = {"address": found["address"], "status": found["status"], "result": None,
+                     "error": None, "skipped": None}
+            entries.append(entry)
+            if found["status"] != "ok" and operation != "validate":
+                entry["skipped"] = "header not sound: %s" % "; ".join(found["problems"])
+                continue
+            try:
+                entry["result"] = run[operation](found["address"], scan=scans, **kwargs)
+            except OverBudget as exc:           # its message starts with the address
+                prefix = "%s: " % found["address"]
+                entry["skipped"] = (exc.message[len(prefix):] if exc.message.startswith(prefix)
+                                    else exc.message)
+            except RecoveryError as exc:
+                entry["error"] = exc.to_dict()
     judges = operation != "cleanup"          # the others' results carry the one rule
     for entry in entries:
         result = entry["result"]

@@ -178,7 +178,7 @@ CONSUMER = _table(
 CONSUMER_EVIDENCE = _table(
     _a("pid", 0, 8),
     _a("start", 8, 8),
-    _a("reading", 16, 8),           # slot id + 1 of the slot being read; 0 = none
+    _a("reading", 16, 8),           # 0 none, slot index + 1 one read, READING_SEVERAL
     _a("pidns", 24, 8),             # inode of the consumer's PID namespace
 )
 
@@ -197,6 +197,10 @@ SLOT = _table(
 )
 
 READ_POSITION = Field("read_position", 0, 8, "u", True)   # at read_position(k)
+# Consumer evidence "reading" when a consumer holds more than one read at once: it may be
+# inside any slot, any number of times (written before the count that makes it true goes
+# up, replaced after the count that makes it false went down).
+READING_SEVERAL = 0xFFFFFFFFFFFFFFFF
 SPINLOCK_OWNER = Field("spinlock_owner_pid", 0, 8, "u", True)   # at spinlock(k)
 
 EVIDENCE_MARKER = 0x45524C50        # "PLRE" on disk

@@ -9,12 +9,19 @@ The rules deciding *who may be released* live here, once:
 
 * a writer is releasable only when its verdict is ``dead`` (or no one holds a slot that is
   WRITING/DRAINING: an orphan no live writer can ever finish);
-* readers carry no PID in the format. Our runtime records, per consumer, the slot it reads
-  (set before the count goes up, cleared after it goes down, so the record may
-  over-approximate but never misses a reader). Readers are provably dead when they are
-  attributed to dead consumers and no live consumer could be inside the slot, or when no
-  live consumer and no live writer exists at all. Otherwise only what exceeds the number of
-  live consumers that could be inside is released, so a live reader's count survives.
+* readers carry no PID in the format. Our runtime records, per consumer, where it reads
+  (none, one slot, or "several": set before the count goes up, replaced after it goes
+  down, so the record may over-approximate but never misses a reader). Readers are
+  provably dead when they are attributed to dead consumers and no live consumer could be
+  inside the slot, or when no live consumer and no live writer exists at all. Otherwise
+  only what exceeds the number of live consumers that could be inside is released, so a
+  live reader's count survives.
+
+Verdicts are kernel truth first (:mod:`_liveness`, :mod:`_kernel`). Our recorded evidence
+only narrows: a live consumer's evidence is used only when *trusted* (:meth:`Scene.trusted`:
+same pid, same start tick read in our time namespace, same PID namespace, and that process
+has the block mapped); untrusted evidence is treated as absent (the consumer may be in any
+slot). A dead consumer's evidence only attributes readers to that dead entry.
 """
 
 from __future__ import annotations
@@ -23,8 +30,14 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
+from ._block import check_budget, open_block
+from ._errors import RecoveryError
+from . import _kernel
+from ._kernel import BlockId, Hold, HostScan, Proc, Scans, Scope
 from ._liveness import ALIVE, DEAD, Snapshot, Verdict, judge
 from ._plan import Plan
+from ._procinfo import monotonic_ns
+from ._scan import scan_slots
 
 SLOT = L.SLOT
 CONS = L.CONSUMER
@@ -34,11 +47,15 @@ _WORDS = tuple(SLOT[n] for n in ("write_lock", "reader_count", "slot_state", "wr
                                  "write_generation"))
 
 
-def producer_verdict(get: Callable[[str], object], now: Snapshot) -> Optional[Verdict]:
-    """The producer heartbeat's pid, judged with our evidence when it names that pid.
+def producer_verdict(get: Callable[[str], object], now: Snapshot,
+                     block: Optional[BlockId] = None, scans: Optional[Scans] = None,
+                     observed_ns: Optional[int] = None) -> Optional[Verdict]:
+    """The producer heartbeat's pid, judged by the kernel scan (``scans``) on ``block``,
+    with our evidence as support when it names that pid.
 
     ``get(header_field_name)`` reads the header (a Plan, or raw header bytes in discovery),
-    so the block's own view and the host listing judge a producer by one rule."""
+    so the block's own view and the host listing judge a producer by one rule;
+    ``observed_ns``: monotonic time taken before the heartbeat pid was read."""
     pid = get("producer_heartbeat_pid")
     if not pid:
         return None
@@ -51,11 +68,22 @@ def producer_verdict(get: Callable[[str], object], now: Snapshot) -> Optional[Ve
         if recorded["recorded_start_ticks"] is None:
             recorded["recorded_boot_id"] = None
     return judge(int(pid), heartbeat_ns=get("producer_heartbeat_ns") or None,  # type: ignore
-                 now=now, **recorded)  # type: ignore[arg-type]
+                 now=now, block=block, scans=scans, observed_ns=observed_ns,
+                 **recorded)  # type: ignore[arg-type]
 
 
 def _slot_words(plan: Plan, base: int) -> Tuple[int, ...]:
     return tuple(plan.get(f, base) for f in _WORDS)
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """Our runtime's evidence about one holder word, as recorded (pid-matching)."""
+
+    pid: int
+    start: int
+    pidns: int
+    reading: Optional[int] = None     # consumer evidence: the raw "reading" word
 
 
 @dataclass
@@ -65,9 +93,11 @@ class ConsumerView:
     heartbeat_ns: int
     uid: str
     name: str
-    reading: Optional[int]            # slot index from our evidence; None = none or unknown
-    has_evidence: bool                # our runtime recorded this consumer
+    reading: Optional[int]            # slot index from usable evidence; None = none or unknown
+    has_evidence: bool                # usable evidence narrows where this consumer reads
     verdict: Optional[Verdict] = None
+    evidence: Optional[Evidence] = None   # recorded for this pid (trusted or not)
+    trusted: Optional[Proc] = None    # the live process that evidence is trusted for
 
     @property
     def dead(self) -> bool:
@@ -88,6 +118,7 @@ class SlotView:
     readers_in: List[ConsumerView] = field(default_factory=list)   # consumers naming this slot
     live_possible: int = 0            # live consumers that could be inside
     releasable_readers: int = 0       # readers provably dead
+    observed_ns: Optional[int] = None  # monotonic time before these words were first read
 
     @property
     def writer_dead(self) -> bool:
@@ -106,30 +137,203 @@ class SlotView:
         return self.write_lock == 0 and self.state in (L.SlotState.WRITING, L.SlotState.DRAINING)
 
 
-class Scene:
-    """One observation of a block: header facts, consumers, producer, verdicts."""
+@dataclass(frozen=True)
+class Opener:
+    """A live process (not a registered recovery run) that has the block mapped
+    read-write: everything that could be a reader or writer inside a slot right now."""
 
-    def __init__(self, plan: Plan, now: Optional[Snapshot] = None) -> None:
+    process: Proc
+    consumers: Tuple[int, ...]        # heartbeat entries whose pid names it (any level)
+    evidence: Optional[Evidence]      # trusted consumer evidence of the first of them
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    @property
+    def nspid(self) -> Tuple[int, ...]:
+        return self.process.nspid
+
+    @property
+    def state(self) -> str:
+        return self.process.state
+
+    @property
+    def start_ticks(self) -> Optional[int]:
+        return self.process.start_ticks
+
+    @property
+    def consumer(self) -> Optional[int]:
+        return self.consumers[0] if self.consumers else None
+
+
+def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> None:
+    """Read a block's holder words (producer, consumers, the locks of the slots in use)
+    with pread, and note when each was seen (``scans.first_seen``): a scan taken after
+    this can prove the holders named here absent. ``each_block`` does it for every block
+    before its one scan. A block that cannot be read, has no sound header or is over the
+    ``max_bytes`` budget is skipped (its own call reads or refuses it; a word not seen
+    here is judged by a newer scan)."""
+    try:
+        with open_block(address) as block:
+            check_budget(block, "preobserve", max_bytes)
+            geo = block.geo
+            key = block.inode
+            t = monotonic_ns()
+            scans.first_seen(key + ("producer",), block.get("producer_heartbeat_pid"), t)
+            for k in range(L.MAX_CONSUMERS):
+                scans.first_seen(key + ("consumer", k),
+                                 block.get(CONS["consumer_pid"], L.consumer_entry(k)), t)
+            # a plain slot (the bulk scan, _scan) has no lock: nothing to note
+            for i in scan_slots(block).interesting:
+                scans.first_seen(key + ("lock", i),
+                                 block.get(SLOT["write_lock"], geo.slot_entry(i)), t)
+    except (RecoveryError, OSError):
+        return
+
+
+class Scene:
+    """One observation of a block: header facts, consumers, producer, verdicts.
+
+    Verdicts come from the kernel scan of ``plan.scans`` (one :class:`_kernel.Scans` per
+    engine call, created here when the caller gave none). Every holder word is read once
+    at construction so that one scan taken afterwards can judge them all (see
+    :meth:`_kernel.Scans.first_seen`). The interface the reader and count rules build on:
+    :attr:`scan`, :attr:`scope`, :meth:`openers`, :meth:`trusted_writer` and, per
+    consumer, :attr:`ConsumerView.trusted` (docs/architecture.md, "Liveness").
+    """
+
+    def __init__(self, plan: Plan, now: Optional[Snapshot] = None,
+                 scans: Optional[Scans] = None) -> None:
         self.plan = plan
         self.block = plan.block
         self.now = now or Snapshot.take()
+        if scans is None:
+            scans = getattr(plan, "scans", None)
+        if scans is None:
+            scans = Scans()
+        plan.scans = scans
+        self.scans = scans
+        self.id = BlockId.of(self.block)
+        if self.block.kind == "path":
+            scans.want(self.block.path)
         self.has_evidence = self.block.has_evidence
         self.boot_id = self.block.get("ev_boot_id") if self.has_evidence else None
         self._cache: Dict[Tuple, Verdict] = {}
+        self._preobserve()
+        t = monotonic_ns()
         self.producer_pid = plan.hdr("producer_heartbeat_pid")
         self.producer_hb = plan.hdr("producer_heartbeat_ns")
-        self.producer = producer_verdict(plan.hdr, self.now)
+        self.producer = producer_verdict(
+            plan.hdr, self.now, self.id, scans,
+            self._seen(("producer",), self.producer_pid, t)) if self.producer_pid else None
         self.consumers = self._consumers()
+
+    # -- observation times --------------------------------------------------------------
+    def _seen(self, word: Tuple, value: int, now_ns: int) -> int:
+        return self.scans.first_seen(self.id.key + word, value, now_ns)
+
+    def _preobserve(self) -> None:
+        """Read every holder word once, before any scan this scene may need."""
+        t = monotonic_ns()
+        self._seen(("producer",), self.plan.hdr("producer_heartbeat_pid"), t)
+        for k in range(L.MAX_CONSUMERS):
+            self._seen(("consumer", k), self.plan.get(CONS["consumer_pid"],
+                                                      L.consumer_entry(k)), t)
+        geo = self.block.geometry
+        if geo is None:
+            return
+        # The table is read in bulk (_scan): a plain slot has no lock, so only the others
+        # are read one by one and noted; a lock noted earlier in this call for a slot now
+        # plain is noted gone (0), as reading every slot's word would have noted it.
+        looked = scan_slots(self.plan).interesting
+        for i in looked:
+            self._seen(("lock", i), self.plan.get(SLOT["write_lock"], geo.slot_entry(i)), t)
+        looked_at = set(looked)
+        for word in self.scans.noted(self.id.key + ("lock",)):
+            if word[-1] not in looked_at:
+                self.scans.first_seen(word, 0, t)
+
+    # -- kernel view ----------------------------------------------------------------------
+    @property
+    def scan(self) -> HostScan:
+        """The latest kernel scan of this engine call (taken now if none yet)."""
+        return self.scans.latest()
+
+    @property
+    def scope(self) -> Scope:
+        """Whether that scan is complete for this block (name, reason, complete)."""
+        return self.scan.scope(self.id)
+
+    def trusted(self, pid: int, evidence: Optional[Evidence]) -> Optional[Proc]:
+        """The live process ``evidence`` may be trusted for, or None (then it is treated
+        as absent): it names ``pid``, and a process that has this block mapped has
+        ``pid`` as its own pid, started at the recorded tick (read in OUR time namespace:
+        the process must share it) and runs in the recorded PID namespace."""
+        if evidence is None or evidence.pid != pid or not evidence.start or not evidence.pidns:
+            return None
+        own_timens = _kernel.own_time_namespace()
+        candidates = []  # type: List[Tuple[Proc, Hold]]
+        direct = self.scans.direct(pid, self.id.key)
+        if direct is not None:                      # in our namespace: two reads, no scan
+            candidates.append(direct)
+        scan = self.scans.current                   # a nested one: the scan the verdict took
+        if scan is not None:
+            candidates += scan.with_pid(self.id.key, pid)
+        for proc, hold in candidates:
+            if (hold.mapped and proc.nspid[-1] == pid and proc.start_ticks == evidence.start
+                    and proc.timens is not None and proc.timens == own_timens
+                    and proc.pidns == evidence.pidns):
+                return proc
+        return None
+
+    def writer_evidence(self, index: int) -> Optional[Evidence]:
+        """Our slot evidence (+24..+63) as recorded, when it names the current lock."""
+        if not self.has_evidence:
+            return None
+        base = self.block.geo.slot_entry(index)
+        lock = self.plan.get(SLOT["write_lock"], base)
+        if not lock or self.plan.get(SLOT["ev_writer_pid"], base) != lock:
+            return None
+        return Evidence(lock, self.plan.get(SLOT["ev_writer_start"], base),
+                        self.plan.get(SLOT["ev_writer_pidns"], base))
+
+    def trusted_writer(self, index: int) -> Optional[Tuple[Evidence, Proc]]:
+        """Slot ``index``'s writer evidence and the live writer it is trusted for."""
+        ev = self.writer_evidence(index)
+        proc = self.trusted(ev.pid, ev) if ev else None
+        return (ev, proc) if ev and proc else None
+
+    def openers(self, after_ns: Optional[int] = None) -> List[Opener]:
+        """Live processes, registered recovery runs and this engine excepted, that have
+        this block mapped read-write, each with the consumer entries it occupies and its
+        trusted consumer evidence. ``after_ns``: use a scan that started after that
+        monotonic time (take it before reading the words you decide on)."""
+        scan = self.scans.after(after_ns) if after_ns is not None else self.scan
+        out = []
+        for proc, hold in scan.holders(self.id.key):
+            if not hold.rw or proc.recovery_for(self.id.owner_uid):
+                continue
+            entries = tuple(c.index for c in self.consumers if proc.has_pid(c.pid))
+            evidence = None
+            for c in self.consumers:
+                if c.index in entries and c.trusted is not None and c.trusted.pid == proc.pid:
+                    evidence = c.evidence
+                    break
+            out.append(Opener(proc, entries, evidence))
+        return out
 
     # -- verdicts ---------------------------------------------------------------------
     def judge(self, pid: int, start: Optional[int] = None, since: Optional[int] = None,
-              heartbeat: Optional[int] = None, pidns: Optional[int] = None) -> Verdict:
-        key = (pid, start, since, heartbeat, pidns)
+              heartbeat: Optional[int] = None, pidns: Optional[int] = None,
+              observed: Optional[int] = None) -> Verdict:
+        key = (pid, start, since, heartbeat, pidns, observed)
         if key not in self._cache:
             self._cache[key] = judge(pid, recorded_start_ticks=start,
                                      recorded_boot_id=self.boot_id if start else None,
                                      since_ns=since, heartbeat_ns=heartbeat, now=self.now,
-                                     recorded_pidns=pidns)
+                                     recorded_pidns=pidns, block=self.id, scans=self.scans,
+                                     observed_ns=observed)
         return self._cache[key]
 
     def _consumers(self) -> List[ConsumerView]:
@@ -137,30 +341,45 @@ class Scene:
 
     def _consumer(self, k: int) -> Optional[ConsumerView]:
         base = L.consumer_entry(k)
+        t = monotonic_ns()
         pid = self.plan.get(CONS["consumer_pid"], base)
         if not pid:
             return None
+        observed = self._seen(("consumer", k), pid, t)
         hb = self.plan.get(CONS["last_heartbeat_ns"], base)
-        reading, start, pidns, ours = None, None, None, False
+        recorded = None
         if self.has_evidence:
             ev = L.consumer_evidence(k)
             if self.plan.get(CEV["pid"], ev) == pid:
-                ours = True
-                start = self.plan.get(CEV["start"], ev) or None
-                pidns = self.plan.get(CEV["pidns"], ev) or None
-                value = self.plan.get(CEV["reading"], ev)
-                reading = value - 1 if value else None
+                recorded = Evidence(pid, self.plan.get(CEV["start"], ev),
+                                    self.plan.get(CEV["pidns"], ev),
+                                    self.plan.get(CEV["reading"], ev))
         view = ConsumerView(k, pid, hb, self.plan.get(CONS["consumer_uid"], base),
-                            self.plan.get(CONS["consumer_name"], base), reading, ours)
-        view.verdict = self.judge(pid, start, since=hb or None, heartbeat=hb or None,
-                                  pidns=pidns)
+                            self.plan.get(CONS["consumer_name"], base), None, False,
+                            evidence=recorded)
+        view.verdict = self.judge(pid, recorded.start or None if recorded else None,
+                                  since=hb or None, heartbeat=hb or None,
+                                  pidns=(recorded.pidns or None) if recorded else None,
+                                  observed=observed)
+        if recorded is not None:
+            # A dead consumer's evidence cannot be checked against a process; it only
+            # attributes readers to that dead entry (the reader rule decides what follows).
+            # A live one's is used only when trusted: stale evidence of an earlier process
+            # with the same pid must not say where a live consumer is not.
+            view.trusted = None if view.dead else self.trusted(pid, recorded)
+            if view.dead or view.trusted is not None:
+                value = recorded.reading
+                if value == L.READING_SEVERAL:
+                    view.reading, view.has_evidence = None, False    # may be anywhere
+                else:
+                    view.reading, view.has_evidence = (value - 1 if value else None), True
         return view
 
     @property
     def live_consumers(self) -> List[ConsumerView]:
         return [c for c in self.consumers if not c.dead]
 
-    def writer_verdict(self, pid: int, base: int) -> Verdict:
+    def writer_verdict(self, pid: int, base: int, observed: Optional[int] = None) -> Verdict:
         start = since = pidns = None
         if self.has_evidence and self.plan.get(SLOT["ev_writer_pid"], base) == pid:
             start = self.plan.get(SLOT["ev_writer_start"], base) or None
@@ -168,7 +387,7 @@ class Scene:
             pidns = self.plan.get(SLOT["ev_writer_pidns"], base) or None
         elif pid == self.producer_pid and self.producer_hb:
             since = self.producer_hb   # C++ blocks: the producer's heartbeat names it
-        return self.judge(pid, start, since=since, pidns=pidns)
+        return self.judge(pid, start, since=since, pidns=pidns, observed=observed)
 
     # -- slots ------------------------------------------------------------------------
     def _stable_words(self, base: int) -> Tuple[int, ...]:
@@ -185,6 +404,7 @@ class Scene:
 
     def slot(self, index: int) -> SlotView:
         p, base = self.plan, self.block.geo.slot_entry(index)
+        t = monotonic_ns()
         words = self._stable_words(base)
         for dummy in range(_CONSISTENT_TRIES):
             if not words[1]:
@@ -199,13 +419,14 @@ class Scene:
                 break
             words = again
         lock, readers, state, waiting, generation = words
-        view = SlotView(index, lock, readers, state, waiting, generation, None, None)
+        view = SlotView(index, lock, readers, state, waiting, generation, None, None,
+                        observed_ns=self._seen(("lock", index), lock, t))
         if self.has_evidence:
             if lock and p.get(SLOT["ev_writer_pid"], base) == lock:
                 view.locked_ns = p.get(SLOT["ev_locked_ns"], base) or None
             view.changed_ns = p.get(SLOT["ev_changed_ns"], base) or None
         if lock:
-            view.writer = self.writer_verdict(lock, base)
+            view.writer = self.writer_verdict(lock, base, view.observed_ns)
         if view.reader_count:
             self._attribute(view)
         return view

@@ -65,6 +65,7 @@ class Plan:
     def __init__(self, block: Block, dry_run: bool) -> None:
         self.block = block
         self.dry_run = dry_run
+        self.scans = None         # the engine call's kernel scans (_kernel.Scans), shared
         self.pid = os.getpid()
         self.changes: List[Change] = []
         self._overlay: Dict[Tuple[int, int], Value] = {}

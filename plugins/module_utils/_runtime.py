@@ -16,12 +16,13 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Callable, List, Optional
 
 from . import _layout as L
 from . import _procinfo
 from ._block import Block, check_name, open_block
 from ._errors import BlockNotFound, RecoveryError, UsageError
+from ._kernel import BlockId
 from ._liveness import judge
 
 SLOT = L.SLOT
@@ -90,7 +91,16 @@ def create(name: str, capacity: int = 4, stride: int = 4096, flex_size: int = 0,
 
 
 def attach(address: str, writable: bool = True) -> Block:
-    return open_block(address, writable=writable)
+    """Attach as a pylabhub process does: a writable attachment is mapped at once (the
+    kernel then counts this process as one that has the block mapped)."""
+    block = open_block(address, writable=writable)
+    if writable:
+        try:
+            block.map()
+        except BaseException:
+            block.close()
+            raise
+    return block
 
 
 def destroy(name: str) -> None:
@@ -124,15 +134,40 @@ class ReadSlot:
     generation: int
 
 
-class Producer:
-    """The writing side. One producer per block, as pylabhub runs it."""
+def _no_hook(point: str) -> None:
+    """The default protocol-point hook: nothing (see ``at`` of Producer/Consumer)."""
 
-    def __init__(self, block: Block) -> None:
+
+Hook = Callable[[str], None]
+PRODUCER_POINTS = ("claimed", "locked", "evidence", "draining", "writing", "half-written",
+                   "checksummed", "committed", "unlocked")
+CONSUMER_POINTS = ("pid-cased", "counted", "heartbeat", "reading-recorded", "inside",
+                   "released", "unregister-pid-cleared", "unregistered")
+STYLES = ("ours", "cpp")
+
+
+def _check_style(style: str) -> None:
+    if style not in STYLES:
+        raise UsageError("style must be one of %s, got %r" % (", ".join(STYLES), style))
+
+
+class Producer:
+    """The writing side. One producer per block, as pylabhub runs it.
+
+    ``at(point)`` is called at each named protocol point (``PRODUCER_POINTS``; the crash
+    actors of :mod:`_actors` stop or die there). ``style="cpp"`` writes no evidence at all,
+    like pylabhub's C++ producer, whatever the block carries."""
+
+    at = staticmethod(_no_hook)
+
+    def __init__(self, block: Block, at: Optional[Hook] = None, style: str = "ours") -> None:
+        _check_style(style)
         self.block = block
+        self.at = at or _no_hook
         self.pid = os.getpid()
         self.start = _procinfo.own_start_ticks() or 0
         self.pidns = _procinfo.pid_namespace() or 0
-        self.evidence = block.has_evidence
+        self.evidence = block.has_evidence and style == "ours"
         if self.evidence:
             block.set("ev_producer_start", self.start)
             block.set("ev_producer_pidns", self.pidns)
@@ -157,16 +192,20 @@ class Producer:
     def _lock(self, base: int, timeout: Optional[float]) -> None:
         """CAS the write lock 0 -> our pid; reclaim it only from a holder judged dead."""
         b = self.block
+        block_id = BlockId.of(b)
 
         def take() -> bool:
             ok, seen = b.cas(SLOT["write_lock"], 0, self.pid, base)
             if ok:
                 return True
-            if seen != self.pid and judge(seen).is_dead:
+            if seen != self.pid and judge(seen, block=block_id).is_dead:
                 return b.cas(SLOT["write_lock"], seen, self.pid, base)[0]
             return False
         _wait(take, timeout, "the write lock")
+        self.at("locked")
         self._mark(base, locked=True)
+        if self.evidence:
+            self.at("evidence")
 
     def acquire(self, timeout: Optional[float] = 5.0,
                 drain_timeout: Optional[float] = None) -> WriteSlot:
@@ -178,6 +217,7 @@ class Producer:
         unlocked, the slot id unclaimed)."""
         b = self.block
         slot_id = b.add("write_index", 1)
+        self.at("claimed")
         index = slot_id % b.geo.capacity
         base = b.slot_base(index)
         try:
@@ -190,6 +230,7 @@ class Producer:
             b.set(SLOT["slot_state"], L.SlotState.DRAINING, base)
             b.set(SLOT["writer_waiting"], 1, base)
             self._mark(base)
+            self.at("draining")
             try:
                 _wait(lambda: b.get(SLOT["reader_count"], base) == 0, drain_timeout,
                       "readers to drain")
@@ -204,13 +245,18 @@ class Producer:
         b.set(SLOT["slot_state"], L.SlotState.WRITING, base)
         b.set(SLOT["writer_waiting"], 0, base)
         self._mark(base)
+        self.at("writing")
         return WriteSlot(slot_id, index)
 
     def write(self, ws: WriteSlot, data: bytes, offset: int = 0) -> None:
+        """Copy ``data`` into the slot, in two halves (``at("half-written")`` between)."""
         geo = self.block.geo
         if offset + len(data) > geo.stride:
             raise UsageError("%d bytes do not fit a %d-byte slot" % (len(data), geo.stride))
-        self.block.write(geo.slot_data(ws.index) + offset, data)
+        half = len(data) // 2
+        self.block.write(geo.slot_data(ws.index) + offset, data[:half])
+        self.at("half-written")
+        self.block.write(geo.slot_data(ws.index) + offset + half, data[half:])
 
     def commit(self, ws: WriteSlot) -> None:
         """Publish the slot. Under the Enforced policy the slot and then the flexible zone
@@ -222,6 +268,7 @@ class Producer:
             self.stamp_slot(ws)
             if geo.flex_size:
                 self.stamp_flex()
+            self.at("checksummed")
         b.add(SLOT["write_generation"], 1, base)
         b.set(SLOT["slot_state"], L.SlotState.COMMITTED, base)
         b.set("commit_index", ws.slot_id)
@@ -229,7 +276,9 @@ class Producer:
         b.add("total_bytes_written", geo.stride)
         self.heartbeat()
         self._mark(base)
+        self.at("committed")
         b.set(SLOT["write_lock"], 0, base)
+        self.at("unlocked")
 
     def stamp_slot(self, ws: WriteSlot) -> None:
         """Checksum the slot being written (pylabhub's update_checksum_slot): the
@@ -276,14 +325,27 @@ class Producer:
 
 
 class Consumer:
-    """The reading side: a registered heartbeat entry plus read slots."""
+    """The reading side: a registered heartbeat entry plus read slots.
 
-    def __init__(self, block: Block, name: str = "", uid: str = "") -> None:
+    ``at(point)``: protocol-point hook (``CONSUMER_POINTS``). ``style="cpp"`` registers
+    and unregisters in the C++ library's order and writes no evidence (spec sections 3
+    and 8): register = CAS pid, uid/name, count += 1, heartbeat; unregister = CAS pid -> 0,
+    count -= 1, zero uid/name, heartbeat left as it was.
+
+    Our evidence "reading" says where this consumer may be (L.READING_SEVERAL when it
+    holds more than one read): written before the count that makes it true goes up,
+    replaced after the count that makes it false went down, so it never misses a read."""
+
+    def __init__(self, block: Block, name: str = "", uid: str = "",
+                 at: Optional[Hook] = None, style: str = "ours") -> None:
+        _check_style(style)
         self.block = block
+        self.at = at or _no_hook
         self.pid = os.getpid()
         self.start = _procinfo.own_start_ticks() or 0
         self.pidns = _procinfo.pid_namespace() or 0
-        self.evidence = block.has_evidence
+        self.evidence = block.has_evidence and style == "ours"
+        self.held = []  # type: List[int]       # slot index of every read held, in order
         self.index = self._register(name, uid)
 
     def _register(self, name: str, uid: str) -> int:
@@ -291,6 +353,7 @@ class Consumer:
         for k in range(L.MAX_CONSUMERS):
             base = L.consumer_entry(k)
             if b.cas(CONS["consumer_pid"], 0, self.pid, base)[0]:
+                self.at("pid-cased")
                 if self.evidence:
                     ev = L.consumer_evidence(k)
                     b.set(CEV["reading"], 0, ev)
@@ -300,7 +363,9 @@ class Consumer:
                 b.set(CONS["consumer_uid"], uid, base)
                 b.set(CONS["consumer_name"], name, base)
                 b.add("active_consumer_count", 1)
+                self.at("counted")
                 b.set(CONS["last_heartbeat_ns"], time.monotonic_ns(), base)
+                self.at("heartbeat")
                 return k
         raise RecoveryError("%s: all %d consumer entries are taken"
                             % (b.address, L.MAX_CONSUMERS))
@@ -309,8 +374,10 @@ class Consumer:
         self.block.set(CONS["last_heartbeat_ns"], time.monotonic_ns(),
                        L.consumer_entry(self.index))
 
-    def _reading(self, value: int) -> None:
+    def _reading(self, held: List[int]) -> None:
+        """Record where we may be reading: none, exactly one slot, or several."""
         if self.evidence:
+            value = 0 if not held else held[0] + 1 if len(held) == 1 else L.READING_SEVERAL
             self.block.set(CEV["reading"], value, L.consumer_evidence(self.index))
 
     def acquire(self, index: Optional[int] = None) -> Optional[ReadSlot]:
@@ -330,12 +397,15 @@ class Consumer:
         base = b.slot_base(index)
         if b.get(SLOT["slot_state"], base) != L.SlotState.COMMITTED:
             return None
-        self._reading(index + 1)
+        self._reading(self.held + [index])
+        self.at("reading-recorded")
         b.add(SLOT["reader_count"], 1, base)
         if b.get(SLOT["slot_state"], base) != L.SlotState.COMMITTED:
             b.add(SLOT["reader_count"], -1, base)
-            self._reading(0)
+            self._reading(self.held)
             return None
+        self.held.append(index)
+        self.at("inside")
         peak = b.get(SLOT["reader_count"], base)
         old_peak = b.get("reader_peak_count")
         if peak > old_peak:
@@ -374,7 +444,10 @@ class Consumer:
     def release(self, rs: ReadSlot) -> None:
         b = self.block
         b.add(SLOT["reader_count"], -1, b.geo.slot_entry(rs.index))
-        self._reading(0)
+        if rs.index in self.held:
+            self.held.remove(rs.index)
+        self._reading(self.held)
+        self.at("released")
         b.add("total_slots_read", 1)
         if b.get("consumer_sync_policy") == L.ConsumerSync.SEQUENTIAL_SYNC:
             b.set(L.READ_POSITION, rs.slot_id + 1, L.read_position(self.index))
@@ -384,6 +457,7 @@ class Consumer:
         b = self.block
         base = L.consumer_entry(self.index)
         if b.cas(CONS["consumer_pid"], self.pid, 0, base)[0]:
+            self.at("unregister-pid-cleared")
             b.add("active_consumer_count", -1)
             b.set(CONS["consumer_uid"], "", base)
             b.set(CONS["consumer_name"], "", base)
@@ -391,3 +465,4 @@ class Consumer:
                 ev = L.consumer_evidence(self.index)
                 for name in ("pid", "start", "reading", "pidns"):
                     b.set(CEV[name], 0, ev)
+            self.at("unregistered")

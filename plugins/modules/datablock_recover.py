@@ -13,7 +13,8 @@ description:
   - Releases slots of a pylabhub DataBlock 1.0 shared-memory segment that crashed
     processes left locked, or runs the safe C(heal) composite on the whole block.
   - A holder is released without O(force) only when its liveness verdict is C(dead)
-    (positive evidence such as "no such process" or "PID of another boot"). A holder that
+    (kernel evidence - no process that has the block mapped or open has its PID - or,
+    when the scan of the host cannot be complete, "no such process"). A holder that
     is C(alive), C(suspect-hung) or C(unknown) is refused, and the task fails with a
     message naming the holder's PID, its verdict and the evidence.
   - Every change is a compare-and-swap on the value observed, so a word that a live

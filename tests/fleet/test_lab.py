@@ -102,7 +102,11 @@ READ_SLOT = textwrap.dedent("""
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _layout as L
     from ansible_collections.pylabhub.recovery.plugins.module_utils._block import open_block
     from ansible_collections.pylabhub.recovery.plugins.module_utils._liveness import judge
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _kernel as K
+    writer = E.diagnose("stuck_writer_block", slot=%d)["slots"][0]["writer"]
     with open_block("stuck_writer_block") as b:
+        scope = K.HostScan.take().scope(K.BlockId.of(b)).to_dict()
         base = b.slot_base(%d)
         pid = b.get(L.SLOT["write_lock"], base)
         try:
@@ -113,6 +117,7 @@ READ_SLOT = textwrap.dedent("""
         print(json.dumps({"host": socket.gethostname(),
                           "state": L.enum_name(L.SlotState, b.get(L.SLOT["slot_state"], base)),
                           "lock": pid, "exists": exists, "verdict": judge(pid).state,
+                          "engine": writer, "scope": scope,
                           "shm": sorted(os.listdir("/dev/shm"))}))
 """)
 
@@ -122,13 +127,19 @@ def test_stuck_writer_injected_inside_one_host_only(lab):
     report = fleetlab.inject(lab_dir, "lab-01", "stuck_writer")
     assert report["hostname"] == "lab-01" and report["block"] == "stuck_writer_block"
     slot = report["slot"]
-    res = _lab_exec(lab_dir, "lab-01", "python", "-c", READ_SLOT % slot)
+    res = _lab_exec(lab_dir, "lab-01", "python", "-c", READ_SLOT % (slot, slot))
     assert res.returncode == 0, res.stderr
     seen = json.loads(res.stdout)
     assert seen["host"] == "lab-01"
     assert seen["state"] == "WRITING"
     assert seen["lock"] == report["processes"][0]["pid"] and seen["lock"] > 0
     assert not seen["exists"] and seen["verdict"] == "dead"
+    # the kernel proves the writer gone (nobody else has the block open at all), and a
+    # lab host is a complete scope for its private /dev/shm (the scan could prove it too)
+    engine = seen["engine"]
+    assert engine["state"] == "dead", engine
+    assert any("exclusive lease" in e for e in engine["evidence"]), engine
+    assert seen["scope"]["name"] == "namespace" and seen["scope"]["complete"], seen
     assert seen["shm"] == ["stuck_writer_block"]
     # isolation: another host's /dev/shm and the real one do not have it
     res = _lab_exec(lab_dir, "lab-02", "ls", "-A", "/dev/shm")

@@ -1,6 +1,7 @@
 """Races (issue 7): recovery looping against a live producer and live consumers.
 
-For ``PLH_RACE_SECONDS`` (default 5) a real producer process publishes and two real
+For ``PLH_RACE_SECONDS`` (default 5; at least ``MIN_ROUNDS`` rounds) a real producer
+process publishes and two real
 consumer processes read (verifying every checksum) while this process runs, round after
 round: every recover action unforced on all slots, cleanup, heal (with and without
 repair), validate. Dead holders are injected all along (consumers SIGKILLed inside a slot
@@ -37,6 +38,9 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _engine as E, _layout as L, _observe as O, _runtime as R)
 
 SECONDS = float(os.environ.get("PLH_RACE_SECONDS", "5"))
+# ... and at least this many rounds however slow the host (two of them forced rounds):
+# recovery calls that judge a dead holder walk /proc once each (kernel truth first).
+MIN_ROUNDS = 10
 CAPACITY, STRIDE = 4, 1024
 ACTIONS = ("release_writer", "release_readers", "force_reset")
 _S = L.SlotState
@@ -260,7 +264,7 @@ def race(name, seconds):
     started = time.monotonic()
     try:
         with R.attach(name, writable=False) as watch:
-            while time.monotonic() - started < seconds:
+            while time.monotonic() - started < seconds or stats["rounds"] < MIN_ROUNDS:
                 stats["rounds"] += 1
                 if stats["rounds"] % 3 == 1:       # dead holders next to the live ones
                     what = rng.choice(("reader", "reader", "registered"))
@@ -342,8 +346,8 @@ def test_race_detects_a_stolen_live_lock(shm_name, monkeypatch):
     """Sabotage: every lock holder is judged dead. The live producer must notice."""
     real = O.Scene.writer_verdict
 
-    def dead(self, pid, base):
-        return O.Verdict(pid, "dead", ("sabotage",) + real(self, pid, base).evidence)
+    def dead(self, pid, base, *args):
+        return O.Verdict(pid, "dead", ("sabotage",) + real(self, pid, base, *args).evidence)
     monkeypatch.setattr(O.Scene, "writer_verdict", dead)
     out = race(shm_name, 1.5)
     assert any("live lock stolen" in v for v in out["violations"]), out

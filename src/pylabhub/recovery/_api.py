@@ -289,12 +289,12 @@ class IntegrityReport(_ComparesAsResult):
 
 # --------------------------------------------------------------------------- functions
 def is_process_alive(pid: int) -> bool:
-    """True unless ``pid`` is positively dead.
-
-    A process of another user (EPERM) exists; an exited-but-unreaped zombie, a PID now
-    used by a younger process and a PID recorded on another boot are dead; suspect-hung
-    and unknown processes count as alive (recovery never releases them without force).
-    Unlike pylabhub's test there is no 5-second heartbeat grace for dead writers.
+    """True unless ``pid`` is positively dead (no such process, or a zombie with no
+    running thread). A process of another user (EPERM) exists; suspect-hung and unknown
+    processes count as alive. This asks about a process, not about a block: whether a
+    pid still *holds* a block is decided with the kernel's view of who has the block
+    mapped (the verdicts of ``diagnose_slot`` and the recover functions). Unlike
+    pylabhub's test there is no 5-second heartbeat grace for dead writers.
     """
     return bool(engine.is_process_alive(pid))
 

@@ -111,7 +111,10 @@ class Child:
     """A forked process running ``fn(report, *args)``; ``report(obj)`` sends one JSON line.
 
     The first report is the readiness signal. After ``fn`` returns the child waits to be
-    killed; an exception is reported as ``{"error": traceback}`` and the child exits 1.
+    killed, keeping what ``fn`` returned (its block and producer or consumer: a process
+    holds a block's words only while it has the block mapped, and an unreferenced Block
+    unmaps itself); an exception is reported as ``{"error": traceback}`` and the child
+    exits 1.
     The child never returns into pytest (``os._exit``) and dies with its parent.
     """
 
@@ -131,8 +134,8 @@ class Child:
 
                 def report(obj) -> None:
                     os.write(w, (json.dumps(obj) + "\n").encode())
-                fn(report, *args)
-                while linger:
+                kept = [fn(report, *args)]      # referenced by this frame while it lingers
+                while linger and kept:
                     time.sleep(60)
             except BaseException:
                 code = 1
@@ -258,6 +261,7 @@ def writer_program(report, name: str, commits: int, point: str) -> None:
         raise ValueError(point)
     report({"pid": os.getpid(), "slot_id": ws.slot_id if ws else None,
             "index": ws.index if ws else None})
+    return b, p, ws
 
 
 def publisher_program(report, name: str, first: int, then: int) -> None:
@@ -269,6 +273,7 @@ def publisher_program(report, name: str, first: int, then: int) -> None:
     report({"pid": os.getpid(), "ids": ids})
     ids = _commit_n(p, then)
     report({"ids": ids})
+    return b, p
 
 
 def reader_program(report, name: str, index: Optional[int] = None) -> None:
@@ -281,6 +286,7 @@ def reader_program(report, name: str, index: Optional[int] = None) -> None:
     data = c.read(rs)
     report({"pid": os.getpid(), "consumer": c.index, "index": rs.index,
             "slot_id": rs.slot_id, "ok": payload_ok(data)})
+    return b, c, rs
 
 
 def consumer_program(report, name: str) -> None:
@@ -288,6 +294,7 @@ def consumer_program(report, name: str) -> None:
     b = R.attach(name)
     c = R.Consumer(b, name="consumer-%d" % os.getpid())
     report({"pid": os.getpid(), "consumer": c.index})
+    return b, c
 
 
 def creator_program(report, name: str, capacity: int, stride: int, evidence: bool,

@@ -28,6 +28,7 @@ def reclaim_program(report, name, index):
     p = R.Producer(b)
     p._lock(b.geo.slot_entry(index), 5.0)
     report({"pid": os.getpid()})
+    return b, p
 
 
 class InterferingPlan(P.Plan):

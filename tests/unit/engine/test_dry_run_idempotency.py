@@ -9,6 +9,7 @@ import re
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime as R
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as W
 
 from .helpers import (DEAD_PID, committed_snapshot, consumer_program, file_bytes, image)
@@ -163,8 +164,11 @@ def test_dry_run_of_refusal_writes_nothing(lab):
         f.seek(4096 + 64 + 12)
         f.write(b"\x01")
     before = file_bytes(name)
-    dry = E.recover(name, 1, "force_reset", dry_run=True)
-    real = E.recover(name, 1, "force_reset")
+    # the holder (this process) must have the block mapped to be a live holder: a pid
+    # that exists but does not map the block holds nothing in it (kernel truth first)
+    with R.attach(name):
+        dry = E.recover(name, 1, "force_reset", dry_run=True)
+        real = E.recover(name, 1, "force_reset")
     keys = ("outcomes", "refused", "result")
     assert norm(dry, keys) == norm(real, keys)
     assert real["result"] == "UNSAFE" and not real["changed"]

@@ -31,9 +31,10 @@ def u64(value):
 def claimer_program(report, name):
     """A live producer stopped between its write_index += 1 and its lock CAS."""
     b = R.attach(name)
-    R.Producer(b)                      # the producer heartbeat now names this process
+    p = R.Producer(b)                  # the producer heartbeat now names this process
     slot_id = b.add("write_index", 1)
     report({"pid": os.getpid(), "slot_id": slot_id})
+    return b, p                        # kept mapped while it lingers (a live producer)
 
 
 def test_index_ahead_with_a_live_producer_is_a_warning_heal_leaves(lab):

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime as R
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import NotADataBlock
 
 from .helpers import (COMMITTED, DEAD_PID, FREE, WRITING, assert_untouched, codes,
@@ -103,9 +104,18 @@ def test_5_liveness_dead_pid_dead_own_pid_alive(lab, kind):
     poke(name, slot_off(s) + 12, 1, WRITING)
     slot = E.diagnose(name, s)["slots"][0]
     assert slot["writer"]["state"] == "dead" and slot["is_stuck"]
+    # Our own pid is alive as a holder while this process has the block mapped (a
+    # process holds a block's words only through its mapping: kernel truth first).
     poke(name, slot_off(s), 8, os.getpid())
+    with R.attach(name):
+        slot = E.diagnose(name, s)["slots"][0]
+        assert slot["writer"]["state"] == "alive" and not slot["is_stuck"]
+        assert slot["writer"]["process"]["pid"] == os.getpid()
+    # Changed rule (was: "own pid exists, so alive"): without the mapping this process
+    # holds nothing in the block, so the pid is not the holder -- dead.
     slot = E.diagnose(name, s)["slots"][0]
-    assert slot["writer"]["state"] == "alive" and not slot["is_stuck"]
+    assert slot["writer"]["state"] == "dead" and slot["is_stuck"]
+    assert any("exclusive lease" in e for e in slot["writer"]["evidence"]), slot["writer"]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -114,11 +124,12 @@ def test_6_live_writer_refused(lab, kind):
     poke(name, slot_off(s), 8, os.getpid())
     poke(name, slot_off(s) + 12, 1, WRITING)
     before = file_bytes(name)
-    for action in ("force_reset", "release_writer"):
-        result = E.recover(name, s, action)
-        assert result["result"] == "UNSAFE" and not result["ok"] and not result["changed"]
-        assert result["refused"] and result["refused"][0]["holder"]["state"] == "alive"
-        assert "alive" in result["refused"][0]["message"]
+    with R.attach(name):      # the live writer (this process) has the block mapped
+        for action in ("force_reset", "release_writer"):
+            result = E.recover(name, s, action)
+            assert result["result"] == "UNSAFE" and not result["ok"] and not result["changed"]
+            assert result["refused"] and result["refused"][0]["holder"]["state"] == "alive"
+            assert "alive" in result["refused"][0]["message"]
     assert file_bytes(name) == before
 
 

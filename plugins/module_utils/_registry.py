@@ -1,0 +1,149 @@
+# -*- coding: utf-8 -*-
+# Copyright: pylabhub.recovery contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Recovery runs register themselves, so that concurrent runs can tell them from readers.
+
+A mutating engine call (recover, cleanup, heal, validate --repair; never a dry run) maps
+the block read-write, exactly like a live producer or consumer would. While it runs it
+holds ``/run/pylabhub-recovery/<pid>`` (our start ticks inside). Another recovery run
+counts a process as a registered recovery run, and not as a possible reader, only when
+that file is owned by root or by the block's owner and its pid and start ticks match a
+live process (:attr:`_kernel.Proc.recovery_uid`). The directory is created by root with
+mode 1777 (every user's runs can register, none can remove another's entry) and is used
+only when it is root's, a real directory and group/world writable only with the sticky
+bit; entries are created with O_EXCL|O_NOFOLLOW. Failing to register is not an error:
+other runs then count this one as an ordinary opener, which only makes them more careful.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from typing import Dict, Iterator, Optional, Tuple
+
+from ._procinfo import process_stat
+
+REGISTRY_DIR = "/run/pylabhub-recovery"
+_REG = {"depth": 0, "path": None}  # type: Dict[str, object]
+
+
+def sound_directory(path: str) -> bool:
+    """A directory (not a symlink) owned by root that nobody else can plant entries in
+    unnoticed: not group/world writable, or world writable with the sticky bit."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    mode = stat.S_IMODE(st.st_mode)
+    return (stat.S_ISDIR(st.st_mode) and st.st_uid == 0
+            and (not mode & 0o022 or bool(mode & 0o1000)))
+
+
+_OWN_TICKS = {}  # type: Dict[int, int]
+
+
+def _own_start_ticks() -> Optional[int]:
+    """Start ticks of this process (cached per pid: a fork has its own)."""
+    pid = os.getpid()
+    if pid not in _OWN_TICKS:
+        st = process_stat(pid)
+        if st is None:
+            return None
+        _OWN_TICKS[pid] = st.start_ticks
+    return _OWN_TICKS[pid]
+
+
+@contextlib.contextmanager
+def registration(directory: str = REGISTRY_DIR) -> Iterator[Optional[str]]:
+    """Register this process as a recovery run while the body runs (nestable).
+
+    Creates ``<directory>`` (root only; mode 1777 so every user's recovery can register,
+    sticky so none can remove another's entry) when missing, then ``<directory>/<pid>``
+    exclusively with O_NOFOLLOW holding our start ticks; removed afterwards. Failure to
+    register is not an error: other recovery runs then count this process as an ordinary
+    opener, which only makes them more careful."""
+    if _REG["depth"]:
+        _REG["depth"] = int(_REG["depth"]) + 1  # type: ignore[call-overload]
+        try:
+            yield _REG["path"]  # type: ignore[misc]
+        finally:
+            _REG["depth"] = int(_REG["depth"]) - 1  # type: ignore[call-overload]
+        return
+    path = _register(directory)
+    _REG.update(depth=1, path=path)
+    try:
+        yield path
+    finally:
+        _REG.update(depth=0, path=None)
+        if path:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+
+def _register(directory: str) -> Optional[str]:
+    ticks = _own_start_ticks()
+    if ticks is None:
+        return None
+    if not os.path.lexists(directory) and os.geteuid() == 0:
+        old = os.umask(0)
+        try:
+            os.mkdir(directory, 0o1777)
+        except OSError:
+            pass
+        finally:
+            os.umask(old)
+    if not sound_directory(directory):
+        return None
+    path = os.path.join(directory, str(os.getpid()))
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    for dummy in range(2):
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileExistsError:
+            # left by a dead process that had our pid: ours to replace if we own it
+            try:
+                st = os.lstat(path)
+                if os.geteuid() != 0 and st.st_uid != os.geteuid():
+                    return None
+                os.unlink(path)
+            except OSError:
+                return None
+            continue
+        except OSError:
+            return None
+        try:
+            os.write(fd, b"%d\n" % ticks)
+        finally:
+            os.close(fd)
+        return path
+    return None
+
+
+def registrations(directory: str = REGISTRY_DIR) -> Dict[int, Tuple[int, int]]:
+    """{pid: (owner uid, start ticks)} of the registry's well-formed entries."""
+    out = {}  # type: Dict[int, Tuple[int, int]]
+    if not sound_directory(directory):
+        return out
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return out
+    for name in names:
+        if not name.isdigit():
+            continue
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            out[int(name)] = (st.st_uid, int(os.read(fd, 32).split()[0]))
+        except (OSError, ValueError, IndexError):
+            continue
+        finally:
+            os.close(fd)
+    return out
