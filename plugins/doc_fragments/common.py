@@ -57,9 +57,10 @@ options:
       - The most bytes one operation may examine in one block; a block that needs more is
         refused with code V(over-budget) naming its geometry (with O(pylabhub.recovery.datablock_recover#module:all=true)
         and similar it is skipped with a warning and the others go on).
-      - Counted - the 4096-byte header; 4 KiB per slot examined one by one (every slot
-        when the answer lists them all - a diagnosis of all slots, a slot action on
-        V(all) - else only the slots whose state entry is allocated); and, when validating
+      - Counted - the 4096-byte header; the allocated bytes of the slot-state table (read
+        in bulk); 4 KiB per slot examined one by one (every slot when the answer lists
+        them all - a diagnosis of all slots, a slot action on V(all) - else only the slots
+        that are not plain); and, when validating
         or healing, the full stride of every slot whose data holds allocated bytes, one
         stride for the all-zero digest, and the flexible zone. Holes (never-written parts
         of a sparse segment) are free.

@@ -25,7 +25,6 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from . import _kernel, _registry
 from . import _layout as L
-from ._atomics import AVAILABLE as _ATOMICS_AVAILABLE, PROVIDER as _ATOMICS_PROVIDER
 from ._audit import Recorder
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
@@ -46,6 +45,7 @@ from ._liveness import Verdict, is_process_alive, judge
 from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import check_action, plan_slot, targets
+from ._scan import SlotScan, scan_slots
 from ._snapshot import (SnapshotError, SnapshotMismatch, UndoRefused, apply_undo,
                         check_identity, listing, load, locate)
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
@@ -146,6 +146,21 @@ def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
 
 
+def _scanned(plan: Plan, operation: str, max_bytes: Optional[int], listed: int = 0,
+             hashing: bool = False, hint: str = "") -> SlotScan:
+    """The bulk scan of the slot table (:mod:`_scan`), within the budget: checked before
+    it (the table's allocated bytes, ``listed`` slots, what ``hashing`` reads) and after
+    it, when the slots found not plain are known (each is examined one by one)."""
+    block = plan.block
+    check_budget(block, operation, max_bytes, listed=listed, hashing=hashing, hint=hint)
+    scan = scan_slots(plan)
+    if len(scan.interesting) > listed:
+        check_budget(block, operation, max_bytes, listed=len(scan.interesting),
+                     hashing=hashing, hint="; %d slots are not plain, each examined one by "
+                     "one" % len(scan.interesting))
+    return scan
+
+
 def _settled(outcomes: List[Dict[str, object]]) -> Dict[str, object]:
     """What a mutating result says of its outcomes, so that no face sorts them again:
     ``released`` (SUCCESS: done, or would be in a dry run), ``refused`` (UNSAFE: a holder
@@ -159,24 +174,33 @@ def _settled(outcomes: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def diagnose(address: str, slot: Optional[int] = None,
-             max_bytes: Optional[int] = None, scan: Optional[Scans] = None) -> dict:
-    """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
-    every holder with its evidence, whether the slot is stuck or suspect, why, and the
-    next step that clears it; plus consumers, producer, block-wide findings and the
-    block's ``health`` by the one rule (always the whole block's, also with ``slot``).
-    Read-only (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
+             max_bytes: Optional[int] = None, all_slots: bool = False,
+             scan: Optional[Scans] = None) -> dict:
+    """Explain who holds what in the slots that are not plain (or one ``slot``, or
+    every slot with ``all_slots``), the liveness verdict on every holder with its
+    evidence, whether the slot is stuck or suspect, why, and the next step that clears
+    it; ``slot_counts`` counts every slot (a plain slot -- FREE or COMMITTED, no lock, no
+    reader, no writer waiting -- is counted, not listed); plus consumers, producer,
+    block-wide findings and the block's ``health`` by the one rule (always the whole
+    block's, also with ``slot``; with ``slot`` no other slot's data is read). Read-only
+    (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
     :func:`_block.check_budget`.
 
     ``scan`` (every operation takes it): the kernel scans to share with other blocks of
     one call (``each_block``); by default one is taken when a verdict needs it."""
     with _attached(address, False) as block:
-        if slot is None:
-            check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
-                         hint="; or diagnose a single slot")
-        else:
-            check_budget(block, "diagnose", max_bytes, walk=False, listed=1)
         plan = _plan(block, True, scan)
-        return _envelope("diagnose", block, None, **report(Scene(plan), slot))
+        if slot is not None:
+            block.check_slot(slot)
+            slots = _scanned(plan, "diagnose", max_bytes, listed=1)
+        elif all_slots:
+            slots = _scanned(plan, "diagnose", max_bytes, listed=block.geo.capacity,
+                             hint="; diagnose without all_slots lists only the slots that "
+                                  "are not plain, or diagnose a single slot")
+        else:
+            slots = _scanned(plan, "diagnose", max_bytes)
+        return _envelope("diagnose", block, None,
+                         **report(Scene(plan), slot, all_slots=all_slots, scan=slots))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
@@ -232,13 +256,16 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     writes = repair and not dry_run
     with _attached(address, writes, strict=False) as block, \
             Recorder("validate", block, not writes, **record) as rec:
-        check_budget(block, "validate", max_bytes, hashing=True)
         plan = _plan(block, not writes, scan, rec.journal)
+        slots = None
+        if block.geometry is not None:
+            slots = _scanned(plan, "validate", max_bytes, hashing=True)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
-                         producer_dead=scene is not None and producer_dead(scene))
+                         producer_dead=scene is not None and producer_dead(scene), scan=slots)
         if scene is not None:
-            body.update(validate_health(Scene(plan, now=scene.now), body["findings"]))
+            # a re-bless changes checksums only, never a slot's words: the scan still holds
+            body.update(validate_health(Scene(plan, now=scene.now), body["findings"], slots))
         else:                      # no geometry to trust: the header findings say it all
             word = _health([], [], body["findings"])
             body.update(health=word, healthy=word == HEALTHY, stuck_slots=[],
@@ -298,8 +325,8 @@ def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
                record: Dict[str, Any]) -> dict:
     with _attached(address, not dry_run) as block, \
             Recorder("heal", block, dry_run, **record) as rec:
-        check_budget(block, "heal", max_bytes, hashing=True)
         plan = _plan(block, dry_run, scan, rec.journal)
+        _scanned(plan, "heal", max_bytes, hashing=True)   # heal scans again after cleanup
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = (body["cleanup"]["outcomes"] + body["outcomes"]  # type: ignore[operator]
                     + body["indexes"])
@@ -456,9 +483,10 @@ def list_blocks(pattern: Optional[str] = None,
             continue
         try:
             with _attached(str(entry["address"]), False) as block:
-                check_budget(block, "list", max_bytes)     # the slots in use, walked
-                scene = Scene(_plan(block, True, scans))
-                judged = assess(scene, findings_of(scene))
+                plan = _plan(block, True, scans)
+                slots = _scanned(plan, "list", max_bytes)
+                scene = Scene(plan)
+                judged = assess(scene, findings_of(scene, slots), indexes=slots.interesting)
         except RecoveryError as exc:
             entry["health_error"] = exc.to_dict()
             continue
@@ -603,8 +631,10 @@ def geometry_problem(capacity: int, stride: int, flex_size: int = 0) -> Optional
 
 def atomics() -> Dict[str, Any]:
     """Whether this host can change blocks atomically (``available``) and what provides
-    it, or why nothing does (``provider``)."""
-    return {"available": bool(_ATOMICS_AVAILABLE), "provider": _ATOMICS_PROVIDER}
+    it, or why nothing does (``provider``). Imported here, not at start-up: choosing the
+    provider looks for libatomic (``ldconfig``), which read-only commands never need."""
+    from . import _atomics
+    return {"available": bool(_atomics.AVAILABLE), "provider": _atomics.PROVIDER}
 
 
 def state_name(value: int) -> str:

@@ -765,6 +765,12 @@ class Scans:
         self._seen[word] = (value, now_ns)
         return now_ns
 
+    def noted(self, prefix: Tuple) -> List[Tuple]:
+        """The words noted so far whose key starts with ``prefix`` (a block's locks: the
+        bulk scan reads the others as 0 without noting each, see Scene._preobserve)."""
+        n = len(prefix)
+        return [word for word in self._seen if word[:n] == prefix]
+
 
 def describe_matches(matches: List[Tuple[Proc, Hold]]) -> List[str]:
     return ["%s has the block %s%s" % (p.describe(), h.how(),

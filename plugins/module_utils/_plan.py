@@ -91,6 +91,11 @@ class Plan:
     def hdr(self, name: str):
         return self.get(L.HEADER[name])
 
+    def planned(self, low: int, high: int) -> List[int]:
+        """Offsets in ``low .. high`` this plan holds planned values for (a bulk read of
+        that range must read those through the plan)."""
+        return [off for off, dummy in self._overlay if low <= off < high]
+
     def read(self, offset: int, size: int) -> bytes:
         value = self._overlay.get((offset, size))
         return value if isinstance(value, bytes) else self.block.read(offset, size)

@@ -316,7 +316,7 @@ def diagnose_all_slots(name: str, *, max_bytes: Optional[int] = None) -> List[Sl
 
     ``max_bytes`` (every function here takes it): the most one call may examine in the
     block (default 256 MiB; see the CLI's ``--max-bytes``); past it :class:`OverBudget`."""
-    raw = engine.diagnose(name, max_bytes=max_bytes)
+    raw = engine.diagnose(name, max_bytes=max_bytes, all_slots=True)
     return [SlotDiagnostic.from_engine(s, raw.get("health")) for s in raw["slots"]]
 
 

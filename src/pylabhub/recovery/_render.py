@@ -156,7 +156,7 @@ def status_lines(d: Dict[str, Any], style: "Style", address: str,
     if d.get("suspect_slots"):
         extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
     if shown is not None:
-        hidden = sorted(set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or [])
+        hidden = sorted((set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or []))
                         - set(shown))
         if hidden:
             extra.append("not shown here: slot(s) %s (diagnose %s shows every slot)"
@@ -328,8 +328,11 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
                      "Yes" if s["writer_waiting"] else "No", style.yes_no(bool(s["is_stuck"])),
                      duration(s.get("stuck_for_s")) if s["is_stuck"] else "-",
                      s.get("reason") or "-"])
-    lines += table(["SLOT", "STATE", "WRITE_LOCK", "READER_COUNT", "WRITER_WAITING", "IS_STUCK",
-                    "STUCK FOR", "REASON"], rows, style)
+    if rows:
+        lines += table(["SLOT", "STATE", "WRITE_LOCK", "READER_COUNT", "WRITER_WAITING",
+                        "IS_STUCK", "STUCK FOR", "REASON"], rows, style)
+    if d.get("slots_listed") == "not_plain":
+        lines += plain_lines(d.get("slot_counts"))
     lines.append("")
     consumers = d.get("consumers") or []
     if consumers:
@@ -349,6 +352,21 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     lines += status_lines(d, style, str(block["address"]), shown if partial else None,
                           label="result")
     return lines
+
+
+def plain_lines(counts: Optional[Dict[str, Any]]) -> List[str]:
+    """The slots diagnose counted but did not list (plain: FREE or COMMITTED, no lock, no
+    reader, no writer waiting), by state, and how to list them."""
+    if not counts or int(counts.get("listed", 0)) >= int(counts.get("total", 0)):
+        return []
+    unlisted = int(counts["total"]) - int(counts["listed"])
+    states = ", ".join("%s %s" % (counts[name], name) for name in
+                       ("FREE", "WRITING", "COMMITTED", "DRAINING", "UNKNOWN")
+                       if counts.get(name))
+    return ["  %s%d slot%s not listed: plain (no lock, no reader, no writer waiting); "
+            "all %d: %s; --all-slots lists every slot"
+            % ("" if counts["listed"] else "no slot needs a look; ", unlisted,
+               "" if unlisted == 1 else "s", int(counts["total"]), states)]
 
 
 def _footer(result: Dict[str, Any], style: Style, word: str) -> str:

@@ -269,10 +269,11 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     budget = _Parser(add_help=False)
     budget.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
                         help="most bytes to examine in one block (default 256M): the "
-                             "4 KiB header, 4 KiB per slot examined (every slot when all are "
-                             "listed, else those whose state entry is allocated) and, for "
-                             "validate/heal, the data of the slots to hash; holes are free. "
-                             "A block over it is refused (exit 4); --all skips it")
+                             "4 KiB header, the slot-state table, 4 KiB per slot examined "
+                             "one by one (those that are not plain, or every slot when all "
+                             "are listed) and, for validate/heal, the data of the slots to "
+                             "hash; holes are free. A block over it is refused (exit 4); "
+                             "--all skips it")
 
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
     p.add_argument("--version", action="version", version=VERSION)
@@ -301,12 +302,16 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     c.add_argument("pattern", nargs="?", metavar="PATTERN",
                    help="only names or addresses matching this shell pattern")
 
-    c = command("diagnose", "explain every slot (or one) and every consumer; read-only",
-                budget)
+    c = command("diagnose", "explain every slot that is not plain (or one, or all) and "
+                            "every consumer; read-only", budget)
     every(c)
     c.add_argument("--slot", type=_slot, metavar="N|all",
-                   help="only this slot's row (default: all); the verdict stays the whole "
-                        "block's")
+                   help="only this slot's row, reading no other slot's data (default: the "
+                        "slots that are not plain); the verdict stays the whole block's")
+    c.add_argument("--all-slots", action="store_true",
+                   help="list every slot, plain ones too (a plain slot is FREE or COMMITTED "
+                        "with no lock, no reader and no writer waiting; by default it is "
+                        "only counted)")
 
     c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes,
                 budget, epilog=ACTIONS_HELP)
@@ -511,8 +516,12 @@ def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
     if args.all and slot is not None:
         raise _ArgError("%s diagnose" % PROG, "--slot needs a BLOCK (with --all every "
                         "block's slots are shown)")
+    every = args.all_slots or args.slot == "all"
+    if every and slot is not None:
+        raise _ArgError("%s diagnose" % PROG, "--all-slots and --slot N exclude each other")
     return _one_or_all(args, out, "diagnose", lambda address, progress: _engine().diagnose(
-        address, slot=slot, max_bytes=args.max_bytes), max_bytes=args.max_bytes)
+        address, slot=slot, max_bytes=args.max_bytes, all_slots=every),
+        max_bytes=args.max_bytes, all_slots=every)
 
 
 def cmd_recover(args: argparse.Namespace, out: Out) -> int:
