@@ -29,6 +29,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
     from . import _render
+else:
+    class _Argparse:
+        """``argparse``, imported on the first use of one of its names: ``--version`` uses
+        none (argparse and the gettext it loads are a fifth of the interpreter's start-up).
+        """
+
+        def __getattr__(self, name: str) -> object:
+            import argparse as module
+            return getattr(module, name)
+    argparse = _Argparse()  # pylint: disable=invalid-name
 
 PROG = "datablock-admin"
 VERSION = "%s %s (pylabhub.recovery; pylabhub DataBlock 1.0)" % (PROG, __version__)
@@ -193,8 +203,6 @@ def _Parser(**kwargs: Any) -> argparse.ArgumentParser:  # pylint: disable=invali
     global _PARSER_CLASS  # pylint: disable=global-statement
     kwargs.setdefault("formatter_class", _formatter)
     if _PARSER_CLASS is None:
-        import argparse
-
         class OneLineErrors(argparse.ArgumentParser):
             """argparse, its errors raised as :class:`_ArgError`."""
 
@@ -210,7 +218,6 @@ def _slot(text: str):
     try:
         return int(text, 10)
     except ValueError:
-        import argparse
         raise argparse.ArgumentTypeError("invalid slot %r: give a slot index or 'all'" % text)
 
 
@@ -219,7 +226,6 @@ def _int(text: str) -> int:
     try:
         return int(text, 10)
     except ValueError:
-        import argparse
         raise argparse.ArgumentTypeError("invalid value %r: give a whole number" % text)
 
 
@@ -231,7 +237,6 @@ def _bytes(text: str) -> int:
     import re
     match = re.match(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", text, re.IGNORECASE)
     if not match or int(match.group(1)) < 1:
-        import argparse
         raise argparse.ArgumentTypeError("invalid byte count %r: give a positive number, "
                                          "optionally with K, M, G or T (binary units)" % text)
     return int(match.group(1)) << _SHIFT[match.group(2).upper()]
@@ -269,7 +274,6 @@ def _command_in(argv: Sequence[str]) -> Optional[str]:
 def _formatter(prog: str) -> argparse.HelpFormatter:
     """argparse's RawDescriptionHelpFormatter, given the width it would take itself (every
     parser's: ``add_argument`` makes one to check its arguments)."""
-    import argparse
     return argparse.RawDescriptionHelpFormatter(prog, width=_help_width())
 
 
@@ -291,7 +295,6 @@ def _help_width() -> int:
 
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, the options of that command alone are built."""
-    import argparse
     fmt = _formatter
     S = argparse.SUPPRESS
     # Common options, accepted before or after the command; SUPPRESS keeps a value given
