@@ -19,6 +19,7 @@ from ansible.plugins.action import ActionBase
 
 from ansible_collections.pylabhub.recovery.plugins.filter.reports import (
     force_for_host, recovery_report)
+from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_options import force_list
 
 MODULE = "pylabhub.recovery.datablock_recover"
 
@@ -26,10 +27,7 @@ MODULE = "pylabhub.recovery.datablock_recover"
 ARGUMENT_SPEC = dict(
     pattern=dict(type="str"),
     repair=dict(type="bool", default=False),
-    force=dict(type="list", elements="dict", default=[], options=dict(
-        name=dict(type="str", required=True), slot=dict(type="raw", required=True),
-        action=dict(type="str", required=True), host=dict(type="str"),
-        reason=dict(type="str"))),
+    force=force_list(for_fleet=True),
 )
 
 #: What the module's result carries for the task's display, kept as they are.

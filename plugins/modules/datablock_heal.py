@@ -36,37 +36,10 @@ options:
         their data (see O(pylabhub.recovery.datablock_recover#module:repair)).
     type: bool
     default: false
-  force:
-    description:
-      - The forced actions an operator enables, per block and slot (and optionally host).
-        Those for this host become
-        O(pylabhub.recovery.datablock_recover#module:force_refused) - used only for a slot
-        heal refused on this host.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: The block's address, as reported.
-        type: str
-        required: true
-      slot:
-        description: The slot index, or V(all) for every refused slot of the block.
-        type: raw
-        required: true
-      action:
-        description: The forced action (V(release_writer), V(release_readers), V(force_reset)).
-        type: str
-        required: true
-      host:
-        description: Only on this inventory host (C(inventory_hostname)); every host when omitted.
-        type: str
-      reason:
-        description: Why the operator forces it; copied into the report.
-        type: str
 extends_documentation_fragment:
   - pylabhub.recovery.common
   - pylabhub.recovery.dependencies
+  - pylabhub.recovery.force.fleet
 attributes:
   action:
     description: Runs on the controller, and M(pylabhub.recovery.datablock_recover) on the host.

@@ -64,36 +64,6 @@ options:
         stored checksum does not match their data (see M(pylabhub.recovery.datablock_validate)).
     type: bool
     default: false
-  force_refused:
-    description:
-      - With O(action=heal) only - the forced actions an operator enables, per block and
-        slot. After the heal, each slot it refused that an entry names (same block, same
-        slot or V(all)) gets that entry's action with force (a warning each), and the
-        block is healed again - in the same module call. A slot heal did not refuse is
-        never forced. RV(recovery.forced) lists what was forced.
-      - In check mode each forced action is predicted apart from the heal (a dry run
-        sees only its own changes), so the refusal stays in the result.
-    type: list
-    elements: dict
-    default: []
-    suboptions:
-      name:
-        description: The block's address, as reported (for example V(sensor_block)).
-        type: str
-        required: true
-      slot:
-        description: The slot index, or V(all) for every refused slot of the block.
-        type: raw
-        required: true
-      action:
-        description: The forced action.
-        type: str
-        required: true
-        choices: [release_writer, release_readers, force_reset]
-      reason:
-        description: Why the operator forces it; copied into RV(recovery.forced).
-        type: str
-        default: ""
 extends_documentation_fragment:
   - pylabhub.recovery.common
   - pylabhub.recovery.common.budget
@@ -101,6 +71,7 @@ extends_documentation_fragment:
   - pylabhub.recovery.common.mutating
   - pylabhub.recovery.common.record
   - pylabhub.recovery.dependencies
+  - pylabhub.recovery.force.refused
 notes:
   - O(all=true) (with O(pattern)) is accepted with O(action=heal) only - every block on
     the host healed in one module call (one round trip per host for a fleet); blocks
@@ -340,10 +311,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
     ACTIONS, SLOT_ACTIONS, DataBlockModule, argument_spec, parse_slot, problem_messages,
     summary_msg,
 )
-
-FORCE_ENTRY = dict(name=dict(type="str", required=True), slot=dict(type="raw", required=True),
-                   action=dict(type="str", required=True, choices=list(SLOT_ACTIONS)),
-                   reason=dict(type="str", default=""))
+from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_options import force_list
 
 
 def main():
@@ -351,8 +319,7 @@ def main():
         argument_spec("name", "all", "pattern", "slot", "force", "repair", "max_bytes",
                       "snapshot", "snapshot_dir", "audit_log",
                       action=dict(type="str", required=True, choices=list(ACTIONS)),
-                      force_refused=dict(type="list", elements="dict", default=[],
-                                         options=FORCE_ENTRY)),
+                      force_refused=force_list()),
         required_if=[("action", action, ["slot"]) for action in SLOT_ACTIONS],
     )
     p = m.params

@@ -12,6 +12,7 @@ left out of the artifact (galaxy.yml build_ignore) like the other checkout-only 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -20,6 +21,7 @@ import tarfile
 import pytest
 import yaml
 
+from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import SCHEMA
 from ansible_collections.pylabhub.recovery.tests.conftest import REPO_ROOT
 
 BIN = os.path.dirname(sys.executable)
@@ -104,6 +106,23 @@ def test_galaxy_metadata_is_real():
     for key in ("repository", "documentation", "homepage", "issues"):
         value = GALAXY.get(key)
         assert value is None or (value.startswith("https://") and "invalid" not in value), key
+
+
+def test_the_schema_file_states_the_one_schema_id():
+    """docs/schema-v1.json names the schema id of _contract.SCHEMA (its title, the const
+    of every document's ``schema``) and an ``$id`` from galaxy.yml's URL - none exists
+    yet, so a URN made of the same id (a name, locating nothing; no host invented)."""
+    schema = json.loads((REPO_ROOT / "docs" / "schema-v1.json").read_text())
+    assert schema["title"] == SCHEMA
+    assert schema["$defs"]["schema_id"] == {"const": SCHEMA}
+    name, version = SCHEMA.split("/")
+    assert (name, version) == ("pylabhub.recovery", "v1")
+    url = GALAXY.get("repository") or GALAXY.get("homepage")
+    if url:
+        assert schema["$id"].startswith(url.rstrip("/") + "/"), schema["$id"]
+        assert schema["$id"].endswith("/schema-%s.json" % version), schema["$id"]
+    else:
+        assert schema["$id"] == "urn:%s:schema:%s" % (name.replace(".", "-"), version)
 
 
 def test_roles_claim_the_collections_minimum_ansible():

@@ -8,12 +8,13 @@ decided here. It never imports ansible.
 It imports only what a command needs, when it needs it: the parser reads the engine's
 names from ``_contract`` (which imports nothing), and the engine and the renderer are
 imported inside the functions that use them, so ``--help``, ``--version`` and ``COMMAND
---help`` load neither (benchmarks/bench_startup.py measures it).
+--help`` load neither; ``--version`` alone does not even import ``argparse`` (with the
+``gettext`` it pulls in, a fifth of the interpreter's own start-up).
+benchmarks/bench_startup.py measures it.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
@@ -24,9 +25,20 @@ from ._version import __version__
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
+    import argparse
     from typing import Any, Callable, Dict, List, NoReturn, Optional, Sequence
 
     from . import _render
+else:
+    class _Argparse:
+        """``argparse``, imported on the first use of one of its names: ``--version`` uses
+        none (argparse and the gettext it loads are a fifth of the interpreter's start-up).
+        """
+
+        def __getattr__(self, name: str) -> object:
+            import argparse as module
+            return getattr(module, name)
+    argparse = _Argparse()  # pylint: disable=invalid-name
 
 PROG = "datablock-admin"
 VERSION = "%s %s (pylabhub.recovery; pylabhub DataBlock 1.0)" % (PROG, __version__)
@@ -180,11 +192,24 @@ class _ArgError(Exception):
         self.message = message
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports errors as one line (raised, so --json can render them)."""
+#: The parser class of :func:`_Parser`, made on its first call.
+_PARSER_CLASS = None
 
-    def error(self, message: str) -> NoReturn:
-        raise _ArgError(self.prog, message)
+
+def _Parser(**kwargs: Any) -> argparse.ArgumentParser:  # pylint: disable=invalid-name
+    """An argparse parser that reports errors as one line (raised, so --json can render
+    them). A function making one, not the class: the class is made, and argparse
+    imported, on the first call (``--version`` makes none)."""
+    global _PARSER_CLASS  # pylint: disable=global-statement
+    kwargs.setdefault("formatter_class", _formatter)
+    if _PARSER_CLASS is None:
+        class OneLineErrors(argparse.ArgumentParser):
+            """argparse, its errors raised as :class:`_ArgError`."""
+
+            def error(self, message: str) -> NoReturn:
+                raise _ArgError(self.prog, message)
+        _PARSER_CLASS = OneLineErrors
+    return _PARSER_CLASS(**kwargs)
 
 
 def _slot(text: str):
@@ -246,9 +271,31 @@ def _command_in(argv: Sequence[str]) -> Optional[str]:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _formatter(prog: str) -> argparse.HelpFormatter:
+    """argparse's RawDescriptionHelpFormatter, given the width it would take itself (every
+    parser's: ``add_argument`` makes one to check its arguments)."""
+    return argparse.RawDescriptionHelpFormatter(prog, width=_help_width())
+
+
+def _help_width() -> int:
+    """The width argparse would take (COLUMNS, else the terminal's, else 80; less 2),
+    found without ``shutil``, which argparse imports for it and which loads the
+    compression modules: a tenth of the interpreter's start-up, for ``--help``."""
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns <= 0:
+        try:
+            columns = os.get_terminal_size(sys.__stdout__.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            columns = 0
+    return (columns if columns > 0 else 80) - 2
+
+
 def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The parser; with ``only``, the options of that command alone are built."""
-    fmt = argparse.RawDescriptionHelpFormatter
+    fmt = _formatter
     S = argparse.SUPPRESS
     # Common options, accepted before or after the command; SUPPRESS keeps a value given
     # before the command from being reset by the subcommand's default.
