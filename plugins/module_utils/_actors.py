@@ -132,6 +132,27 @@ def find_pid(nonce: str, ns_pid: int) -> Optional[int]:
     return None
 
 
+def find_actors(label: str, block: str) -> List[int]:
+    """Pids (our namespace) of the running actors started with ``label`` on ``block``,
+    found by their command line (the boot line, this module, the spec): how a detached
+    actor is found again by a later process, e.g. ``datablock-admin practice --stop``."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit() or int(name) == os.getpid():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % name, "rb") as f:
+                argv = f.read().decode("utf-8", "replace").split("\0")
+            spec = json.loads(argv[7]) if len(argv) > 8 and argv[1:3] == ["-c", _BOOT] \
+                and argv[4] == __name__ and argv[5] == "actor" else None
+        except (OSError, ValueError):
+            continue
+        if isinstance(spec, dict) and spec.get("label") == label \
+                and spec.get("block") == block:
+            found.append(int(name))
+    return sorted(found)
+
+
 # --------------------------------------------------------------------------- parent side
 class Actor:
     """One actor process (module doc). Methods raise :class:`ActorError` on failure."""
@@ -139,17 +160,21 @@ class Actor:
     def __init__(self, block: str, steps: Sequence[Step], pause: Optional[str] = None,
                  nth: int = 1, mode: str = "wait", style: str = "ours",
                  wrap: Sequence[str] = (), namespace: Optional["ActorNamespace"] = None,
-                 pid: Optional[int] = None, label: str = "actor") -> None:
+                 pid: Optional[int] = None, label: str = "actor",
+                 detach: bool = False) -> None:
         if mode not in ("wait", "stop"):
             raise ValueError("mode must be 'wait' or 'stop', got %r" % (mode,))
         if pid is not None and namespace is None:
             raise ValueError("a chosen pid needs an ActorNamespace")
+        if detach and (namespace is not None or wrap):
+            raise ValueError("a detached actor runs neither wrapped nor in a namespace")
         self.spec = {"block": block, "steps": [list(s) for s in steps], "pause": pause,
                      "nth": nth, "mode": mode, "style": style, "label": label}
         self.wrap = list(wrap)
         self.namespace = namespace
         self.wanted_pid = pid
         self.label = label
+        self.detach = detach
         self.nonce = "plh-actor-%s" % uuid.uuid4().hex
         self.pid = 0                         # in our PID namespace
         self.ns_pid = 0                      # in its own
@@ -169,10 +194,12 @@ class Actor:
                                                    self.wanted_pid)
             else:
                 import subprocess
+                quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
+                         "start_new_session": True} if self.detach else {
+                             "preexec_fn": _pdeathsig}
                 self._proc = subprocess.Popen(
                     self.wrap + _argv("actor", theirs.fileno(), self.spec, self.nonce),
-                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL,
-                    preexec_fn=_pdeathsig)
+                    pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, **quiet)
         finally:
             theirs.close()
         self._wire = _Wire(ours)
@@ -277,6 +304,15 @@ class Actor:
             if self._wire is not None:
                 self._wire.sock.close()
                 self._wire = None
+
+    def leave(self) -> None:
+        """Let a detached actor run on without us: close our end, kill nothing (a
+        waiting actor whose parent is gone goes on; after its last step it exits 0)."""
+        if self._wire is not None:
+            self._wire.sock.close()
+            self._wire = None
+        if self._proc is not None:
+            self._proc.returncode = 0     # not ours to reap any more (no warning at exit)
 
     def __enter__(self) -> "Actor":
         return self.start()
@@ -440,7 +476,10 @@ class _Script:
         self.pause(dict(self.state(), event="point", point=point))
 
     def pause(self, report: Dict[str, Any]) -> None:
-        self.wire.send(report)
+        try:
+            self.wire.send(report)
+        except OSError:                       # parent gone (a detached actor): go on
+            return
         if self.spec.get("mode") == "stop":
             os.kill(os.getpid(), signal.SIGSTOP)
             return
