@@ -155,6 +155,20 @@ def _step(operation: str, slot: Optional[int] = None, action: Optional[str] = No
     return step
 
 
+def _mount_ns(pid: str) -> Optional[int]:
+    try:
+        return os.stat("/proc/%s/ns/mnt" % pid).st_ino
+    except OSError:
+        return None
+
+
+def _ours(pids: List[int]) -> List[int]:
+    """The pids that see the same /dev/shm as we do (our mount namespace): a practice
+    block of the same name in another namespace is another block."""
+    mine = _mount_ns("self")
+    return [p for p in pids if _mount_ns(str(p)) == mine]
+
+
 def _expect(ok: bool, why: str) -> None:
     if not ok:
         raise ActorError(why)
@@ -216,14 +230,14 @@ def stop(name: Optional[str] = None) -> Dict[str, Any]:
     if hub != PRACTICE_HUB:
         raise UsageError("%s is not a practice block (its hub name is not %r): not removed"
                          % (name, PRACTICE_HUB))
-    killed = find_actors(LABEL, name)
+    killed = _ours(find_actors(LABEL, name))
     for pid in killed:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 10.0
-    while find_actors(LABEL, name) and time.monotonic() < deadline:
+    while _ours(find_actors(LABEL, name)) and time.monotonic() < deadline:
         time.sleep(0.01)
     if exists:
         R.destroy(name)
