@@ -14,9 +14,12 @@ too) running a small script of steps on one block::
     a.pid                    # its pid in OUR PID namespace
     a.kill()                 # SIGKILL exactly there (or a.resume() to go on)
 
-Steps: ``("producer",)``, ``("publish", n)``, ``("acquire",)`` (lock a slot and keep it),
+Steps: ``("producer",)``, ``("publish", n)`` (``n`` None: for ever, a busy block),
+``("acquire",)`` (lock a slot and keep it),
 ``("write",)``, ``("commit",)``, ``("consumer", name)``, ``("read", index_or_None)``
-(enter a slot and stay inside), ``("release",)`` (leave the oldest slot held),
+(enter a slot and stay inside), ``("reads",)`` (read and release the latest commit, for
+ever), ``("release",)`` (leave the oldest slot held),
+``("heartbeat", seconds)`` (a live peer: heartbeat/pulse every ``seconds``, for ever),
 ``("unregister", style)`` (style "cpp" leaves our evidence behind, as the C++ library
 does), ``("exit", code)``. Points: ``_runtime.PRODUCER_POINTS`` and ``CONSUMER_POINTS``;
 ``nth`` picks the n-th time the point is reached. At the point the actor reports, then
@@ -25,6 +28,11 @@ after SIGCONT (:meth:`Actor.cont`); ``mode="wait"`` blocks (state S) until
 :meth:`Actor.resume` or until killed. After its last step it reports ``done`` and waits
 the same way (``resume`` lets it exit 0). ``style="cpp"`` plays a live C++ peer: no
 evidence at all and the C++ orders of register/unregister (see ``_runtime.Consumer``).
+
+``fork=True`` forks instead (no interpreter to start, no import: about a hundred times
+cheaper; for the drill, which starts up to three actors per iteration); ``detach=True``
+starts one that outlives its parent (own session, no output, no parent-death signal;
+:meth:`Actor.leave`, :func:`find_actors`), as a practice block's live writer.
 
 Namespaces: ``wrap`` prefixes the command (``["unshare", "--time", "--boottime", "-100",
 "--fork"]``); :class:`ActorNamespace` keeps a PID namespace alive (its PID 1 is a small
@@ -161,13 +169,16 @@ class Actor:
                  nth: int = 1, mode: str = "wait", style: str = "ours",
                  wrap: Sequence[str] = (), namespace: Optional["ActorNamespace"] = None,
                  pid: Optional[int] = None, label: str = "actor",
-                 detach: bool = False) -> None:
+                 detach: bool = False, fork: bool = False) -> None:
         if mode not in ("wait", "stop"):
             raise ValueError("mode must be 'wait' or 'stop', got %r" % (mode,))
         if pid is not None and namespace is None:
             raise ValueError("a chosen pid needs an ActorNamespace")
-        if detach and (namespace is not None or wrap):
-            raise ValueError("a detached actor runs neither wrapped nor in a namespace")
+        if (detach or fork) and (namespace is not None or wrap):
+            raise ValueError("a detached or forked actor runs neither wrapped nor in a "
+                             "namespace")
+        if detach and fork:
+            raise ValueError("a detached actor is a fresh process, not a fork")
         self.spec = {"block": block, "steps": [list(s) for s in steps], "pause": pause,
                      "nth": nth, "mode": mode, "style": style, "label": label}
         self.wrap = list(wrap)
@@ -175,6 +186,8 @@ class Actor:
         self.wanted_pid = pid
         self.label = label
         self.detach = detach
+        self.fork = fork
+        self._forked = 0                     # our child's pid, when forked
         self.nonce = "plh-actor-%s" % uuid.uuid4().hex
         self.pid = 0                         # in our PID namespace
         self.ns_pid = 0                      # in its own
@@ -192,6 +205,17 @@ class Actor:
             if self.namespace is not None:
                 self.ns_pid = self.namespace.spawn(self.spec, theirs, self.nonce,
                                                    self.wanted_pid)
+            elif self.fork:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                self._forked = os.fork()
+                if self._forked == 0:          # the child: never back into the caller
+                    try:
+                        ours.close()
+                        _pdeathsig()
+                        _actor(theirs, self.spec)
+                    finally:
+                        os._exit(1)
             else:
                 import subprocess
                 quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
@@ -208,7 +232,9 @@ class Actor:
             raise ActorError("%s: unexpected first report %r" % (self.label, first))
         self.ns_pid = int(first["pid"])
         self.start_ticks = first.get("start_ticks")
-        if self._proc is not None and not self.wrap:
+        if self._forked:
+            self.pid = self._forked
+        elif self._proc is not None and not self.wrap:
             self.pid = self._proc.pid
         else:
             deadline = time.monotonic() + timeout
@@ -278,6 +304,17 @@ class Actor:
                 return None
             self.exit_status = self.namespace.wait(self.ns_pid, timeout)
             return self.exit_status
+        if self._forked:
+            while True:
+                got, status = os.waitpid(self._forked, os.WNOHANG)
+                if got:
+                    self.exit_status = (-os.WTERMSIG(status) if os.WIFSIGNALED(status)
+                                        else os.WEXITSTATUS(status))
+                    return self.exit_status
+                if time.monotonic() > deadline:
+                    raise ActorError("%s (pid %s) still running after %.0f s"
+                                     % (self.label, self.pid, timeout))
+                time.sleep(0.002)
         if self._proc is not None:      # ours, or unshare (which passes the status on)
             try:
                 self.exit_status = self._proc.wait(timeout)
@@ -500,10 +537,13 @@ class _Script:
             if op == "producer":
                 self.producer = R.Producer(self.block, at=self.at, style=style)
             elif op == "publish":
-                for dummy in range(int(args[0]) if args else 1):
+                count = int(args[0]) if args and args[0] is not None else None
+                done = 0
+                while count is None or done < count:       # None: for ever (a busy block)
                     ws = self.producer.acquire(timeout=None)
                     self.producer.write(ws, self.payload(ws.slot_id))
                     self.producer.commit(ws)
+                    done += 1
             elif op == "acquire":
                 self.slot = self.producer.acquire(timeout=None)
             elif op == "write":
@@ -519,6 +559,19 @@ class _Script:
                 if rs is None:
                     raise RuntimeError("no readable slot %s" % (args[0] if args else "latest"))
                 self.reads.append(rs)
+            elif op == "reads":                            # for ever: a busy reader
+                while True:
+                    rs = self.consumer.acquire()
+                    if rs is not None:
+                        self.consumer.read(rs, verify=False)
+                        self.consumer.release(rs)
+            elif op == "heartbeat":                        # for ever: a live peer
+                while True:
+                    if self.producer is not None:
+                        self.producer.heartbeat()
+                    if self.consumer is not None:
+                        self.consumer.pulse()
+                    time.sleep(float(args[0]) if args else 1.0)
             elif op == "release":
                 self.consumer.release(self.reads.pop(0))
             elif op == "unregister":
