@@ -14,7 +14,8 @@ too) running a small script of steps on one block::
     a.pid                    # its pid in OUR PID namespace
     a.kill()                 # SIGKILL exactly there (or a.resume() to go on)
 
-Steps: ``("producer",)``, ``("publish", n)`` (``n`` None: for ever, a busy block),
+Steps: ``("create", {kwargs})`` (first step only: this process creates the block,
+``_runtime.create(block, **kwargs)``, instead of attaching it), ``("producer",)``, ``("publish", n)`` (``n`` None: for ever, a busy block),
 ``("acquire",)`` (lock a slot and keep it),
 ``("write",)``, ``("commit",)``, ``("consumer", name)``, ``("read", index_or_None)``
 (enter a slot and stay inside), ``("reads",)`` (read and release the latest commit, for
@@ -29,6 +30,10 @@ after SIGCONT (:meth:`Actor.cont`); ``mode="wait"`` blocks (state S) until
 the same way (``resume`` lets it exit 0). ``style="cpp"`` plays a live C++ peer: no
 evidence at all and the C++ orders of register/unregister (see ``_runtime.Consumer``).
 
+``call=(fn, args)`` (with ``fork=True``) runs ``fn(report, *args)`` instead of steps: a
+test's own program; each ``report(obj)`` is one :meth:`Actor.wait_point` message
+(``{"event": "report", "report": obj}``); ``linger=False`` lets it exit when ``fn``
+returns. ``payload`` picks what is written (:func:`payload`: ``"label"`` or ``"digest"``).
 ``fork=True`` forks instead (no interpreter to start, no import: about a hundred times
 cheaper; for the drill, which starts up to three actors per iteration); ``detach=True``
 starts one that outlives its parent (own session, no output, no parent-death signal;
@@ -169,7 +174,8 @@ class Actor:
                  nth: int = 1, mode: str = "wait", style: str = "ours",
                  wrap: Sequence[str] = (), namespace: Optional["ActorNamespace"] = None,
                  pid: Optional[int] = None, label: str = "actor",
-                 detach: bool = False, fork: bool = False) -> None:
+                 detach: bool = False, fork: bool = False, payload: str = "label",
+                 call: Optional[Tuple[Any, tuple]] = None, linger: bool = True) -> None:
         if mode not in ("wait", "stop"):
             raise ValueError("mode must be 'wait' or 'stop', got %r" % (mode,))
         if pid is not None and namespace is None:
@@ -179,8 +185,13 @@ class Actor:
                              "namespace")
         if detach and fork:
             raise ValueError("a detached actor is a fresh process, not a fork")
+        if call is not None and not fork:
+            raise ValueError("a function actor (call=) is a fork")
+        self.call = call
+        self.linger = linger
         self.spec = {"block": block, "steps": [list(s) for s in steps], "pause": pause,
-                     "nth": nth, "mode": mode, "style": style, "label": label}
+                     "nth": nth, "mode": mode, "style": style, "label": label,
+                     "payload": payload}
         self.wrap = list(wrap)
         self.namespace = namespace
         self.wanted_pid = pid
@@ -213,6 +224,8 @@ class Actor:
                     try:
                         ours.close()
                         _pdeathsig()
+                        if self.call is not None:
+                            _call(theirs, self.call[0], self.call[1], self.linger)
                         _actor(theirs, self.spec)
                     finally:
                         os._exit(1)
@@ -473,6 +486,30 @@ def _actor(sock: socket.socket, spec: Dict[str, Any]) -> None:
         os._exit(code)
 
 
+def _call(sock: socket.socket, fn: Any, args: tuple, linger: bool) -> None:
+    """A function actor: ``fn(report, *args)``, ``report(obj)`` sending ``{"event":
+    "report", "report": obj}``; then, with ``linger``, it stays (keeping what ``fn``
+    returned referenced: a block it attached stays mapped) until killed, else exits 0."""
+    wire = _Wire(sock)
+    code = 0
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        wire.send(dict(_self_facts(), event="started"))
+        kept = [fn(lambda obj: wire.send({"event": "report", "report": obj}), *args)]
+        while linger and kept:
+            time.sleep(60)
+    except BaseException:  # pylint: disable=broad-except
+        import traceback
+        code = 1
+        try:
+            wire.send({"event": "error", "traceback": traceback.format_exc()})
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
 class _Script:
     """The actor's steps, with the pause hook."""
 
@@ -524,15 +561,19 @@ class _Script:
             os._exit(0)
 
     def payload(self, slot_id: int) -> bytes:
-        stride = self.block.geo.stride
-        head = b"plh-actor slot %d " % slot_id
-        return (head * (stride // len(head) + 1))[:stride]
+        return payload(slot_id, self.block.geo.stride, self.spec.get("payload", "label"))
 
     def run(self) -> None:
         R = self.R
-        self.block = R.attach(self.spec["block"])
+        steps = self.spec["steps"]
+        if steps and steps[0][0] == "create":       # this process creates the block
+            self.block = R.create(self.spec["block"], **(steps[0][1] if len(steps[0]) > 1
+                                                         else {}))
+            steps = steps[1:]
+        else:
+            self.block = R.attach(self.spec["block"])
         style = self.spec.get("style", "ours")
-        for step in self.spec["steps"]:
+        for step in steps:
             op, args = step[0], step[1:]
             if op == "producer":
                 self.producer = R.Producer(self.block, at=self.at, style=style)
@@ -585,6 +626,18 @@ class _Script:
         self.pause(dict(self.state(), event="done"))
 
 
+def payload(slot_id: int, stride: int, kind: str = "label") -> bytes:
+    """What an actor writes into slot id ``slot_id``: ``"label"`` repeats ``plh-actor
+    slot N``; ``"digest"`` is the id in the first 8 bytes, then a BLAKE2b-derived body,
+    so that any slot's bytes say whether they are intact (the engine tests' payload)."""
+    if kind == "digest":
+        import hashlib
+        seed = hashlib.blake2b(b"plh-%d" % slot_id, digest_size=64).digest()
+        return slot_id.to_bytes(8, "little") + (seed * (stride // 64 + 1))[:stride - 8]
+    head = b"plh-actor slot %d " % slot_id
+    return (head * (stride // len(head) + 1))[:stride]
+
+
 def _spawner(sock: socket.socket) -> None:
     """PID 1 of an ActorNamespace: spawn actors (chosen pids), reap, report exits."""
     wire = _Wire(sock)
@@ -632,10 +685,10 @@ def _recv_with_fds(wire: _Wire) -> Tuple[Optional[Dict[str, Any]], List[int]]:
     while b"\n" not in wire.buf:
         data, ancdata, dummy_flags, dummy_addr = wire.sock.recvmsg(
             65536, socket.CMSG_SPACE(4 * 4))
-        for level, kind, payload in ancdata:
+        for level, kind, blob in ancdata:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 got = array.array("i")
-                got.frombytes(payload[:len(payload) - len(payload) % got.itemsize])
+                got.frombytes(blob[:len(blob) - len(blob) % got.itemsize])
                 fds.extend(got)
         if not data:
             return None, fds
