@@ -286,6 +286,11 @@ class Actor:
                 time.sleep(0.002)
         return msg
 
+    def running(self) -> bool:
+        """Still running (or stopped): started, not ended, not a zombie."""
+        return bool(self.pid) and self.exit_status is None and \
+            _status(self.pid).get("State", "Z")[:1] not in ("Z", "X")
+
     def resume(self) -> None:
         """Let a waiting actor go on (``mode="wait"``; after ``done``: exit 0)."""
         if self._wire is not None:
