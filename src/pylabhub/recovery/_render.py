@@ -561,9 +561,8 @@ def render_practice(d: Dict[str, Any], style: Style, stop: str) -> List[str]:
 def render_practice_stop(d: Dict[str, Any], style: Style) -> List[str]:
     """What ``practice --stop`` killed and removed."""
     killed = ", ".join(str(p) for p in d["killed"]) or "none"
-    return ["practice block %s: killed %s; %s" % (
-        quote(d["block"]), killed, "removed %s" % d["path"] if d["removed"] else
-        "no block to remove"),
+    removed = "removed %s" % d["path"] if d["removed"] else "no block to remove"
+    return ["practice block %s: killed %s; %s" % (quote(d["block"]), killed, removed),
             "  result: %s" % ("ok (changed)" if d["changed"] else "ok (nothing to do)")]
 
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
-import signal
 import time
 from typing import Callable, Dict, List, Optional
 
