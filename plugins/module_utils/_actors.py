@@ -224,9 +224,7 @@ class Actor:
                     try:
                         ours.close()
                         _pdeathsig()
-                        if self.call is not None:
-                            _call(theirs, self.call[0], self.call[1], self.linger)
-                        _actor(theirs, self.spec)
+                        _actor(theirs, self.spec, self.call, self.linger)
                     finally:
                         os._exit(1)
             else:
@@ -470,12 +468,18 @@ def _self_facts() -> Dict[str, Any]:
             "start_ticks": ticks}
 
 
-def _actor(sock: socket.socket, spec: Dict[str, Any]) -> None:
+def _actor(sock: socket.socket, spec: Dict[str, Any],
+           call: Optional[Tuple[Any, tuple]] = None, linger: bool = True) -> None:
+    """The child's life: report ``started``, run the steps (or the function of a function
+    actor), report an error as its traceback; never return."""
     wire = _Wire(sock)
     code = 0
     try:
         wire.send(dict(_self_facts(), event="started"))
-        _Script(wire, spec).run()
+        if call is None:
+            _Script(wire, spec).run()
+        else:
+            _call(wire, call[0], call[1], linger)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:  # pylint: disable=broad-except
@@ -491,28 +495,15 @@ def _actor(sock: socket.socket, spec: Dict[str, Any]) -> None:
         os._exit(code)
 
 
-def _call(sock: socket.socket, fn: Any, args: tuple, linger: bool) -> None:
+def _call(wire: _Wire, fn: Any, args: tuple, linger: bool) -> None:
     """A function actor: ``fn(report, *args)``, ``report(obj)`` sending ``{"event":
     "report", "report": obj}``; then, with ``linger``, it stays (keeping what ``fn``
     returned referenced: a block it attached stays mapped) until killed, else exits 0."""
-    wire = _Wire(sock)
-    code = 0
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        wire.send(dict(_self_facts(), event="started"))
-        kept = [fn(lambda obj: wire.send({"event": "report", "report": obj}), *args)]
-        while linger and kept:
-            time.sleep(60)
-    except BaseException:  # pylint: disable=broad-except
-        import traceback
-        code = 1
-        try:
-            wire.send({"event": "error", "traceback": traceback.format_exc()})
-        except OSError:
-            pass
-    finally:
-        os._exit(code)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    kept = [fn(lambda obj: wire.send({"event": "report", "report": obj}), *args)]
+    while linger and kept:
+        time.sleep(60)
 
 
 class _Script:
