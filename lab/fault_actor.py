@@ -6,9 +6,10 @@
 
 Runs on the host whose /dev/shm should hold the block (fleetlab runs it inside a lab host
 with ``nsenter``; it works on any machine as root or as the block's owner). Every actor
-(producer, consumers) is a forked process that uses the collection's own runtime
-(``plugins/module_utils/_runtime.py``) and reports over a pipe when it has reached the
-protocol point; this process then SIGKILLs it there and checks the bytes it left.
+(producer, consumers) is a crash actor of the collection (``plugins/module_utils/
+_actors.py``: a real process running the collection's runtime that reports when it has
+reached its protocol point); this process then SIGKILLs it there and checks the bytes it
+left.
 
     fault_actor.py SCENARIO [--name BLOCK] [--result FILE] [--collections DIR] ...
 
@@ -25,125 +26,56 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import signal
 import sys
 import time
-import traceback
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import List, Optional
 
-R = L = B = judge = None   # the runtime modules, imported in main() from --collections
+R = L = B = judge = A = None   # the runtime modules, imported in main() from --collections
 
 
 def _import_runtime(collections: Optional[str]) -> None:
-    global R, L, B, judge
+    global R, L, B, judge, A
     if collections:
         sys.path.insert(0, collections)
     from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa: E402
-        _block, _layout, _liveness, _runtime)
-    R, L, B, judge = _runtime, _layout, _block, _liveness.judge
-
-
-# --------------------------------------------------------------------------- actors
-class Signals:
-    """The child's side of its two pipes."""
-
-    def __init__(self, up: int, down: int) -> None:
-        self.up, self.down = up, down
-
-    def reached(self, label: str) -> None:
-        os.write(self.up, (label + "\n").encode())
-
-    def wait_go(self) -> str:
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = os.read(self.down, 64)
-            if not chunk:
-                os._exit(0)      # parent went away
-            data += chunk
-        return data.decode().strip()
-
-
-def hold() -> None:
-    """Stay exactly here until killed."""
-    while True:
-        signal.pause()
+        _actors, _block, _layout, _liveness, _runtime)
+    R, L, B, judge, A = _runtime, _layout, _block, _liveness.judge, _actors
 
 
 class Actor:
-    """A forked process running ``fn(signals)``; the parent waits for its points."""
+    """One crash actor (``_actors.Actor``) with its role and fate for the report."""
 
-    def __init__(self, role: str, fn: Callable[[Signals], None]) -> None:
+    def __init__(self, role: str, block: str, steps: list, **kwargs) -> None:
         self.role = role
         self.state = "alive"
-        up_r, up_w = os.pipe()
-        down_r, down_w = os.pipe()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            os.close(up_r)
-            os.close(down_w)
-            code = 0
-            try:
-                fn(Signals(up_w, down_r))
-            except BaseException:
-                traceback.print_exc()
-                code = 1
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(code)
-        os.close(up_w)
-        os.close(down_r)
-        self.pid, self._up, self._down, self._buf = pid, up_r, down_w, b""
+        self.actor = A.Actor(block, steps, label="fault_actor-" + role, **kwargs).start()
+        self.pid = self.actor.pid
 
-    def wait_point(self, timeout: float = 15.0) -> str:
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise RuntimeError("%s (pid %d) did not reach its point in %.0f s"
-                                   % (self.role, self.pid, timeout))
-            ready = select.select([self._up], [], [], left)[0]
-            if ready:
-                chunk = os.read(self._up, 256)
-                if not chunk:
-                    status = os.waitpid(self.pid, 0)[1]
-                    self.state = "exited"
-                    raise RuntimeError("%s (pid %d) ended before its point (status %#x)"
-                                       % (self.role, self.pid, status))
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return line.decode()
+    def wait_point(self, timeout: float = 15.0) -> dict:
+        try:
+            return self.actor.wait_point(timeout)
+        except A.ActorError as exc:
+            self.kill()
+            raise RuntimeError("%s (pid %d) did not reach its point: %s"
+                               % (self.role, self.pid, exc))
 
-    def go(self, what: str = "go") -> None:
-        os.write(self._down, (what + "\n").encode())
+    def go(self) -> None:
+        self.actor.resume()
 
     def kill(self) -> None:
-        os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
+        self.actor.kill()
         self.state = "killed"
 
     def join(self, timeout: float = 15.0) -> int:
-        deadline = time.monotonic() + timeout
-        while True:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.state = "exited"
-                return os.waitstatus_to_exitcode(status)
-            if time.monotonic() > deadline:
-                raise RuntimeError("%s (pid %d) did not exit" % (self.role, self.pid))
-            time.sleep(0.005)
+        self.actor.resume()
+        status = self.actor.wait_exit(timeout)
+        self.state = "exited"
+        return status if status is not None else 0
 
     def to_dict(self) -> dict:
         return {"role": self.role, "pid": self.pid, "state": self.state}
-
-
-def payload(i: int, stride: int) -> bytes:
-    return ("fleetlab slot-id %d" % i).encode().ljust(min(64, stride), b".")
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -155,77 +87,47 @@ class Scenario:
         self.slot = None  # type: Optional[int]
         self.notes = []   # type: List[str]
 
-    def actor(self, role: str, fn: Callable[[Signals], None]) -> Actor:
-        a = Actor(role, fn)
+    def actor(self, role: str, steps: list, **kwargs) -> Actor:
+        a = Actor(role, self.name, steps, **kwargs)
         self.actors.append(a)
         return a
 
-    def create(self):
-        return R.create(self.name, capacity=self.args.capacity, stride=self.args.stride)
+    def create(self) -> None:
+        R.create(self.name, capacity=self.args.capacity, stride=self.args.stride).close()
 
-    def producer(self, commits: int, then: Optional[Callable] = None,
-                 live: bool = False) -> Actor:
-        """A producer that creates the block, publishes ``commits`` slots and reports
-        "committed"; then runs ``then(producer, signals)`` or exits cleanly."""
-        stride = self.args.stride
-
-        def run(sig: Signals) -> None:
-            blk = self.create()
-            prod = R.Producer(blk)
-            for i in range(commits):
-                prod.publish(payload(i, stride))
-            sig.reached("committed")
-            if then is not None:
-                then(prod, sig)
-            elif live:
-                while True:
-                    prod.heartbeat()
-                    time.sleep(1.0)
-            blk.close()
-        return self.actor("producer", run)
+    def producer(self, commits: int, live: bool = False) -> Actor:
+        """The block, and a producer that publishes ``commits`` slots and reports
+        "committed"; with ``live`` it then stays, heartbeating every second."""
+        self.create()
+        steps = [("producer",), ("publish", commits)] + ([("heartbeat", 1.0)] if live else [])
+        return self.actor("producer", steps, pause="committed" if live and commits else None,
+                          nth=max(commits, 1))
 
     # -- the scenarios ------------------------------------------------------------------
     def stuck_writer(self) -> None:
         half = self.args.stride // 2
-
-        def write_half(prod, sig: Signals) -> None:
-            ws = prod.acquire()
-            prod.write(ws, b"\xab" * half)
-            sig.reached("writing %d" % ws.index)
-            hold()
         commits = min(3, self.args.capacity - 1) if self.args.capacity > 1 else 0
-        p = self.producer(commits, write_half)
-        p.wait_point()
-        self.slot = int(p.wait_point().split()[1])
+        self.create()
+        p = self.actor("producer", [("producer",), ("publish", commits), ("acquire",),
+                                    ("write",)], pause="half-written", nth=commits + 1)
+        self.slot = int(p.wait_point()["slot"])
         p.kill()
         self.notes.append("producer SIGKILLed holding slot %d (WRITING, %d of %d bytes written)"
                           % (self.slot, half, self.args.stride))
 
     def stuck_readers(self, dead_writer: bool = False) -> None:
-        def drain(prod, sig: Signals) -> None:
-            sig.wait_go()
-            ws = prod.acquire(timeout=5.0)   # blocks in DRAINING behind the dead reader
-            sig.reached("acquired %d" % ws.index)
-            hold()
-        p = self.producer(self.args.capacity, drain)
+        capacity = self.args.capacity
+        self.create()
+        p = self.actor("producer", [("producer",), ("publish", capacity), ("acquire",)],
+                       pause="committed", nth=capacity)
         p.wait_point()
         with B.open_block(self.name) as blk:
             self.slot = blk.get("write_index") % blk.geo.capacity   # the next write's slot
         slot = self.slot
-
-        def read(sig: Signals) -> None:
-            blk = R.attach(self.name)
-            cons = R.Consumer(blk, name="fleetlab-reader")
-            rs = cons.acquire(index=slot)
-            if rs is None:
-                raise RuntimeError("slot %d is not readable" % slot)
-            cons.read(rs)
-            sig.reached("reading %d" % slot)
-            hold()
-        r = self.actor("reader", read)
+        r = self.actor("reader", [("consumer", "fleetlab-reader"), ("read", slot)])
         r.wait_point()
         r.kill()
-        p.go()
+        p.go()                       # on to acquire: it blocks in DRAINING behind the reader
         with B.open_block(self.name) as blk:
             base = blk.slot_base(slot)
             deadline = time.monotonic() + 10
@@ -243,41 +145,35 @@ class Scenario:
     def stuck_readers_dead_writer(self) -> None:
         self.stuck_readers(dead_writer=True)
 
-    def dead_consumers(self, dead: int = 3) -> None:
-        p = self.producer(self.args.capacity, live=self.args.live_producer)
+    def _settled_producer(self, commits: int) -> None:
+        p = self.producer(commits, live=self.args.live_producer)
         p.wait_point()
         if not self.args.live_producer:
             p.join()
+        else:
+            p.go()                   # on into its heartbeat loop
 
-        def consumer(label: str, live: bool) -> Callable[[Signals], None]:
-            def run(sig: Signals) -> None:
-                cons = R.Consumer(R.attach(self.name), name=label)
-                rs = cons.acquire()
-                if rs is not None:
-                    cons.read(rs)
-                    cons.release(rs)
-                sig.reached("registered %d" % cons.index)
-                if not live:
-                    hold()
-                while True:
-                    cons.pulse()
-                    time.sleep(1.0)
-            return run
+    def dead_consumers(self, dead: int = 3) -> None:
+        self._settled_producer(self.args.capacity)
+
+        def consumer(label: str, live: bool) -> Actor:
+            steps = [("consumer", label), ("read", None), ("release",)]
+            if live:
+                steps.append(("heartbeat", 1.0))
+            return self.actor("live_consumer" if live else "consumer", steps,
+                              pause="released" if live else None)
         for k in range(dead):
-            a = self.actor("consumer", consumer("fleetlab-dead-%d" % k, False))
-            a.wait_point()
-        live = self.actor("live_consumer", consumer("fleetlab-live", True))
+            consumer("fleetlab-dead-%d" % k, False).wait_point()
+        live = consumer("fleetlab-live", True)
         live.wait_point()
+        live.go()                    # on into its pulse loop
         for a in self.actors:
             if a.role == "consumer":
                 a.kill()
         self.notes.append("%d consumers SIGKILLed while registered; 1 live consumer" % dead)
 
     def corruption(self) -> None:
-        p = self.producer(self.args.capacity, live=self.args.live_producer)
-        p.wait_point()
-        if not self.args.live_producer:
-            p.join()
+        self._settled_producer(self.args.capacity)
         with B.open_block(self.name, writable=True) as blk:
             geo = blk.geo
             slot = self.args.slot if self.args.slot is not None else 1 % geo.capacity
@@ -294,19 +190,9 @@ class Scenario:
                           % slot)
 
     def healthy(self) -> None:
-        p = self.producer(self.args.capacity + 2, live=self.args.live_producer)
-        p.wait_point()
-        if not self.args.live_producer:
-            p.join()
-
-        def read(sig: Signals) -> None:
-            cons = R.Consumer(R.attach(self.name), name="fleetlab-reader")
-            rs = cons.acquire()
-            cons.read(rs)
-            cons.release(rs)
-            cons.unregister()
-            sig.reached("read")
-        c = self.actor("reader", read)
+        self._settled_producer(self.args.capacity + 2)
+        c = self.actor("reader", [("consumer", "fleetlab-reader"), ("read", None),
+                                  ("release",), ("unregister",)])
         c.wait_point()
         c.join()
         self.notes.append("%d commits, one clean read; no faults" % (self.args.capacity + 2))

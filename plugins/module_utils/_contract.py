@@ -25,3 +25,9 @@ DRILL_ITERATIONS, DRILL_CAPACITY, DRILL_STRIDE = 20, 4, 4096
 #: The format of an audit line (docs/audit-and-undo.md): the engine writes it, the
 #: fleet_summary callback recognises it in the modules' ``audit`` results.
 AUDIT_FORMAT = "pylabhub.recovery/audit-v1"
+
+#: The practice blocks (``practice``): the scenarios one can ask for (``all`` = every
+#: fault in one block), the default block name (the one the README's commands use) and
+#: the hub name every practice block carries, so that only practice blocks are removed.
+PRACTICE_SCENARIOS = ("stuck_writer", "stuck_readers", "dead_consumers", "corruption", "all")
+PRACTICE_NAME, PRACTICE_HUB = "my_datablock", "plh-practice"

@@ -4,8 +4,8 @@
 """The crash drill: prove, on this very host, that recovery works.
 
 Each iteration creates a scratch block, commits known data, starts real producer and
-consumer processes (``os.fork``: nothing to import in the children, so it runs the same
-inside an Ansible module), SIGKILLs them at a protocol point chosen by a seeded RNG, heals
+consumer processes (crash actors, :mod:`_actors`, forked: nothing to import in the
+children, so it runs the same inside an Ansible module), SIGKILLs them at a protocol point chosen by a seeded RNG, heals
 the block, and checks the invariants:
 
 * the block validates and diagnoses healthy (nothing stuck, no dead consumer left);
@@ -21,58 +21,48 @@ from __future__ import annotations
 
 import os
 import random
-import select
 import signal
 import time
 from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
 from . import _runtime as R
+from ._actors import Actor, ActorError
 from ._contract import DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, SCHEMA
 from ._engine import heal, diagnose, validate
 
 POINTS = ("writer_locked", "writer_midwrite", "writer_precommit", "reader_inside",
           "consumer_registered", "writer_draining", "deadlock", "random")
 _S = L.SlotState
+#: Bounds (seconds) for an actor to reach its point, and for a released writer to finish:
+#: generous, for a loaded machine; only a broken protocol takes that long.
+_STAGE_TIMEOUT, _FINISH_TIMEOUT = 30.0, 15.0
 
 
-def _spawn(body: Callable[[Callable[[], None]], None], timeout: float = 5.0) -> int:
-    """Fork a child that runs ``body(ready)``; return its pid once it called ready()."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: never return into the caller's stack
-        code = 0
-        try:
-            os.close(r)
-            body(lambda: os.write(w, b"1"))
-            while True:
-                time.sleep(3600)
-        except BaseException:
-            code = 1
-        finally:
-            os._exit(code)
-    os.close(w)
+def _actor(name: str, steps: list, pause: Optional[str] = None) -> Actor:
+    """Start an actor on the drill's block and wait until it is where the kill should
+    land: at ``pause`` (left there), or after its last step. A process that cannot get
+    there is killed and the iteration reports that it could not be staged."""
+    a = Actor(name, steps, pause=pause, label="drill", fork=True)
     try:
-        ready = select.select([r], [], [], timeout)[0]
-        if not ready or not os.read(r, 1):
-            _kill([pid])
-            raise RuntimeError("drill child %d did not reach its protocol point" % pid)
-    finally:
-        os.close(r)
-    return pid
+        a.start()
+        a.wait_point(_STAGE_TIMEOUT)
+    except ActorError as exc:
+        a.close()
+        raise RuntimeError("drill actor did not reach its protocol point: %s"
+                           % str(exc).splitlines()[0])
+    return a
 
 
-def _kill(pids: List[int]) -> None:
-    for pid in pids:
+def _kill(actors: List[Actor]) -> None:
+    """SIGKILL every actor first (one moment for all), then reap each."""
+    for a in actors:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(a.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    for pid in pids:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+    for a in actors:
+        a.close()
 
 
 def _payload(rng: random.Random, size: int) -> bytes:
@@ -89,90 +79,57 @@ def _committed(block) -> Dict[int, Tuple[bytes, bytes]]:
     return out
 
 
-def _wait_for(cond: Callable[[], bool], timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
+def _stage(point: str, block, rng: random.Random
+           ) -> Tuple[List[Actor], List[Actor], List[int]]:
+    """Leave the block at ``point``; return (actors to kill, actors left alive, slots a
+    live writer will legitimately overwrite). The random draws are those of every
+    release before the actors (same seed, same points, same choices)."""
+    geo, name = block.geo, block.address
+    _payload(rng, geo.stride // 2)      # the torn and the full write's bytes: drawn for
+    _payload(rng, geo.stride)           # the same sequence; the actors write their own
 
+    def reader(index: Optional[int]) -> Actor:
+        steps = [("consumer", "drill-reader")] + ([("read", index)] if index is not None
+                                                  else [])
+        return _actor(name, steps)
 
-def _stage(point: str, block, rng: random.Random) -> Tuple[List[int], List[int], List[int]]:
-    """Leave the block at ``point``; return (pids killed, pids left alive, slots a live
-    writer will legitimately overwrite)."""
-    geo = block.geo
-    half = _payload(rng, geo.stride // 2)
-    full = _payload(rng, geo.stride)
-
-    def writer(upto: str) -> Callable[[Callable[[], None]], None]:
-        def body(ready: Callable[[], None]) -> None:
-            p = R.Producer(block)
-            ws = p.acquire(timeout=None)
-            if upto == "midwrite":
-                p.write(ws, half)
-            elif upto == "precommit":
-                p.write(ws, full)
-            elif upto == "finish":
-                p.write(ws, full)
-                p.commit(ws)
-                os._exit(0)
-            ready()
-        return body
-
-    def reader(index: Optional[int]) -> Callable[[Callable[[], None]], None]:
-        def body(ready: Callable[[], None]) -> None:
-            c = R.Consumer(block, name="drill-reader")
-            if index is not None:
-                rs = c.acquire(index)
-                if rs is None:
-                    raise RuntimeError("slot not readable")
-            ready()
-        return body
-
-    if point in ("writer_locked", "writer_midwrite", "writer_precommit"):
-        return [_spawn(writer(point.split("_")[1]))], [], []
+    if point == "writer_locked":
+        return [_actor(name, [("producer",), ("acquire",)])], [], []
+    if point == "writer_midwrite":
+        return [_actor(name, [("producer",), ("acquire",), ("write",)],
+                       pause="half-written")], [], []
+    if point == "writer_precommit":
+        return [_actor(name, [("producer",), ("acquire",), ("write",)])], [], []
     if point == "reader_inside":
-        return [_spawn(reader(None if rng.random() < 0.5 else block.get("commit_index")
-                              % geo.capacity))], [], []
+        return [reader(None if rng.random() < 0.5 else block.get("commit_index")
+                       % geo.capacity)], [], []
     if point == "consumer_registered":
-        return [_spawn(reader(None)) for dummy in range(rng.randint(1, 3))], [], []
+        return [reader(None) for dummy in range(rng.randint(1, 3))], [], []
     if point in ("writer_draining", "deadlock"):
         producer = R.Producer(block)
         while block.slot(block.get("write_index") % geo.capacity, "slot_state") != _S.COMMITTED:
             producer.publish(_payload(rng, geo.stride))
         target = block.get("write_index") % geo.capacity      # the next slot a writer takes
-        rd = _spawn(reader(target))
-        wr_pid = os.fork()
-        if wr_pid == 0:
-            try:
-                writer("finish")(lambda: None)
-            finally:
-                os._exit(1)
-        base = geo.slot_entry(target)
-        _wait_for(lambda: block.get(L.SLOT["slot_state"], base) == _S.DRAINING, 5.0)
+        rd = reader(target)
+        try:
+            wr = _actor(name, [("producer",), ("acquire",), ("write",), ("commit",)],
+                        pause="draining")
+        except RuntimeError:
+            _kill([rd])
+            raise
         if point == "deadlock":
-            return [rd, wr_pid], [], []
-        return [rd], [wr_pid], [target]
+            return [rd, wr], [], []
+        wr.resume()                        # on into the drain wait, behind the reader
+        return [rd], [wr], [target]
 
     # random: a publishing producer and two reading consumers, killed at a random moment
-    def publisher(ready: Callable[[], None]) -> None:
-        p = R.Producer(block)
-        ready()
-        while True:
-            p.publish(_payload(rng, 64), timeout=None)
-
-    def consumer(ready: Callable[[], None]) -> None:
-        c = R.Consumer(block, name="drill-loop")
-        ready()
-        while True:
-            rs = c.acquire()
-            if rs is not None:
-                c.read(rs, verify=False)
-                c.release(rs)
-    pids = [_spawn(publisher), _spawn(consumer), _spawn(consumer)]
+    busy = [_actor(name, [("producer",), ("publish", None)], pause="claimed")]
+    busy += [_actor(name, [("consumer", "drill-loop"), ("reads",)], pause="heartbeat")
+             for dummy in range(2)]
+    for a in busy:
+        a.resume()
     time.sleep(rng.uniform(0.001, 0.05))
-    return pids, [], []
+    return busy, [], []
 
 
 def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
@@ -182,7 +139,7 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
     point = rng.choice(POINTS)
     name = "plh_drill_%d_%d" % (os.getpid(), index)
     problems: List[str] = []
-    survivors: List[int] = []
+    survivors: List[Actor] = []
     block = R.create(name, capacity=capacity, stride=stride)
     try:
         producer = R.Producer(block)
@@ -197,11 +154,15 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
         _kill(killed)
         before = _committed(block)
         healed = heal(name, snapshot=False, audit=False)   # a scratch block: no record
-        for pid in survivors:              # a waiting writer must now finish by itself
-            if not _wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, 5.0):
+        for a in survivors:                # a waiting writer must now finish by itself
+            try:
+                a.wait_point(_FINISH_TIMEOUT)  # its last step (the commit) done
+                a.resume()
+                a.wait_exit(_FINISH_TIMEOUT)
+            except ActorError:
                 problems.append("writer %d left alive behind the dead reader never finished"
-                                % pid)
-                _kill([pid])
+                                % a.pid)
+            a.close()
         survivors = []
         after = _committed(block)
         lost = [i for i, data in before.items() if after.get(i) != data and i not in exempt]

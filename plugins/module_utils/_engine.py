@@ -30,6 +30,7 @@ from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
 from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
                         INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
+from ._contract import PRACTICE_HUB, PRACTICE_NAME, PRACTICE_SCENARIOS
 from ._diagnose import assess, findings_of, producer_dead, report, validate_health
 from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,
                       EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_SNAPSHOT, EXIT_USAGE,
@@ -58,7 +59,7 @@ from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, p
 __all__ = [
     # operations (one block, by address), and on every block of the host
     "diagnose", "recover", "cleanup", "validate", "heal", "each_block", "examine",
-    "discover", "scan", "list_blocks", "drill",
+    "discover", "scan", "list_blocks", "drill", "practice", "practice_stop",
     # before-images, undo, metrics (docs/audit-and-undo.md)
     "undo", "snapshots", "metrics",
     # entry points into what the operations are made of
@@ -68,6 +69,7 @@ __all__ = [
     "SCHEMA", "SLOT_ACTIONS", "SUCCESS", "FAILED", "UNSAFE", "NOT_STUCK", "INVALID_SLOT",
     "HEALTHY", "DEGRADED", "SUSPECT", "STUCK", "CORRUPT", "HEALTH_RANK",
     "DRILL_ITERATIONS", "DRILL_CAPACITY", "DRILL_STRIDE",
+    "PRACTICE_SCENARIOS", "PRACTICE_NAME", "PRACTICE_HUB",
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
     "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL", "EXIT_SNAPSHOT",
     # errors, and the one escaping rule for untrusted text
@@ -620,6 +622,22 @@ def drill(iterations: Optional[int] = None, seed: Optional[int] = None,
         return None
     from ._drill import drill as _drill
     return _drill(iterations, seed, capacity=capacity, stride=stride, progress=progress)
+
+
+def practice(scenario: str, name: Optional[str] = None) -> dict:
+    """Leave a real crashed block to practise on (:mod:`_practice`): a new block ``name``
+    (default ``PRACTICE_NAME``; an existing block is refused) with ``scenario``, one of
+    ``PRACTICE_SCENARIOS``, made by real processes really SIGKILLed. Returns what was
+    left, each process with its fate, and ``live_pids`` (see :func:`practice_stop`)."""
+    from ._practice import practice as _practice
+    return _practice(scenario, name)
+
+
+def practice_stop(name: Optional[str] = None) -> dict:
+    """Kill what a practice left running on block ``name`` and remove the block; a block
+    that is not a practice block is refused (:class:`UsageError`), nothing changed."""
+    from ._practice import stop as _stop
+    return _stop(name)
 
 
 def geometry_problem(capacity: int, stride: int, flex_size: int = 0) -> Optional[str]:

@@ -140,7 +140,7 @@ def _no_hook(point: str) -> None:
 
 Hook = Callable[[str], None]
 PRODUCER_POINTS = ("claimed", "locked", "evidence", "draining", "writing", "half-written",
-                   "checksummed", "committed", "unlocked")
+                   "checksummed", "generation", "committed", "unlocked")
 CONSUMER_POINTS = ("pid-cased", "counted", "heartbeat", "reading-recorded", "inside",
                    "released", "unregister-pid-cleared", "unregistered")
 STYLES = ("ours", "cpp")
@@ -270,6 +270,7 @@ class Producer:
                 self.stamp_flex()
             self.at("checksummed")
         b.add(SLOT["write_generation"], 1, base)
+        self.at("generation")
         b.set(SLOT["slot_state"], L.SlotState.COMMITTED, base)
         b.set("commit_index", ws.slot_id)
         b.add("total_slots_written", 1)

@@ -22,8 +22,8 @@ import sys
 
 import pytest
 
-from ansible_collections.pylabhub.recovery.tests.crashlab import (
-    CrashLab, snapshot, unique_name)
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import (
+    CrashedBlocks, snapshot, unique_name)
 
 BIN = os.path.dirname(sys.executable)
 INVENTORY = ("localhost ansible_connection=local "
@@ -38,7 +38,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def lab():
-    with CrashLab() as the_lab:
+    with CrashedBlocks() as the_lab:
         yield the_lab
 
 

@@ -22,8 +22,8 @@ import sys
 
 import pytest
 
-from ansible_collections.pylabhub.recovery.tests.crashlab import (
-    CrashLab, snapshot, unique_name)
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import (
+    CrashedBlocks, snapshot, unique_name)
 from ansible_collections.pylabhub.recovery.tests.integration.test_playbooks import _env
 
 BIN = os.path.dirname(sys.executable)
@@ -51,7 +51,7 @@ def shell_bin(tmp_path_factory):
 
 @pytest.fixture
 def lab():
-    with CrashLab() as the_lab:
+    with CrashedBlocks() as the_lab:
         yield the_lab
 
 

@@ -38,7 +38,7 @@ SHIPPED = (
     "docs/performance.md",
     "docs/audit-and-undo.md",
     # the tests ansible-test runs from an installed collection, and what they import
-    "tests/conftest.py", "tests/crashlab.py", "tests/support.py", "tests/fixtures/",
+    "tests/conftest.py", "tests/crashed_blocks.py", "tests/support.py", "tests/fixtures/",
     "tests/unit/", "tests/integration/targets/",
 )
 #: Inside a shipped folder, what cannot run from the artifact (needs src/, the lab or

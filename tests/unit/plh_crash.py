@@ -1,10 +1,11 @@
-"""Real crash states for the CLI and API tests: child processes of our runtime, SIGKILLed.
+"""Real crash states for the CLI and API tests: crash actors of our runtime, SIGKILLed.
 
-Each actor is a separate Python process (``python -c ACTOR role ...``) that uses the
-collection's runtime (``_runtime``: the spec's protocol), reports one JSON line on stdout
-when it has reached its protocol point, and then holds still until it is killed (or, for
-"exit" actors, exits cleanly). The scenario functions below leave a named block in a known
-state and return what they did, so a test can check the bytes before and after.
+Each actor is a separate Python process (``plugins/module_utils/_actors.py``: a fresh
+interpreter running the collection's runtime, ``_runtime``: the spec's protocol) that
+reports when it has reached its protocol point, and then holds still until it is killed
+(or, for "exit" actors, exits cleanly). The scenario functions below leave a named block
+in a known state and return what they did, so a test can check the bytes before and
+after.
 
 Every scenario uses 2 slots of 4096 bytes (the upstream tests' geometry, spec section 7)
 and leaves its interesting state in **slot 0**, the slot the documented commands name.
@@ -13,121 +14,64 @@ and leaves its interesting state in **slot 0**, the slot the documented commands
 from __future__ import annotations
 
 import itertools
-import json
 import os
-import select
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import pytest
 
 CAPACITY, STRIDE = 2, 4096
 DEAD_PID = 2147483647            # spec section 7: a PID no process can have
 
-ACTOR = textwrap.dedent("""
-    import json, os, signal, sys
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _layout as L, _runtime as R)
+#: The actors' scripts: (steps, pause, nth) by role. A producer creates the block and
+#: commits ``commits`` slot ids, then holds (then=0), acquires and writes half a slot and
+#: holds there (then=1), or exits (then=2); a reader registers and enters slot N; a
+#: consumer only registers.
 
-    role, name = sys.argv[1], sys.argv[2]
-    args = [int(a) for a in sys.argv[3:]]
 
-    def ready(**info):
-        info["pid"] = os.getpid()
-        sys.stdout.write(json.dumps(info) + "\\n")
-        sys.stdout.flush()
-
-    def hold():
-        while True:
-            signal.pause()
-
-    def payload(i):
-        return ("crash test slot-id %d" % i).encode().ljust(64, b".")
-
-    if role == "producer":            # commits N slot ids, then holds (killed by the test)
-        commits, then = args[0], args[1]      # then: 0 hold, 1 acquire+half-write+hold, 2 exit
-        blk = R.create(name, capacity=args[2], stride=args[3])
-        prod = R.Producer(blk)
-        for i in range(commits):
-            prod.publish(payload(i))
-        if then == 1:
-            ws = prod.acquire()
-            prod.write(ws, b"\\xab" * (blk.geo.stride // 2))
-            ready(slot=ws.index, slot_id=ws.slot_id)
-            hold()
-        ready(commits=commits)
-        if then == 2:
-            blk.close()
-            sys.exit(0)
-        hold()
-    elif role == "reader":            # registers, enters slot N, holds inside it
-        blk = R.attach(name)
-        cons = R.Consumer(blk, name="reader-%d" % os.getpid())
-        rs = cons.acquire(index=args[0])
-        if rs is None:
-            sys.exit("slot %d is not readable" % args[0])
-        cons.read(rs)
-        ready(slot=rs.index, consumer=cons.index)
-        hold()
-    elif role == "consumer":          # registers and holds (reads nothing)
-        blk = R.attach(name)
-        cons = R.Consumer(blk, name="consumer-%d" % os.getpid())
-        ready(consumer=cons.index)
-        hold()
-    else:
-        sys.exit("unknown role " + role)
-""")
+def _producer_script(commits, then):
+    steps = [("create", {"capacity": CAPACITY, "stride": STRIDE}), ("producer",),
+             ("publish", commits)]
+    if then == 1:
+        return steps + [("acquire",), ("write",)], "half-written", commits + 1
+    return steps, None, 1
 
 
 class Actor:
-    """One child process of ours; ``info`` is the JSON it reported at its point."""
+    """One crash actor of ours; ``info`` is what it reported at its point."""
 
     def __init__(self, role, name, *args, timeout=15.0):
+        # imported here: this module is loaded by conftests before the collection's path
+        from ansible_collections.pylabhub.recovery.plugins.module_utils import _actors
         self.role = role
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", ACTOR, role, name] + [str(a) for a in args],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
-        self.pid = self.proc.pid
-        self.info = self._wait_line(timeout)
-
-    def _wait_line(self, timeout):
-        deadline = time.monotonic() + timeout
-        buf = b""
-        fd = self.proc.stdout.fileno()
-        while b"\n" not in buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                self.kill()
-                raise RuntimeError("%s actor did not reach its point" % self.role)
-            ready = select.select([fd], [], [], left)[0]
-            if ready:
-                chunk = os.read(fd, 4096)
-                if not chunk:
-                    self.proc.wait()
-                    raise RuntimeError("%s actor ended early (rc %s): %s" % (
-                        self.role, self.proc.returncode, self.proc.stderr.read().decode()))
-                buf += chunk
-        return json.loads(buf.split(b"\n", 1)[0].decode())
+        if role == "producer":
+            steps, pause, nth = _producer_script(args[0], args[1])
+        elif role == "reader":
+            steps, pause, nth = [("consumer", "reader"), ("read", args[0])], None, 1
+        elif role == "consumer":
+            steps, pause, nth = [("consumer", "consumer")], None, 1
+        else:
+            raise ValueError("unknown role " + role)
+        self.actor = _actors.Actor(name, steps, pause=pause, nth=nth, label="plh-crash")
+        try:
+            self.actor.start(timeout)
+            self.info = self.actor.wait_point(timeout)
+        except _actors.ActorError as exc:
+            self.actor.close()
+            raise RuntimeError("%s actor did not reach its point: %s" % (role, exc))
+        self.pid = self.actor.pid
+        if role == "producer" and args[1] == 2:
+            self.actor.resume()          # then=2: exit cleanly
 
     @property
     def alive(self):
-        return self.proc.poll() is None
+        return self.actor.running()
 
     def kill(self):
         """SIGKILL and reap: the PID is then positively dead."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self.actor.close()
 
     def join(self, timeout=15.0):
-        self.proc.wait(timeout)
-        for stream in (self.proc.stdout, self.proc.stderr):
-            stream.close()
+        self.actor.wait_exit(timeout)
+        self.actor.close()
 
 
 class Crashes:

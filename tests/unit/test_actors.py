@@ -57,6 +57,8 @@ def test_producer_points_are_where_they_say(name, actors):
                                       and b"slot 2" not in i.slot_data(0)[128:]),
         "checksummed": lambda a, i: (i.checksum_valid(0) and i.slot(0)["generation"] == 1
                                      and i.slot(0)["state"] == WRITING),
+        "generation": lambda a, i: (i.checksum_valid(0) and i.slot(0)["generation"] == 2
+                                    and i.slot(0)["state"] == WRITING and i.commit_index == 1),
         "committed": lambda a, i: (i.slot(0)["state"] == COMMITTED and i.slot(0)["generation"]
                                    == 2 and i.slot(0)["lock"] == a.pid and i.commit_index == 2),
         "unlocked": lambda a, i: i.slot(0)["lock"] == 0 and i.slot(0)["state"] == COMMITTED,

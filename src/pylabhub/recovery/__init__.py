@@ -105,6 +105,17 @@ blocks, each block healed and checked (``datablock-admin drill`` is the same)::
     >>> d = recovery.run_drill(30, seed=1234)
     >>> d["ok"], d["survived"], d["committed_lost"]
     (True, 30, 0)
+
+Practice
+--------
+``practice(scenario, name="my_datablock")`` leaves a real crashed block to learn on
+(``stuck_writer``, ``stuck_readers``, ``dead_consumers``, ``corruption``, ``all``; an
+existing block is refused); ``practice_stop(name)`` kills what it left running and
+removes it (``datablock-admin practice`` is the same)::
+
+    >>> p = recovery.practice("stuck_writer")
+    >>> p["faults"][0]["next"][0]["action"]
+    'release_writer'
 """
 
 from __future__ import annotations
@@ -127,6 +138,8 @@ __all__ = [
     "list_blocks", "open_block", "recover", "scan", "validate",
     # before-images, undo and metrics (docs/audit-and-undo.md)
     "undo", "snapshots", "metrics", "SnapshotError", "UndoRefused", "SnapshotMismatch",
+    # a real crashed block to practise on (datablock-admin practice)
+    "practice", "practice_stop",
     # errors and exit codes
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",

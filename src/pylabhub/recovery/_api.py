@@ -21,6 +21,9 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
     UnsupportedLayout, UsageError, Verdict, WrongOwner, cleanup, diagnose, discover, heal,
     judge, list_blocks, metrics, open_block, printable, recover, scan, snapshots, undo,
     validate)
+# a real crashed block to practise on, and its clean-up (README, "Your first recovery")
+from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (  # noqa: F401 pylint: disable=unused-import
+    practice, practice_stop)
 
 
 # --------------------------------------------------------------------------- result types

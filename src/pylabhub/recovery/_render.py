@@ -532,6 +532,40 @@ def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -
     return lines
 
 
+@untrusted
+def render_practice(d: Dict[str, Any], style: Style, stop: str) -> List[str]:
+    """What a practice left: each fault and the commands that recover it, every process
+    and its fate, the ones still running and ``stop``, the command that cleans up."""
+    name = quote(d["block"])
+    lines = ["practice block %s (%s): %s" % (name, d["path"], d["scenario"]), "  left:"]
+    for fault in d["faults"]:
+        lines.append("    %s" % fault["what"])
+    lines.append("  processes: %s" % ", ".join(
+        "%s %s %s" % (p["role"], p["pid"], p["fate"]) for p in d["processes"]))
+    live = d.get("live_pids") or []
+    lines.append("  still running: %s" % (", ".join("pid %s" % p for p in live) or "none"))
+    lines.append("  try:")
+    lines.append("    %s diagnose %s" % (PROG, name))
+    seen = []  # type: List[str]
+    for fault in d["faults"]:
+        for step in fault.get("next") or []:
+            line = command(step, d["block"])
+            if line not in seen:
+                seen.append(line)
+                lines.append("    " + line)
+    lines.append("  clean up (kills what is still running, removes the block): %s" % stop)
+    return lines
+
+
+@untrusted
+def render_practice_stop(d: Dict[str, Any], style: Style) -> List[str]:
+    """What ``practice --stop`` killed and removed."""
+    killed = ", ".join(str(p) for p in d["killed"]) or "none"
+    removed = "removed %s" % d["path"] if d["removed"] else "no block to remove"
+    return ["practice block %s: killed %s; %s" % (quote(d["block"]), killed, removed),
+            "  result: %s" % ("ok (changed)" if d["changed"] else "ok (nothing to do)")]
+
+
 RENDER = {"diagnose": render_diagnose, "recover": render_recover, "cleanup": render_cleanup,
           "validate": render_validate, "heal": render_heal, "undo": render_undo}
 

@@ -20,6 +20,8 @@ import sys
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import (
     DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, SCHEMA, SLOT_ACTIONS)
+from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import (
+    PRACTICE_HUB, PRACTICE_NAME, PRACTICE_SCENARIOS)
 
 from ._version import __version__
 
@@ -84,6 +86,7 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin undo SNAPSHOT [--dry-run]  # put a run's stores back
   datablock-admin metrics --textfile DIR     # Prometheus, node_exporter's textfile
   datablock-admin drill [--iterations N] [--seed S]
+  datablock-admin practice SCENARIO          # a real crashed block to learn on
   eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
 
 Every command takes --json (schema pylabhub.recovery/v1), --no-color, -v/--verbose and
@@ -120,6 +123,24 @@ your applications are never touched.
 
 The summary prints the seed: --seed S --iterations N reruns exactly the same kill points.
 Exit code 0 when every iteration survived, 1 when one failed (each failure is listed)."""
+
+PRACTICE_DESCRIPTION = """\
+Leave a real crashed DataBlock to practise recovery on: a NEW block (an existing one is
+refused), its faults made by real producer and consumer processes really SIGKILLed at a
+protocol point, as a crash leaves them:
+
+  stuck_writer    a writer killed half-way through writing slot 0 (release_writer)
+  stuck_readers   two readers killed inside slot 0, and a LIVE writer waiting behind
+                  them for ever (release_readers; the writer then finishes and exits)
+  dead_consumers  three consumers killed while registered (cleanup)
+  corruption      committed bytes of slot 0 changed behind its checksum (validate --repair)
+  all             every fault in one block (writer: slot 0, readers: 1, corruption: 2)
+
+It prints what it left, every process and its fate, the pids still running and the
+commands to try (README, "Your first recovery"). The live waiting writer carries the
+block's name on its command line; '%s practice --stop [NAME]' kills whatever
+a practice left running on NAME and removes the block - only a practice block (hub name
+%s).""" % (PROG, PRACTICE_HUB)
 
 ANSIBLE_SETUP_DESCRIPTION = """\
 Print the setup that lets ansible and ansible-doc take the modules' short names
@@ -414,6 +435,17 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
                    help="slots of each scratch block (default: %d)" % DRILL_CAPACITY)
     c.add_argument("--stride", type=_int, default=DRILL_STRIDE, metavar="S",
                    help="bytes per slot, a multiple of 64 (default: %d)" % DRILL_STRIDE)
+
+    c = sub.add_parser("practice", help="leave a real crashed block to practise recovery on",
+                       description=PRACTICE_DESCRIPTION, epilog=SEE_EXIT_CODES,
+                       formatter_class=fmt, parents=[common])
+    c.add_argument("scenario", nargs="?", choices=PRACTICE_SCENARIOS, metavar="SCENARIO",
+                   help="what to leave: %s" % ", ".join(PRACTICE_SCENARIOS))
+    c.add_argument("--name", metavar="NAME", default=PRACTICE_NAME,
+                   help="the new block's shm name (default: %s)" % PRACTICE_NAME)
+    c.add_argument("--stop", metavar="NAME", nargs="?", const="",
+                   help="instead: kill what a practice left running on NAME (default: "
+                        "--name) and remove that practice block")
 
     c = sub.add_parser("ansible-setup", help="print the one setup line that makes short "
                        "module names work (ansible -m datablock_recover, ansible-doc)",
@@ -734,6 +766,29 @@ def cmd_drill(args: argparse.Namespace, out: Out) -> int:
     return _engine().EXIT_OK if result["ok"] else _engine().EXIT_FINDINGS
 
 
+def cmd_practice(args: argparse.Namespace, out: Out) -> int:
+    prog = "%s practice" % PROG
+    if args.stop is not None:
+        if args.scenario:
+            raise _ArgError(prog, "--stop takes no SCENARIO")
+        result = _engine().practice_stop(args.stop or args.name)
+        if out.json:
+            out.data(result)
+        else:
+            out.lines(_r().render_practice_stop(result, out.style))
+        return _engine().EXIT_OK
+    if not args.scenario:
+        raise _ArgError(prog, "a SCENARIO is needed (%s), or --stop"
+                        % ", ".join(PRACTICE_SCENARIOS))
+    result = _engine().practice(args.scenario, args.name)
+    if out.json:
+        out.data(result)
+    else:
+        stop = "%s practice --stop %s" % (PROG, _r().quote(result["block"]))
+        out.lines(_r().render_practice(result, out.style, stop))
+    return _engine().EXIT_OK
+
+
 def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
     if out.json:
         raise _ArgError("%s ansible-setup" % PROG, "--json: this command prints shell or "
@@ -745,7 +800,7 @@ def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
 
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
             "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
-            "drill": cmd_drill, "ansible-setup": cmd_ansible_setup, "undo": cmd_undo,
+            "drill": cmd_drill, "practice": cmd_practice, "ansible-setup": cmd_ansible_setup, "undo": cmd_undo,
             "snapshots": cmd_snapshots, "metrics": cmd_metrics}
 
 

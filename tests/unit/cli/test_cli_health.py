@@ -15,13 +15,13 @@ import shlex
 
 import pytest
 
-from engine.helpers import (DRAINING, Lab, image, publisher_program, reader_program,
+from engine.helpers import (DRAINING, ScratchBlocks, image, publisher_program, reader_program,
                             wait_for, writer_program)
 
 
 @pytest.fixture
 def lab(fixtures_dir):
-    owner = Lab(lambda: fixtures_dir)
+    owner = ScratchBlocks(lambda: fixtures_dir)
     yield owner
     owner.close()
 

@@ -2,7 +2,7 @@
 
 * The change list speaks the block's terms (state names, flags, pids with their verdict)
   and folds the tool's own claim away; a dry run prints the very change lines of the real
-  run that follows, for every crash state of ``engine/helpers.py`` ``Lab.crashed`` and of
+  run that follows, for every crash state of ``engine/helpers.py`` ``ScratchBlocks.crashed`` and of
   ``plh_crash`` (the CLI's own scenarios).
 * Dry runs speak in the conditional ("would release"), real runs in the past tense: no
   past-tense verb of the vocabulary (``_wording.PAST_FORMS``) in a dry run, no
@@ -21,12 +21,12 @@ import shlex
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as W
-from engine.helpers import SCENARIOS, WRITER_POINTS, Lab
+from engine.helpers import SCENARIOS, WRITER_POINTS, ScratchBlocks
 
 
 @pytest.fixture
 def lab(fixtures_dir):
-    owner = Lab(lambda: fixtures_dir)
+    owner = ScratchBlocks(lambda: fixtures_dir)
     yield owner
     owner.close()
 
@@ -66,7 +66,7 @@ def dry_then_real(cli, argv):
 
 # --------------------------------------------------------------------------- every crash state
 def commands_for(scenario, name, slot):
-    """What an operator runs on each crash state of ``Lab.crashed``: the slot action the
+    """What an operator runs on each crash state of ``ScratchBlocks.crashed``: the slot action the
     state calls for, then (on a fresh copy of the state) heal."""
     if scenario in WRITER_POINTS:
         return ["recover", name, "--slot", str(slot), "--action", "release_writer"]

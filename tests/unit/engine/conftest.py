@@ -12,7 +12,7 @@ import pytest
 @pytest.fixture
 def lab(request):
     """Owns the test's blocks and child processes; removes them even when the test fails."""
-    from .helpers import Lab
-    owner = Lab(lambda: request.getfixturevalue("fixtures_dir"))
+    from .helpers import ScratchBlocks
+    owner = ScratchBlocks(lambda: request.getfixturevalue("fixtures_dir"))
     yield owner
     owner.close()

@@ -1,11 +1,17 @@
 """Shared machinery of the engine tests: real blocks, real child processes, real SIGKILL.
 
-* :class:`Child` forks a process that runs our runtime up to a chosen protocol point,
-  reports readiness through a pipe, then waits to be killed (SIGKILL) or stopped (SIGSTOP).
-* :class:`Lab` (the ``lab`` fixture) owns every shm name and child of a test and removes
-  them even when the test fails.
-* ``Lab.crashed(scenario)`` leaves a block in one crash state, with a snapshot of every
-  committed slot taken *before* the crash, so a test can prove recovery did not touch them.
+Every process is a crash actor (``plugins/module_utils/_actors.py``, forked):
+
+* ``ScratchBlocks.crashed(scenario)`` leaves a block in one crash state -- a writer
+  actor stopped at the protocol point the scenario names (``_runtime.PRODUCER_POINTS``)
+  and SIGKILLed there, a reader or consumer killed inside, a writer left draining --
+  with a snapshot of every committed slot taken *before* the crash, so a test can prove
+  recovery did not touch them.
+* :class:`Child` is a function actor (``_actors.Actor(call=...)``): a test's own program
+  ``fn(report, *args)``, which reports, then waits to be killed (SIGKILL) or stopped
+  (SIGSTOP).
+* :class:`ScratchBlocks` (the ``lab`` fixture) owns every shm name and process of a test
+  and removes them even when the test fails.
 
 Assertions read the block back through ``plh_spec`` (the spec's offsets, independent of
 the core's ``_layout``).
@@ -13,20 +19,14 @@ the core's ``_layout``).
 
 from __future__ import annotations
 
-import ctypes
-import hashlib
 import itertools
-import json
 import os
-import select
 import shutil
-import signal
 import time
-import traceback
 from typing import Callable, Dict, List, Optional
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _engine as E, _layout as L, _procinfo, _runtime as R)
+    _actors, _engine as E, _layout as L, _procinfo, _runtime as R)
 
 import plh_spec as spec
 
@@ -34,15 +34,13 @@ DEAD_PID = 2147483647        # spec section 7: "dead PID"
 SHM = "/dev/shm"
 FREE, WRITING, COMMITTED, DRAINING = 0, 1, 2, 3
 _COUNTER = itertools.count(1)
-_PR_SET_PDEATHSIG = 1
 
 
 # -- data ----------------------------------------------------------------------------------
 def payload(slot_id: int, stride: int) -> bytes:
-    """Deterministic slot contents for a slot id; the first 8 bytes name the id."""
-    seed = hashlib.blake2b(b"plh-%d" % slot_id, digest_size=64).digest()
-    body = (seed * (stride // 64 + 1))[:stride - 8]
-    return slot_id.to_bytes(8, "little") + body
+    """Deterministic slot contents for a slot id; the first 8 bytes name the id (what
+    the actors write: ``_actors.payload(..., "digest")``)."""
+    return _actors.payload(slot_id, stride, "digest")
 
 
 def payload_ok(data: bytes) -> bool:
@@ -108,102 +106,63 @@ class ChildFailed(AssertionError):
 
 
 class Child:
-    """A forked process running ``fn(report, *args)``; ``report(obj)`` sends one JSON line.
+    """A process of the test: a forked function actor running ``fn(report, *args)``
+    (``report(obj)`` sends one message), or a step actor (``steps``, ``pause``: see
+    :mod:`_actors`) on block ``name``.
 
     The first report is the readiness signal. After ``fn`` returns the child waits to be
     killed, keeping what ``fn`` returned (its block and producer or consumer: a process
     holds a block's words only while it has the block mapped, and an unreferenced Block
-    unmaps itself); an exception is reported as ``{"error": traceback}`` and the child
-    exits 1.
-    The child never returns into pytest (``os._exit``) and dies with its parent.
+    unmaps itself); an exception fails :meth:`recv` with its traceback. The child never
+    returns into pytest and dies with its parent.
     """
 
-    def __init__(self, fn: Callable, *args, linger: bool = True) -> None:
-        r, w = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # child
-            code = 0
-            try:
-                os.close(r)
-                try:
-                    ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-                except Exception:
-                    pass
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    def __init__(self, fn: Optional[Callable], *args, linger: bool = True, name: str = "",
+                 steps=(), pause: Optional[str] = None) -> None:
+        if fn is not None:
+            self.actor = _actors.Actor(name, [], call=(fn, args), linger=linger, fork=True,
+                                       label="engine-test")
+        else:
+            self.actor = _actors.Actor(name, steps, pause=pause, fork=True,
+                                       payload="digest", label="engine-test")
+        try:
+            self.actor.start()
+        except _actors.ActorError as exc:
+            raise ChildFailed(str(exc))
+        self.pid = self.actor.pid
 
-                def report(obj) -> None:
-                    os.write(w, (json.dumps(obj) + "\n").encode())
-                kept = [fn(report, *args)]      # referenced by this frame while it lingers
-                while linger and kept:
-                    time.sleep(60)
-            except BaseException:
-                code = 1
-                try:
-                    os.write(w, (json.dumps({"error": traceback.format_exc()}) + "\n").encode())
-                except BaseException:
-                    pass
-            finally:
-                os._exit(code)
-        os.close(w)
-        self.pid = pid
-        self._r = r
-        self._buf = b""
-        self.status: Optional[int] = None
+    @property
+    def status(self) -> Optional[int]:
+        return self.actor.exit_status
 
     def recv(self, timeout: float = 10.0) -> dict:
         """The next report; raises if the child failed, died or took too long."""
-        deadline = time.monotonic() + timeout
-        while b"\n" not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise ChildFailed("child %d sent nothing within %.1f s" % (self.pid, timeout))
-            ready = select.select([self._r], [], [], left)[0]
-            if ready:
-                chunk = os.read(self._r, 65536)
-                if not chunk:
-                    raise ChildFailed("child %d closed its pipe (exited %s)"
-                                      % (self.pid, self.reap(0.5)))
-                self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        msg = json.loads(line)
-        if isinstance(msg, dict) and "error" in msg:
-            raise ChildFailed("child %d failed:\n%s" % (self.pid, msg["error"]))
-        return msg
+        try:
+            msg = self.actor.wait_point(timeout)
+        except _actors.ActorError as exc:
+            raise ChildFailed("child %d: %s" % (self.pid, exc))
+        return msg["report"] if msg.get("event") == "report" else msg
 
     def reap(self, timeout: float = 10.0) -> Optional[int]:
-        deadline = time.monotonic() + timeout
-        while self.status is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.status = status
-                break
-            if time.monotonic() > deadline:
-                return None
-            time.sleep(0.002)
-        return self.status
+        try:
+            return self.actor.wait_exit(timeout)
+        except _actors.ActorError:
+            return None
 
     def kill(self) -> None:
         """SIGKILL and reap: afterwards the pid is certainly dead (ESRCH)."""
-        if self.status is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.reap()
+        self.actor.kill()
         assert _procinfo.pid_probe(self.pid) == _procinfo.PROBE_NO_SUCH
 
     def stop(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
+        self.actor.stop()
         wait_for(lambda: _procinfo.process_state(self.pid) in ("T", "t"), 5, "SIGSTOP")
 
     def close(self) -> None:
         try:
             self.kill()
         finally:
-            if self._r is not None:
-                os.close(self._r)
-                self._r = None
+            self.actor.close()
 
 
 def reaped_pid() -> int:
@@ -227,6 +186,20 @@ def _commit_n(p: R.Producer, n: int) -> List[int]:
 
 
 WRITER_POINTS = ("locked", "acquired", "mid_write", "before_commit", "mid_commit")
+#: Where each writer point stops a writer actor (after ``("producer",), ("acquire",)``
+#: and, for the later points, ``("write",)`` and ``("commit",)``): the protocol point
+#: (None: after its last step). "locked" is "evidence" on a block that carries evidence.
+_WRITER_STOPS = {"locked": (2, "locked"), "acquired": (2, "writing"),
+                 "mid_write": (3, "half-written"), "before_commit": (3, None),
+                 "mid_commit": (4, "generation")}
+
+
+def writer_steps(point: str, evidence: bool = True) -> tuple:
+    """(steps, pause) of a writer actor stopped at ``point`` (see writer_program)."""
+    count, pause = _WRITER_STOPS[point]
+    if point == "locked" and evidence:
+        pause = "evidence"
+    return [("producer",), ("acquire",), ("write",), ("commit",)][:count], pause
 
 
 def writer_program(report, name: str, commits: int, point: str) -> None:
@@ -307,7 +280,7 @@ def creator_program(report, name: str, capacity: int, stride: int, evidence: boo
     report({"pid": os.getpid()})
 
 
-# -- the lab --------------------------------------------------------------------------------
+# -- a test's blocks and processes -----------------------------------------------------------
 SCENARIOS = WRITER_POINTS + ("reader", "consumer", "draining_live_writer", "deadlock")
 
 
@@ -326,8 +299,9 @@ class Crash:
         self.last_good = last_good        # slot id of the last good commit
 
 
-class Lab:
-    """Per-test owner of shm names and child processes; ``close`` removes them all."""
+class ScratchBlocks:
+    """The scratch blocks (shm names) of one test and the processes it started on them;
+    ``close`` kills every process and removes every block."""
 
     def __init__(self, fixtures_dir=None) -> None:
         self.names: List[str] = []
@@ -340,7 +314,14 @@ class Lab:
         return n
 
     def child(self, fn: Callable, *args, linger: bool = True) -> Child:
+        """A function actor: the test's own program ``fn(report, *args)``."""
         c = Child(fn, *args, linger=linger)
+        self.children.append(c)
+        return c
+
+    def actor(self, name: str, steps, pause: Optional[str] = None) -> Child:
+        """A step actor on block ``name`` (:mod:`_actors`), stopped at ``pause``."""
+        c = Child(None, name=name, steps=steps, pause=pause)
         self.children.append(c)
         return c
 
@@ -395,10 +376,11 @@ class Lab:
             name = self.create(capacity, stride, evidence, commits=capacity + 1)
             before = committed_snapshot(name)           # just before the crash point
             last_good = image(name).commit_index
-            w = self.child(writer_program, name, 0, scenario)
+            steps, pause = writer_steps(scenario, evidence)
+            w = self.actor(name, steps, pause)
             msg = w.recv()
             w.kill()
-            return Crash(name, scenario, msg["index"], before, [w], last_good=last_good)
+            return Crash(name, scenario, msg["slot"], before, [w], last_good=last_good)
         if scenario in ("reader", "consumer"):
             name = self.create(capacity, stride, evidence, commits=capacity + 1)
             before = committed_snapshot(name)
@@ -429,6 +411,11 @@ class Lab:
         raise ValueError(scenario)
 
 
+#: The old name, for call sites the parallel "readers" branch edits (tests/reliability):
+#: drop it once both are merged.
+Lab = ScratchBlocks
+
+
 # -- proving a block works again ------------------------------------------------------------
 def read_latest(name: str) -> tuple:
     """(slot id, data) of the latest commit, read by a consumer of ours with checksum check;
@@ -448,7 +435,7 @@ def read_latest(name: str) -> tuple:
         b.close()
 
 
-def publish_in_child(lab: Lab, name: str, count: int = 1, timeout: float = 10.0) -> List[int]:
+def publish_in_child(lab: ScratchBlocks, name: str, count: int = 1, timeout: float = 10.0) -> List[int]:
     """A new producer process commits ``count`` slots (a hang fails instead of blocking)."""
     c = lab.child(publisher_program, name, count, 0, linger=False)
     ids = c.recv(timeout)["ids"]
@@ -457,7 +444,7 @@ def publish_in_child(lab: Lab, name: str, count: int = 1, timeout: float = 10.0)
     return ids
 
 
-def prove_works(lab: Lab, name: str, last_good: Optional[int]) -> None:
+def prove_works(lab: ScratchBlocks, name: str, last_good: Optional[int]) -> None:
     """A consumer reads the last good commit, a new producer commits, a consumer reads
     that, and validate passes."""
     stride = image(name).stride

@@ -106,16 +106,16 @@ def run(monkeypatch):
 
 @pytest.fixture
 def lab():
-    """A CrashLab: children killed and blocks unlinked after the test."""
-    from ansible_collections.pylabhub.recovery.tests.crashlab import CrashLab
-    with CrashLab() as the_lab:
+    """A CrashedBlocks: children killed and blocks unlinked after the test."""
+    from ansible_collections.pylabhub.recovery.tests.crashed_blocks import CrashedBlocks
+    with CrashedBlocks() as the_lab:
         yield the_lab
 
 
 @pytest.fixture
 def name():
     """A unique block name (the lab unlinks what it creates)."""
-    from ansible_collections.pylabhub.recovery.tests.crashlab import unique_name
+    from ansible_collections.pylabhub.recovery.tests.crashed_blocks import unique_name
     return unique_name("plhmod")
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.modules import datablock_cleanup
-from ansible_collections.pylabhub.recovery.tests.crashlab import snapshot
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import snapshot
 
 
 def test_check_apply_idempotent(run, lab, name):

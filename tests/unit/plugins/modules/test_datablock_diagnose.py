@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ansible_collections.pylabhub.recovery.plugins.modules import datablock_diagnose
-from ansible_collections.pylabhub.recovery.tests.crashlab import snapshot
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import snapshot
 
 
 def test_stuck_writer_is_explained(run, lab, name):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 from ansible_collections.pylabhub.recovery.plugins.modules import datablock_info
-from ansible_collections.pylabhub.recovery.tests.crashlab import path_of, snapshot
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import path_of, snapshot
 
 
 def _by_address(out):

@@ -13,7 +13,7 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _procinfo
 from ansible_collections.pylabhub.recovery.plugins.modules import datablock_recover
-from ansible_collections.pylabhub.recovery.tests.crashlab import snapshot
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import snapshot
 
 FREE, WRITING, COMMITTED = 0, 1, 2
 

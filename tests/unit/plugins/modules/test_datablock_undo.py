@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from ansible_collections.pylabhub.recovery.plugins.modules import (
     datablock_recover, datablock_undo)
-from ansible_collections.pylabhub.recovery.tests.crashlab import path_of
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import path_of
 
 
 def _bytes(name):

@@ -6,7 +6,7 @@
 from __future__ import annotations
 
 from ansible_collections.pylabhub.recovery.plugins.modules import datablock_validate
-from ansible_collections.pylabhub.recovery.tests.crashlab import snapshot
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import snapshot
 
 
 def test_corruption_fails_by_default(run, lab, name):
