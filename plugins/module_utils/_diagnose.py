@@ -16,7 +16,8 @@ from typing import Dict, Iterable, List, Optional, Set
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
 from ._status import blocked_drains, health, judge_slot, next_steps
-from ._validate import flex_findings, state_findings, uncommitted_findings
+from ._procinfo import monotonic_ns
+from ._validate import flex_findings, index_step, state_findings, uncommitted_findings
 
 _S = L.SlotState
 
@@ -32,6 +33,29 @@ def _age_s(scene: Scene, stamp: Optional[int]) -> Optional[float]:
 def producer_dead(scene: Scene) -> bool:
     """No live producer could be behind what the block shows (none recorded, or dead)."""
     return scene.producer is None or scene.producer.is_dead
+
+
+def nobody_could_claim(scene: Scene, t: int) -> bool:
+    """No live process could be a producer between its claim of a slot id and its lock
+    (a C++ producer re-attaching, paused there before stamping the heartbeat): a complete
+    scan younger than ``t`` shows no live opener with the block mapped writable, or nobody
+    but this engine has the block open (exclusive lease). ``t``: monotonic time taken
+    before the indexes were read."""
+    scan = scene.scans.after(t)
+    if scan.scope(scene.id).complete and not scene.openers(t):
+        return True
+    return bool(scene.scans.exclusive(scene.id, t))
+
+
+def claims_orphaned(scene: Scene) -> bool:
+    """An index out of step can only be a dead producer's: the producer heartbeat's pid
+    is dead AND the kernel shows nobody who could be claiming (:func:`nobody_could_claim`;
+    the heartbeat alone is not proof: a new producer need not have stamped it yet).
+    The scan is taken only when the indexes are out of step."""
+    if not producer_dead(scene):
+        return False
+    t = monotonic_ns()
+    return index_step(scene.plan) is None or nobody_could_claim(scene, t)
 
 
 def explain_slot(scene: Scene, view: SlotView, judged: Dict[str, object]) -> Dict[str, object]:
@@ -54,6 +78,9 @@ def explain_slot(scene: Scene, view: SlotView, judged: Dict[str, object]) -> Dic
                            for c in view.readers_in],
             "provably_dead": view.releasable_readers,
             "may_be_live": view.live_possible,
+            # who could be inside, by the kernel scan, and what each may hold
+            "could_be_inside": [c.to_dict() for c in view.candidates],
+            "scope": view.scope,
         },
         "writer_waiting": bool(view.writer_waiting),
         "write_generation": view.generation,
@@ -80,6 +107,12 @@ def holder_findings(scene: Scene) -> List[Dict[str, object]]:
         out.append({"code": "dead-producer", "severity": "info",
                     "message": "producer pid %d is dead: committed data stays readable; a "
                                "new producer may attach" % scene.producer_pid})
+    if scene.table_full:
+        out.append({"code": "consumer-table-full", "severity": "info",
+                    "message": "consumer table full (%d entries): readers may be "
+                               "unregistered (a further consumer reads with no entry), so "
+                               "a writer waiting on readers is never proven free of live "
+                               "ones" % len(scene.consumers)})
     for c in scene.consumers:
         if c.dead:
             out.append({"code": "dead-consumer", "severity": "warning", "consumer": c.index,
@@ -132,7 +165,7 @@ def merge_findings(first: Iterable[Dict[str, object]],
 def findings_of(scene: Scene) -> List[Dict[str, object]]:
     """diagnose's findings: holders, state sanity (indexes included), and FREE slots that
     pylabhub's own validation would fail (no committed slot is hashed here)."""
-    return (holder_findings(scene) + state_findings(scene.plan, producer_dead(scene))
+    return (holder_findings(scene) + state_findings(scene.plan, claims_orphaned(scene))
             + uncommitted_findings(scene.plan)
             + flex_findings(scene.plan))     # block-level: every read may depend on it
 

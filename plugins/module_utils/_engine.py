@@ -30,7 +30,7 @@ from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
 from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
                         INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
-from ._diagnose import assess, findings_of, producer_dead, report, validate_health
+from ._diagnose import assess, claims_orphaned, findings_of, report, validate_health
 from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,
                       EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable,
                       BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
@@ -224,7 +224,7 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
         plan = _plan(block, not writes, scan)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
-                         producer_dead=scene is not None and producer_dead(scene))
+                         producer_dead=scene is not None and claims_orphaned(scene))
         if scene is not None:
             body.update(validate_health(Scene(plan, now=scene.now), body["findings"]))
         else:                      # no geometry to trust: the header findings say it all
