@@ -12,7 +12,13 @@ the block, and checks the invariants:
 * every slot that was COMMITTED (or DRAINING: data not yet touched) when the kill landed
   is COMMITTED afterwards with identical bytes and checksum — no committed data lost;
 * a new producer commits and a new consumer reads that commit back with a valid checksum;
-* a writer left alive behind a dead reader finishes its write once heal frees the slot.
+* a writer left alive behind a dead reader finishes its write once heal frees the slot
+  -- where the kernel scan is complete; elsewhere (a partial scope: an unseen process
+  could be inside) heal must refuse that slot with the forced command and call the block
+  suspect, and the drill then runs that command, as the operator would (``forced``).
+
+The drill closes its own mapping of the block while heal runs: a process with the block
+mapped writable could be a reader, and recovery would rightly refuse.
 
 A seed makes a run repeatable; the summary says which iterations failed and why.
 """
@@ -29,7 +35,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from . import _layout as L
 from . import _runtime as R
 from ._contract import DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, SCHEMA
-from ._engine import heal, diagnose, validate
+from ._engine import heal, diagnose, recover, validate
 
 POINTS = ("writer_locked", "writer_midwrite", "writer_precommit", "reader_inside",
           "consumer_registered", "writer_draining", "deadlock", "random")
@@ -196,13 +202,20 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
                     "problems": ["could not stage %s: %s" % (point, exc)]}
         _kill(killed)
         before = _committed(block)
+        block.close()                      # not an opener while heal decides
         healed = heal(name)
+        block = R.attach(name)
+        forced = _forced_drains(name, healed, exempt, problems) if survivors else False
         for pid in survivors:              # a waiting writer must now finish by itself
             if not _wait_for(lambda: os.waitpid(pid, os.WNOHANG)[0] == pid, 5.0):
                 problems.append("writer %d left alive behind the dead reader never finished"
                                 % pid)
                 _kill([pid])
         survivors = []
+        if forced:                         # the writer is gone now: heal what it left
+            block.close()
+            heal(name)
+            block = R.attach(name)
         after = _committed(block)
         lost = [i for i, data in before.items() if after.get(i) != data and i not in exempt]
         if lost:
@@ -217,7 +230,8 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
         problems += _still_works(block, rng)
         return {"iteration": index, "point": point, "killed": len(killed),
                 "committed_checked": len(before), "committed_lost": len(lost),
-                "changed": healed["changed"], "ok": not problems, "problems": problems}
+                "changed": healed["changed"], "ok": not problems, "problems": problems,
+                "forced": forced}
     finally:
         _kill(survivors)
         block.close()
@@ -225,6 +239,28 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
             R.destroy(name)
         except Exception:
             pass
+
+
+def _forced_drains(name: str, healed: Dict[str, object], slots: List[int],
+                   problems: List[str]) -> bool:
+    """A live writer waits on a dead reader's slot. Where heal could prove the reader
+    gone it released it (nothing to do here). Where it could not (a partial scope), it
+    must have refused the slot with the forced command and called the block suspect:
+    check that, then run the command. Returns True when the forced command was run."""
+    forced = False
+    for slot in slots:
+        refused = [o for o in healed.get("outcomes") or []  # type: ignore[union-attr]
+                   if o.get("slot") == slot and o.get("result") == "UNSAFE"]
+        if not refused:
+            continue
+        nxt = refused[0].get("next") or {}
+        if (healed.get("health") != "suspect" or nxt.get("action") != "release_readers"
+                or not nxt.get("force")):
+            problems.append("slot %d: heal refused without calling the block suspect or "
+                            "naming the forced command" % slot)
+        recover(name, slot, "release_readers", force=True)
+        forced = True
+    return forced
 
 
 def _still_works(block, rng: random.Random) -> List[str]:
@@ -263,6 +299,7 @@ def drill(iterations: int = DRILL_ITERATIONS, seed: Optional[int] = None,
             "survived": iterations - len(failed),
             "committed_checked": sum(int(r["committed_checked"]) for r in results),
             "committed_lost": sum(int(r["committed_lost"]) for r in results),
+            "forced": sum(1 for r in results if r.get("forced")),
             "seconds": round(time.monotonic() - started, 3), "ok": not failed,
             "failures": failed, "points": {p: sum(1 for r in results if r["point"] == p)
                                            for p in POINTS}}
