@@ -217,3 +217,58 @@ def test_full_table_unregistered_reader_refused_while_consumers_live_released_wh
     dead = out["heal_dead"]
     assert any(o["slot"] == 1 and o["result"] == "SUCCESS" for o in dead["outcomes"]), dead
     assert out["count_dead"] == 0 and dead["health"] != "suspect", dead
+
+
+STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
+            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
+
+
+def stand_in(name):
+    """A live process with the block mapped writable (plays one of fixture i's
+    processes that were alive at capture: a C++ consumer or the producer)."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
+def test_fixture_i_full_table_refused_with_live_stand_ins_released_when_all_dead(lab):
+    """Fixture i (real C++ segment): 8 registered consumers, a 9th unregistered reader
+    killed in slot 2, the producer DRAINING slot 2 for ever. With the 8 consumers and
+    the producer alive (live stand-ins, their pids written where the README says), heal
+    refuses slot 2 with the forced command and the block is suspect; the table-full
+    finding is reported. With every pid dead, heal releases the reader (nobody has the
+    block open) and the block is no longer stuck there."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+    from .helpers import image
+    name = lab.fixture("i_full_table_unregistered_reader.bin")
+    path = os.path.join("/dev/shm", name)
+    procs = [stand_in(name) for dummy in range(9)]
+    try:
+        with open(path, "r+b") as f:
+            for k, p in enumerate(procs[:8]):
+                f.seek(496 + 128 * k)
+                f.write(p.pid.to_bytes(8, "little"))
+            for off in (4096 + 64 * 2, 2624):               # slot 2's lock, the producer
+                f.seek(off)
+                f.write(procs[8].pid.to_bytes(8, "little"))
+        d = E.diagnose(name)
+        assert "consumer-table-full" in [f["code"] for f in d["findings"]], d["findings"]
+        assert d["health"] == "suspect" and d["suspect_slots"] == [2], d
+        healed = E.heal(name)
+        assert healed["health"] == "suspect", healed["after"]
+        refused = [o for o in healed["outcomes"] if o["slot"] == 2 and o["result"] == "UNSAFE"]
+        assert refused and refused[0]["next"] == {
+            "operation": "recover", "slot": 2, "action": "release_readers", "force": True}
+        img = image(name)
+        assert img.slot(2)["readers"] == 1
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    healed = E.heal(name)
+    released = [o for o in healed["outcomes"] if o["slot"] == 2 and o["result"] == "SUCCESS"]
+    assert released, healed["outcomes"]
+    assert image(name).slot(2)["readers"] == 0
+    assert 2 not in healed["after"]["stuck_slots"] + healed["after"]["suspect_slots"]
