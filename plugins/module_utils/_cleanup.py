@@ -21,6 +21,11 @@ CAS and its ``count -= 1`` is such an opener: it will still decrement). Either s
 made only when the pids and the count read the same over the settle looks (heartbeat
 stores are not changes: a consumer heartbeating every few ms must not prevent it), by CAS
 on the observed value. In a partial scope a count above R is never lowered: reported.
+
+``read_index`` (Sequential_sync only): raised, by CAS on the observed value, to the
+slowest read position of the registered consumers once the dead ones' entries (and
+positions) are cleared -- whatever the heartbeat and read traffic. Sequential's shared
+read_index is never touched: a new consumer resumes where the dead one stopped.
 """
 
 from __future__ import annotations
@@ -96,16 +101,13 @@ def _clear_entry(scene: Scene, c: ConsumerView) -> None:
 
 
 def _survey(plan) -> tuple:
-    """The words reconciliation decides on: every entry's pid, the count and, under
-    Sequential_sync, the read positions and read_index. Heartbeats are not among them:
-    a heartbeat store changes nothing these rules depend on."""
+    """The words the count is decided on: every entry's pid and the count. Heartbeats
+    and read positions are not among them: a heartbeat changes nothing these rules
+    depend on, and positions only move forward (read_index is raised from them at the
+    moment of the store)."""
     pids = tuple(plan.get(CONS["consumer_pid"], L.consumer_entry(k))
                  for k in range(L.MAX_CONSUMERS))
-    if plan.hdr("consumer_sync_policy") != L.ConsumerSync.SEQUENTIAL_SYNC:
-        return pids, plan.hdr("active_consumer_count"), None, None
-    positions = tuple(plan.get(L.READ_POSITION, L.read_position(k))
-                      for k in range(L.MAX_CONSUMERS))
-    return pids, plan.hdr("active_consumer_count"), positions, plan.hdr("read_index")
+    return pids, plan.hdr("active_consumer_count")
 
 
 def _complete(scene: Scene, after_ns: int) -> bool:
@@ -153,14 +155,20 @@ def _count_target(scene: Scene, seen: tuple, after_ns: int) -> Tuple[Optional[in
                   "themselves" % (count, registered, floor - registered))
 
 
-def _read_index_target(seen: tuple) -> Optional[int]:
-    """Sequential_sync: read_index follows the slowest surviving position."""
-    pids, positions, read_index = seen[0], seen[2], seen[3]
-    survivors = [k for k, pid in enumerate(pids) if pid]
-    if positions is None or not survivors:
-        return None
-    low = min(positions[k] for k in survivors)
-    return low if read_index != low else None
+def _read_index_target(plan, pids: tuple) -> Tuple[Optional[int], int]:
+    """Sequential_sync: (what read_index should be raised to, or None; read_index seen).
+    It follows the slowest position of the registered consumers (dead ones are cleared
+    by now). Only ever raised: positions only move forward, so a minimum read a moment
+    ago is still no more than the true one, and a read_index below it only holds the
+    producer back. Sequential keeps its shared read_index: never touched."""
+    if plan.hdr("consumer_sync_policy") != L.ConsumerSync.SEQUENTIAL_SYNC:
+        return None, 0
+    read_index = plan.hdr("read_index")
+    live = [k for k, pid in enumerate(pids) if pid]
+    if not live:
+        return None, read_index
+    low = min(plan.get(L.READ_POSITION, L.read_position(k)) for k in live)
+    return (low if low > read_index else None), read_index
 
 
 def _reconcile(scene: Scene) -> List[Dict[str, object]]:
@@ -168,19 +176,19 @@ def _reconcile(scene: Scene) -> List[Dict[str, object]]:
     t = monotonic_ns()
     seen = _survey(plan)
     count_to, why = _count_target(scene, seen, t)
-    index_to = _read_index_target(seen)
+    index_to, dummy = _read_index_target(plan, seen[0])
     notes = [{"field": "active_consumer_count", "result": "kept", "message": why}] if why else []
     if count_to is None and index_to is None:
         return notes
     # A live consumer claims its entry a moment before counting itself (and uncounts
     # itself a moment after freeing it): act only when every look over ~60 ms reads the
-    # same pids, count (and positions): a moving table is left for a later run.
+    # same pids and count: a table that is moving is left for a later run.
     for pause in _SETTLE_S:
         time.sleep(pause)
         if _survey(plan) != seen:
             return notes + [{"field": "active_consumer_count", "result": "kept",
                              "message": "the consumer table kept changing; run again"}]
-    count, read_index = seen[1], seen[3]
+    count = seen[1]
     done: List[Dict[str, object]] = []
     plan.begin()
     try:
@@ -188,6 +196,7 @@ def _reconcile(scene: Scene) -> List[Dict[str, object]]:
             plan.cas("header.active_consumer_count", L.HEADER["active_consumer_count"], 0,
                      count, count_to)
             done.append({"field": "active_consumer_count", "before": count, "after": count_to})
+        index_to, read_index = _read_index_target(plan, seen[0])   # positions as of now
         if index_to is not None:
             plan.cas("header.read_index", L.HEADER["read_index"], 0, read_index, index_to)
             done.append({"field": "read_index", "before": read_index, "after": index_to})

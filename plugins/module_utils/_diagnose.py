@@ -99,9 +99,59 @@ def explain_consumer(scene: Scene, c: ConsumerView) -> Dict[str, object]:
             "verdict": c.verdict.to_dict(), "action": "cleanup" if c.dead else None}
 
 
+def read_positions(scene: Scene) -> Optional[Dict[str, object]]:
+    """Sequential and Sequential_sync: the shared ``read_index`` and (Sequential_sync)
+    each registered consumer's next-read position (2560 + 8k) with its verdict; None
+    under Latest_only. Sequential consumers share read_index (a new consumer resumes
+    where the last one stopped); Sequential_sync keeps read_index at the minimum
+    position over registered consumers, recomputed by pylabhub only when one releases
+    a slot (so a dead consumer's position pins it)."""
+    plan = scene.plan
+    policy = plan.hdr("consumer_sync_policy")
+    if policy not in (L.ConsumerSync.SEQUENTIAL, L.ConsumerSync.SEQUENTIAL_SYNC):
+        return None
+    out: Dict[str, object] = {"policy": L.enum_name(L.ConsumerSync, policy),
+                              "read_index": plan.hdr("read_index"),
+                              "write_index": plan.hdr("write_index")}
+    if policy == L.ConsumerSync.SEQUENTIAL_SYNC:
+        out["positions"] = [{"consumer": c.index, "pid": c.pid, "verdict": c.verdict.state,
+                             "position": plan.get(L.READ_POSITION, L.read_position(c.index))}
+                            for c in scene.consumers]
+    return out
+
+
+def position_findings(scene: Scene) -> List[Dict[str, object]]:
+    """A producer held back by a dead consumer's read position (Sequential_sync):
+    write_index - read_index reached the capacity and the slowest registered position,
+    which read_index follows, is a dead consumer's. cleanup/heal clear that entry and
+    move read_index up to the slowest live position."""
+    got = read_positions(scene)
+    if not got or "positions" not in got:
+        return []
+    read_index, write_index = int(got["read_index"]), int(got["write_index"])  # type: ignore
+    if write_index - read_index < scene.block.geo.capacity:
+        return []
+    positions = got["positions"]  # type: List[Dict[str, object]]  # type: ignore
+    if not positions:
+        return []
+    low = min(int(p["position"]) for p in positions)  # type: ignore[arg-type]
+    holders = [p for p in positions if p["position"] == low]
+    if low != read_index or not all(p["verdict"] == "dead" for p in holders):
+        return []
+    return [{"code": "read-index-held-by-dead-consumer", "severity": "warning",
+             "field": "read_index",
+             "message": "read_index %d is consumer %s's read position and that consumer is "
+                        "dead: write_index %d - read_index = %d, the capacity, so the "
+                        "producer waits for ever; heal clears the entry and moves read_index "
+                        "to the slowest live position" % (
+                            read_index, ", ".join(str(p["consumer"]) for p in holders),
+                            write_index, write_index - read_index)}]
+
+
 def holder_findings(scene: Scene) -> List[Dict[str, object]]:
     """What the holders' verdicts say about the block as a whole: a dead producer
-    (information) and dead consumers still registered (cleanup)."""
+    (information), a full consumer table (information), a read_index a dead consumer's
+    position holds back, and dead consumers still registered (cleanup)."""
     out: List[Dict[str, object]] = []
     if scene.producer and scene.producer.is_dead:
         out.append({"code": "dead-producer", "severity": "info",
@@ -113,6 +163,7 @@ def holder_findings(scene: Scene) -> List[Dict[str, object]]:
                                "unregistered (a further consumer reads with no entry), so "
                                "a writer waiting on readers is never proven free of live "
                                "ones" % len(scene.consumers)})
+    out += position_findings(scene)
     for c in scene.consumers:
         if c.dead:
             out.append({"code": "dead-consumer", "severity": "warning", "consumer": c.index,
@@ -189,6 +240,7 @@ def report(scene: Scene, slot: Optional[int] = None) -> Dict[str, object]:
     out.update({
         "slots": [explain_slot(scene, v, judged[v.index]) for v in shown],
         "consumers": [explain_consumer(scene, c) for c in scene.consumers],
+        "read_positions": read_positions(scene),
         "producer": {
             "pid": scene.producer_pid, "name": block.get("producer_name"),
             "uid": block.get("producer_uid"), "last_seen_s": _age_s(scene, scene.producer_hb),
