@@ -104,3 +104,66 @@ def test_sequential_keeps_its_shared_read_index(lab):
     healed = E.heal(name)
     assert healed["cleanup"]["cleaned"] == 1
     assert image(name).read_index == 3
+
+
+READER = """
+import sys, threading, time
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime as R
+b = R.attach(sys.argv[1])
+c = R.Consumer(b, name="sync-reader")
+print(c.index, flush=True)
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+read = 0
+while not stop.is_set():
+    rs = c.acquire()
+    if rs is not None:
+        c.read(rs)
+        c.release(rs)
+        read += 1
+    c.pulse()                 # a heartbeat every 2 ms, reading or not
+    time.sleep(0.002)
+c.unregister()
+print(read, flush=True)
+"""
+
+
+def test_our_sequential_sync_producer_resumes_after_heal_under_heartbeats(lab, actors):
+    """Our own Sequential_sync peers: consumer A registers and is killed idle (its
+    position pins read_index at 0), consumer B reads everything in order and heartbeats
+    every 2 ms, the producer blocks after `capacity` ids. heal (while B heartbeats)
+    clears A and raises read_index to B's position: the producer goes on by itself and
+    B reads every commit."""
+    name = lab.name()
+    R.create(name, capacity=4, sync=L.ConsumerSync.SEQUENTIAL_SYNC).close()
+    idle = actors(name, [("consumer", "idle")])
+    idle.wait_point()
+    b_proc = subprocess.Popen([sys.executable, "-c", READER, name], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE)
+    try:
+        kb = int(b_proc.stdout.readline())
+        prod = actors(name, [("producer",), ("publish", 8)])
+        deadline = time.monotonic() + 30
+        while image(name).write_index < 4 or image(name).commit_index != 3:
+            assert time.monotonic() < deadline, "the producer never filled the ring"
+            time.sleep(0.01)
+        idle.kill()
+        time.sleep(0.05)
+        img = image(name)
+        assert (img.write_index, img.read_index) == (4, 0), (img.write_index, img.read_index)
+        d = E.diagnose(name)
+        assert "read-index-held-by-dead-consumer" in [f["code"] for f in d["findings"]]
+        healed = E.heal(name)
+        assert image(name).read_index >= 4, healed["cleanup"]
+        assert prod.wait_point(30)["event"] == "done"        # went on by itself
+        assert image(name).commit_index == 7
+        deadline = time.monotonic() + 30
+        while image(name).u(L.read_position(kb), 8) != 8:      # B catches up
+            assert time.monotonic() < deadline, "B never read the last commit"
+            time.sleep(0.01)
+    finally:
+        b_proc.stdin.write(b"\n")
+        b_proc.stdin.flush()
+        read = b_proc.stdout.readline()
+        b_proc.wait(30)
+    assert int(read) == 8, read
