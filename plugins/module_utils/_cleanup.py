@@ -177,7 +177,7 @@ def _reconcile(scene: Scene) -> List[Dict[str, object]]:
     seen = _survey(plan)
     count_to, why = _count_target(scene, seen, t)
     index_to, dummy = _read_index_target(plan, seen[0])
-    notes = [{"field": "active_consumer_count", "result": "kept", "message": why}] if why else []
+    notes = [{"field": "active_consumer_count", "result": "KEPT", "message": why}] if why else []
     if count_to is None and index_to is None:
         return notes
     # A live consumer claims its entry a moment before counting itself (and uncounts
@@ -186,7 +186,7 @@ def _reconcile(scene: Scene) -> List[Dict[str, object]]:
     for pause in _SETTLE_S:
         time.sleep(pause)
         if _survey(plan) != seen:
-            return notes + [{"field": "active_consumer_count", "result": "kept",
+            return notes + [{"field": "active_consumer_count", "result": "KEPT",
                              "message": "the consumer table kept changing; run again"}]
     count = seen[1]
     done: List[Dict[str, object]] = []

@@ -79,7 +79,7 @@ def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
         return ("slot %d: write lock held by pid %d, verdict %s; releasing it needs force"
                 % (view.index, v.pid, v.state), ["pid %d: %s" % (v.pid, e) for e in v.evidence])
     inside = [c for c in view.candidates if c.contribution != 0]
-    who = ", ".join("pid %d (%s)" % (c.opener.pid, c.why) for c in inside)
+    who = ", ".join("pid %d (alive) [%s]" % (c.opener.pid, c.why) for c in inside)
     if view.scope not in ("host", "namespace", "exclusive"):
         who = ((who + "; ") if who else "") + (
             "and any process this %s scan cannot see" % (view.scope or "partial"))

@@ -199,7 +199,7 @@ def test_dead_consumers(crashes, names):
         assert img.active_consumers == 1
     else:
         (kept,) = r.reconciled
-        assert kept["result"] == "kept" and "not lowered" in kept["message"], kept
+        assert kept["result"] == "KEPT" and "not lowered" in kept["message"], kept
         assert img.active_consumers == 3
         info["actor"].kill()          # once nobody else has the block open: recounted
         r = recovery.cleanup_dead_consumers(name)
