@@ -333,8 +333,8 @@ def test_race_detects_stolen_live_readers(shm_name, monkeypatch):
     """Sabotage: every reader counts as provably dead. The live processes must notice."""
     real = O.Scene._attribute
 
-    def steal(self, view):
-        real(self, view)
+    def steal(self, view, *args):
+        real(self, view, *args)
         view.releasable_readers = view.reader_count
     monkeypatch.setattr(O.Scene, "_attribute", steal)
     out = race(shm_name, 1.5)
