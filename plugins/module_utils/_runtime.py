@@ -219,8 +219,10 @@ class Producer:
         b = self.block
         if b.get("consumer_sync_policy") in _SEQUENTIAL:
             # as pylabhub: no slot id is claimed while the ring holds `capacity` ids
-            # the slowest consumer has not read (read_index)
-            _wait(lambda: b.get("write_index") - b.get("read_index") < b.geo.capacity,
+            # the slowest consumer has not read (read_index); with no consumer
+            # registered nobody could move read_index, so ours does not wait then
+            _wait(lambda: (b.get("write_index") - b.get("read_index") < b.geo.capacity
+                           or not b.get("active_consumer_count")),
                   timeout, "consumers to read (read_index)")
         slot_id = b.add("write_index", 1)
         self.at("claimed")
@@ -403,9 +405,8 @@ class Consumer:
             if committed == L.NO_COMMIT:
                 return None
             slot_id = committed
-            if sync in _SEQUENTIAL:          # in order, from where we (or all) stopped
-                slot_id = (b.get(L.READ_POSITION, L.read_position(self.index))
-                           if sync == L.ConsumerSync.SEQUENTIAL_SYNC else b.get("read_index"))
+            if sync == L.ConsumerSync.SEQUENTIAL_SYNC:    # in order, from our position
+                slot_id = b.get(L.READ_POSITION, L.read_position(self.index))
                 if slot_id > committed:
                     return None
             index = slot_id % b.geo.capacity
