@@ -1,38 +1,50 @@
-"""Benchmark: diagnose of a 65,536-slot block (stride 64). Prints seconds and slots/s
-(median of 3). Run from anywhere: ``python benchmarks/bench_diagnose.py [--slots N]``.
+"""Benchmark (issue 14): ``datablock-admin diagnose`` of a big block, as whole processes,
+against ``python3 -c pass`` run in the same rounds. Prints, per row, the median wall time,
+its ratio to the reference and the target, CPU seconds, peak RSS and output bytes.
 
-The block is created by our runtime in /dev/shm (removed afterwards); every slot is
-committed once (state COMMITTED, generation 1, checksum written directly) so diagnose
-looks at realistic slots, and one slot holds a dead writer's lock so there is one finding.
+    python benchmarks/bench_diagnose.py [--slots 65536] [--stride 4096] [--committed 100]
+                                        [--rounds 5]
+
+Geometry (the issue's): 65,536 slots x 4 KiB stride, slots 0..99 COMMITTED with their
+checksums, slot 100 WRITING under the lock of a dead writer (the one stuck slot), a dead
+producer; the rest never written (holes). ``--committed 65535`` fills the whole slot-state
+table instead (every entry allocated, the bulk scan reads all 4 MiB of it). The block is
+made by our runtime in /dev/shm and removed afterwards. Rows:
+
+* ``diagnose B`` (text) and ``diagnose B --json``: target <= 3x ``python3 -c pass``;
+* ``diagnose B --slot 70``: target <= 2x.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _path  # noqa: E402
+import _proc  # noqa: E402
 
 _path.setup()
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa: E402
-    _engine as E, _layout as L, _runtime as R)
+    _layout as L, _runtime as R)
+
+DEAD_PID = 2147483647
 
 
-def build(name: str, slots: int, stride: int) -> None:
+def build(name: str, slots: int, stride: int, committed: int) -> int:
+    """The block; returns the stuck slot's index."""
     block = R.create(name, capacity=slots, stride=stride, evidence=True)
     try:
         geo = block.geo
-        data = bytes(range(256)) * (stride // 256 + 1)
-        states = bytearray(geo.capacity * L.SLOT_ENTRY_SIZE)
-        sums = bytearray(geo.capacity * L.CHECKSUM_ENTRY_SIZE)
-        ring = bytearray(geo.capacity * stride)
-        for i in range(slots):
-            chunk = (i.to_bytes(8, "little") + data)[:stride]
+        states = bytearray(committed * L.SLOT_ENTRY_SIZE)
+        sums = bytearray(committed * L.CHECKSUM_ENTRY_SIZE)
+        noise = os.urandom(stride + 4096)
+        ring = bytearray(committed * stride)
+        for i in range(committed):
+            shift = (i * 64) % 4096
+            chunk = i.to_bytes(8, "little") + noise[shift:shift + stride - 8]
             ring[i * stride:(i + 1) * stride] = chunk
             e = i * L.SLOT_ENTRY_SIZE
             states[e + 12] = L.SlotState.COMMITTED
@@ -42,11 +54,15 @@ def build(name: str, slots: int, stride: int) -> None:
         block.write(geo.slot_table, bytes(states))
         block.write(geo.checksum_table, bytes(sums))
         block.write(geo.ring_offset, bytes(ring))
-        block.set("write_index", slots)
-        block.set("commit_index", slots - 1)
-        # one dead writer's lock on the last slot, and a dead producer
-        block.set(L.SLOT["write_lock"], 2147483647, geo.slot_entry(slots - 1))
-        block.set("producer_heartbeat_pid", 2147483647)
+        stuck = committed % slots
+        block.set("write_index", committed + 1)
+        block.set("commit_index", committed - 1)
+        block.set("total_slots_written", committed)
+        base = geo.slot_entry(stuck)
+        block.set(L.SLOT["write_lock"], DEAD_PID, base)
+        block.set(L.SLOT["slot_state"], L.SlotState.WRITING, base)
+        block.set("producer_heartbeat_pid", DEAD_PID)
+        return stuck
     finally:
         block.close()
 
@@ -54,26 +70,37 @@ def build(name: str, slots: int, stride: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--slots", type=int, default=65536)
-    ap.add_argument("--stride", type=int, default=64)
-    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--stride", type=int, default=4096)
+    ap.add_argument("--committed", type=int, default=100)
+    ap.add_argument("--slot", type=int, default=70, help="the slot of the --slot row")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds (median; 3-5)")
     args = ap.parse_args()
     name = "plhbench_diag_%d" % os.getpid()
-    build(name, args.slots, args.stride)
+    stuck = build(name, args.slots, args.stride, args.committed)
+    env = _proc.cli_env()
     try:
-        times, cpu = [], []
-        for dummy in range(args.runs):
-            t0, c0 = time.perf_counter(), time.process_time()
-            result = E.diagnose(name)
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        assert len(result["slots"]) == args.slots
-        assert result["stuck_slots"] == [args.slots - 1], result["stuck_slots"][:5]
-        med = statistics.median(times)
-        print("diagnose: %d slots x %d B, runs %s" % (
-            args.slots, args.stride, ", ".join("%.3f s" % t for t in times)))
-        print("diagnose median: %.3f s  (%.0f slots/s); CPU median %.3f s (%.0f slots/s); "
-              "load average %.1f" % (med, args.slots / med, statistics.median(cpu),
-                                     args.slots / statistics.median(cpu), os.getloadavg()[0]))
+        rows = {
+            "python3 -c pass": [sys.executable, "-c", "pass"],
+            "diagnose B": _proc.admin("diagnose", name),
+            "diagnose B --json": _proc.admin("diagnose", name, "--json"),
+            "diagnose B --slot %d" % args.slot: _proc.admin(
+                "diagnose", name, "--slot", str(args.slot)),
+        }
+        got = _proc.interleaved(rows, env, args.rounds)
+        ref = got["python3 -c pass"]
+        targets = {"diagnose B": 3.0, "diagnose B --json": 3.0,
+                   "diagnose B --slot %d" % args.slot: 2.0}
+        print("diagnose: %d slots x %d B stride, %d committed, slot %d stuck (dead writer), "
+              "dead producer; %d rounds interleaved, medians; %d CPUs, load average %.1f"
+              % (args.slots, args.stride, args.committed, stuck, args.rounds,
+                 os.cpu_count() or 0, os.getloadavg()[0]))
+        print("%-26s %9s %7s %7s %9s %10s %9s" % ("row", "wall", "ratio", "target", "CPU",
+                                                  "peak RSS", "output"))
+        for key, r in got.items():
+            print("%-26s %7.1f ms %6.2fx %7s %6.1f ms %6.1f MiB %7d B"
+                  % (key, r.wall * 1e3, r.wall / ref.wall,
+                     ("<= %.0fx" % targets[key]) if key in targets else "-", r.cpu * 1e3,
+                     r.maxrss_mib, r.out_bytes))
     finally:
         os.unlink("/dev/shm/" + name)
     return 0

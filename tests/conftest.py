@@ -66,6 +66,15 @@ def pytest_configure(config):
     _STATE.setdefault("env", {}).setdefault(
         "ANSIBLE_COLLECTIONS_PATH", os.environ.get("ANSIBLE_COLLECTIONS_PATH"))
     os.environ["ANSIBLE_COLLECTIONS_PATH"] = str(tmp)
+    # Before-images and audit lines of the tests' real runs go to a scratch directory,
+    # not to the machine's /var/lib and /var/log (tests that check them set their own).
+    record = Path(tempfile.mkdtemp(prefix="plh-record-"))
+    _STATE["record"] = record
+    for name, value in (("PYLABHUB_RECOVERY_SNAPSHOT_DIR", record / "snapshots"),
+                        ("PYLABHUB_RECOVERY_AUDIT_LOG", record / "audit.jsonl"),
+                        ("PYLABHUB_RECOVERY_SYSLOG", "off")):
+        _STATE["env"].setdefault(name, os.environ.get(name))
+        os.environ[name] = str(value)
 
 
 def pytest_unconfigure(config):
@@ -79,6 +88,9 @@ def pytest_unconfigure(config):
             os.environ[name] = old
     if tmp is not None:
         shutil.rmtree(str(tmp), ignore_errors=True)
+    record = _STATE.pop("record", None)
+    if record is not None:
+        shutil.rmtree(str(record), ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -33,7 +33,7 @@ ARGUMENT_SPEC = dict(
 )
 
 #: What the module's result carries for the task's display, kept as they are.
-_PASSED_ON = ("diff", "warnings", "deprecations", "exception")
+_PASSED_ON = ("diff", "warnings", "deprecations", "exception", "audit")
 
 
 class ActionModule(ActionBase):

@@ -59,15 +59,35 @@ options:
     ini:
       - section: callback_fleet_summary
         key: all_hosts
+  report_dir:
+    description:
+      - When set, also write a fleet report file in Markdown to this directory at the end
+        of each run - C(fleet-report-<UTC time>-<pid>.md), mode 0600 - with the table
+        above and every audit record the modules returned (RV(ignore:audit) - host, time,
+        block, operation, forced, changed, refused, the before-image id to undo it).
+      - The directory is created if missing. Untrusted text (host and block names) is
+        made printable and escaped for Markdown.
+    type: path
+    version_added: 0.2.0
+    env:
+      - name: PYLABHUB_FLEET_SUMMARY_REPORT_DIR
+    ini:
+      - section: callback_fleet_summary
+        key: report_dir
 '''
+
+import os
+import time
 
 from ansible.plugins.callback import CallbackBase
 
 # The controller is no managed host: only the engine's import-free modules are loaded here
 # (its names, and the one escaping rule), never the machinery that reads blocks.
-from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import SCHEMA
+from ansible_collections.pylabhub.recovery.plugins.module_utils._contract import (
+    AUDIT_FORMAT as AUDIT, SCHEMA)
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import printable
 
+_MARKDOWN = "\\`*_[]<>|~"
 _ENGINE_KEYS = ("diagnosis", "recovery", "cleanup", "validation")
 _COLUMNS = ("blocks", "healthy", "recovered", "refused", "corrupt", "unreachable")
 
@@ -104,6 +124,8 @@ class CallbackModule(CallbackBase):
         super(CallbackModule, self).__init__(*args, **kwargs)
         self._hosts = {}        # host -> {address: _Block}
         self._unreachable = {}  # host -> count
+        self._audit = {}        # host -> [audit record] (the modules' ``audit``)
+        self._playbooks = []
 
     # -- collecting ---------------------------------------------------------------------
     def _host_blocks(self, host):
@@ -124,6 +146,9 @@ class CallbackModule(CallbackBase):
                 self._read(name, item)
 
     def _read(self, host, data):
+        for rec in data.get("audit") or []:
+            if isinstance(rec, dict) and rec.get("format") == AUDIT:
+                self._audit.setdefault(host, []).append(rec)
         for entry in data.get("blocks") or []:
             if not isinstance(entry, dict):
                 continue
@@ -163,6 +188,11 @@ class CallbackModule(CallbackBase):
         if doc.get("refused") or doc.get("forced"):
             block.refused = True
         self._observe(block, doc)
+
+    def v2_playbook_on_start(self, playbook):
+        name = getattr(playbook, "_file_name", None)
+        if name:
+            self._playbooks.append(os.path.basename(str(name)))
 
     def v2_runner_on_ok(self, result):
         self._collect(result)
@@ -221,8 +251,76 @@ class CallbackModule(CallbackBase):
         if wanted:
             all_hosts = sorted(getattr(stats, "processed", {}) or {})
         text = self.table(all_hosts)
+        try:
+            report_dir = self.get_option("report_dir")
+        except KeyError:
+            report_dir = None
+        if report_dir and (text is not None or self._audit):
+            try:
+                path = self.write_report(report_dir, all_hosts)
+            except OSError as exc:
+                self._display.warning("fleet_summary: cannot write the report in %s: %s"
+                                      % (printable(report_dir), exc))
+            else:
+                self._display.display("fleet report: %s" % printable(path))
         if text is None:
             return
         self._display.banner("PYLABHUB FLEET SUMMARY")
         self._display.display(text)
         self._display.display("")
+
+    # -- the report file --------------------------------------------------------------
+    def report(self, all_hosts=()):
+        """The fleet report in Markdown: the table and every audit record."""
+        lines = ["# pylabhub fleet report", "",
+                 "- generated: %s" % time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())]
+        if self._playbooks:
+            lines.append("- playbook: %s" % ", ".join(_md(p) for p in self._playbooks))
+        rows = self.rows(all_hosts)
+        lines += ["- hosts: %d" % len(rows), "", "## Hosts", "",
+                  "| host | %s |" % " | ".join(_COLUMNS),
+                  "|---|%s" % "---:|" * len(_COLUMNS)]
+        for host, row in rows:
+            lines.append("| %s | %s |" % (_md(host), " | ".join(str(row[c]) for c in _COLUMNS)))
+        if any("*" in str(row["recovered"]) for dummy, row in rows):
+            lines += ["", "\\* includes blocks that check mode predicts would be recovered "
+                          "(nothing was written)"]
+        lines += ["", "## Actions", ""]
+        records = [(host, rec) for host in sorted(self._audit) for rec in self._audit[host]]
+        if not records:
+            lines.append("No real action reached a block (check mode, or nothing ran).")
+        else:
+            lines += ["| host | time | block | operation | forced | changed | refused | "
+                      "before-image |", "|---|---|---|---|---|---|---:|---|"]
+            for host, rec in records:
+                block = (rec.get("block") or {}).get("address", "?")
+                error = rec.get("error") or {}
+                lines.append("| %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                    _md(host), _md(rec.get("time", "")), _md(block),
+                    _md(rec.get("operation", "")) + (" (error: %s)" % _md(error["code"])
+                                                     if error.get("code") else ""),
+                    "yes" if rec.get("forced") else "no",
+                    "yes" if rec.get("changed") else "no", int(rec.get("refused") or 0),
+                    _md(rec.get("snapshot") or "-")))
+            lines += ["", "Undo a run on its host: `datablock-admin undo BEFORE-IMAGE`, or "
+                          "the module pylabhub.recovery.datablock_undo."]
+        return "\n".join(lines) + "\n"
+
+    def write_report(self, directory, all_hosts=()):
+        """Write :meth:`report` as a new file in ``directory``; returns its path."""
+        if not os.path.isdir(directory):
+            os.makedirs(directory, 0o700)
+        now = time.time()
+        name = "fleet-report-%s.%06dZ-%d.md" % (
+            time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)), int(now * 1e6) % 1000000,
+            os.getpid())
+        path = os.path.join(directory, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as stream:
+            stream.write(self.report(all_hosts))
+        return path
+
+
+def _md(text):
+    """Untrusted text for a Markdown table cell: printable, its punctuation escaped."""
+    return "".join("\\" + ch if ch in _MARKDOWN else ch for ch in printable(text))

@@ -14,6 +14,7 @@ class ModuleDocFragment(object):
     ``pylabhub.recovery.common.mutating``: attributes of modules that may change bytes.
     ``pylabhub.recovery.common.read_only``: attributes of modules that never do.
     ``pylabhub.recovery.common.budget``: the ``max_bytes`` option (work per block).
+    ``pylabhub.recovery.common.record``: the before-image and audit options of writes.
     """
 
     DOCUMENTATION = r'''
@@ -56,9 +57,10 @@ options:
       - The most bytes one operation may examine in one block; a block that needs more is
         refused with code V(over-budget) naming its geometry (with O(pylabhub.recovery.datablock_recover#module:all=true)
         and similar it is skipped with a warning and the others go on).
-      - Counted - the 4096-byte header; 4 KiB per slot examined one by one (every slot
-        when the answer lists them all - a diagnosis of all slots, a slot action on
-        V(all) - else only the slots whose state entry is allocated); and, when validating
+      - Counted - the 4096-byte header; the allocated bytes of the slot-state table (read
+        in bulk); 4 KiB per slot examined one by one (every slot when the answer lists
+        them all - a diagnosis of all slots, a slot action on V(all) - else only the slots
+        that are not plain); and, when validating
         or healing, the full stride of every slot whose data holds allocated bytes, one
         stride for the all-zero digest, and the flexible zone. Holes (never-written parts
         of a sparse segment) are free.
@@ -118,6 +120,33 @@ attributes:
       - When run twice in a row outside check mode, with the same arguments, the second invocation indicates no change.
       - This assumes that the system controlled/queried by the module has not changed in a relevant way.
     support: full
+'''
+
+    RECORD = r'''
+options:
+  snapshot:
+    description:
+      - Write the before-image of a real run first (every store with the value it found
+        and the value it writes, fsynced before the store), so that
+        M(pylabhub.recovery.datablock_undo) can put it back. When it cannot be written
+        the task fails with C(code=snapshot-failed) and nothing is changed.
+      - V(false) writes none (the run cannot be undone). Check mode never writes one.
+    type: bool
+    default: true
+  snapshot_dir:
+    description:
+      - Where before-images go. Default - E(PYLABHUB_RECOVERY_SNAPSHOT_DIR), else
+        C(/var/lib/pylabhub-recovery/snapshots) for root and
+        C($XDG_STATE_HOME/pylabhub-recovery/snapshots) for anyone else; created 0700.
+    type: path
+  audit_log:
+    description:
+      - The audit log every real run appends one JSON line to (also sent to syslog).
+        Default - E(PYLABHUB_RECOVERY_AUDIT_LOG), else
+        C(/var/log/pylabhub-recovery/audit.jsonl) for root and
+        C($XDG_STATE_HOME/pylabhub-recovery/audit.jsonl) for anyone else.
+      - The task's result carries the same lines under C(audit).
+    type: path
 '''
 
     READ_ONLY = r'''

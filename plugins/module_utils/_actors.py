@@ -531,7 +531,7 @@ def _reap(pid: int, timeout: float, statuses: Dict[int, int]) -> Optional[int]:
         if time.monotonic() > deadline:
             return None
         time.sleep(0.005)
-    return statuses[pid]
+    return statuses.pop(pid)      # the pid may be handed out again (ns_last_pid)
 
 
 def _recv_with_fds(wire: _Wire) -> Tuple[Optional[Dict[str, Any]], List[int]]:

@@ -41,7 +41,6 @@ import stat
 import struct
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
-from . import _atomics
 from . import _layout as L
 from ._errors import (BlockNotFound, BlockNotReady, InvalidName, NotADataBlock,
                       OverBudget, PermissionDenied, RecoveryError, TruncatedBlock, UnsafePath,
@@ -77,6 +76,14 @@ _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
 FieldRef = Union[str, L.Field]
+
+
+def _atomic():
+    """:mod:`_atomics`, imported at the first atomic store: choosing its provider looks
+    for libatomic (``ctypes.util.find_library`` runs ``ldconfig``), tens of milliseconds
+    that read-only commands (diagnose, validate, list) never need."""
+    from . import _atomics
+    return _atomics
 
 
 def resolve(address: str) -> Tuple[str, str]:
@@ -382,6 +389,20 @@ class Block:
         self._check_covers(offset, size)
         return memoryview((ctypes.c_char * size).from_address(self._addr + offset)).cast("B")
 
+    def pread_into(self, view: memoryview, offset: int) -> None:
+        """Fill ``view`` (a caller's reused buffer) with the bytes at ``offset``: one
+        ``pread`` and one kernel copy, for bulk scans and hashing (a hole reads as zeros
+        without being allocated)."""
+        size = len(view)
+        self._where(offset, size)
+        try:
+            got = os.preadv(self._fd, [view], offset)   # type: ignore[arg-type]
+        except OSError as exc:
+            raise RecoveryError("%s: cannot read bytes %d..%d: %s"
+                                % (self.address, offset, offset + size, exc.strerror))
+        if got != size:
+            raise self._shrunk(offset, size)
+
     def load_word(self, offset: int, size: int) -> int:
         self._where(offset, size)
         return _UNPACK[size].unpack(self._pread(offset, size))[0]
@@ -432,13 +453,7 @@ class Block:
             while start < stop:
                 n = min(window, stop - start)
                 view = memoryview(buf)[:n]
-                try:
-                    got = os.preadv(self._fd, [view], start)   # type: ignore[arg-type]
-                except OSError as exc:
-                    raise RecoveryError("%s: cannot read bytes %d..%d: %s"
-                                        % (self.address, start, start + n, exc.strerror))
-                if got != n:
-                    raise self._shrunk(start, n)
+                self.pread_into(view, start)
                 yield start, n, view
                 start += n
             pos = stop
@@ -550,7 +565,7 @@ class Block:
         off = base + f.offset
         if f.kind == "u":
             if f.atomic:
-                _atomics.store(self._writable_where(off, f.size), f.size, value)
+                _atomic().store(self._writable_where(off, f.size), f.size, value)
             else:
                 self.write(off, value.to_bytes(f.size, "little"))
             return
@@ -560,11 +575,11 @@ class Block:
     def cas(self, field: FieldRef, expected: int, new: int, base: int = 0,
             table: Optional[dict] = None) -> Tuple[bool, int]:
         f = self._field(field, table or L.HEADER)
-        return _atomics.cas(self._writable_where(base + f.offset, f.size), f.size, expected, new)
+        return _atomic().cas(self._writable_where(base + f.offset, f.size), f.size, expected, new)
 
     def add(self, field: FieldRef, delta: int, base: int = 0, table: Optional[dict] = None) -> int:
         f = self._field(field, table or L.HEADER)
-        return _atomics.fetch_add(self._writable_where(base + f.offset, f.size), f.size, delta)
+        return _atomic().fetch_add(self._writable_where(base + f.offset, f.size), f.size, delta)
 
     # -- records ----------------------------------------------------------------------
     def hdr(self, name: str):
@@ -664,26 +679,17 @@ def _slots_touched(block: Block, offset: int, stride: int, capacity: int,
     return count
 
 
-def _slots_with_entries(block: Block, limit: int) -> int:
-    """How many slot-state entries lie (partly) in allocated parts of the table."""
-    count = 0
-    for dummy in block.slots_in_use():
-        count += 1
-        if count * SLOT_COST > limit:
-            break
-    return count
-
-
 def cost(block: Block, walk: bool = True, listed: int = 0, hashing: bool = False,
          limit: Optional[int] = None) -> Dict[str, int]:
     """What one operation on ``block`` examines, in bytes, by part; ``total`` is what
     counts against ``max_bytes``. Holes are free: they read as zeros without being read.
 
     * ``header``: the 4096-byte header (always);
-    * ``slots``: :data:`SLOT_COST` per slot examined one by one: with ``walk``, every slot
-      whose state entry is allocated (a slot in a hole is FREE and idle: skipped); or
-      ``listed`` slots when the answer lists them all (diagnose of every slot, a slot
-      action on all), allocated or not;
+    * ``table`` (``walk``): the allocated bytes of the slot-state table, read in bulk
+      windows by :func:`_scan.scan_slots` (64 bytes a slot at most);
+    * ``slots``: :data:`SLOT_COST` per slot examined one by one: the ``listed`` slots (the
+      slots the bulk scan found not plain, the one asked for, or every slot when the
+      answer lists them all);
     * ``hashed`` (``hashing``: validate, heal): the full stride of every slot whose data
       holds allocated bytes, one stride for the all-zero digest (a slot that is all hole
       hashes to that constant), and the flexible zone.
@@ -691,8 +697,10 @@ def cost(block: Block, walk: bool = True, listed: int = 0, hashing: bool = False
     Counting stops early once past ``limit``: a lying block is not walked to the end."""
     geo = block.geo
     limit = DEFAULT_MAX_BYTES if limit is None else limit
-    slots = listed or (_slots_with_entries(block, limit) if walk else 0)
-    parts = {"header": L.HEADER_SIZE, "slots": slots * SLOT_COST, "hashed": 0}
+    parts = {"header": L.HEADER_SIZE, "table": 0, "slots": listed * SLOT_COST, "hashed": 0}
+    if walk:
+        parts["table"] = block.allocated(geo.slot_table, geo.capacity * L.SLOT_ENTRY_SIZE,
+                                         limit)
     if hashing:
         touched = _slots_touched(block, geo.ring_offset, geo.stride, geo.capacity, limit)
         parts["hashed"] = touched * geo.stride + geo.stride + geo.flex_size
@@ -713,6 +721,8 @@ def check_budget(block: Block, operation: str, max_bytes: Optional[int], walk: b
         return parts
     geo = block.geo
     what = ["header 4.0 KiB"]
+    if parts.get("table"):
+        what.append("slot table %s" % _size(parts["table"]))
     if parts["slots"]:
         what.append("%d slot%s x %d B" % (parts["slots"] // SLOT_COST,
                                           "" if parts["slots"] == SLOT_COST else "s",

@@ -21,3 +21,7 @@ SUCCESS, FAILED, UNSAFE, NOT_STUCK, INVALID_SLOT = (
 
 #: The crash drill's defaults: iterations, slots per scratch block, bytes per slot.
 DRILL_ITERATIONS, DRILL_CAPACITY, DRILL_STRIDE = 20, 4, 4096
+
+#: The format of an audit line (docs/audit-and-undo.md): the engine writes it, the
+#: fleet_summary callback recognises it in the modules' ``audit`` results.
+AUDIT_FORMAT = "pylabhub.recovery/audit-v1"

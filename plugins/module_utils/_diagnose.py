@@ -15,6 +15,7 @@ from typing import Dict, Iterable, List, Optional, Set
 
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
+from ._scan import SlotScan, scan_slots
 from ._status import blocked_drains, health, judge_slot, next_steps
 from ._procinfo import monotonic_ns
 from ._validate import flex_findings, index_step, state_findings, uncommitted_findings
@@ -182,11 +183,12 @@ def assess(scene: Scene, findings: Iterable[Dict[str, object]],
     ``stuck_slots``, ``suspect_slots``, ``next_steps`` and, for the caller, ``views``
     and ``judged`` (per slot index). ``blocked``: the blocked drains the caller already
     established in this same call (heal), instead of looking again. ``indexes``: the
-    slots to look at (default: the slots in use; a slot whose state entry lies in a hole
-    of the file is FREE with nothing in it, see :meth:`_block.Block.slots_in_use`)."""
+    slots to look at (default: the slots a bulk scan finds not plain; a plain slot --
+    FREE or COMMITTED, no lock, no reader, no writer waiting -- gets no verdict from
+    :func:`_status.judge_slot`, see :mod:`_scan`)."""
     findings = list(findings)
     if indexes is None:
-        indexes = scene.block.slots_in_use()
+        indexes = scan_slots(scene.plan).interesting
     views = [scene.slot(i) for i in indexes]
     if blocked is None:
         blocked = blocked_drains(scene, views)
@@ -213,31 +215,45 @@ def merge_findings(first: Iterable[Dict[str, object]],
     return out
 
 
-def findings_of(scene: Scene) -> List[Dict[str, object]]:
+def findings_of(scene: Scene, scan: Optional[SlotScan] = None,
+                only_slot: Optional[int] = None) -> List[Dict[str, object]]:
     """diagnose's findings: holders, state sanity (indexes included), and FREE slots that
-    pylabhub's own validation would fail (no committed slot is hashed here)."""
-    return (holder_findings(scene) + state_findings(scene.plan, claims_orphaned(scene))
-            + uncommitted_findings(scene.plan)
+    pylabhub's own validation would fail (no committed slot is hashed here). ``scan``:
+    this call's bulk scan of the slot table (taken when None). ``only_slot``: hash no
+    other slot's data than this one's (``diagnose --slot N``: one slot costs one slot; a
+    FREE slot whose check needs its bytes hashed is counted in an info finding)."""
+    scan = scan or scan_slots(scene.plan)
+    return (holder_findings(scene) + state_findings(scene.plan, claims_orphaned(scene), scan)
+            + uncommitted_findings(scene.plan, scan, only_slot)
             + flex_findings(scene.plan))     # block-level: every read may depend on it
 
 
-def report(scene: Scene, slot: Optional[int] = None) -> Dict[str, object]:
-    """The whole diagnosis. With ``slot``, only that slot is explained in ``slots``, but
-    the block's health, its stuck and suspect slots, next steps and findings are always
-    the whole block's (a jam elsewhere is never hidden by looking at one slot)."""
+def report(scene: Scene, slot: Optional[int] = None, all_slots: bool = False,
+           scan: Optional[SlotScan] = None) -> Dict[str, object]:
+    """The whole diagnosis. ``slots`` explains the slots that are not plain (see
+    :mod:`_scan`), every slot with ``all_slots``, or only ``slot``; ``slot_counts`` counts
+    them all. The block's health, its stuck and suspect slots, next steps and findings
+    are always the whole block's (a jam elsewhere is never hidden by looking at one
+    slot). ``scan``: this call's bulk scan (taken when None)."""
     block = scene.block
     if slot is not None:
         block.check_slot(slot)
-    findings = findings_of(scene)
-    # every slot is listed (the budget of _block.cost counts them); the slots in use
-    # are judged: the others read as zeros (FREE, nothing held) and are plain
-    listed = range(block.geo.capacity) if slot is None else [slot]
-    judgement = assess(scene, findings,
-                       indexes=sorted(set(block.slots_in_use()) | set(listed)))
+    scan = scan or scan_slots(scene.plan)
+    findings = findings_of(scene, scan, slot)
+    if slot is not None:
+        listed = [slot]                                     # type: Iterable[int]
+    elif all_slots:
+        listed = range(block.geo.capacity)
+    else:
+        listed = scan.interesting
+    wanted = set(listed)
+    judgement = assess(scene, findings, indexes=sorted(set(scan.interesting) | wanted))
     views, judged = judgement.pop("views"), judgement.pop("judged")
-    shown = [v for v in views if slot is None or v.index == slot]
+    shown = [v for v in views if v.index in wanted]
     out: Dict[str, object] = dict(judgement)
     out.update({
+        "slots_listed": "one" if slot is not None else "all" if all_slots else "not_plain",
+        "slot_counts": scan.slot_counts(len(shown)),
         "slots": [explain_slot(scene, v, judged[v.index]) for v in shown],
         "consumers": [explain_consumer(scene, c) for c in scene.consumers],
         "read_positions": read_positions(scene),
@@ -251,12 +267,14 @@ def report(scene: Scene, slot: Optional[int] = None) -> Dict[str, object]:
     return out
 
 
-def validate_health(scene: Scene, findings: List[Dict[str, object]]) -> Dict[str, object]:
+def validate_health(scene: Scene, findings: List[Dict[str, object]],
+                    scan: Optional[SlotScan] = None) -> Dict[str, object]:
     """validate's judgement by the one rule: its findings plus the holders' (dead
     consumers, dead producer), and every slot judged. ``holder_findings`` is returned
     apart: validate's own ``findings`` stay what validation checks."""
     holders = holder_findings(scene)
-    judgement = assess(scene, merge_findings(findings, holders))
+    judgement = assess(scene, merge_findings(findings, holders),
+                       indexes=None if scan is None else scan.interesting)
     return {"health": judgement["health"], "healthy": judgement["healthy"],
             "stuck_slots": judgement["stuck_slots"],
             "suspect_slots": judgement["suspect_slots"],

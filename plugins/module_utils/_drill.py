@@ -203,7 +203,7 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
         _kill(killed)
         before = _committed(block)
         block.close()                      # not an opener while heal decides
-        healed = heal(name)
+        healed = heal(name, snapshot=False, audit=False)   # a scratch block: no record
         block = R.attach(name)
         forced = _forced_drains(name, healed, exempt, problems) if survivors else False
         for pid in survivors:              # a waiting writer must now finish by itself
@@ -214,7 +214,7 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
         survivors = []
         if forced:                         # the writer is gone now: heal what it left
             block.close()
-            heal(name)
+            heal(name, snapshot=False, audit=False)
             block = R.attach(name)
         after = _committed(block)
         lost = [i for i, data in before.items() if after.get(i) != data and i not in exempt]
@@ -258,7 +258,7 @@ def _forced_drains(name: str, healed: Dict[str, object], slots: List[int],
                 or not nxt.get("force")):
             problems.append("slot %d: heal refused without calling the block suspect or "
                             "naming the forced command" % slot)
-        recover(name, slot, "release_readers", force=True)
+        recover(name, slot, "release_readers", force=True, snapshot=False, audit=False)
         forced = True
     return forced
 

@@ -25,14 +25,15 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from . import _kernel, _registry
 from . import _layout as L
-from ._atomics import AVAILABLE as _ATOMICS_AVAILABLE, PROVIDER as _ATOMICS_PROVIDER
+from ._audit import Recorder
 from ._block import Block, check_budget, open_block
 from ._cleanup import cleanup as _cleanup
 from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
                         INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
 from ._diagnose import assess, claims_orphaned, findings_of, report, validate_health
 from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,
-                      EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_USAGE, AtomicsUnavailable,
+                      EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_SNAPSHOT, EXIT_USAGE,
+                      AtomicsUnavailable,
                       BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
                       InvalidName, NotADataBlock, OverBudget, PermissionDenied,
                       RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath,
@@ -44,6 +45,9 @@ from ._liveness import Verdict, is_process_alive, judge
 from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import check_action, plan_slot, targets
+from ._scan import SlotScan, scan_slots
+from ._snapshot import (SnapshotError, SnapshotMismatch, UndoRefused, apply_undo,
+                        check_identity, listing, load, locate)
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
                       health as _health)
 from ._validate import Progress, validate as _validate
@@ -55,6 +59,8 @@ __all__ = [
     # operations (one block, by address), and on every block of the host
     "diagnose", "recover", "cleanup", "validate", "heal", "each_block", "examine",
     "discover", "scan", "list_blocks", "drill",
+    # before-images, undo, metrics (docs/audit-and-undo.md)
+    "undo", "snapshots", "metrics",
     # entry points into what the operations are made of
     "aggregate", "atomics", "block_info", "geometry_problem", "state_name",
     "is_process_alive", "judge", "Verdict", "open_block", "Block", "Plan",
@@ -63,12 +69,13 @@ __all__ = [
     "HEALTHY", "DEGRADED", "SUSPECT", "STUCK", "CORRUPT", "HEALTH_RANK",
     "DRILL_ITERATIONS", "DRILL_CAPACITY", "DRILL_STRIDE",
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
-    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
+    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL", "EXIT_SNAPSHOT",
     # errors, and the one escaping rule for untrusted text
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
     "OverBudget", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange",
-    "AtomicsUnavailable", "Declined", "exit_code_for", "printable", "printable_tree",
+    "AtomicsUnavailable", "Declined", "SnapshotError", "UndoRefused", "SnapshotMismatch",
+    "exit_code_for", "printable", "printable_tree",
     # the words of a change, in the run's tense (_wording: the one place they are chosen)
     "did", "done", "plural", "reblessed", "reconciled", "summary", "change_lines",
     "PAST_FORMS", "CONDITIONAL_FORMS",
@@ -129,14 +136,29 @@ def _attached(address: str, writable: bool, strict: bool = True) -> Iterator[Blo
                 yield block
 
 
-def _plan(block: Block, dry_run: bool, scan: Optional[Scans]) -> Plan:
-    plan = Plan(block, dry_run)
+def _plan(block: Block, dry_run: bool, scan: Optional[Scans], journal=None) -> Plan:
+    plan = Plan(block, dry_run, journal)      # journal: the run's before-image (_audit)
     plan.scans = scan            # shared kernel scans (None: the first Scene makes them)
     return plan
 
 
 def _warnings(outcomes: Iterable[Dict[str, object]]) -> List[str]:
     return [w for o in outcomes for w in o.get("warnings", [])]  # type: ignore[union-attr]
+
+
+def _scanned(plan: Plan, operation: str, max_bytes: Optional[int], listed: int = 0,
+             hashing: bool = False, hint: str = "") -> SlotScan:
+    """The bulk scan of the slot table (:mod:`_scan`), within the budget: checked before
+    it (the table's allocated bytes, ``listed`` slots, what ``hashing`` reads) and after
+    it, when the slots found not plain are known (each is examined one by one)."""
+    block = plan.block
+    check_budget(block, operation, max_bytes, listed=listed, hashing=hashing, hint=hint)
+    scan = scan_slots(plan)
+    if len(scan.interesting) > listed:
+        check_budget(block, operation, max_bytes, listed=len(scan.interesting),
+                     hashing=hashing, hint="; %d slots are not plain, each examined one by "
+                     "one" % len(scan.interesting))
+    return scan
 
 
 def _settled(outcomes: List[Dict[str, object]]) -> Dict[str, object]:
@@ -152,66 +174,79 @@ def _settled(outcomes: List[Dict[str, object]]) -> Dict[str, object]:
 
 
 def diagnose(address: str, slot: Optional[int] = None,
-             max_bytes: Optional[int] = None, scan: Optional[Scans] = None) -> dict:
-    """Explain who holds what in each slot (or one ``slot``), the liveness verdict on
-    every holder with its evidence, whether the slot is stuck or suspect, why, and the
-    next step that clears it; plus consumers, producer, block-wide findings and the
-    block's ``health`` by the one rule (always the whole block's, also with ``slot``).
-    Read-only (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
+             max_bytes: Optional[int] = None, all_slots: bool = False,
+             scan: Optional[Scans] = None) -> dict:
+    """Explain who holds what in the slots that are not plain (or one ``slot``, or
+    every slot with ``all_slots``), the liveness verdict on every holder with its
+    evidence, whether the slot is stuck or suspect, why, and the next step that clears
+    it; ``slot_counts`` counts every slot (a plain slot -- FREE or COMMITTED, no lock, no
+    reader, no writer waiting -- is counted, not listed); plus consumers, producer,
+    block-wide findings and the block's ``health`` by the one rule (always the whole
+    block's, also with ``slot``; with ``slot`` no other slot's data is read). Read-only
+    (the file is opened O_RDONLY and never mapped). ``max_bytes``: see
     :func:`_block.check_budget`.
 
     ``scan`` (every operation takes it): the kernel scans to share with other blocks of
     one call (``each_block``); by default one is taken when a verdict needs it."""
     with _attached(address, False) as block:
-        if slot is None:
-            check_budget(block, "diagnose", max_bytes, listed=block.geo.capacity,
-                         hint="; or diagnose a single slot")
-        else:
-            check_budget(block, "diagnose", max_bytes, walk=False, listed=1)
         plan = _plan(block, True, scan)
-        return _envelope("diagnose", block, None, **report(Scene(plan), slot))
+        if slot is not None:
+            block.check_slot(slot)
+            slots = _scanned(plan, "diagnose", max_bytes, listed=1)
+        elif all_slots:
+            slots = _scanned(plan, "diagnose", max_bytes, listed=block.geo.capacity,
+                             hint="; diagnose without all_slots lists only the slots that "
+                                  "are not plain, or diagnose a single slot")
+        else:
+            slots = _scanned(plan, "diagnose", max_bytes)
+        return _envelope("diagnose", block, None,
+                         **report(Scene(plan), slot, all_slots=all_slots, scan=slots))
 
 
 def recover(address: str, slot, action: str, force: bool = False,
             dry_run: bool = False, max_bytes: Optional[int] = None,
-            scan: Optional[Scans] = None) -> dict:
+            scan: Optional[Scans] = None, **record) -> dict:
     """Apply ``action`` (release_writer, release_readers or force_reset) to ``slot`` (an
     index or "all"). Holders not proven dead are refused (UNSAFE) unless ``force``;
     committed data is never made unreadable and half-written data never readable.
-    ``dry_run`` returns the identical plan without writing."""
+    ``dry_run`` returns the identical plan without writing. ``record``: the before-image
+    and audit options of :class:`_audit.Recorder` (``snapshot``, ``snapshot_dir``,
+    ``audit_log``, ``audit``)."""
     check_action(action)
-    with _attached(address, not dry_run) as block:
+    with _attached(address, not dry_run) as block, \
+            Recorder("recover", block, dry_run, forced=force, **record) as rec:
         every = slot == "all"
         check_budget(block, "recover", max_bytes, walk=every,
                      listed=block.geo.capacity if every else 1)
-        plan = _plan(block, dry_run, scan)
+        plan = _plan(block, dry_run, scan, rec.journal)
         scene = Scene(plan)
         outcomes = [plan_slot(scene, i, action, force) for i in targets(scene, slot)]
-        return _envelope("recover", block, plan, action=action, force=force,
-                         slot=slot, outcomes=outcomes, warnings=_warnings(outcomes),
-                         **_settled(outcomes))
+        return rec.finish(_envelope("recover", block, plan, action=action, force=force,
+                                    slot=slot, outcomes=outcomes,
+                                    warnings=_warnings(outcomes), **_settled(outcomes)))
 
 
 def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None,
-            scan: Optional[Scans] = None) -> dict:
+            scan: Optional[Scans] = None, **record) -> dict:
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
-    with _attached(address, not dry_run) as block:
+    with _attached(address, not dry_run) as block, \
+            Recorder("cleanup", block, dry_run, **record) as rec:
         check_budget(block, "cleanup", max_bytes, walk=False)
-        plan = _plan(block, dry_run, scan)
+        plan = _plan(block, dry_run, scan, rec.journal)
         body = _cleanup(Scene(plan))
         outcomes = body["outcomes"]
         settled = _settled(outcomes)  # type: ignore[arg-type]
         if settled["result"] == NOT_STUCK and plan.changed:
             settled["result"] = SUCCESS   # only counts were reconciled
-        return _envelope("cleanup", block, plan, warnings=_warnings(outcomes),
-                         **dict(body, **settled))
+        return rec.finish(_envelope("cleanup", block, plan, warnings=_warnings(outcomes),
+                                    **dict(body, **settled)))
 
 
 def validate(address: str, repair: bool = False, dry_run: bool = False,
              progress: Progress = None, max_bytes: Optional[int] = None,
-             scan: Optional[Scans] = None) -> dict:
+             scan: Optional[Scans] = None, **record) -> dict:
     """Check header, state sanity (indexes included) and every checksum (recomputed,
     never the cached "verified" flag), and FREE slots pylabhub's own check would fail.
     Writes nothing unless ``repair``, which re-blesses only COMMITTED slots and lists
@@ -219,26 +254,31 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     the holders' and every slot (as diagnose and heal judge). ``progress(done_bytes,
     total_bytes)`` follows the hashing."""
     writes = repair and not dry_run
-    with _attached(address, writes, strict=False) as block:
-        check_budget(block, "validate", max_bytes, hashing=True)
-        plan = _plan(block, not writes, scan)
+    with _attached(address, writes, strict=False) as block, \
+            Recorder("validate", block, not writes, **record) as rec:
+        plan = _plan(block, not writes, scan, rec.journal)
+        slots = None
+        if block.geometry is not None:
+            slots = _scanned(plan, "validate", max_bytes, hashing=True)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
-                         producer_dead=scene is not None and claims_orphaned(scene))
+                         producer_dead=scene is not None and claims_orphaned(scene), scan=slots)
         if scene is not None:
-            body.update(validate_health(Scene(plan, now=scene.now), body["findings"]))
+            # a re-bless changes checksums only, never a slot's words: the scan still holds
+            body.update(validate_health(Scene(plan, now=scene.now), body["findings"], slots))
         else:                      # no geometry to trust: the header findings say it all
             word = _health([], [], body["findings"])
             body.update(health=word, healthy=word == HEALTHY, stuck_slots=[],
                         suspect_slots=[], next_steps=[], holder_findings=[])
-        return _envelope("validate", block, plan, repair=repair, ok=body["valid"],
-                         dry_run=dry_run, **body)
+        out = _envelope("validate", block, plan, repair=repair, ok=body["valid"],
+                        dry_run=dry_run, **body)
+        return rec.finish(out) if writes else out
 
 
 def heal(address: str, repair: bool = False, dry_run: bool = False,
          progress: Progress = None, max_bytes: Optional[int] = None,
          force_refused: Optional[Iterable[Dict[str, object]]] = None,
-         scan: Optional[Scans] = None) -> dict:
+         scan: Optional[Scans] = None, **record) -> dict:
     """The safe composite: cleanup, release what dead holders own, scrub FREE slots
     pylabhub's own check fails, give back slot ids a dead producer claimed, validate
     (repair only when asked), and judge the result by the one rule (``health``). Never
@@ -252,32 +292,41 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
     them (``slot``, ``action``, ``reason``, ``result``, ``changed``, ``message``,
     ``warnings``). A slot heal did not refuse is never forced. In a dry run the forced
     actions are predicted apart from the heal (a plan sees only its own changes), so the
-    refusal stays in the result."""
-    first = _heal_once(address, repair, dry_run, progress, max_bytes, scan)
+    refusal stays in the result.
+
+    ``record``: as :func:`recover`'s; with ``force_refused`` each heal and each forced
+    action is a run of its own (its before-image, its audit line): ``snapshots`` and
+    ``audits`` list them all, in order."""
+    first = _heal_once(address, repair, dry_run, progress, max_bytes, scan, record)
     todo = _enabled(first, force_refused or ())
     if not todo:
         return first
     forced = []
     for slot, action, reason in todo:
         done = recover(address, slot, action, force=True, dry_run=dry_run,
-                       max_bytes=max_bytes, scan=scan)
+                       max_bytes=max_bytes, scan=scan, **record)
         outcome = done["outcomes"][0] if done["outcomes"] else {}
         forced.append({"slot": slot, "action": action, "reason": reason,
                        "result": done["result"], "changed": done["changed"],
                        "message": outcome.get("message", ""), "warnings": done["warnings"],
-                       "outcomes": done["outcomes"], "changes": done["changes"]})
+                       "outcomes": done["outcomes"], "changes": done["changes"],
+                       "snapshot": (done.get("snapshot") or {}).get("id"),
+                       "audit": done.get("audit")})
     if dry_run:      # nothing written: a second heal would only repeat the first
         last, before = first, []
     else:
-        last, before = _heal_once(address, repair, dry_run, None, max_bytes, scan), [first]
+        last, before = (_heal_once(address, repair, dry_run, None, max_bytes, scan, record),
+                        [first])
     return _with_forced(before, forced, last)
 
 
 def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
-               max_bytes: Optional[int], scan: Optional[Scans]) -> dict:
-    with _attached(address, not dry_run) as block:
-        check_budget(block, "heal", max_bytes, hashing=True)
-        plan = _plan(block, dry_run, scan)
+               max_bytes: Optional[int], scan: Optional[Scans],
+               record: Dict[str, Any]) -> dict:
+    with _attached(address, not dry_run) as block, \
+            Recorder("heal", block, dry_run, **record) as rec:
+        plan = _plan(block, dry_run, scan, rec.journal)
+        _scanned(plan, "heal", max_bytes, hashing=True)   # heal scans again after cleanup
         body = _heal(plan, repair=repair, progress=progress)
         outcomes = (body["cleanup"]["outcomes"] + body["outcomes"]  # type: ignore[operator]
                     + body["indexes"])
@@ -287,8 +336,8 @@ def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
                     forced=[],
                     # the one rule after the steps, and nothing refused (never forced)
                     healthy=bool(body["after"]["healthy"]) and not body["refused"])  # type: ignore
-        return _envelope("heal", block, plan, repair=repair, warnings=_warnings(outcomes),
-                         **body)
+        return rec.finish(_envelope("heal", block, plan, repair=repair,
+                                    warnings=_warnings(outcomes), **body))
 
 
 def _enabled(result: dict, entries: Iterable[Dict[str, object]]) -> List[tuple]:
@@ -316,7 +365,7 @@ def _with_forced(before: List[dict], forced: List[dict], last: dict) -> dict:
     ``changed``; what is refused and the health are the last heal's."""
     out = dict(last)
     steps = [o for f in forced for o in f["outcomes"]]
-    out["forced"] = [{k: v for k, v in f.items() if k not in ("outcomes", "changes")}
+    out["forced"] = [{k: v for k, v in f.items() if k not in ("outcomes", "changes", "audit")}
                      for f in forced]
     out["released"] = ([o for r in before for o in r["released"]]
                        + [o for o in steps if o.get("result") == SUCCESS] + last["released"])
@@ -329,7 +378,76 @@ def _with_forced(before: List[dict], forced: List[dict], last: dict) -> dict:
     out["ok"] = last["ok"] and not out["failed"]
     out["result"] = aggregate(steps + last["cleanup"]["outcomes"] + last["outcomes"]
                               + last["indexes"])
+    # each heal and each forced action is a run of its own: its before-image, its audit
+    ids = ([(r.get("snapshot") or {}).get("id") for r in before]
+           + [f.get("snapshot") for f in forced] + [(last.get("snapshot") or {}).get("id")])
+    out["snapshots"] = [i for i in ids if i]
+    out["audits"] = [r["audit"] for r in before + forced + [last] if r.get("audit")]
     return out
+
+
+def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = None,
+         **record) -> dict:
+    """Put back what the run of ``snapshot_id`` (an id in the snapshot directory, or the
+    path of a snapshot) stored, newest first, by CAS on the value that run wrote. A dry pass over every
+    store comes first: if anything changed since (or the block was re-created), the
+    whole undo is refused naming the field (:class:`_snapshot.UndoRefused`, exit 6;
+    :class:`_snapshot.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
+    journaled (its own snapshot), so an undo can be undone. See :mod:`_snapshot`."""
+    snap = load(locate(snapshot_id, snapshot_dir))
+    head = snap["head"]
+    address = str(head["block"]["address"])                        # type: ignore[index]
+
+    def refuse(problems: List[str], block_address: str) -> UndoRefused:
+        more = " (and %d more)" % (len(problems) - 1) if len(problems) > 1 else ""
+        return UndoRefused("%s: undo of %s refused: %s%s; nothing was changed"
+                           % (block_address, head["id"], problems[0], more),
+                           snapshot=head["id"], fields=problems)
+
+    with _attached(address, not dry_run) as block, \
+            Recorder("undo", block, dry_run, snapshot_dir=snapshot_dir,
+                     context={"undo_of": head["id"]}, **record) as rec:
+        check_identity(block, head)                                # type: ignore[arg-type]
+        plan = Plan(block, dry_run=True)
+        problems = apply_undo(plan, snap)
+        if problems:
+            raise refuse(problems, block.address)
+        if not dry_run:
+            plan = Plan(block, False, rec.journal)
+            plan.begin()
+            try:
+                problems = apply_undo(plan, snap)
+            except ConcurrentChange as exc:
+                problems = [exc.message]
+            if problems:                    # a live change between the two passes
+                plan.rollback()
+                raise refuse(problems, block.address)
+            plan.commit()
+        return rec.finish(_envelope(
+            "undo", block, plan, undo_of=head["id"], undone_operation=head["operation"],
+            complete=snap["complete"], result=SUCCESS if plan.changed else NOT_STUCK,
+            ok=True, outcomes=[], refused=[], warnings=[]))
+
+
+def snapshots(snapshot_dir: Optional[str] = None) -> dict:
+    """The before-images in the snapshot directory, newest first (read-only)."""
+    return dict(schema=SCHEMA, operation="snapshots", **listing(snapshot_dir))
+
+
+def metrics(pattern: Optional[str] = None, textfile: Optional[str] = None,
+            audit_log: Optional[str] = None, max_bytes: Optional[int] = None) -> dict:
+    """Prometheus metrics of this host (:mod:`_metrics`): every block validated read-only
+    (health, stuck and suspect slots, dead consumers, integrity errors) and the audit
+    log's history (last heal, actions taken and refused). ``text`` is the textfile;
+    with ``textfile`` (node_exporter's textfile directory) it is also written there,
+    atomically, as ``pylabhub_recovery.prom``."""
+    from . import _metrics
+    from ._audit import log_path
+    checked = each_block("validate", pattern, max_bytes=max_bytes)
+    doc = _metrics.collect(checked, log_path(audit_log))
+    text = _metrics.render(doc)
+    path = _metrics.write_textfile(textfile, text) if textfile else None
+    return dict(schema=SCHEMA, operation="metrics", textfile=path, text=text, **doc)
 
 
 def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> List[dict]:
@@ -365,9 +483,10 @@ def list_blocks(pattern: Optional[str] = None,
             continue
         try:
             with _attached(str(entry["address"]), False) as block:
-                check_budget(block, "list", max_bytes)     # the slots in use, walked
-                scene = Scene(_plan(block, True, scans))
-                judged = assess(scene, findings_of(scene))
+                plan = _plan(block, True, scans)
+                slots = _scanned(plan, "list", max_bytes)
+                scene = Scene(plan)
+                judged = assess(scene, findings_of(scene, slots), indexes=slots.interesting)
         except RecoveryError as exc:
             entry["health_error"] = exc.to_dict()
             continue
@@ -512,8 +631,10 @@ def geometry_problem(capacity: int, stride: int, flex_size: int = 0) -> Optional
 
 def atomics() -> Dict[str, Any]:
     """Whether this host can change blocks atomically (``available``) and what provides
-    it, or why nothing does (``provider``)."""
-    return {"available": bool(_ATOMICS_AVAILABLE), "provider": _ATOMICS_PROVIDER}
+    it, or why nothing does (``provider``). Imported here, not at start-up: choosing the
+    provider looks for libatomic (``ldconfig``), which read-only commands never need."""
+    from . import _atomics
+    return {"available": bool(_atomics.AVAILABLE), "provider": _atomics.PROVIDER}
 
 
 def state_name(value: int) -> str:

@@ -19,6 +19,7 @@ EXIT_NO_BLOCK = 4       # missing block, foreign file, unsupported layout, trunc
 EXIT_PERMISSION = 5     # permission denied or wrong owner
 EXIT_CONCURRENT = 6     # a word changed between plan and action; nothing half-done
 EXIT_INTERNAL = 7       # platform cannot do it (no atomics) or an internal error
+EXIT_SNAPSHOT = 8       # the before-image could not be written: nothing was changed
 
 
 _NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}

@@ -23,6 +23,7 @@ from ._diagnose import assess, claims_orphaned, findings_of, merge_findings
 from ._observe import Scene
 from ._plan import Plan
 from ._recover import UNSAFE, plan_scrub, plan_slot, repair_write_index
+from ._scan import scan_slots
 from ._status import blocked_drains
 from ._validate import Progress, index_step, uncommitted_findings, validate
 
@@ -32,7 +33,9 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
     cleaned = cleanup(scene)
     outcomes: List[Dict[str, object]] = []
     scene = Scene(plan, now=scene.now)       # re-observe through what cleanup planned
-    in_use = list(plan.block.slots_in_use())  # a slot in a hole is FREE: nothing to release
+    # a plain slot (FREE or COMMITTED, no lock, no reader, no writer waiting) holds
+    # nothing to release: only the slots a bulk scan finds not plain are looked at
+    in_use = scan_slots(plan).interesting
     for i in in_use:
         view = scene.slot(i)
         if (view.write_lock and view.writer_dead) or view.orphaned:

@@ -461,12 +461,15 @@ def _block_devices(paths: Iterable[str]) -> Tuple[Set[int], Optional[int]]:
     return out, memfd_dev
 
 
-def direct_holder(pid: int, key: BlockKey) -> Optional[Tuple[Proc, Hold]]:
-    """(process, how) when ``pid`` of our namespace has block ``key`` mapped or open."""
+def direct_holder(pid: int, key: BlockKey,
+                  registered: Optional[Dict[int, Tuple[int, int]]] = None
+                  ) -> Optional[Tuple[Proc, Hold]]:
+    """(process, how) when ``pid`` of our namespace has block ``key`` mapped or open.
+    ``registered``: the recovery registry as read by the caller (see :func:`read_proc`)."""
     if not 0 < pid < 1 << 22:
         return None
     hold = process_hold(pid, key)
-    proc = read_proc(pid) if hold else None
+    proc = read_proc(pid, registered) if hold else None
     return (proc, hold) if hold and proc is not None else None
 
 
@@ -700,6 +703,7 @@ class Scans:
         self._seen = {}  # type: Dict[Tuple, Tuple[int, int]]
         self._direct = {}  # type: Dict[Tuple[int, BlockKey], Tuple[Proc, Hold]]
         self._exclusive = {}  # type: Dict[BlockKey, Tuple[Optional[bool], int]]
+        self._registered = None  # type: Optional[Dict[int, Tuple[int, int]]]
         self.taken = 0
 
     def exclusive(self, block: BlockId, observed_ns: Optional[int]) -> Optional[bool]:
@@ -717,7 +721,11 @@ class Scans:
         (finding one alive never needs to be fresh); absence is always read anew."""
         got = self._direct.get((pid, key))
         if got is None:
-            got = direct_holder(pid, key)
+            # the registry, read once per engine call as a scan reads it once: a recovery
+            # run registered since is then taken for a holder (refused: the safe side)
+            if self._registered is None:
+                self._registered = registrations()
+            got = direct_holder(pid, key, self._registered)
             if got is not None:
                 self._direct[(pid, key)] = got
         return got
@@ -756,6 +764,12 @@ class Scans:
             return old[1]
         self._seen[word] = (value, now_ns)
         return now_ns
+
+    def noted(self, prefix: Tuple) -> List[Tuple]:
+        """The words noted so far whose key starts with ``prefix`` (a block's locks: the
+        bulk scan reads the others as 0 without noting each, see Scene._preobserve)."""
+        n = len(prefix)
+        return [word for word in self._seen if word[:n] == prefix]
 
 
 def describe_matches(matches: List[Tuple[Proc, Hold]]) -> List[str]:

@@ -38,6 +38,7 @@ from ._kernel import BlockId, Hold, HostScan, Proc, Scans, Scope
 from ._liveness import ALIVE, DEAD, Snapshot, Verdict, judge
 from ._plan import Plan
 from ._procinfo import monotonic_ns
+from ._scan import scan_slots
 
 SLOT = L.SLOT
 CONS = L.CONSUMER
@@ -186,7 +187,8 @@ def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> N
             for k in range(L.MAX_CONSUMERS):
                 scans.first_seen(key + ("consumer", k),
                                  block.get(CONS["consumer_pid"], L.consumer_entry(k)), t)
-            for i in block.slots_in_use():
+            # a plain slot (the bulk scan, _scan) has no lock: nothing to note
+            for i in scan_slots(block).interesting:
                 scans.first_seen(key + ("lock", i),
                                  block.get(SLOT["write_lock"], geo.slot_entry(i)), t)
     except (RecoveryError, OSError):
@@ -242,9 +244,18 @@ class Scene:
             self._seen(("consumer", k), self.plan.get(CONS["consumer_pid"],
                                                       L.consumer_entry(k)), t)
         geo = self.block.geometry
-        # a slot in a hole reads as zeros (no lock): only the slots in use are read
-        for i in (self.block.slots_in_use() if geo else ()):
+        if geo is None:
+            return
+        # The table is read in bulk (_scan): a plain slot has no lock, so only the others
+        # are read one by one and noted; a lock noted earlier in this call for a slot now
+        # plain is noted gone (0), as reading every slot's word would have noted it.
+        looked = scan_slots(self.plan).interesting
+        for i in looked:
             self._seen(("lock", i), self.plan.get(SLOT["write_lock"], geo.slot_entry(i)), t)
+        looked_at = set(looked)
+        for word in self.scans.noted(self.id.key + ("lock",)):
+            if word[-1] not in looked_at:
+                self.scans.first_seen(word, 0, t)
 
     # -- kernel view ----------------------------------------------------------------------
     @property

@@ -48,6 +48,7 @@ class Change:
     atomic: bool = field(repr=False, default=True)
     text: bool = field(repr=False, default=False)   # NUL-terminated text, shown as a string
     scrubbed: Optional[List[Tuple[int, bytes]]] = field(repr=False, default=None)
+    seq: Optional[int] = field(repr=False, default=None)   # its line in the journal
 
     def to_dict(self) -> dict:
         def show(v: Value):
@@ -55,6 +56,8 @@ class Change:
                 return v
             if self.text:
                 return bytes(v).split(b"\0", 1)[0].decode("utf-8", "replace")
+            if len(v) > 64:          # a page (undo of a scrub): its BLAKE2b-256, as a scrub
+                return L.blake2b256(bytes(v)).hex()   # shows its range (the journal keeps it)
             return v.hex()
         return {"target": self.target, "before": show(self.before), "after": show(self.after)}
 
@@ -62,9 +65,12 @@ class Change:
 class Plan:
     """Reads through the overlay, writes by CAS (real run) or into the overlay (dry run)."""
 
-    def __init__(self, block: Block, dry_run: bool) -> None:
+    def __init__(self, block: Block, dry_run: bool, journal=None) -> None:
         self.block = block
         self.dry_run = dry_run
+        # the write-ahead journal of a real run (_snapshot.Journal): every store is
+        # announced there, fsynced, before it is made; None: no before-image
+        self.journal = None if dry_run else journal
         self.scans = None         # the engine call's kernel scans (_kernel.Scans), shared
         self.pid = os.getpid()
         self.changes: List[Change] = []
@@ -84,6 +90,11 @@ class Plan:
 
     def hdr(self, name: str):
         return self.get(L.HEADER[name])
+
+    def planned(self, low: int, high: int) -> List[int]:
+        """Offsets in ``low .. high`` this plan holds planned values for (a bulk read of
+        that range must read those through the plan)."""
+        return [off for off, dummy in self._overlay if low <= off < high]
 
     def read(self, offset: int, size: int) -> bytes:
         value = self._overlay.get((offset, size))
@@ -115,6 +126,7 @@ class Plan:
             if ch.scrubbed is not None:          # a scrub: put the pages back
                 self._zeroed.discard((ch.offset, ch.size))
                 if not self.dry_run:
+                    self._announce(ch, undoes=ch.seq)
                     for pos, chunk in ch.scrubbed:
                         self.block.write(pos, chunk)
                 self.changes.remove(ch)
@@ -125,10 +137,15 @@ class Plan:
                 pass
             elif ch.atomic:
                 word = L.Field(ch.target, ch.offset, ch.size, "u", True)
+                seq = self._announce(Change(ch.target, ch.after, ch.before, ch.offset,
+                                            ch.size), undoes=ch.seq)
                 if not self.block.cas(word, ch.after, ch.before)[0]:
+                    self._unannounce(seq)
                     lost.append(ch.target)
                     del self._overlay[key]       # memory now speaks for itself
             else:
+                self._announce(Change(ch.target, ch.after, ch.before, ch.offset, ch.size,
+                                      False), undoes=ch.seq)
                 self.block.write(ch.offset, ch.before)
             self.changes.remove(ch)
         return lost
@@ -139,15 +156,19 @@ class Plan:
         if expected == new:
             return
         offset = base + fld.offset
+        ch = Change(target, expected, new, offset, fld.size, True)
         if self.dry_run:
             seen = self.get(fld, base)
             ok = seen == expected
         else:
+            seq = self._announce(ch)
             ok, seen = self.block.cas(fld, expected, new, base)
+            if not ok:
+                self._unannounce(seq)
         if not ok:
             raise ConcurrentChange("%s changed under us: expected %s, found %s"
                                    % (target, expected, seen), target=target)
-        self._record(Change(target, expected, new, offset, fld.size, True))
+        self._record(ch)
 
     def put(self, target: str, offset: int, before: bytes, after: bytes,
             text: bool = False) -> None:
@@ -155,11 +176,13 @@ class Plan:
         ``text`` shows them as strings in results (else hex)."""
         if before == after:
             return
+        ch = Change(target, before, after, offset, len(after), False, text)
         if not self.dry_run:
             if self.block.read(offset, len(before)) != before:
                 raise ConcurrentChange("%s changed under us" % target, target=target)
+            self._announce(ch)
             self.block.write(offset, after)
-        self._record(Change(target, before, after, offset, len(after), False, text))
+        self._record(ch)
 
     def scrub(self, target: str, offset: int, size: int) -> None:
         """Overwrite with zeros a byte range that holds no committed data and that we hold
@@ -180,13 +203,27 @@ class Plan:
             chunk = before[pos - offset:stop - offset]
             if any(chunk):
                 pages.append((pos, chunk))
-                if not self.dry_run:
-                    self.block.write(pos, bytes(stop - pos))
             pos = stop
-        self._zeroed.add((offset, size))
         ch = Change(target, L.blake2b256(before), L.blake2b256(bytes(size)), offset, size,
                     False, scrubbed=pages)
+        if not self.dry_run:
+            self._announce(ch)                   # the pages' bytes, before they go
+            for pos, chunk in pages:
+                self.block.write(pos, bytes(len(chunk)))
+        self._zeroed.add((offset, size))
         self._record(ch, overlay=False)
+
+    def _announce(self, ch: Change, undoes: Optional[int] = None) -> Optional[int]:
+        """Journal a store about to be made (real run with a journal): the before-image.
+        A journal that cannot be written raises before the store (nothing changed)."""
+        if self.journal is None:
+            return None
+        ch.seq = self.journal.intent(ch, undoes)
+        return ch.seq
+
+    def _unannounce(self, seq: Optional[int]) -> None:
+        if self.journal is not None and seq is not None:
+            self.journal.failed(seq)
 
     def _record(self, ch: Change, overlay: bool = True) -> None:
         if overlay:
@@ -206,13 +243,21 @@ class Plan:
         stamp = L.HEADER["last_error_timestamp_ns"]
         before_count, before_stamp = self.get(count), self.get(stamp)
         now = time.monotonic_ns()
+        counted = Change("header.recovery_actions_count", before_count,
+                         before_count + actions, count.offset, count.size)
+        stamped = Change("header.last_error_timestamp_ns", before_stamp, now,
+                         stamp.offset, stamp.size)
         if not self.dry_run:
-            before_count = self.block.add(count, actions)
+            seq = self._announce(counted)
+            added = self.block.add(count, actions)
+            if added != before_count:
+                counted.before, counted.after = added, added + actions
+                if seq is not None:
+                    self.journal.amend(seq, added, added + actions)  # type: ignore[union-attr]
+            self._announce(stamped)
             self.block.set(stamp, now)
-        self._record(Change("header.recovery_actions_count", before_count,
-                            before_count + actions, count.offset, count.size))
-        self._record(Change("header.last_error_timestamp_ns", before_stamp, now,
-                            stamp.offset, stamp.size))
+        self._record(counted)
+        self._record(stamped)
 
     @property
     def changed(self) -> bool:

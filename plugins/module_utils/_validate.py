@@ -37,16 +37,18 @@ severity info); a flex-zone mismatch only when later looks see the same hash and
 
 from __future__ import annotations
 
-import os
+import re
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _layout as L
+from ._block import WINDOW
 from ._errors import ConcurrentChange
+from ._hashing import hash_slots
 from ._liveness import Snapshot, judge
 from ._observe import producer_verdict
 from ._plan import Plan
+from ._scan import SlotScan, scan_slots
 
 SLOT = L.SLOT
 _S = L.SlotState
@@ -56,7 +58,6 @@ FLEX_VERIFIED = L.HEADER["flexzone_checksum_verified"]
 FLEX = "flexzone_checksum"
 _U64 = (1 << 64) - 1
 Progress = Optional[Callable[[int, int], None]]
-_BATCH_BYTES = 8 << 20
 
 
 def finding(code: str, message: str, severity: str = "error", repairable: bool = False,
@@ -68,18 +69,21 @@ def finding(code: str, message: str, severity: str = "error", repairable: bool =
 
 
 def validate(plan: Plan, repair: bool = False, progress: Progress = None,
-             producer_dead: bool = False) -> Dict[str, object]:
-    """``producer_dead``: see :func:`state_findings`."""
+             producer_dead: bool = False, scan: Optional[SlotScan] = None
+             ) -> Dict[str, object]:
+    """``producer_dead``: see :func:`state_findings`. ``scan``: this call's bulk scan of
+    the slot table (taken when None)."""
     block = plan.block
     findings = [finding(p.code, p.message, field=p.details.get("field")) for p in block.problems]
     reblessed: List[Dict[str, object]] = []
     policy = None
     if block.geometry is not None:
         policy = plan.hdr("checksum_policy")
-        findings += state_findings(plan, producer_dead)
-        check = _checksum_findings(plan, progress)
+        scan = scan or scan_slots(plan)
+        findings += state_findings(plan, producer_dead, scan)
+        check = _checksum_findings(plan, progress, scan)
         findings += check.findings
-        findings += uncommitted_findings(plan)
+        findings += uncommitted_findings(plan, scan)
         if repair:
             reblessed = _rebless(plan, check)
             fixed = {r["target"] for r in reblessed}
@@ -208,14 +212,16 @@ def index_step(plan: Plan) -> Optional[Dict[str, object]]:
             "gap": gap, "unexplained": unexplained, "holders": holders}
 
 
-def state_findings(plan: Plan, producer_dead: bool = False) -> List[Dict[str, object]]:
+def state_findings(plan: Plan, producer_dead: bool = False,
+                   scan: Optional[SlotScan] = None) -> List[Dict[str, object]]:
     """Slot, consumer-count and index sanity. A problem is reported only when every later
     look (over about 60 ms) finds the very same words: never a live process's transient.
 
     ``producer_dead``: no live producer could be the writer behind an index out of step
     (then it is an error; otherwise a warning: a live producer passes through that state
-    between claiming an id and locking its slot, and may be paused there)."""
-    keys = [("slot", i) for i in plan.block.slots_in_use()]
+    between claiming an id and locking its slot, and may be paused there). Only the
+    slots a bulk scan finds not plain are looked at: a plain slot has no slot problem."""
+    keys = [("slot", i) for i in (scan or scan_slots(plan)).interesting]
     keys += [("consumers",), ("indexes", bool(producer_dead))]
     pending = {}
     for key in keys:
@@ -255,7 +261,8 @@ _NO_REBLESS = ("the %s checksum policy leaves stamping to the producer: repair n
                "writes a checksum the producer would not")
 
 
-def _checksum_findings(plan: Plan, progress: Progress) -> ChecksumCheck:
+def _checksum_findings(plan: Plan, progress: Progress,
+                       scan: Optional[SlotScan] = None) -> ChecksumCheck:
     block, geo = plan.block, plan.block.geo
     check = ChecksumCheck(plan.hdr("checksum_policy"))
     out = check.findings
@@ -269,26 +276,21 @@ def _checksum_findings(plan: Plan, progress: Progress) -> ChecksumCheck:
                            "1, Enforced 2): pylabhub readers then check no checksum; "
                            "mismatches are reported as under Manual" % check.policy,
                            "warning", field="checksum_policy"))
-    jobs: List[Tuple[int, bytes, tuple]] = []    # (slot, stored hash, (lock, gen, state))
-    for i in list(block.slots_in_use()):
-        base = geo.slot_entry(i)
-        state = plan.get(SLOT["slot_state"], base)
-        if state not in (_S.COMMITTED, _S.DRAINING):
+    scan = scan or scan_slots(plan)
+    odd = hash_slots(block, _committed(plan, scan), progress)
+    for i, words, stored, dummy in odd:                  # missing first, in slot order
+        state = words[2]              # as read with the checksum, before the data
+        if any(stored) or state not in (_S.COMMITTED, _S.DRAINING):
             continue
-        words = _slot_words(plan, base)[:3]
-        stored = plan.read(geo.checksum_entry(i), L.HASH_SIZE)
-        if any(stored):
-            jobs.append((i, stored, words))
-        elif check.enforced:
+        if check.enforced:
             out.append(finding("checksum-missing", "slot %d: %s under the Enforced policy but "
                                "has no checksum: every pylabhub read of it is rejected"
                                % (i, L.enum_name(_S, state)), "error",
                                state == _S.COMMITTED, slot=i))
         else:
             out.append(_unstamped(check, i, "has no checksum"))
-    digests = _hash_slots(block, [j[0] for j in jobs], progress)
-    for (i, stored, words), digest in zip(jobs, digests):
-        if digest == stored:
+    for i, words, stored, digest in odd:
+        if not any(stored):
             continue
         if not check.enforced:       # information only: one look, no settling pauses
             if _slot_words(plan, geo.slot_entry(i))[:3] == words:
@@ -307,6 +309,35 @@ def _checksum_findings(plan: Plan, progress: Progress) -> ChecksumCheck:
                                "error", state == _S.COMMITTED, slot=i))
     _flex_check(plan, check)
     return check
+
+
+def _committed(plan: Plan, scan: SlotScan) -> List[Tuple[int, int]]:
+    """The slots to hash, as sorted ``(first, stop)`` ranges: COMMITTED or DRAINING as the
+    bulk scan read them, and as the plan leaves the slots it holds planned words for (a
+    dry run's earlier steps)."""
+    geo = plan.block.geo
+    planned = sorted({(off - geo.slot_table) // L.SLOT_ENTRY_SIZE for off in
+                      plan.planned(geo.slot_table, geo.slot_entry(geo.capacity))})
+    ranges = sorted(scan.runs.get(_S.COMMITTED, []) + scan.runs.get(_S.DRAINING, []))
+    if planned:
+        wanted = (_S.COMMITTED, _S.DRAINING)
+        keep = {i for i in planned if plan.get(SLOT["slot_state"], geo.slot_entry(i)) in wanted}
+        cut: List[Tuple[int, int]] = []
+        for first, stop in ranges:               # planned slots out, then the kept ones in
+            for i in [p for p in planned if first <= p < stop]:
+                if first < i:
+                    cut.append((first, i))
+                first = i + 1
+            if first < stop:
+                cut.append((first, stop))
+        ranges = sorted(cut + [(i, i + 1) for i in keep])
+    merged: List[Tuple[int, int]] = []
+    for first, stop in ranges:
+        if merged and merged[-1][1] == first:
+            merged[-1] = (merged[-1][0], stop)
+        else:
+            merged.append((first, stop))
+    return merged
 
 
 def _unstamped(check: ChecksumCheck, i: int, what: str) -> Dict[str, object]:
@@ -389,19 +420,25 @@ def upstream_checked(plan: Plan) -> List[int]:
     the first commit (total_slots_written 0), every slot once total_slots_written reaches
     the capacity (whatever their state: FREE and WRITING included), else slots
     0 .. commit_index mod capacity."""
+    return list(range(_upstream_count(plan)))
+
+
+def _upstream_count(plan: Plan) -> int:
+    """How many slots (from slot 0) :func:`upstream_checked` names."""
     capacity = plan.block.geo.capacity
     written = plan.hdr("total_slots_written")
     if written == 0:
-        return []
+        return 0
     if written >= capacity:
-        return list(range(capacity))
-    return list(range(min(capacity, plan.hdr("commit_index") % capacity + 1)))
+        return capacity
+    return min(capacity, plan.hdr("commit_index") % capacity + 1)
 
 
-def _uncommitted_look(plan: Plan, i: int) -> Optional[tuple]:
+def _uncommitted_look(plan: Plan, i: int, hash_data: bool = True) -> Optional[tuple]:
     """A FREE, unlocked slot that pylabhub's check fails: its words, checksum entry and
     data digest; None when the slot is held, not FREE, or passes (verified byte 1 is
-    taken as valid without hashing, as pylabhub does; an all-zero checksum fails)."""
+    taken as valid without hashing, as pylabhub does; an all-zero checksum fails).
+    Without ``hash_data`` a slot whose verdict needs its bytes hashed is ``False``."""
     geo = plan.block.geo
     base = geo.slot_entry(i)
     words = (plan.get(SLOT["write_lock"], base), plan.get(SLOT["slot_state"], base))
@@ -410,13 +447,41 @@ def _uncommitted_look(plan: Plan, i: int) -> Optional[tuple]:
     entry = plan.read(geo.checksum_entry(i), L.CHECKSUM_ENTRY_SIZE)
     if entry[L.HASH_SIZE] == 1:
         return None
+    if not any(entry[:L.HASH_SIZE]):
+        return words, entry, None          # an all-zero checksum fails whatever the bytes
+    if not hash_data:
+        return False
     digest = L.blake2b256(plan.data(geo.slot_data(i), geo.stride))
-    if any(entry[:L.HASH_SIZE]) and digest == entry[:L.HASH_SIZE]:
+    if digest == entry[:L.HASH_SIZE]:
         return None
     return words, entry, digest
 
 
-def uncommitted_findings(plan: Plan) -> List[Dict[str, object]]:
+_NOT_VERIFIED = re.compile(b"[^\x01]")
+
+
+def _uncommitted_candidates(plan: Plan, scan: SlotScan, upto: int) -> List[int]:
+    """Slots below ``upto`` that may be FREE slots pylabhub's check fails: the plain
+    FREE slots whose checksum entry's "verified" byte is not 1 (read in bulk from the
+    checksum table: a verified byte of 1 passes pylabhub's check unhashed), and every
+    slot the scan found not plain (looked at one by one, through the plan)."""
+    geo = plan.block.geo
+    looked = {i for i in scan.interesting if i < upto}
+    out = set(looked)
+    per = WINDOW // L.CHECKSUM_ENTRY_SIZE
+    for first, stop in scan.runs.get(_S.FREE, ()):
+        stop = min(stop, upto)
+        while first < stop:
+            n = min(per, stop - first)
+            sums = plan.block.read(geo.checksum_entry(first), n * L.CHECKSUM_ENTRY_SIZE)
+            verified = sums[L.HASH_SIZE::L.CHECKSUM_ENTRY_SIZE]
+            out.update(first + m.start() for m in _NOT_VERIFIED.finditer(verified))
+            first += n
+    return sorted(out)
+
+
+def uncommitted_findings(plan: Plan, scan: Optional[SlotScan] = None,
+                         only_slot: Optional[int] = None) -> List[Dict[str, object]]:
     """FREE slots (no lock) whose stored checksum does not vouch for their bytes, among
     the slots pylabhub's validate_integrity checks: pylabhub calls such a block corrupt
     (a writer killed mid-write and released, or aborted, leaves torn bytes under the old
@@ -425,21 +490,29 @@ def uncommitted_findings(plan: Plan) -> List[Dict[str, object]]:
     Manual and None, checksums are the producer's business and no C++ reader checks
     them, so it is information only. Locked or WRITING/DRAINING slots are the writers'
     (a dead one's slot is stuck and its release scrubs it). Reported only when a look after
-    the settle pauses sees the same words, entry and bytes."""
+    the settle pauses sees the same words, entry and bytes.
+
+    Slots whose state entry lies in a hole were never written and are skipped; the
+    others are found in bulk (:func:`_uncommitted_candidates`). ``only_slot``: hash the
+    data of no other slot (``diagnose --slot N``); the FREE slots whose verdict needs
+    their bytes are then counted in one info finding, ``uncommitted-not-hashed``."""
     enforced = plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED
     out: List[Dict[str, object]] = []
-    in_use = set(plan.block.slots_in_use())   # a slot in a hole was never written: skip
-    for i in upstream_checked(plan):
-        if i not in in_use:
+    scan = scan or scan_slots(plan)
+    unhashed = 0
+    for i in _uncommitted_candidates(plan, scan, _upstream_count(plan)):
+        hash_data = only_slot is None or i == only_slot
+        seen = _uncommitted_look(plan, i, hash_data)
+        if seen is False:
+            unhashed += 1
             continue
-        seen = _uncommitted_look(plan, i)
         for pause in _SETTLE_S:
             if seen is None:
                 break
             time.sleep(pause)
-            again = _uncommitted_look(plan, i)
+            again = _uncommitted_look(plan, i, hash_data)
             seen = seen if again == seen else None
-        if seen is None:
+        if not seen:
             continue
         stored = seen[1][:L.HASH_SIZE]
         out.append(finding(
@@ -453,6 +526,14 @@ def uncommitted_findings(plan: Plan) -> List[Dict[str, object]]:
                 "heal scrubs it to zeros with a matching checksum (no committed data is in it)"
                 if enforced else "nothing to repair"),
             "error" if enforced else "info", slot=i))
+    if unhashed:
+        out.append(finding(
+            "uncommitted-not-hashed", "%d FREE slot%s other than slot %d would need %s bytes "
+            "hashed to tell whether pylabhub's validate_integrity passes %s; diagnose with "
+            "--slot reads no other slot's data: diagnose without --slot, or validate, checks "
+            "%s" % (unhashed, "" if unhashed == 1 else "s", only_slot,
+                    "its" if unhashed == 1 else "their", "it" if unhashed == 1 else "them",
+                    "it" if unhashed == 1 else "them"), "info"))
     return out
 
 
@@ -497,35 +578,6 @@ def _settle_flex(plan: Plan, entry: bytes,
             return now
         entry, digest = now
     return None
-
-
-def _hash_slots(block, slots: List[int], progress: Progress) -> List[bytes]:
-    """BLAKE2b-256 of each slot's full stride (bounded windows), over both cores."""
-    geo = block.geo
-    if not slots:
-        return []
-    per_batch = max(1, _BATCH_BYTES // geo.stride)
-    batches = [slots[i:i + per_batch] for i in range(0, len(slots), per_batch)]
-    total, done = len(slots) * geo.stride, 0
-
-    def work(batch: List[int]) -> List[bytes]:
-        return [block.digest(geo.slot_data(i), geo.stride) for i in batch]
-
-    digests: List[bytes] = []
-    workers = min(len(batches), os.cpu_count() or 1, 4)
-    if workers <= 1:
-        results = map(work, batches)
-    else:
-        pool = ThreadPoolExecutor(max_workers=workers)
-        results = pool.map(work, batches)
-    for batch, result in zip(batches, results):
-        digests.extend(result)
-        done += len(batch) * geo.stride
-        if progress:
-            progress(done, total)
-    if workers > 1:
-        pool.shutdown()
-    return digests
 
 
 def _rebless(plan: Plan, check: ChecksumCheck) -> List[Dict[str, object]]:

@@ -35,6 +35,7 @@ PAST = {
     "release": "released", "clear": "cleared", "scrub": "scrubbed", "re-bless": "re-blessed",
     "reconcile": "reconciled", "give back": "gave back", "set": "set", "repair": "repaired",
     "roll back": "rolled back", "change": "changed", "heal": "healed",
+    "restore": "restored",
 }
 #: Participles used after "was"/"would be" (:func:`done`).
 PARTICIPLE = dict(PAST, **{"give back": "given back"})
@@ -186,9 +187,10 @@ def change_lines(result: Dict[str, object]) -> List[Tuple[str, str, str]]:
     stride = block.get("stride") if isinstance(block, dict) else None
     zeros = L.blake2b256(bytes(stride)).hex() if isinstance(stride, int) and stride > 0 else None
     out = []
+    new = result.get("operation") != "undo"       # undo writes old values back, not "now"
     for ch in net_changes(result.get("changes") or []):  # type: ignore[arg-type]
         target = str(ch["target"])
         field = target.rpartition(".")[2]
         out.append((target, show(field, ch["before"], who, zeros),
-                    show(field, ch["after"], who, zeros, after=True)))
+                    show(field, ch["after"], who, zeros, after=new)))
     return out

@@ -61,7 +61,15 @@ SHARED_OPTIONS = {
     "repair": dict(type="bool", default=False),
     "pattern": dict(type="str"),
     "max_bytes": dict(type="bytes"),                 # budget per block (engine default)
+    "snapshot": dict(type="bool", default=True),     # write the before-image
+    "snapshot_dir": dict(type="path"),               # where (engine default)
+    "audit_log": dict(type="path"),                  # the audit log (engine default)
 }
+
+#: The record options (before-image and audit log): passed to the engine as given.
+_RECORD = ("snapshot", "snapshot_dir", "audit_log")
+#: Engine operations that take them.
+_RECORDED = ("recover", "cleanup", "validate", "heal", "each_block", "undo")
 
 #: Engine operations that take ``max_bytes`` (the module's option is passed to them).
 _BUDGETED = ("diagnose", "recover", "cleanup", "validate", "heal", "each_block",
@@ -163,6 +171,7 @@ class DataBlockModule(object):
         self.check_mode = self.module.check_mode
         self.engine = engine
         self._diffs = []
+        self._audit = []
 
     def targets(self):
         """For modules taking ``name`` or ``all``: the one address, or None for all."""
@@ -183,9 +192,20 @@ class DataBlockModule(object):
             kwargs.setdefault("max_bytes", self.params["max_bytes"])
         return kwargs
 
+    def _record(self, func, kwargs):
+        """Pass the module's record options (``snapshot``, ``snapshot_dir``,
+        ``audit_log``) to the engine operations that write."""
+        if engine is not None and any(func is getattr(engine, name, None)
+                                      for name in _RECORDED):
+            for key in _RECORD:
+                if key in self.params:
+                    value = self.params[key]
+                    kwargs.setdefault(key, None if key == "snapshot" and value else value)
+        return kwargs
+
     def call(self, func, *args, **kwargs):
         """Run one engine call; a ``RecoveryError`` fails the task with its code."""
-        kwargs = self._budget(func, kwargs)
+        kwargs = self._record(func, self._budget(func, kwargs))
         try:
             return func(*args, **kwargs)
         except RecoveryError as exc:
@@ -195,7 +215,7 @@ class DataBlockModule(object):
     def attempt(self, func, *args, **kwargs):
         """Run one engine call for one of many blocks: ``(result, None)`` or
         ``(None, error dict)``; the caller decides whether the task fails."""
-        kwargs = self._budget(func, kwargs)
+        kwargs = self._record(func, self._budget(func, kwargs))
         try:
             return func(*args, **kwargs), None
         except RecoveryError as exc:
@@ -219,6 +239,8 @@ class DataBlockModule(object):
         """Forward an engine result's warnings and, in diff mode, its changes."""
         if not isinstance(result, dict):
             return
+        runs = result.get("audits") or ([result["audit"]] if result.get("audit") else [])
+        self._audit.extend(runs)        # a heal with forced actions: each run's line
         for warning in result.get("warnings") or []:
             self.module.warn(printable(warning))
         if self.module._diff and "changes" in result:
@@ -228,6 +250,8 @@ class DataBlockModule(object):
             self._diffs.append(diff_from_changes(result["changes"], header, result))
 
     def _finish(self, result):
+        if self._audit:                 # the audit lines of this task, for the controller
+            result["audit"] = list(self._audit)
         if self.module._diff and self._diffs:
             result["diff"] = self._diffs[0] if len(self._diffs) == 1 else list(self._diffs)
         return result

@@ -28,6 +28,7 @@ extends_documentation_fragment:
   - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
+  - pylabhub.recovery.common.record
   - pylabhub.recovery.dependencies
 seealso:
   - module: pylabhub.recovery.datablock_recover
@@ -119,6 +120,16 @@ cleaned:
   returned: success
   type: int
   sample: 1
+audit:
+  description:
+    - The audit line of each real run of this task that reached a block (time, host,
+      user, block, operation, changes, verdicts with evidence, forced, snapshot id), as
+      appended to the host's audit log; see docs/audit-and-undo.md.
+  returned: when a real run (not check mode) reached a block
+  type: list
+  elements: dict
+  sample: [{"operation": "heal", "host": "lab1", "user": "root", "changed": true,
+            "snapshot": "20261201T031200.000000Z-heal-4242-0a1b2c3d"}]
 msg:
   description:
     - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
@@ -144,7 +155,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 
 def main():
-    m = DataBlockModule(argument_spec("name", "all", "pattern", "max_bytes"))
+    m = DataBlockModule(argument_spec("name", "all", "pattern", "max_bytes", "snapshot",
+                                      "snapshot_dir", "audit_log"))
     address = m.targets()
     if address is not None:
         result = m.call(m.engine.cleanup, address, dry_run=m.check_mode)

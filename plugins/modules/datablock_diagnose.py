@@ -25,7 +25,16 @@ options:
     description:
       - Diagnose only this slot (consumers and block-wide findings are still reported).
       - Out of range fails the task with code V(slot-out-of-range).
+      - No other slot's data is read; the block's health is still the whole block's.
     type: int
+  all_slots:
+    description:
+      - List every slot in RV(diagnosis.slots), plain ones too.
+      - By default only the slots that are not plain are listed (a plain slot is FREE or
+        COMMITTED with no write lock, no reader and no writer waiting); every slot is
+        counted in RV(diagnosis.slot_counts).
+    type: bool
+    default: false
 extends_documentation_fragment:
   - pylabhub.recovery.common
   - pylabhub.recovery.common.budget
@@ -94,9 +103,24 @@ diagnosis:
       type: list
       elements: int
       sample: []
+    slot_counts:
+      description:
+        - Every slot counted - C(total), C(plain) (FREE or COMMITTED, no lock, no reader,
+          no writer waiting), C(listed) (entries in RV(diagnosis.slots)) and the count of
+          each state (C(FREE), C(WRITING), C(COMMITTED), C(DRAINING), C(UNKNOWN)).
+      type: dict
+      sample: {"total": 4, "plain": 3, "listed": 1, "FREE": 0, "WRITING": 1,
+               "COMMITTED": 3, "DRAINING": 0, "UNKNOWN": 0}
+    slots_listed:
+      description:
+        - Which slots RV(diagnosis.slots) lists - V(not_plain) (the default), V(all)
+          (O(all_slots)) or V(one) (O(slot)).
+      type: str
+      sample: not_plain
     slots:
       description:
-        - One entry per slot diagnosed - C(index), C(state), C(write_lock) (pid or 0),
+        - One entry per slot listed (see RV(diagnosis.slots_listed)), in slot order -
+          C(index), C(state), C(write_lock) (pid or 0),
           C(writer) (verdict or null), C(reader_count), C(readers) (C(attributed),
           C(provably_dead), C(may_be_live)), C(writer_waiting), C(write_generation),
           C(is_stuck), C(suspect), C(stuck_for_s), C(reason) and C(action) (the
@@ -154,8 +178,10 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 def main():
     m = DataBlockModule(argument_spec("name", "max_bytes", name=dict(required=True),
-                                      slot=dict(type="int")))
-    diagnosis = m.call(m.engine.diagnose, m.params["name"], m.params["slot"])
+                                      slot=dict(type="int"),
+                                      all_slots=dict(type="bool", default=False)))
+    diagnosis = m.call(m.engine.diagnose, m.params["name"], m.params["slot"],
+                       all_slots=m.params["all_slots"])
     m.exit(changed=False, diagnosis=diagnosis)
 
 

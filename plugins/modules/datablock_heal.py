@@ -95,6 +95,15 @@ EXAMPLES = r'''
 '''
 
 RETURN = r'''
+audit:
+  description:
+    - The audit line of each real run on a block (as M(pylabhub.recovery.datablock_recover)
+      returns them), for the controller (the P(pylabhub.recovery.fleet_summary#callback)
+      report file lists them); see docs/audit-and-undo.md.
+  returned: when a real run (not check mode) acted on a block
+  type: list
+  elements: dict
+  sample: [{"operation": "heal", "snapshot": "20261201T031200.000000Z-heal-4242-0a1b2c3d"}]
 host:
   description: The inventory host.
   returned: always

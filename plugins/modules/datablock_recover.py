@@ -99,6 +99,7 @@ extends_documentation_fragment:
   - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
+  - pylabhub.recovery.common.record
   - pylabhub.recovery.dependencies
 notes:
   - O(all=true) (with O(pattern)) is accepted with O(action=heal) only - every block on
@@ -306,6 +307,16 @@ healthy:
   returned: with O(all=true)
   type: bool
   sample: true
+audit:
+  description:
+    - The audit line of each real run of this task that reached a block (time, host,
+      user, block, operation, changes, verdicts with evidence, forced, snapshot id), as
+      appended to the host's audit log; see docs/audit-and-undo.md.
+  returned: when a real run (not check mode) reached a block
+  type: list
+  elements: dict
+  sample: [{"operation": "heal", "host": "lab1", "user": "root", "changed": true,
+            "snapshot": "20261201T031200.000000Z-heal-4242-0a1b2c3d"}]
 msg:
   description:
     - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
@@ -338,6 +349,7 @@ FORCE_ENTRY = dict(name=dict(type="str", required=True), slot=dict(type="raw", r
 def main():
     m = DataBlockModule(
         argument_spec("name", "all", "pattern", "slot", "force", "repair", "max_bytes",
+                      "snapshot", "snapshot_dir", "audit_log",
                       action=dict(type="str", required=True, choices=list(ACTIONS)),
                       force_refused=dict(type="list", elements="dict", default=[],
                                          options=FORCE_ENTRY)),

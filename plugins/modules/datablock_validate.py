@@ -55,6 +55,7 @@ extends_documentation_fragment:
   - pylabhub.recovery.common.budget
   - pylabhub.recovery.common.name_or_all
   - pylabhub.recovery.common.mutating
+  - pylabhub.recovery.common.record
   - pylabhub.recovery.dependencies
 notes:
   - Blocks with an unsound header cannot be attached for recovery, but are validated
@@ -175,6 +176,16 @@ blocks:
   elements: dict
   sample: [{"address": "my_datablock", "status": "ok", "validation": {"valid": true},
             "error": null, "skipped": null}]
+audit:
+  description:
+    - The audit line of each real run of this task that reached a block (time, host,
+      user, block, operation, changes, verdicts with evidence, forced, snapshot id), as
+      appended to the host's audit log; see docs/audit-and-undo.md.
+  returned: when a real run (not check mode) reached a block
+  type: list
+  elements: dict
+  sample: [{"operation": "heal", "host": "lab1", "user": "root", "changed": true,
+            "snapshot": "20261201T031200.000000Z-heal-4242-0a1b2c3d"}]
 msg:
   description:
     - What the task did, in one line - or, in check mode, what it would do (C(would release ...)).
@@ -201,6 +212,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils.ansible_adapter 
 
 def main():
     m = DataBlockModule(argument_spec("name", "all", "pattern", "repair", "max_bytes",
+                                      "snapshot", "snapshot_dir", "audit_log",
                                       fail_on_corruption=dict(type="bool", default=True)))
     p = m.params
     address = m.targets()

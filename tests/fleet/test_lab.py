@@ -104,7 +104,7 @@ READ_SLOT = textwrap.dedent("""
     from ansible_collections.pylabhub.recovery.plugins.module_utils._liveness import judge
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _kernel as K
-    writer = E.diagnose("stuck_writer_block")["slots"][%d]["writer"]
+    writer = E.diagnose("stuck_writer_block", slot=%d)["slots"][0]["writer"]
     with open_block("stuck_writer_block") as b:
         scope = K.HostScan.take().scope(K.BlockId.of(b)).to_dict()
         base = b.slot_base(%d)

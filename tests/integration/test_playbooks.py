@@ -255,12 +255,24 @@ def test_fleet_summary_callback(workdir, lab):
     path.write_text("- hosts: all\n  gather_facts: false\n  tasks:\n"
                     + FLEET_TASKS.format(prefix=prefix))
     env = {"ANSIBLE_CALLBACKS_ENABLED": "pylabhub.recovery.fleet_summary"}
+    reports = workdir / "reports"
     out = _run([os.path.join(BIN, "ansible-playbook"), "-i", "inventory", str(path)],
-               workdir, extra_env=env, expect_rc=4)   # 4: a host was unreachable
+               workdir, extra_env=dict(env, PYLABHUB_FLEET_SUMMARY_REPORT_DIR=str(reports)),
+               expect_rc=4)   # 4: a host was unreachable
     assert "PYLABHUB FLEET SUMMARY" in out, out
     # blocks, healthy, recovered, refused, corrupt, unreachable
     assert _table_row(out, "localhost") == ("4", "3", "1", "1", "1", "0"), out
     assert _table_row(out, "nowhere") == ("0", "0", "0", "0", "0", "1"), out
+    # the fleet report file: the table, and the real actions with their before-images
+    [report] = list(reports.iterdir())
+    text = report.read_text()
+    assert "fleet report: %s" % report in out
+    assert re.search(r"^\| localhost \| 4 \| 3 \| 1 \| 1 \| 1 \| 0 \|$", text, re.M), text
+    healed = [line for line in text.splitlines()
+              if line.startswith("| localhost |") and (prefix + "_a").replace("_", "\\_")
+              in line and "| yes |" in line]
+    assert healed and re.search(r"\| \d{8}T\d{6}\.\d{6}Z-heal-\d+-[0-9a-f]{8} \|$",
+                                healed[0]), text
 
     # check mode: recoveries are predictions, marked with *
     out = _run([os.path.join(BIN, "ansible-playbook"), "-i", "inventory", "--limit",

@@ -34,6 +34,7 @@ SHIPPED = (
     "changelogs/changelog.yaml", "changelogs/config.yaml",
     "docs/schema.md", "docs/schema-v1.json", "docs/reliability.md", "docs/configurations.md",
     "docs/performance.md",
+    "docs/audit-and-undo.md",
     # the tests ansible-test runs from an installed collection, and what they import
     "tests/conftest.py", "tests/crashlab.py", "tests/support.py", "tests/fixtures/",
     "tests/unit/", "tests/integration/targets/",

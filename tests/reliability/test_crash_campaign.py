@@ -56,7 +56,7 @@ def test_drill_detects_an_engine_that_loses_committed_data(monkeypatch):
 
 def test_drill_detects_a_heal_that_does_nothing(monkeypatch):
     """Sabotage: heal changes nothing. Stuck slots and dead consumers must be reported."""
-    monkeypatch.setattr(_drill, "heal", lambda name: {"changed": False})
+    monkeypatch.setattr(_drill, "heal", lambda name, **record: {"changed": False})
     result = _drill.drill(iterations=12, seed=SEED)
     assert not result["ok"] and result["survived"] < 12
     assert any("not healthy" in p or "never finished" in p or "not usable" in p

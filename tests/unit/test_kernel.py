@@ -222,8 +222,8 @@ NS_CODE = textwrap.dedent("""
         b.set(R.SLOT["ev_locked_ns"], time.monotonic_ns(), base)
         b.set("producer_heartbeat_ns", time.monotonic_ns())
         b.close()
-        diag = E.diagnose(name)
-        out.update(twin=twin, victim=victim, writer=diag["slots"][slot]["writer"],
+        diag = E.diagnose(name, slot=slot)
+        out.update(twin=twin, victim=victim, writer=diag["slots"][0]["writer"],
                    producer=diag["producer"]["verdict"])
         heal = E.heal(name)
         out["healed_slot"] = [o for o in heal["outcomes"] if o.get("slot") == slot]

@@ -81,6 +81,21 @@ mutation, dry run), ``judge``/``Verdict`` (liveness with evidence) are exported 
 Everything but ``__version__`` loads on first use (the API's types live in ``_api``),
 so ``import pylabhub.recovery`` costs next to nothing.
 
+Before-images and undo
+----------------------
+Every real run that changes a block first writes its before-image (``result["snapshot"]``:
+``id`` and ``path``) and appends an audit line (``result["audit"]``); the engine functions
+take ``snapshot_dir=``, ``snapshot=False`` (none) and ``audit_log=``.
+``undo(snapshot_id, dry_run=False, snapshot_dir=None)`` puts a run's stores back by CAS
+on the values it wrote, or raises :class:`UndoRefused` (a field changed since: nothing
+changed) or :class:`SnapshotMismatch` (the block was re-created); ``snapshots()`` lists
+them. A before-image that cannot be written raises :class:`SnapshotError` and nothing is
+changed (docs/audit-and-undo.md)::
+
+    >>> r = recovery.heal("my_datablock")
+    >>> recovery.undo(r["snapshot"]["id"])["changed"]
+    True
+
 Crash drill
 -----------
 ``run_drill(iterations=20, seed=None)`` proves on this host that recovery works: real
@@ -110,13 +125,15 @@ __all__ = [
     # the engine
     "Block", "Plan", "Verdict", "cleanup", "diagnose", "discover", "heal", "judge",
     "list_blocks", "open_block", "recover", "scan", "validate",
+    # before-images, undo and metrics (docs/audit-and-undo.md)
+    "undo", "snapshots", "metrics", "SnapshotError", "UndoRefused", "SnapshotMismatch",
     # errors and exit codes
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
     "OverBudget", "printable", "PermissionDenied", "WrongOwner", "HolderAlive",
     "ConcurrentChange", "AtomicsUnavailable",
     "EXIT_OK", "EXIT_FINDINGS", "EXIT_USAGE", "EXIT_REFUSED", "EXIT_NO_BLOCK",
-    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL",
+    "EXIT_PERMISSION", "EXIT_CONCURRENT", "EXIT_INTERNAL", "EXIT_SNAPSHOT",
 ]
 # pylint: enable=undefined-all-variable
 

@@ -14,11 +14,13 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine a
 # re-exported: pylabhub.recovery's names (its __all__) are this module's
 from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (  # noqa: F401 pylint: disable=unused-import
     DRILL_ITERATIONS, EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK,
-    EXIT_PERMISSION, EXIT_REFUSED, EXIT_USAGE, SCHEMA, AtomicsUnavailable, Block,
-    BlockNotFound, BlockNotReady, ConcurrentChange, HolderAlive, InvalidName, NotADataBlock,
-    OverBudget, PermissionDenied, Plan, RecoveryError, SlotOutOfRange, TruncatedBlock,
-    UnsafePath, UnsupportedLayout, UsageError, Verdict, WrongOwner, cleanup, diagnose,
-    discover, heal, judge, list_blocks, open_block, printable, recover, scan, validate)
+    EXIT_PERMISSION, EXIT_REFUSED, EXIT_SNAPSHOT, EXIT_USAGE, SCHEMA, AtomicsUnavailable,
+    Block, BlockNotFound, BlockNotReady, ConcurrentChange, HolderAlive, InvalidName,
+    NotADataBlock, OverBudget, PermissionDenied, Plan, RecoveryError, SlotOutOfRange,
+    SnapshotError, SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath,
+    UnsupportedLayout, UsageError, Verdict, WrongOwner, cleanup, diagnose, discover, heal,
+    judge, list_blocks, metrics, open_block, printable, recover, scan, snapshots, undo,
+    validate)
 
 
 # --------------------------------------------------------------------------- result types
@@ -314,7 +316,7 @@ def diagnose_all_slots(name: str, *, max_bytes: Optional[int] = None) -> List[Sl
 
     ``max_bytes`` (every function here takes it): the most one call may examine in the
     block (default 256 MiB; see the CLI's ``--max-bytes``); past it :class:`OverBudget`."""
-    raw = engine.diagnose(name, max_bytes=max_bytes)
+    raw = engine.diagnose(name, max_bytes=max_bytes, all_slots=True)
     return [SlotDiagnostic.from_engine(s, raw.get("health")) for s in raw["slots"]]
 
 

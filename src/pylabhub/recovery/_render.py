@@ -156,7 +156,7 @@ def status_lines(d: Dict[str, Any], style: "Style", address: str,
     if d.get("suspect_slots"):
         extra.append("suspect slot(s): %s" % ", ".join(map(str, d["suspect_slots"])))
     if shown is not None:
-        hidden = sorted(set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or [])
+        hidden = sorted((set(d.get("stuck_slots") or []) | set(d.get("suspect_slots") or []))
                         - set(shown))
         if hidden:
             extra.append("not shown here: slot(s) %s (diagnose %s shows every slot)"
@@ -328,8 +328,11 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
                      "Yes" if s["writer_waiting"] else "No", style.yes_no(bool(s["is_stuck"])),
                      duration(s.get("stuck_for_s")) if s["is_stuck"] else "-",
                      s.get("reason") or "-"])
-    lines += table(["SLOT", "STATE", "WRITE_LOCK", "READER_COUNT", "WRITER_WAITING", "IS_STUCK",
-                    "STUCK FOR", "REASON"], rows, style)
+    if rows:
+        lines += table(["SLOT", "STATE", "WRITE_LOCK", "READER_COUNT", "WRITER_WAITING",
+                        "IS_STUCK", "STUCK FOR", "REASON"], rows, style)
+    if d.get("slots_listed") == "not_plain":
+        lines += plain_lines(d.get("slot_counts"))
     lines.append("")
     consumers = d.get("consumers") or []
     if consumers:
@@ -351,10 +354,55 @@ def render_diagnose(d: Dict[str, Any], style: Style) -> List[str]:
     return lines
 
 
+def plain_lines(counts: Optional[Dict[str, Any]]) -> List[str]:
+    """The slots diagnose counted but did not list (plain: FREE or COMMITTED, no lock, no
+    reader, no writer waiting), by state, and how to list them."""
+    if not counts or int(counts.get("listed", 0)) >= int(counts.get("total", 0)):
+        return []
+    unlisted = int(counts["total"]) - int(counts["listed"])
+    states = ", ".join("%s %s" % (counts[name], name) for name in
+                       ("FREE", "WRITING", "COMMITTED", "DRAINING", "UNKNOWN")
+                       if counts.get(name))
+    return ["  %s%d slot%s not listed: plain (no lock, no reader, no writer waiting); "
+            "all %d: %s; --all-slots lists every slot"
+            % ("" if counts["listed"] else "no slot needs a look; ", unlisted,
+               "" if unlisted == 1 else "s", int(counts["total"]), states)]
+
+
 def _footer(result: Dict[str, Any], style: Style, word: str) -> str:
     changed = result.get("changed")
     how = did(bool(result.get("dry_run")), "change") if changed else "no change"
-    return "  result: %s (%s)" % (word, how)
+    return "  result: %s (%s)" % (word, how) + "".join("\n" + line
+                                                       for line in record_lines(result))
+
+
+def record_lines(result: Dict[str, Any]) -> List[str]:
+    """The before-image a real run wrote, with the command that puts it back."""
+    ids = result.get("snapshots") or [(result.get("snapshot") or {}).get("id")]
+    return ["  before-image: %s (undo: %s undo %s)" % (i, PROG, i)
+            for i in reversed([i for i in ids if i])]      # newest first: undo in that order
+
+
+@untrusted
+def render_undo(r: Dict[str, Any], style: Style) -> List[str]:
+    lines = block_title(r["block"], style)
+    lines.append("  undo %s (a %s run%s)%s" % (
+        r["undo_of"], r["undone_operation"], "" if r.get("complete") else
+        ", killed before its end", " --dry-run" if r.get("dry_run") else ""))
+    lines += changes_lines(r, style)
+    lines.append(_footer(r, style, style.result(str(r["result"]))))
+    return lines
+
+
+@untrusted
+def render_snapshots(listing: Dict[str, Any], style: Style) -> List[str]:
+    rows = [(s["id"], s["operation"], str(s["block"].get("address")), str(s["stores"]),
+             "yes" if s["complete"] else "no (killed)", s.get("undo_of") or "")
+            for s in listing["snapshots"]]
+    if not rows:
+        return ["no before-image in %s" % listing["directory"]]
+    return (table(("SNAPSHOT", "OPERATION", "BLOCK", "STORES", "COMPLETE", "UNDO OF"), rows,
+                  style) + ["%d before-image(s) in %s" % (len(rows), listing["directory"])])
 
 
 @untrusted
@@ -485,7 +533,7 @@ def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -
 
 
 RENDER = {"diagnose": render_diagnose, "recover": render_recover, "cleanup": render_cleanup,
-          "validate": render_validate, "heal": render_heal}
+          "validate": render_validate, "heal": render_heal, "undo": render_undo}
 
 
 # --------------------------------------------------------------------------- progress

@@ -49,6 +49,8 @@ exit codes:
   6    concurrent change: a live process changed a word between observation and
        action; nothing was left half-done, run the command again
   7    internal error (PLH_DEBUG=1 prints the traceback)
+  8    the before-image could not be written (snapshot directory unusable, disk
+       full): nothing was changed (see --snapshot-dir, --no-snapshot)
   130  interrupted;  141  stdout closed early (broken pipe)
   With --all the exit code is the highest of all blocks; a block skipped because its
   header is not sound or it is over --max-bytes counts as 4."""
@@ -66,6 +68,9 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin cleanup my_datablock
   datablock-admin validate my_datablock [--repair]
   datablock-admin heal my_datablock | --all [--match PATTERN]
+  datablock-admin snapshots                  # the before-images of real runs
+  datablock-admin undo SNAPSHOT [--dry-run]  # put a run's stores back
+  datablock-admin metrics --textfile DIR     # Prometheus, node_exporter's textfile
   datablock-admin drill [--iterations N] [--seed S]
   eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
 
@@ -114,6 +119,46 @@ uses for the long names, so both run the same files.
   datablock-admin ansible-setup --ini           # lines for the [defaults] of ansible.cfg
 
 Nothing is changed by this command; it only prints."""
+
+
+SNAPSHOT_DIR_HELP = ("where before-images go (default: $PYLABHUB_RECOVERY_SNAPSHOT_DIR, else "
+                     "/var/lib/pylabhub-recovery/snapshots for root, "
+                     "$XDG_STATE_HOME/pylabhub-recovery/snapshots otherwise)")
+
+UNDO_HELP = """\
+Every real run that changes a block first writes its before-image (each store, its
+offset, the value it found and the value it wrote, fsynced before the store) and prints
+its id. undo checks every store first: if any word the run wrote holds another value
+now (a live process wrote since), or the block was re-created, nothing is changed and
+the refusal names the field (exit 6; re-created: exit 4). A run killed mid-way is
+undone as far as it got. undo writes its own before-image: it can be undone too.
+
+""" + SEE_EXIT_CODES
+
+
+METRICS_HELP = """\
+Metric names and labels: docs/audit-and-undo.md. Typical use, from cron or a systemd
+timer:  datablock-admin metrics --textfile /var/lib/node_exporter/textfile_collector
+
+""" + SEE_EXIT_CODES
+
+
+def _record_options(parser: argparse.ArgumentParser) -> None:
+    """--snapshot-dir, --no-snapshot, --audit-log: where a real run's record goes."""
+    parser.add_argument("--snapshot-dir", metavar="DIR", help=SNAPSHOT_DIR_HELP)
+    parser.add_argument("--no-snapshot", action="store_true",
+                        help="write no before-image (then the run cannot be undone)")
+    parser.add_argument("--audit-log", metavar="FILE",
+                        help="the audit log (default: $PYLABHUB_RECOVERY_AUDIT_LOG, else "
+                             "/var/log/pylabhub-recovery/audit.jsonl for root, "
+                             "$XDG_STATE_HOME/pylabhub-recovery/audit.jsonl otherwise)")
+
+
+def _record(args: argparse.Namespace) -> Dict[str, Any]:
+    """The engine's record options from the command line (None: its defaults)."""
+    return {"snapshot_dir": getattr(args, "snapshot_dir", None),
+            "snapshot": False if getattr(args, "no_snapshot", False) else None,
+            "audit_log": getattr(args, "audit_log", None)}
 
 
 def _engine():
@@ -220,13 +265,15 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     writes = _Parser(add_help=False)
     writes.add_argument("-n", "--dry-run", action="store_true",
                         help="show what would change; write nothing")
+    _record_options(writes)
     budget = _Parser(add_help=False)
     budget.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
                         help="most bytes to examine in one block (default 256M): the "
-                             "4 KiB header, 4 KiB per slot examined (every slot when all are "
-                             "listed, else those whose state entry is allocated) and, for "
-                             "validate/heal, the data of the slots to hash; holes are free. "
-                             "A block over it is refused (exit 4); --all skips it")
+                             "4 KiB header, the slot-state table, 4 KiB per slot examined "
+                             "one by one (those that are not plain, or every slot when all "
+                             "are listed) and, for validate/heal, the data of the slots to "
+                             "hash; holes are free. A block over it is refused (exit 4); "
+                             "--all skips it")
 
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
     p.add_argument("--version", action="version", version=VERSION)
@@ -255,12 +302,16 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     c.add_argument("pattern", nargs="?", metavar="PATTERN",
                    help="only names or addresses matching this shell pattern")
 
-    c = command("diagnose", "explain every slot (or one) and every consumer; read-only",
-                budget)
+    c = command("diagnose", "explain every slot that is not plain (or one, or all) and "
+                            "every consumer; read-only", budget)
     every(c)
     c.add_argument("--slot", type=_slot, metavar="N|all",
-                   help="only this slot's row (default: all); the verdict stays the whole "
-                        "block's")
+                   help="only this slot's row, reading no other slot's data (default: the "
+                        "slots that are not plain); the verdict stays the whole block's")
+    c.add_argument("--all-slots", action="store_true",
+                   help="list every slot, plain ones too (a plain slot is FREE or COMMITTED "
+                        "with no lock, no reader and no writer waiting; by default it is "
+                        "only counted)")
 
     c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes,
                 budget, epilog=ACTIONS_HELP)
@@ -284,6 +335,26 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
             c.add_argument("--repair", action="store_true",
                            help="re-compute mismatching checksums of COMMITTED slots "
                                 "(asks on a terminal)")
+
+    c = command("undo", "put back what a real run stored, by CAS on the values it wrote; "
+                        "refused whole, naming the field, if anything changed since",
+                writes, epilog=UNDO_HELP)
+    c.add_argument("snapshot", metavar="SNAPSHOT",
+                   help="a before-image id as 'snapshots' lists it, or the path of one")
+
+    c = command("metrics", "Prometheus metrics of this host's blocks (every block validated "
+                           "read-only) and of the audit log; read-only", budget,
+                epilog=METRICS_HELP)
+    c.add_argument("--textfile", metavar="DIR",
+                   help="write DIR/pylabhub_recovery.prom atomically (node_exporter's "
+                        "--collector.textfile.directory) instead of printing")
+    c.add_argument("--match", metavar="PATTERN",
+                   help="only blocks whose names or addresses match this shell pattern")
+    c.add_argument("--audit-log", metavar="FILE",
+                   help="the audit log the history is read from (default: as heal writes)")
+
+    c = command("snapshots", "list the before-images of real runs (newest first)")
+    c.add_argument("--snapshot-dir", metavar="DIR", help=SNAPSHOT_DIR_HELP)
 
     c = sub.add_parser("drill", help="crash drill: prove on this machine that recovery works",
                        description=DRILL_DESCRIPTION, epilog=SEE_EXIT_CODES,
@@ -445,8 +516,12 @@ def cmd_diagnose(args: argparse.Namespace, out: Out) -> int:
     if args.all and slot is not None:
         raise _ArgError("%s diagnose" % PROG, "--slot needs a BLOCK (with --all every "
                         "block's slots are shown)")
+    every = args.all_slots or args.slot == "all"
+    if every and slot is not None:
+        raise _ArgError("%s diagnose" % PROG, "--all-slots and --slot N exclude each other")
     return _one_or_all(args, out, "diagnose", lambda address, progress: _engine().diagnose(
-        address, slot=slot, max_bytes=args.max_bytes), max_bytes=args.max_bytes)
+        address, slot=slot, max_bytes=args.max_bytes, all_slots=every),
+        max_bytes=args.max_bytes, all_slots=every)
 
 
 def cmd_recover(args: argparse.Namespace, out: Out) -> int:
@@ -454,7 +529,7 @@ def cmd_recover(args: argparse.Namespace, out: Out) -> int:
                               "live writer's or reader's data can be corrupted"
                         % (args.address, args.slot)) if args.force else None
     result = _engine().recover(args.address, args.slot, args.action, force=args.force,
-                               dry_run=args.dry_run, max_bytes=args.max_bytes)
+                               dry_run=args.dry_run, max_bytes=args.max_bytes, **_record(args))
     _warn(deferred)
     if out.json:
         out.data(result)
@@ -544,22 +619,52 @@ def _with_bar(fn: Callable[..., Dict[str, Any]], progress: Optional["_render.Pro
 
 def cmd_cleanup(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "cleanup", lambda address, progress: _engine().cleanup(
-        address, dry_run=args.dry_run, max_bytes=args.max_bytes), dry_run=args.dry_run,
-        max_bytes=args.max_bytes)
+        address, dry_run=args.dry_run, max_bytes=args.max_bytes, **_record(args)),
+        dry_run=args.dry_run, max_bytes=args.max_bytes, **_record(args))
 
 
 def cmd_validate(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "validate", lambda address, progress: _with_bar(
         _engine().validate, progress, address=address, repair=args.repair, dry_run=args.dry_run,
-        max_bytes=args.max_bytes), repair=args.repair, dry_run=args.dry_run,
-        max_bytes=args.max_bytes)
+        max_bytes=args.max_bytes, **_record(args)), repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes, **_record(args))
 
 
 def cmd_heal(args: argparse.Namespace, out: Out) -> int:
     return _one_or_all(args, out, "heal", lambda address, progress: _with_bar(
         _engine().heal, progress, address=address, repair=args.repair, dry_run=args.dry_run,
-        max_bytes=args.max_bytes), repair=args.repair, dry_run=args.dry_run,
-        max_bytes=args.max_bytes)
+        max_bytes=args.max_bytes, **_record(args)), repair=args.repair, dry_run=args.dry_run,
+        max_bytes=args.max_bytes, **_record(args))
+
+
+def cmd_undo(args: argparse.Namespace, out: Out) -> int:
+    result = _engine().undo(args.snapshot, dry_run=args.dry_run, **_record(args))
+    if out.json:
+        out.data(result)
+    else:
+        out.lines(_r().render_undo(result, out.style))
+    return _engine().EXIT_OK
+
+
+def cmd_metrics(args: argparse.Namespace, out: Out) -> int:
+    doc = _engine().metrics(args.match, textfile=args.textfile, audit_log=args.audit_log,
+                            max_bytes=args.max_bytes)
+    if out.json:
+        out.data(doc)
+    elif args.textfile:
+        out.lines(["wrote %s (%d block(s))" % (_oneline(doc["textfile"]), len(doc["blocks"]))])
+    else:
+        sys.stdout.write(doc["text"])
+    return _engine().EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
+    listing = _engine().snapshots(args.snapshot_dir)
+    if out.json:
+        out.data(listing)
+    else:
+        out.lines(_r().render_snapshots(listing, out.style))
+    return _engine().EXIT_OK
 
 
 def cmd_drill(args: argparse.Namespace, out: Out) -> int:
@@ -593,7 +698,8 @@ def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
 
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
             "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
-            "drill": cmd_drill, "ansible-setup": cmd_ansible_setup}
+            "drill": cmd_drill, "ansible-setup": cmd_ansible_setup, "undo": cmd_undo,
+            "snapshots": cmd_snapshots, "metrics": cmd_metrics}
 
 
 # --------------------------------------------------------------------------- main

@@ -49,8 +49,9 @@ def test_blocked_producer_is_never_called_healthy(cli, lab):
     d = cli("diagnose", name, "--json")
     assert d.rc == 1 and d.json["health"] == "suspect" and d.json["suspect_slots"] == [1]
     assert d.json["stuck_slots"] == []
-    assert d.json["slots"][1]["next"] == {"operation": "recover", "slot": 1,
-                                          "action": "release_readers", "force": True}
+    slots = {s["index"]: s for s in d.json["slots"]}          # the slots that are not plain
+    assert slots[1]["next"] == {"operation": "recover", "slot": 1,
+                                "action": "release_readers", "force": True}
     text = cli("diagnose", name)
     assert text.rc == 1 and "NOT HEALTHY (suspect)" in text.stdout
     assert "datablock-admin " + " ".join(forced) in text.stdout
@@ -105,6 +106,11 @@ def test_diagnose_one_slot_does_not_hide_a_jam(cli, lab):
     assert j.rc == 1 and j.json["healthy"] is False and j.json["health"] == "stuck"
     assert j.json["stuck_slots"] == [3] and [x["index"] for x in j.json["slots"]] == [0]
     assert j.json["slots"][0]["is_stuck"] is False
+    # the default listing (the slots that are not plain) shows slot 3: nothing is hidden
+    whole = cli("diagnose", name)
+    assert whole.rc == 1 and "stuck slot(s): 3" in whole.stdout
+    assert "not shown here" not in whole.stdout
+    assert "3 slots not listed: plain" in whole.stdout
 
 
 def test_list_status_shows_stuck_and_suspect_blocks(cli, lab):

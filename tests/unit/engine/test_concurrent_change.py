@@ -35,8 +35,8 @@ class InterferingPlan(P.Plan):
     """A real Plan; the first time ``target`` is CASed (``before`` or ``after`` our CAS),
     ``interfere()`` runs another process that changes a word, and waits for it."""
 
-    def __init__(self, block, dry_run, target, when, interfere):
-        super().__init__(block, dry_run)
+    def __init__(self, block, dry_run, target, when, interfere, journal=None):
+        super().__init__(block, dry_run, journal)
         self.trigger = (target, when)
         self.interfere = interfere
         self.fired = False
@@ -117,9 +117,9 @@ def test_engine_reports_failed_and_not_ok(lab):
     state_off = 4096 + 64 * s + 12
     original = E.Plan
 
-    def plan_factory(block, dry_run):
+    def plan_factory(block, dry_run, journal=None):
         return InterferingPlan(block, dry_run, "slot[%d].write_lock" % s, "after",
-                               other_process(lab, name, state_off, 1, FREE))
+                               other_process(lab, name, state_off, 1, FREE), journal)
     E.Plan = plan_factory
     try:
         result = E.recover(name, s, "release_writer")

@@ -38,7 +38,7 @@ def check_stuck_before(crash, evidence):
         assert not diag["stuck_slots"]
         return
     assert diag["stuck_slots"] == [crash.slot], diag["slots"]
-    slot = diag["slots"][crash.slot]
+    slot = {s["index"]: s for s in diag["slots"]}[crash.slot]   # the slots not plain
     expected = {"reader": "release_readers", "draining_live_writer": "release_readers",
                 "deadlock": "force_reset"}.get(crash.scenario, "release_writer")
     assert slot["action"] == expected, slot

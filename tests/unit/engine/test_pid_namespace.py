@@ -39,7 +39,7 @@ def test_writer_in_another_pid_namespace_is_never_released(shm_name):
                              "-c", WRITER, shm_name], stdout=subprocess.PIPE, text=True)
     try:
         slot = int(proc.stdout.readline())
-        diag = E.diagnose(shm_name)["slots"][slot]
+        diag = E.diagnose(shm_name, slot=slot)["slots"][0]
         assert diag["write_lock"] == 1, diag          # pid 1 of its namespace, init out here
         # Changed rule (was "unknown": a pid recorded in another namespace was never
         # probed): the kernel shows the process that has the block mapped with pid 1 at

@@ -74,7 +74,7 @@ def test_scenario_2_a_dead_reader_and_a_live_blocked_producer_healed_without_for
         p.resume()                      # commits id 2 (slot 0), then waits on slot 1
         blocked_draining(1)
         out["before"] = words(1)
-        out["diagnose"] = E.diagnose(name)["slots"][1]["readers"]
+        out["diagnose"] = E.diagnose(name, 1)["slots"][0]["readers"]
         out["heal"] = brief(E.heal(name))
         done = p.wait_point()           # the producer went on by itself
         out["done"] = done["event"]

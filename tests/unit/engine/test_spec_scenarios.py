@@ -164,7 +164,9 @@ def test_fixture_a_diagnose_dead_producer_otherwise_healthy(lab):
     assert result["producer"]["verdict"]["state"] == "dead"
     assert [f["code"] for f in result["findings"]] == ["dead-producer"]
     assert result["healthy"] and not result["stuck_slots"] and not result["suspect_slots"]
-    assert [s["state"] for s in result["slots"]] == ["COMMITTED"] * 3 + ["FREE"]
+    assert result["slots"] == [] and result["slot_counts"]["plain"] == 4   # listed: none
+    every = E.diagnose(name, all_slots=True)["slots"]
+    assert [s["state"] for s in every] == ["COMMITTED"] * 3 + ["FREE"]
     assert result["block"]["write_index"] == 3 and result["block"]["commit_index"] == 2
     assert E.validate(name)["ok"]
 
@@ -176,7 +178,8 @@ def test_fixture_b_stuck_writer_heals(lab):
     before = committed_snapshot(name)
     assert sorted(before) == [0, 1, 2]
     diag = E.diagnose(name)
-    assert diag["stuck_slots"] == [3] and diag["slots"][3]["action"] == "release_writer"
+    assert diag["stuck_slots"] == [3] and [s["index"] for s in diag["slots"]] == [3]
+    assert diag["slots"][0]["action"] == "release_writer"
     result = E.heal(name)
     assert result["ok"] and result["healthy"] and result["changed"], result
     img = image(name)

@@ -111,3 +111,36 @@ def test_the_engines_published_verdicts_are_read_as_they_are():
         forced=[{"slot": 0, "action": "release_writer"}])}]}))
     assert rows(cb)["h"] == {"blocks": 3, "healthy": 1, "recovered": "2", "refused": 1,
                              "corrupt": 1, "unreachable": 0}
+
+
+def test_fleet_report_file(tmp_path):
+    """report_dir: a Markdown file per run with the table and every audit record the
+    modules returned; hostile names cannot break a table row."""
+    import os
+    import re
+    import stat
+    cb = CallbackModule()
+    hostile = "evil|name<b>*\x1b[31m"
+    audit = {"format": "pylabhub.recovery/audit-v1", "time": "2026-12-01T03:12:00Z",
+             "block": {"address": hostile}, "operation": "heal", "forced": False,
+             "changed": True, "refused": 1, "snapshot": "20261201T031200.000000Z-heal-1-ab",
+             "error": None}
+    cb.v2_runner_on_ok(Result("host17", {"recovery": doc("heal", hostile, changed=True,
+                                                         dry_run=False, healthy=True,
+                                                         refused=[], validate={"valid": True}),
+                                         "audit": [audit]}))
+    cb.v2_runner_on_ok(Result("host18", {"results": [{"audit": [dict(audit, forced=True)]}]}))
+    path = cb.write_report(str(tmp_path / "reports"))
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    assert re.match(r"fleet-report-\d{8}T\d{6}\.\d{6}Z-\d+\.md$", os.path.basename(path))
+    text = open(path).read()
+    assert text.startswith("# pylabhub fleet report")
+    assert "\x1b" not in text and "<b>" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| host1")]
+    assert len(rows) == 3                       # host17 in the table, two actions
+    for row in rows:
+        cells = re.split(r"(?<!\\)\|", row)[1:-1]
+        assert len(cells) in (7, 8), row
+    actions = [line for line in rows if "heal" in line]
+    assert "20261201T031200" in actions[0] and "| yes | yes | 1 |" in actions[1]
+    assert "datablock-admin undo" in text

@@ -17,7 +17,8 @@ def test_stuck_writer_is_explained(run, lab, name):
     diag = out["diagnosis"]
     assert diag["schema"] == "pylabhub.recovery/v1" and diag["operation"] == "diagnose"
     assert diag["healthy"] is False and diag["stuck_slots"] == [slot]
-    entry = diag["slots"][slot]
+    assert [s["index"] for s in diag["slots"]] == [slot]       # the slots not plain
+    entry = diag["slots"][0]
     assert entry["writer"]["pid"] == dead and entry["writer"]["state"] == "dead"
     assert entry["action"] == "release_writer"
     assert snapshot(name) == before
