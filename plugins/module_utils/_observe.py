@@ -307,12 +307,15 @@ class Scene:
         proc = self.trusted(ev.pid, ev) if ev else None
         return (ev, proc) if ev and proc else None
 
-    def openers(self, after_ns: Optional[int] = None) -> List[Opener]:
+    def openers(self, after_ns: Optional[int] = None,
+                scan: Optional[HostScan] = None) -> List[Opener]:
         """Live processes, registered recovery runs and this engine excepted, that have
         this block mapped read-write, each with the consumer entries it occupies and its
         trusted consumer evidence. ``after_ns``: use a scan that started after that
-        monotonic time (take it before reading the words you decide on)."""
-        scan = self.scans.after(after_ns) if after_ns is not None else self.scan
+        monotonic time (take it before reading the words you decide on); ``scan``: use
+        that scan (the reader rule decides on the scan it chose)."""
+        if scan is None:
+            scan = self.scans.after(after_ns) if after_ns is not None else self.scan
         out = []
         for proc, hold in scan.holders(self.id.key):
             if not hold.rw or proc.recovery_for(self.id.owner_uid):
@@ -450,7 +453,7 @@ class Scene:
         while True:
             scope = scan.scope(self.id)
             view.scope = scope.name
-            view.candidates = [self._candidate(view, o) for o in self._openers_of(scan)]
+            view.candidates = [self._candidate(view, o) for o in self.openers(scan=scan)]
             view.releasable_readers = (_unaccounted(view.reader_count, view.candidates)
                                        if scope.complete else 0)
             if not view.releasable_readers or scan.started_ns > counted_ns:
@@ -460,15 +463,6 @@ class Scene:
             view.scope, view.candidates = "exclusive", []
             view.releasable_readers = view.reader_count
         view.live_possible = view.reader_count - view.releasable_readers
-
-    def _openers_of(self, scan: HostScan) -> List[Opener]:
-        out = []
-        for proc, hold in scan.holders(self.id.key):
-            if not hold.rw or proc.recovery_for(self.id.owner_uid):
-                continue
-            out.append(Opener(proc, tuple(c.index for c in self.consumers
-                                          if proc.has_pid(c.pid)), None))
-        return out
 
     @property
     def table_full(self) -> bool:
