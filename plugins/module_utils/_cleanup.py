@@ -142,11 +142,14 @@ def _count_target(scene: Scene, seen: tuple, after_ns: int) -> Tuple[Optional[in
     if count == registered:
         return None, ""
     if not _complete(scene, after_ns):
+        other = scene.scans.exclusive(scene.id, after_ns) is False
         return None, ("active_consumer_count %d is above the %d registered consumer(s); not "
-                      "lowered: the scan is %s (%s), so a consumer between unregistering its "
-                      "entry and uncounting itself may be unseen; run cleanup where the scan "
-                      "is complete (root, in the consumers' PID namespace)"
-                      % (count, registered, scene.scope.name, scene.scope.reason))
+                      "lowered: the scan is %s (%s)%s, so a consumer between unregistering "
+                      "its entry and uncounting itself may be unseen; run cleanup again once "
+                      "nobody else has the block open, or where the scan is complete (root, "
+                      "in the consumers' PID namespace)"
+                      % (count, registered, scene.scope.name, scene.scope.reason,
+                         " and another process has the block open" if other else ""))
     floor = registered + _uncounted_openers(scene, after_ns, pids)
     if count > floor:
         return floor, ""
