@@ -36,7 +36,7 @@ from typing import Dict, List, Optional, Tuple
 from . import _layout as L
 from ._contract import FAILED, SUCCESS
 from ._errors import ConcurrentChange
-from ._observe import ConsumerView, Scene
+from ._observe import ConsumerView, Scene, sole
 from ._recover import plan_slot
 from ._procinfo import monotonic_ns
 from ._validate import _SETTLE_S
@@ -120,17 +120,16 @@ def _complete(scene: Scene, after_ns: int) -> bool:
 def _uncounted_openers(scene: Scene, after_ns: int, pids: tuple) -> int:
     """U: live openers (block mapped writable, recovery runs excepted) that occupy no
     entry and are not the block's live producer -- each may be a consumer between its
-    pid-clearing CAS and its ``count -= 1``. (Residual risk, accepted: a producer process
-    that is also a consumer paused there; the count then ends one low until it exits.)"""
-    producer = scene.plan.hdr("producer_heartbeat_pid")
-    n = 0
-    for o in scene.openers(after_ns):
-        if any(o.process.has_pid(p) for p in pids if p):
-            continue
-        if producer and o.process.has_pid(producer):
-            continue
-        n += 1
-    return n
+    pid-clearing CAS and its ``count -= 1``. An entry's pid (or the producer's) names an
+    opener only when no other opener has that number at some PID-namespace level: pid 1
+    of one namespace is not pid 1 of another, so an opener sharing a number with another
+    one counts in U (the count is kept higher, never lower). (Residual risk, accepted: a
+    producer process that is also a consumer paused there; the count then ends one low
+    until it exits.)"""
+    openers = scene.openers(after_ns)
+    named = {id(o) for o in (sole(openers, p) for p in pids + (
+        scene.plan.hdr("producer_heartbeat_pid"),) if p) if o is not None}
+    return sum(1 for o in openers if id(o) not in named)
 
 
 def _count_target(scene: Scene, seen: tuple, after_ns: int) -> Tuple[Optional[int], str]:

@@ -453,7 +453,8 @@ class Scene:
         while True:
             scope = scan.scope(self.id)
             view.scope = scope.name
-            view.candidates = [self._candidate(view, o) for o in self.openers(scan=scan)]
+            openers = self.openers(scan=scan)
+            view.candidates = [self._candidate(view, o, openers) for o in openers]
             view.releasable_readers = (_unaccounted(view.reader_count, view.candidates)
                                        if scope.complete else 0)
             if not view.releasable_readers or scan.started_ns > counted_ns:
@@ -470,10 +471,13 @@ class Scene:
         logs the failed registration and reads anyway, spec section 8)."""
         return len(self.consumers) >= L.MAX_CONSUMERS
 
-    def _candidate(self, view: SlotView, opener: Opener) -> "Candidate":
-        """What ``opener`` may contribute to ``view``'s reader_count, and why."""
+    def _candidate(self, view: SlotView, opener: Opener,
+                   openers: List[Opener]) -> "Candidate":
+        """What ``opener`` may contribute to ``view``'s reader_count, and why. The lock's
+        pid names the waiting writer only when no other opener has that number at some
+        PID-namespace level (a reader in another namespace may)."""
         if not opener.consumers:
-            if (view.write_lock and opener.process.has_pid(view.write_lock)
+            if (view.write_lock and sole(openers, view.write_lock) is opener
                     and view.state == L.SlotState.DRAINING and view.writer_waiting
                     and not self.table_full):
                 return Candidate(opener, 0, "the slot's own waiting writer, no consumer "
@@ -495,6 +499,13 @@ class Scene:
             total += 1 if value == view.index + 1 else 0
         return Candidate(opener, total, "our trusted evidence: %s" % (
             "reads this slot" if total else "reads no slot or another slot"))
+
+
+def sole(openers: List[Opener], pid: int) -> Optional[Opener]:
+    """The one opener that has ``pid`` at some PID-namespace level, or None when none or
+    several do: a number several processes show names none of them for sure."""
+    found = [o for o in openers if o.process.has_pid(pid)]
+    return found[0] if len(found) == 1 else None
 
 
 @dataclass(frozen=True)

@@ -272,3 +272,48 @@ def test_fixture_i_full_table_refused_with_live_stand_ins_released_when_all_dead
     assert released, healed["outcomes"]
     assert image(name).slot(2)["readers"] == 0
     assert 2 not in healed["after"]["stuck_slots"] + healed["after"]["suspect_slots"]
+
+
+def test_a_pid_number_two_namespaces_show_names_neither_of_them():
+    """Found by the never-steal campaign (seed 22, scenario 11: the count lowered below
+    the live consumers). PID numbers of different PID namespaces collide: the producer
+    runs as pid 1 of its own namespace and waits on slot 1; a consumer, pid 1 of another
+    namespace, cleared its entry's pid while still inside slot 1 and is paused before
+    uncounting itself. The lock's pid 1 must not make that reader "the slot's own waiting
+    writer" (0 readers), and the producer's pid 1 must not hide it from the count's
+    floor: its read and its count are kept, heal refuses with the forced command. Then a
+    third consumer registers, pid 1 of a third namespace: the entry's pid 1 names none of
+    them for sure, so the count (2) is still not lowered to the registered consumers."""
+    out = run("""
+        NS = ["unshare", "--pid", "--fork", "--kill-child"]
+        p = A.Actor(name, [("producer",), ("publish", 4)], pause="committed", nth=2,
+                    wrap=NS).start()
+        p.wait_point()
+        leaving = A.Actor(name, [("consumer", "leaving"), ("read", 1), ("unregister", "ours")],
+                          pause="unregister-pid-cleared", wrap=NS).start()
+        leaving.wait_point()
+        p.resume()
+        blocked_draining(1)
+        out["ns_pids"] = [p.ns_pid, leaving.ns_pid]
+        out["before"] = dict(words(1), count=b.get("active_consumer_count"))
+        out["heal"] = brief(E.heal(name))
+        out["after"] = dict(words(1), count=b.get("active_consumer_count"))
+        out["readers"] = E.diagnose(name, 1)["slots"][0]["readers"]
+        kept = A.Actor(name, [("consumer", "kept")], wrap=NS).start()
+        kept.wait_point()
+        out["kept_pid"] = kept.ns_pid
+        out["cleanup"] = E.cleanup(name)["reconciled"]
+        out["count_with_kept"] = b.get("active_consumer_count")
+        print(json.dumps(out))
+    """)
+    assert out["ns_pids"] == [1, 1] and out["kept_pid"] == 1, out
+    assert out["before"]["reader_count"] == 1 and out["before"]["count"] == 1, out
+    assert out["after"]["reader_count"] == 1 and out["after"]["count"] == 1, out
+    heal = out["heal"]
+    assert heal["health"] == "suspect" and heal["suspect"] == [1], heal
+    refused = [o for o in heal["outcomes"] if o["slot"] == 1 and o["result"] == "UNSAFE"]
+    assert refused and refused[0]["next"] == {"operation": "recover", "slot": 1,
+                                              "action": "release_readers", "force": True}
+    assert out["readers"]["scope"] == "namespace" and out["readers"]["provably_dead"] == 0
+    assert all(c["may_hold"] == "any" for c in out["readers"]["could_be_inside"]), out
+    assert out["count_with_kept"] == 2, out["cleanup"]
