@@ -75,8 +75,8 @@ def registered(name):
                    if b.get(L.CONSUMER["consumer_pid"], L.consumer_entry(k)))
 
 
-def test_d7_killed_before_counting_itself_with_the_previous_heartbeat(block_name, actors,
-                                                                     beating):
+def test_d7_killed_before_counting_itself_with_the_previous_heartbeat(
+        block_name, actors, beating):
     """D7: a consumer SIGKILLed between its pid CAS and ``count += 1``, in an entry whose
     heartbeat is still the previous occupant's, next to two live consumers heartbeating
     every 2 ms, and a dead consumer that had counted itself (count 3). cleanup and heal
