@@ -1,30 +1,44 @@
 # -*- coding: utf-8 -*-
 # Copyright: pylabhub.recovery contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Clean up dead consumers, then reconcile the counts from what survives.
+"""Clean up dead consumers, then reconcile the counts with what is true.
 
 pylabhub's own cleanup only CASes the pid to 0 and decrements the count; it leaves the
 uid, name and read position stale and never reconciles ``active_consumer_count`` or
-``read_index``. Ours, per dead entry: release the readers our evidence attributes to it
-(otherwise that knowledge would be wiped with the entry), claim the entry by CAS
-dead-pid -> our pid (so a consumer registering at the same moment cannot have its fresh
-identity wiped), clear heartbeat, uid, name, read position and evidence, then CAS our pid
--> 0. Afterwards ``active_consumer_count`` and (Sequential_sync) ``read_index`` are
-*recomputed* from the surviving entries and set by CAS on the observed value, but only
-when the table stays still for ~60 ms (a live consumer claims its entry a moment before it
-counts itself): a table that is moving is left for a later run.
+``read_index``. Ours: release the readers of the slots dead consumers' evidence names
+(by the reader rule of :mod:`_observe`: only what no live process could hold), then per
+dead entry (verdicts from the kernel scan: a live consumer, mid-registration included,
+is never dead) claim it by CAS dead-pid -> our pid (so a consumer registering at the
+same moment cannot have its fresh identity wiped), clear heartbeat, uid, name, read
+position and evidence, then CAS our pid -> 0.
+
+``active_consumer_count`` (the count rule, docs/architecture.md): after the clearing,
+R = entries with a pid, C = the count. C below R, or wrapped (>= 2**31): raised to R.
+C above R: lowered only in a complete scope (or when nobody else has the block open),
+and only to F = R + U, U = live openers with the block mapped writable that occupy no
+entry and are not the block's live producer (a consumer paused between its pid-clearing
+CAS and its ``count -= 1`` is such an opener: it will still decrement). Either store is
+made only when the pids and the count read the same over the settle looks (heartbeat
+stores are not changes: a consumer heartbeating every few ms must not prevent it), by CAS
+on the observed value. In a partial scope a count above R is never lowered: reported.
+
+``read_index`` (Sequential_sync only): raised, by CAS on the observed value, to the
+slowest read position of the registered consumers once the dead ones' entries (and
+positions) are cleared -- whatever the heartbeat and read traffic. Sequential's shared
+read_index is never touched: a new consumer resumes where the dead one stopped.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._contract import FAILED, SUCCESS
 from ._errors import ConcurrentChange
-from ._observe import ConsumerView, Scene
+from ._observe import ConsumerView, Scene, sole
 from ._recover import plan_slot
+from ._procinfo import monotonic_ns
 from ._validate import _SETTLE_S
 from ._wording import did
 
@@ -37,19 +51,14 @@ def cleanup(scene: Scene) -> Dict[str, object]:
     plan = scene.plan
     outcomes: List[Dict[str, object]] = []
     dead = [c for c in scene.consumers if c.dead]
-    # 1. readers the dead consumers still hold (known from our evidence only)
+    # 1. readers in the slots dead consumers' evidence names, as far as the reader rule
+    #    proves them gone (the entry itself is no longer needed to decide that)
     for index in sorted({c.reading for c in dead if c.reading is not None}):
-        if 0 <= index < scene.block.geo.capacity and scene.slot(index).reader_count:
+        if 0 <= index < scene.block.geo.capacity and scene.slot(index).releasable_readers:
             outcomes.append(plan_slot(scene, index, "release_readers"))
     # 2. the entries themselves
-    cleaned = counted = 0
+    cleaned = 0
     for c in dead:
-        if _still_inside(scene, c):
-            outcomes.append({"consumer": c.index, "pid": c.pid, "result": FAILED,
-                             "message": "consumer %d (pid %d): its reader in slot %d cannot "
-                             "be released yet (see that slot's outcome); the entry stays so a "
-                             "later run can still attribute it" % (c.index, c.pid, c.reading)})
-            continue
         try:
             _clear_entry(scene, c)
         except ConcurrentChange as exc:
@@ -59,29 +68,16 @@ def cleanup(scene: Scene) -> Dict[str, object]:
             continue
         plan.commit()
         cleaned += 1
-        counted += 1 if c.heartbeat_ns else 0    # stamped after its count += 1
         outcomes.append({"consumer": c.index, "pid": c.pid, "result": SUCCESS,
                          "message": "consumer %d (pid %d, %s, %s): %s"
                          % (c.index, c.pid, c.name or "unnamed", c.verdict.state,
                             did(plan.dry_run, "clear", "its entry")),
                          "verdict": c.verdict.to_dict()})
-    # 3. reconcile from survivors; upstream counts one action per entry cleaned
-    reconciled = _reconcile(scene, counted)
+    # 3. reconcile the counts with what is true
+    reconciled = _reconcile(scene)
     fixed = [r for r in reconciled if "after" in r]
     plan.count_recovery(cleaned or (1 if fixed else 0))
     return {"cleaned": cleaned, "outcomes": outcomes, "reconciled": reconciled}
-
-
-def _still_inside(scene: Scene, c: ConsumerView) -> bool:
-    """True when our evidence still says ``c`` reads a slot whose readers step 1 could not
-    release (refused, or a live reader moved the count): clearing the entry now would
-    wipe the only record of that reader, and the writer waiting on it would wait forever."""
-    if c.reading is None or not 0 <= c.reading < scene.block.geo.capacity:
-        return False
-    if scene.plan.get(CEV["reading"], L.consumer_evidence(c.index)) != c.reading + 1:
-        return False                      # step 1 released it and consumed the evidence
-    return bool(scene.plan.get(L.SLOT["reader_count"],
-                               scene.block.geo.slot_entry(c.reading)))
 
 
 def _clear_entry(scene: Scene, c: ConsumerView) -> None:
@@ -105,88 +101,109 @@ def _clear_entry(scene: Scene, c: ConsumerView) -> None:
 
 
 def _survey(plan) -> tuple:
-    """The words reconciliation reads: every entry's pid, the count and, under
-    Sequential_sync, the read positions and read_index."""
+    """The words the count is decided on: every entry's pid and the count. Heartbeats
+    and read positions are not among them: a heartbeat changes nothing these rules
+    depend on, and positions only move forward (read_index is raised from them at the
+    moment of the store)."""
     pids = tuple(plan.get(CONS["consumer_pid"], L.consumer_entry(k))
                  for k in range(L.MAX_CONSUMERS))
-    # heartbeats are stamped at every registration: a look that returns to the same pids
-    # and count after a whole unregister/register cycle still differs here
-    beats = tuple(plan.get(CONS["last_heartbeat_ns"], L.consumer_entry(k))
-                  for k in range(L.MAX_CONSUMERS))
+    return pids, plan.hdr("active_consumer_count")
+
+
+def _complete(scene: Scene, after_ns: int) -> bool:
+    """Absence proves something for this block: a complete scan younger than
+    ``after_ns``, or nobody but this engine has it open (exclusive lease)."""
+    return (scene.scans.after(after_ns).scope(scene.id).complete
+            or bool(scene.scans.exclusive(scene.id, after_ns)))
+
+
+def _uncounted_openers(scene: Scene, after_ns: int, pids: tuple) -> int:
+    """U: live openers (block mapped writable, recovery runs excepted) that occupy no
+    entry and are not the block's live producer -- each may be a consumer between its
+    pid-clearing CAS and its ``count -= 1``. An entry's pid (or the producer's) names an
+    opener only when no other opener has that number at some PID-namespace level: pid 1
+    of one namespace is not pid 1 of another, so an opener sharing a number with another
+    one counts in U (the count is kept higher, never lower). (Residual risk, accepted: a
+    producer process that is also a consumer paused there; the count then ends one low
+    until it exits.)"""
+    openers = scene.openers(after_ns)
+    named = {id(o) for o in (sole(openers, p) for p in pids + (
+        scene.plan.hdr("producer_heartbeat_pid"),) if p) if o is not None}
+    return sum(1 for o in openers if id(o) not in named)
+
+
+def _count_target(scene: Scene, seen: tuple, after_ns: int) -> Tuple[Optional[int], str]:
+    """What the count should become (None: leave it), and why (or why not)."""
+    pids, count = seen[0], seen[1]
+    registered = sum(1 for p in pids if p)
+    if count >= 1 << 31 or count < registered:
+        return registered, ""
+    if count == registered:
+        return None, ""
+    if not _complete(scene, after_ns):
+        other = scene.scans.exclusive(scene.id, after_ns) is False
+        return None, ("active_consumer_count %d is above the %d registered consumer(s); not "
+                      "lowered: the scan is %s (%s)%s, so a consumer between unregistering "
+                      "its entry and uncounting itself may be unseen; run cleanup again once "
+                      "nobody else has the block open, or where the scan is complete (root, "
+                      "in the consumers' PID namespace)"
+                      % (count, registered, scene.scope.name, scene.scope.reason,
+                         " and another process has the block open" if other else ""))
+    floor = registered + _uncounted_openers(scene, after_ns, pids)
+    if count > floor:
+        return floor, ""
+    return None, ("active_consumer_count %d is above the %d registered consumer(s): %d live "
+                  "process(es) with the block mapped hold no entry and may still uncount "
+                  "themselves" % (count, registered, floor - registered))
+
+
+def _read_index_target(plan, pids: tuple) -> Tuple[Optional[int], int]:
+    """Sequential_sync: (what read_index should be raised to, or None; read_index seen).
+    It follows the slowest position of the registered consumers (dead ones are cleared
+    by now). Only ever raised: positions only move forward, so a minimum read a moment
+    ago is still no more than the true one, and a read_index below it only holds the
+    producer back. Sequential keeps its shared read_index: never touched."""
     if plan.hdr("consumer_sync_policy") != L.ConsumerSync.SEQUENTIAL_SYNC:
-        return pids, plan.hdr("active_consumer_count"), None, None, beats
-    positions = tuple(plan.get(L.READ_POSITION, L.read_position(k))
-                      for k in range(L.MAX_CONSUMERS))
-    return pids, plan.hdr("active_consumer_count"), positions, plan.hdr("read_index"), beats
+        return None, 0
+    read_index = plan.hdr("read_index")
+    live = [k for k, pid in enumerate(pids) if pid]
+    if not live:
+        return None, read_index
+    low = min(plan.get(L.READ_POSITION, L.read_position(k)) for k in live)
+    return (low if low > read_index else None), read_index
 
 
-def _targets(seen: tuple) -> Dict[str, int]:
-    """What the survivors say the count (and read_index) should be."""
-    pids, count, positions, read_index = seen[:4]
-    survivors = [k for k, pid in enumerate(pids) if pid]
-    out = {}
-    if count != len(survivors):
-        out["active_consumer_count"] = len(survivors)
-    if positions is not None and survivors:
-        low = min(positions[k] for k in survivors)
-        if read_index != low:
-            out["read_index"] = low
-    return out
-
-
-def _uncount(plan, counted: int) -> List[Dict[str, object]]:
-    """The table keeps moving (live consumers stamp their heartbeat at every read), so it
-    cannot be recounted: do what each cleared consumer's own unregister would have done,
-    count -= 1 per entry that had counted itself, never below zero, by CAS on the value
-    seen (retried: live consumers move the count too)."""
-    field = L.HEADER["active_consumer_count"]
-    for dummy in range(16):
-        count = plan.get(field)
-        if counted <= 0 or count == 0 or count >= 1 << 31:
-            return []
-        plan.begin()
-        try:
-            plan.cas("header.active_consumer_count", field, 0, count, max(0, count - counted))
-        except ConcurrentChange:
-            plan.rollback()
-            continue
-        plan.commit()
-        return [{"field": "active_consumer_count", "before": count,
-                 "after": max(0, count - counted)}]
-    return [{"field": "header.active_consumer_count", "result": FAILED,
-             "message": "active_consumer_count kept changing; run again"}]
-
-
-def _reconcile(scene: Scene, counted: int = 0) -> List[Dict[str, object]]:
+def _reconcile(scene: Scene) -> List[Dict[str, object]]:
     plan = scene.plan
+    t = monotonic_ns()
     seen = _survey(plan)
-    if not _targets(seen):
-        return []
+    count_to, why = _count_target(scene, seen, t)
+    index_to, dummy = _read_index_target(plan, seen[0])
+    notes = [{"field": "active_consumer_count", "result": "KEPT", "message": why}] if why else []
+    if count_to is None and index_to is None:
+        return notes
     # A live consumer claims its entry a moment before counting itself (and uncounts
-    # itself a moment after freeing it): a mismatch is only acted on when every look over
-    # ~60 ms reads the very same words, else a count "fixed" mid-(un)registration would
-    # drift or underflow when that consumer finishes. A moving table is only uncounted.
+    # itself a moment after freeing it): act only when every look over ~60 ms reads the
+    # same pids and count: a table that is moving is left for a later run.
     for pause in _SETTLE_S:
         time.sleep(pause)
         if _survey(plan) != seen:
-            return _uncount(plan, counted)
-    count, read_index = seen[1], seen[3]
-    targets = _targets(seen)
+            return notes + [{"field": "active_consumer_count", "result": "KEPT",
+                             "message": "the consumer table kept changing; run again"}]
+    count = seen[1]
     done: List[Dict[str, object]] = []
     plan.begin()
     try:
-        if "active_consumer_count" in targets:
+        if count_to is not None:
             plan.cas("header.active_consumer_count", L.HEADER["active_consumer_count"], 0,
-                     count, targets["active_consumer_count"])
-            done.append({"field": "active_consumer_count", "before": count,
-                         "after": targets["active_consumer_count"]})
-        if "read_index" in targets:
-            plan.cas("header.read_index", L.HEADER["read_index"], 0, read_index,
-                     targets["read_index"])
-            done.append({"field": "read_index", "before": read_index,
-                         "after": targets["read_index"]})
+                     count, count_to)
+            done.append({"field": "active_consumer_count", "before": count, "after": count_to})
+        index_to, read_index = _read_index_target(plan, seen[0])   # positions as of now
+        if index_to is not None:
+            plan.cas("header.read_index", L.HEADER["read_index"], 0, read_index, index_to)
+            done.append({"field": "read_index", "before": read_index, "after": index_to})
     except ConcurrentChange as exc:
         plan.rollback()
         return [{"field": exc.details.get("target"), "result": FAILED, "message": str(exc)}]
     plan.commit()
-    return done
+    return notes + done

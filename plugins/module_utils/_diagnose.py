@@ -17,7 +17,8 @@ from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
 from ._scan import SlotScan, scan_slots
 from ._status import blocked_drains, health, judge_slot, next_steps
-from ._validate import flex_findings, state_findings, uncommitted_findings
+from ._procinfo import monotonic_ns
+from ._validate import flex_findings, index_step, state_findings, uncommitted_findings
 
 _S = L.SlotState
 
@@ -33,6 +34,29 @@ def _age_s(scene: Scene, stamp: Optional[int]) -> Optional[float]:
 def producer_dead(scene: Scene) -> bool:
     """No live producer could be behind what the block shows (none recorded, or dead)."""
     return scene.producer is None or scene.producer.is_dead
+
+
+def nobody_could_claim(scene: Scene, t: int) -> bool:
+    """No live process could be a producer between its claim of a slot id and its lock
+    (a C++ producer re-attaching, paused there before stamping the heartbeat): a complete
+    scan younger than ``t`` shows no live opener with the block mapped writable, or nobody
+    but this engine has the block open (exclusive lease). ``t``: monotonic time taken
+    before the indexes were read."""
+    scan = scene.scans.after(t)
+    if scan.scope(scene.id).complete and not scene.openers(t):
+        return True
+    return bool(scene.scans.exclusive(scene.id, t))
+
+
+def claims_orphaned(scene: Scene) -> bool:
+    """An index out of step can only be a dead producer's: the producer heartbeat's pid
+    is dead AND the kernel shows nobody who could be claiming (:func:`nobody_could_claim`;
+    the heartbeat alone is not proof: a new producer need not have stamped it yet).
+    The scan is taken only when the indexes are out of step."""
+    if not producer_dead(scene):
+        return False
+    t = monotonic_ns()
+    return index_step(scene.plan) is None or nobody_could_claim(scene, t)
 
 
 def explain_slot(scene: Scene, view: SlotView, judged: Dict[str, object]) -> Dict[str, object]:
@@ -55,6 +79,9 @@ def explain_slot(scene: Scene, view: SlotView, judged: Dict[str, object]) -> Dic
                            for c in view.readers_in],
             "provably_dead": view.releasable_readers,
             "may_be_live": view.live_possible,
+            # who could be inside, by the kernel scan, and what each may hold
+            "could_be_inside": [c.to_dict() for c in view.candidates],
+            "scope": view.scope,
         },
         "writer_waiting": bool(view.writer_waiting),
         "write_generation": view.generation,
@@ -73,14 +100,71 @@ def explain_consumer(scene: Scene, c: ConsumerView) -> Dict[str, object]:
             "verdict": c.verdict.to_dict(), "action": "cleanup" if c.dead else None}
 
 
+def read_positions(scene: Scene) -> Optional[Dict[str, object]]:
+    """Sequential and Sequential_sync: the shared ``read_index`` and (Sequential_sync)
+    each registered consumer's next-read position (2560 + 8k) with its verdict; None
+    under Latest_only. Sequential consumers share read_index (a new consumer resumes
+    where the last one stopped); Sequential_sync keeps read_index at the minimum
+    position over registered consumers, recomputed by pylabhub only when one releases
+    a slot (so a dead consumer's position pins it)."""
+    plan = scene.plan
+    policy = plan.hdr("consumer_sync_policy")
+    if policy not in (L.ConsumerSync.SEQUENTIAL, L.ConsumerSync.SEQUENTIAL_SYNC):
+        return None
+    out: Dict[str, object] = {"policy": L.enum_name(L.ConsumerSync, policy),
+                              "read_index": plan.hdr("read_index"),
+                              "write_index": plan.hdr("write_index")}
+    if policy == L.ConsumerSync.SEQUENTIAL_SYNC:
+        out["positions"] = [{"consumer": c.index, "pid": c.pid, "verdict": c.verdict.state,
+                             "position": plan.get(L.READ_POSITION, L.read_position(c.index))}
+                            for c in scene.consumers]
+    return out
+
+
+def position_findings(scene: Scene) -> List[Dict[str, object]]:
+    """A producer held back by a dead consumer's read position (Sequential_sync):
+    write_index - read_index reached the capacity and the slowest registered position,
+    which read_index follows, is a dead consumer's. cleanup/heal clear that entry and
+    move read_index up to the slowest live position."""
+    got = read_positions(scene)
+    if not got or "positions" not in got:
+        return []
+    read_index, write_index = int(got["read_index"]), int(got["write_index"])  # type: ignore
+    if write_index - read_index < scene.block.geo.capacity:
+        return []
+    positions = got["positions"]  # type: List[Dict[str, object]]  # type: ignore
+    if not positions:
+        return []
+    low = min(int(p["position"]) for p in positions)  # type: ignore[arg-type]
+    holders = [p for p in positions if p["position"] == low]
+    if low != read_index or not all(p["verdict"] == "dead" for p in holders):
+        return []
+    return [{"code": "read-index-held-by-dead-consumer", "severity": "warning",
+             "field": "read_index",
+             "message": "read_index %d is consumer %s's read position and that consumer is "
+                        "dead: write_index %d - read_index = %d, the capacity, so the "
+                        "producer waits for ever; heal clears the entry and moves read_index "
+                        "to the slowest live position" % (
+                            read_index, ", ".join(str(p["consumer"]) for p in holders),
+                            write_index, write_index - read_index)}]
+
+
 def holder_findings(scene: Scene) -> List[Dict[str, object]]:
     """What the holders' verdicts say about the block as a whole: a dead producer
-    (information) and dead consumers still registered (cleanup)."""
+    (information), a full consumer table (information), a read_index a dead consumer's
+    position holds back, and dead consumers still registered (cleanup)."""
     out: List[Dict[str, object]] = []
     if scene.producer and scene.producer.is_dead:
         out.append({"code": "dead-producer", "severity": "info",
                     "message": "producer pid %d is dead: committed data stays readable; a "
                                "new producer may attach" % scene.producer_pid})
+    if scene.table_full:
+        out.append({"code": "consumer-table-full", "severity": "info",
+                    "message": "consumer table full (%d entries): readers may be "
+                               "unregistered (a further consumer reads with no entry), so "
+                               "a writer waiting on readers is never proven free of live "
+                               "ones" % len(scene.consumers)})
+    out += position_findings(scene)
     for c in scene.consumers:
         if c.dead:
             out.append({"code": "dead-consumer", "severity": "warning", "consumer": c.index,
@@ -139,7 +223,7 @@ def findings_of(scene: Scene, scan: Optional[SlotScan] = None,
     other slot's data than this one's (``diagnose --slot N``: one slot costs one slot; a
     FREE slot whose check needs its bytes hashed is counted in an info finding)."""
     scan = scan or scan_slots(scene.plan)
-    return (holder_findings(scene) + state_findings(scene.plan, producer_dead(scene), scan)
+    return (holder_findings(scene) + state_findings(scene.plan, claims_orphaned(scene), scan)
             + uncommitted_findings(scene.plan, scan, only_slot)
             + flex_findings(scene.plan))     # block-level: every read may depend on it
 
@@ -172,6 +256,7 @@ def report(scene: Scene, slot: Optional[int] = None, all_slots: bool = False,
         "slot_counts": scan.slot_counts(len(shown)),
         "slots": [explain_slot(scene, v, judged[v.index]) for v in shown],
         "consumers": [explain_consumer(scene, c) for c in scene.consumers],
+        "read_positions": read_positions(scene),
         "producer": {
             "pid": scene.producer_pid, "name": block.get("producer_name"),
             "uid": block.get("producer_uid"), "last_seen_s": _age_s(scene, scene.producer_hb),

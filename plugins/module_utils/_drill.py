@@ -5,14 +5,25 @@
 
 Each iteration creates a scratch block, commits known data, starts real producer and
 consumer processes (crash actors, :mod:`_actors`, forked: nothing to import in the
-children, so it runs the same inside an Ansible module), SIGKILLs them at a protocol point chosen by a seeded RNG, heals
-the block, and checks the invariants:
+children, so it runs the same inside an Ansible module), SIGKILLs them at a protocol
+point chosen by a seeded RNG, heals the block, and checks the invariants:
 
 * the block validates and diagnoses healthy (nothing stuck, no dead consumer left);
 * every slot that was COMMITTED (or DRAINING: data not yet touched) when the kill landed
   is COMMITTED afterwards with identical bytes and checksum — no committed data lost;
 * a new producer commits and a new consumer reads that commit back with a valid checksum;
-* a writer left alive behind a dead reader finishes its write once heal frees the slot.
+* a writer left alive behind a dead reader finishes its write once heal frees the slot
+  -- where the kernel scan is complete; elsewhere (a partial scope: an unseen process
+  could be inside) heal must refuse that slot with the forced command and call the block
+  suspect, and the drill then runs that command, as the operator would (``forced``).
+
+The drill closes its own mapping of the block while heal runs: a process with the block
+mapped writable could be a reader, and recovery would rightly refuse. Where the scan is
+partial, a consumer count above the registered consumers is lowered only when nobody
+else has the block open (the exclusive lease); another process opening the block at that
+moment (anyone's recovery run reading every block) leaves the count to the next heal, so
+the drill heals again while heal reports the count ``KEPT`` (at most ``REHEALS`` times,
+``reheals`` in the report) and then requires the block healthy.
 
 A seed makes a run repeatable; the summary says which iterations failed and why.
 """
@@ -29,7 +40,7 @@ from . import _layout as L
 from . import _runtime as R
 from ._actors import Actor, ActorError
 from ._contract import DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, SCHEMA
-from ._engine import heal, diagnose, validate
+from ._engine import heal, diagnose, recover, validate
 
 POINTS = ("writer_locked", "writer_midwrite", "writer_precommit", "reader_inside",
           "consumer_registered", "writer_draining", "deadlock", "random")
@@ -37,6 +48,8 @@ _S = L.SlotState
 #: Bounds (seconds) for an actor to reach its point, and for a released writer to finish:
 #: generous, for a loaded machine; only a broken protocol takes that long.
 _STAGE_TIMEOUT, _FINISH_TIMEOUT = 30.0, 15.0
+#: heals run again, at most, while the consumer count is kept for want of proof
+REHEALS = 5
 
 
 def _actor(name: str, steps: list, pause: Optional[str] = None) -> Actor:
@@ -153,7 +166,10 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
                     "problems": ["could not stage %s: %s" % (point, exc)]}
         _kill(killed)
         before = _committed(block)
+        block.close()                      # not an opener while heal decides
         healed = heal(name, snapshot=False, audit=False)   # a scratch block: no record
+        block = R.attach(name)
+        forced = _forced_drains(name, healed, exempt, problems) if survivors else False
         for a in survivors:                # a waiting writer must now finish by itself
             try:
                 a.wait_point(_FINISH_TIMEOUT)  # its last step (the commit) done
@@ -164,6 +180,21 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
                                 % a.pid)
             a.close()
         survivors = []
+        if forced:                         # the writer is gone now: heal what it left
+            block.close()
+            healed = heal(name, snapshot=False, audit=False)
+            block = R.attach(name)
+        reheals = 0
+        while _count_kept(healed) and reheals < REHEALS:
+            # A count above the registered consumers is lowered here only when nobody else
+            # has the block open (this VM's scan is partial): a process that had it open
+            # at that instant -- anyone's recovery run reading every block, say -- leaves
+            # it for the next heal, which must then lower it (a bounded number of tries).
+            reheals += 1
+            block.close()
+            time.sleep(0.05 * reheals)
+            healed = heal(name, snapshot=False, audit=False)
+            block = R.attach(name)
         after = _committed(block)
         lost = [i for i, data in before.items() if after.get(i) != data and i not in exempt]
         if lost:
@@ -178,7 +209,8 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
         problems += _still_works(block, rng)
         return {"iteration": index, "point": point, "killed": len(killed),
                 "committed_checked": len(before), "committed_lost": len(lost),
-                "changed": healed["changed"], "ok": not problems, "problems": problems}
+                "changed": healed["changed"], "ok": not problems, "problems": problems,
+                "forced": forced, "reheals": reheals}
     finally:
         _kill(survivors)
         block.close()
@@ -186,6 +218,35 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
             R.destroy(name)
         except Exception:
             pass
+
+
+def _count_kept(healed: Dict[str, object]) -> bool:
+    """heal left active_consumer_count above the registered consumers for want of proof."""
+    cleaned = healed.get("cleanup") or {}
+    return any(r.get("field") == "active_consumer_count" and r.get("result") == "KEPT"
+               for r in cleaned.get("reconciled") or [])  # type: ignore[union-attr]
+
+
+def _forced_drains(name: str, healed: Dict[str, object], slots: List[int],
+                   problems: List[str]) -> bool:
+    """A live writer waits on a dead reader's slot. Where heal could prove the reader
+    gone it released it (nothing to do here). Where it could not (a partial scope), it
+    must have refused the slot with the forced command and called the block suspect:
+    check that, then run the command. Returns True when the forced command was run."""
+    forced = False
+    for slot in slots:
+        refused = [o for o in healed.get("outcomes") or []  # type: ignore[union-attr]
+                   if o.get("slot") == slot and o.get("result") == "UNSAFE"]
+        if not refused:
+            continue
+        nxt = refused[0].get("next") or {}
+        if (healed.get("health") != "suspect" or nxt.get("action") != "release_readers"
+                or not nxt.get("force")):
+            problems.append("slot %d: heal refused without calling the block suspect or "
+                            "naming the forced command" % slot)
+        recover(name, slot, "release_readers", force=True, snapshot=False, audit=False)
+        forced = True
+    return forced
 
 
 def _still_works(block, rng: random.Random) -> List[str]:
@@ -224,6 +285,8 @@ def drill(iterations: int = DRILL_ITERATIONS, seed: Optional[int] = None,
             "survived": iterations - len(failed),
             "committed_checked": sum(int(r["committed_checked"]) for r in results),
             "committed_lost": sum(int(r["committed_lost"]) for r in results),
+            "forced": sum(1 for r in results if r.get("forced")),
+            "reheals": sum(int(r.get("reheals") or 0) for r in results),
             "seconds": round(time.monotonic() - started, 3), "ok": not failed,
             "failures": failed, "points": {p: sum(1 for r in results if r["point"] == p)
                                            for p in POINTS}}

@@ -31,7 +31,7 @@ from ._cleanup import cleanup as _cleanup
 from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
                         INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
 from ._contract import PRACTICE_HUB, PRACTICE_NAME, PRACTICE_SCENARIOS
-from ._diagnose import assess, findings_of, producer_dead, report, validate_health
+from ._diagnose import assess, claims_orphaned, findings_of, report, validate_health
 from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK,
                       EXIT_OK, EXIT_PERMISSION, EXIT_REFUSED, EXIT_SNAPSHOT, EXIT_USAGE,
                       AtomicsUnavailable,
@@ -264,7 +264,7 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
             slots = _scanned(plan, "validate", max_bytes, hashing=True)
         scene = Scene(plan) if block.geometry is not None else None
         body = _validate(plan, repair=repair, progress=progress,
-                         producer_dead=scene is not None and producer_dead(scene), scan=slots)
+                         producer_dead=scene is not None and claims_orphaned(scene), scan=slots)
         if scene is not None:
             # a re-bless changes checksums only, never a slot's words: the scan still holds
             body.update(validate_health(Scene(plan, now=scene.now), body["findings"], slots))

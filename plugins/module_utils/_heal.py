@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Dict, List
 
 from ._cleanup import cleanup
-from ._diagnose import assess, findings_of, merge_findings, producer_dead
+from ._diagnose import assess, claims_orphaned, findings_of, merge_findings
 from ._observe import Scene
 from ._plan import Plan
 from ._recover import UNSAFE, plan_scrub, plan_slot, repair_write_index
@@ -57,13 +57,14 @@ def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[st
             outcomes.append(plan_scrub(scene, int(f["slot"])))  # type: ignore[arg-type]
     # slot ids a dead producer claimed and no writer holds
     indexes = []
+    orphaned = claims_orphaned(scene)
     out_of_step = index_step(plan)
-    if (out_of_step and producer_dead(scene)
+    if (out_of_step and orphaned
             and len(out_of_step["unexplained"]) == len(out_of_step["holders"])):  # type: ignore
         indexes.append(repair_write_index(scene, int(out_of_step["write_index"]),  # type: ignore
                                           int(out_of_step["following"])))  # type: ignore
     checked = validate(plan, repair=repair, progress=progress,
-                       producer_dead=producer_dead(scene))
+                       producer_dead=orphaned)
     final = Scene(plan, now=scene.now)
     findings = merge_findings(findings_of(final), checked["findings"])
     # the drains found blocked above were refused or released since: not looked at again

@@ -9,13 +9,14 @@ The rules deciding *who may be released* live here, once:
 
 * a writer is releasable only when its verdict is ``dead`` (or no one holds a slot that is
   WRITING/DRAINING: an orphan no live writer can ever finish);
-* readers carry no PID in the format. Our runtime records, per consumer, where it reads
-  (none, one slot, or "several": set before the count goes up, replaced after it goes
-  down, so the record may over-approximate but never misses a reader). Readers are
-  provably dead when they are attributed to dead consumers and no live consumer could be
-  inside the slot, or when no live consumer and no live writer exists at all. Otherwise
-  only what exceeds the number of live consumers that could be inside is released, so a
-  live reader's count survives.
+* readers carry no PID in the format, so they are judged by who *could* be inside: the
+  kernel's list of live processes with the block mapped writable (recovery runs
+  excepted). Each may account for 0 readers (our trusted evidence: it reads no slot or
+  one other slot; the slot's own waiting writer with no consumer entry while the table
+  is not full), 1 (trusted evidence: it reads this slot), or any number (C++ consumers,
+  entry-less openers, untrusted evidence, evidence "several reads"). What they cannot
+  account for is gone -- only in a complete scope, or when nobody else has the block
+  open at all (exclusive lease). Dead consumers' recorded "reading" plays no part.
 
 Verdicts are kernel truth first (:mod:`_liveness`, :mod:`_kernel`). Our recorded evidence
 only narrows: a live consumer's evidence is used only when *trusted* (:meth:`Scene.trusted`:
@@ -116,8 +117,10 @@ class SlotView:
     changed_ns: Optional[int]
     writer: Optional[Verdict] = None
     readers_in: List[ConsumerView] = field(default_factory=list)   # consumers naming this slot
-    live_possible: int = 0            # live consumers that could be inside
-    releasable_readers: int = 0       # readers provably dead
+    live_possible: int = 0            # readers that may be live (count - releasable)
+    releasable_readers: int = 0       # readers provably gone
+    candidates: List["Candidate"] = field(default_factory=list)  # who could be inside
+    scope: Optional[str] = None       # the scope the reader rule was decided in
     observed_ns: Optional[int] = None  # monotonic time before these words were first read
 
     @property
@@ -304,12 +307,15 @@ class Scene:
         proc = self.trusted(ev.pid, ev) if ev else None
         return (ev, proc) if ev and proc else None
 
-    def openers(self, after_ns: Optional[int] = None) -> List[Opener]:
+    def openers(self, after_ns: Optional[int] = None,
+                scan: Optional[HostScan] = None) -> List[Opener]:
         """Live processes, registered recovery runs and this engine excepted, that have
         this block mapped read-write, each with the consumer entries it occupies and its
         trusted consumer evidence. ``after_ns``: use a scan that started after that
-        monotonic time (take it before reading the words you decide on)."""
-        scan = self.scans.after(after_ns) if after_ns is not None else self.scan
+        monotonic time (take it before reading the words you decide on); ``scan``: use
+        that scan (the reader rule decides on the scan it chose)."""
+        if scan is None:
+            scan = self.scans.after(after_ns) if after_ns is not None else self.scan
         out = []
         for proc, hold in scan.holders(self.id.key):
             if not hold.rw or proc.recovery_for(self.id.owner_uid):
@@ -428,19 +434,98 @@ class Scene:
         if lock:
             view.writer = self.writer_verdict(lock, base, view.observed_ns)
         if view.reader_count:
-            self._attribute(view)
+            self._attribute(view, t)
         return view
 
-    def _attribute(self, view: SlotView) -> None:
+    def _attribute(self, view: SlotView, counted_ns: int) -> None:
+        """How many of the slot's readers are provably gone (THE reader rule).
+
+        ``reader_count`` names nobody, so the rule asks the kernel who *could* be inside:
+        every live process (recovery runs excepted) with the block mapped writable. Each
+        such candidate may account for 0, 1 or any number of the readers
+        (:meth:`_candidate`); what the candidates cannot account for is gone. Only a
+        scan complete for this block (or an exclusive lease: nobody else has it open)
+        proves that no unseen process is inside; in a partial scope nothing is
+        releasable without force. ``counted_ns``: monotonic time taken before the count
+        was read -- a release is only decided on a scan (or lease) younger than it."""
         view.readers_in = [c for c in self.consumers if c.reading == view.index]
-        dead_in = sum(1 for c in view.readers_in if c.dead)
-        view.live_possible = sum(1 for c in self.live_consumers
-                                 if c.reading == view.index or not c.has_evidence)
-        nobody_alive = (not self.live_consumers
-                        and not (self.producer and not self.producer.is_dead)
-                        and not (view.writer and not view.writer.is_dead))
-        count = view.reader_count
-        if nobody_alive or (view.live_possible == 0 and dead_in >= count):
-            view.releasable_readers = count
-        else:
-            view.releasable_readers = max(0, min(dead_in, count - view.live_possible))
+        scan = self.scans.latest()
+        while True:
+            scope = scan.scope(self.id)
+            view.scope = scope.name
+            openers = self.openers(scan=scan)
+            view.candidates = [self._candidate(view, o, openers) for o in openers]
+            view.releasable_readers = (_unaccounted(view.reader_count, view.candidates)
+                                       if scope.complete else 0)
+            if not view.releasable_readers or scan.started_ns > counted_ns:
+                break
+            scan = self.scans.after(counted_ns)     # decide on a scan younger than the count
+        if not view.releasable_readers and self.scans.exclusive(self.id, counted_ns):
+            view.scope, view.candidates = "exclusive", []
+            view.releasable_readers = view.reader_count
+        view.live_possible = view.reader_count - view.releasable_readers
+
+    @property
+    def table_full(self) -> bool:
+        """Every consumer entry is taken: a further consumer reads with no entry (C++
+        logs the failed registration and reads anyway, spec section 8)."""
+        return len(self.consumers) >= L.MAX_CONSUMERS
+
+    def _candidate(self, view: SlotView, opener: Opener,
+                   openers: List[Opener]) -> "Candidate":
+        """What ``opener`` may contribute to ``view``'s reader_count, and why. The lock's
+        pid names the waiting writer only when no other opener has that number at some
+        PID-namespace level (a reader in another namespace may)."""
+        if not opener.consumers:
+            if (view.write_lock and sole(openers, view.write_lock) is opener
+                    and view.state == L.SlotState.DRAINING and view.writer_waiting
+                    and not self.table_full):
+                return Candidate(opener, 0, "the slot's own waiting writer, no consumer "
+                                 "registered")
+            return Candidate(opener, None, "has the block mapped writable and no consumer "
+                             "entry%s" % (" (the consumer table is full: it may read "
+                                          "unregistered)" if self.table_full else ""))
+        total = 0
+        for k in opener.consumers:
+            c = next((c for c in self.consumers if c.index == k), None)
+            if c is None or c.trusted is None or c.trusted.pid != opener.pid \
+                    or c.evidence is None:
+                return Candidate(opener, None, "consumer %d: no trusted evidence of where "
+                                 "it reads (C++ or unverifiable)" % k)
+            value = c.evidence.reading
+            if value == L.READING_SEVERAL:
+                return Candidate(opener, None, "consumer %d: our evidence says it holds "
+                                 "several reads" % k)
+            total += 1 if value == view.index + 1 else 0
+        return Candidate(opener, total, "our trusted evidence: %s" % (
+            "reads this slot" if total else "reads no slot or another slot"))
+
+
+def sole(openers: List[Opener], pid: int) -> Optional[Opener]:
+    """The one opener that has ``pid`` at some PID-namespace level, or None when none or
+    several do: a number several processes show names none of them for sure."""
+    found = [o for o in openers if o.process.has_pid(pid)]
+    return found[0] if len(found) == 1 else None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A live process that could be inside a slot, and how many of its readers it may
+    account for: 0, 1 (or more), or ``None`` = any number."""
+
+    opener: Opener
+    contribution: Optional[int]
+    why: str
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"pid": self.opener.pid, "nspid": list(self.opener.nspid),
+                "state": self.opener.state, "consumers": list(self.opener.consumers),
+                "may_hold": "any" if self.contribution is None else self.contribution,
+                "why": self.why}
+
+
+def _unaccounted(count: int, candidates: List[Candidate]) -> int:
+    """Readers no candidate can account for: count - sum, 0 if any is unbounded."""
+    if any(c.contribution is None for c in candidates):
+        return 0
+    return max(0, count - sum(c.contribution or 0 for c in candidates))

@@ -17,7 +17,8 @@ changes (see :mod:`_plan`). Rules (pylabhub's own defects, spec section 6, not c
   data is scrubbed to zeros (only pages not zero already) and, under the Enforced checksum
   policy, its checksum becomes BLAKE2b(zeros) with the verified byte 0, so pylabhub's own
   validate_integrity (which checks FREE slots once the ring has wrapped) passes;
-* readers are released only as far as they are provably dead (see :mod:`_observe`);
+* readers are released only as far as no live process could be inside (see
+  :mod:`_observe`, the reader rule);
 * while changing several words of a slot we hold its write lock under our own PID, so no
   writer (ours or C++) can enter the slot half-way through.
 
@@ -28,9 +29,8 @@ write_index claim, while the state still says what the dead writer left, decided
 test that is false once done
 (``write_index == commit_index + 2``), so a second run never rolls back twice; (3) the
 scrub and checksum, decided from the bytes themselves (already zero: nothing to do);
-(4) the state; (5) writer_waiting; (6) the readers, count first then our evidence (the
-evidence over-approximates); (7) the unlock. Every prefix is a slot still locked by a
-dead pid with a state the next run handles the same way.
+(4) the state; (5) writer_waiting; (6) the readers; (7) the unlock. Every prefix is a
+slot still locked by a dead pid with a state the next run handles the same way.
 """
 
 from __future__ import annotations
@@ -46,7 +46,6 @@ from ._status import step
 from ._wording import did, did_all, plural
 
 SLOT = L.SLOT
-CEV = L.CONSUMER_EVIDENCE
 _S = L.SlotState
 _U64 = (1 << 64) - 1
 
@@ -79,16 +78,19 @@ def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
         v = view.writer
         return ("slot %d: write lock held by pid %d, verdict %s; releasing it needs force"
                 % (view.index, v.pid, v.state), ["pid %d: %s" % (v.pid, e) for e in v.evidence])
-    live = [c for c in scene.live_consumers if c.reading == view.index or not c.has_evidence]
-    who = ", ".join("pid %d (%s)" % (c.pid, c.verdict.state) for c in live) or (
-        "no reader is attributable and a live process exists (producer pid %s)"
-        % (scene.producer_pid or "?"))
+    inside = [c for c in view.candidates if c.contribution != 0]
+    who = ", ".join("pid %d (alive) [%s]" % (c.opener.pid, c.why) for c in inside)
+    if view.scope not in ("host", "namespace", "exclusive"):
+        who = ((who + "; ") if who else "") + (
+            "and any process this %s scan cannot see" % (view.scope or "partial"))
     waits = (", writer pid %d waits for them" % view.write_lock
              if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
-    evidence = ["pid %d: %s" % (c.pid, e) for c in live for e in c.verdict.evidence]
-    message = ("slot %d: %s%s, %d provably dead; may still be inside: %s; releasing them "
+    evidence = ["pid %d (NSpid %s, state %s): %s" % (
+        c.opener.pid, " ".join(str(p) for p in c.opener.nspid), c.opener.state, c.why)
+        for c in view.candidates]
+    message = ("slot %d: %s%s, %d provably gone; may still be inside: %s; releasing them "
                "needs force" % (view.index, plural(view.reader_count, "reader"), waits,
-                                view.releasable_readers, who))
+                                view.releasable_readers, who or "?"))
     return message, evidence
 
 
@@ -206,7 +208,6 @@ def _apply(scene: Scene, view: SlotView, writer: bool, new_readers: int) -> None
     if new_readers != view.reader_count:
         plan.cas(_label(i, "reader_count"), SLOT["reader_count"], base, view.reader_count,
                  new_readers)
-        _consume_attribution(scene, view, view.reader_count - new_readers)
     if writer:
         plan.cas(_label(i, "write_lock"), SLOT["write_lock"], base, plan.pid, 0)
 
@@ -303,18 +304,6 @@ def repair_write_index(scene: Scene, observed: int, following: int) -> Dict[str,
             "message": "%s (write_index %d → %d)" % (
                 did(plan.dry_run, "give back", "the slot ids a dead producer claimed and no "
                     "writer holds"), observed, following)}
-
-
-def _consume_attribution(scene: Scene, view: SlotView, released: int) -> None:
-    """Clear the 'reading' evidence of the dead consumers whose readers were released."""
-    for c in view.readers_in:
-        if released <= 0:
-            break
-        if c.dead:
-            ev = L.consumer_evidence(c.index)
-            scene.plan.cas("consumer[%d].reading" % c.index, CEV["reading"], ev,
-                           view.index + 1, 0)
-            released -= 1
 
 
 def targets(scene: Scene, slot) -> List[int]:

@@ -139,6 +139,7 @@ def _no_hook(point: str) -> None:
 
 
 Hook = Callable[[str], None]
+_SEQUENTIAL = (L.ConsumerSync.SEQUENTIAL, L.ConsumerSync.SEQUENTIAL_SYNC)
 PRODUCER_POINTS = ("claimed", "locked", "evidence", "draining", "writing", "half-written",
                    "checksummed", "generation", "committed", "unlocked")
 CONSUMER_POINTS = ("pid-cased", "counted", "heartbeat", "reading-recorded", "inside",
@@ -216,6 +217,13 @@ class Producer:
         timeout the slot is handed back exactly as it was (COMMITTED, no waiting writer,
         unlocked, the slot id unclaimed)."""
         b = self.block
+        if b.get("consumer_sync_policy") in _SEQUENTIAL:
+            # as pylabhub: no slot id is claimed while the ring holds `capacity` ids
+            # the slowest consumer has not read (read_index); with no consumer
+            # registered nobody could move read_index, so ours does not wait then
+            _wait(lambda: (b.get("write_index") - b.get("read_index") < b.geo.capacity
+                           or not b.get("active_consumer_count")),
+                  timeout, "consumers to read (read_index)")
         slot_id = b.add("write_index", 1)
         self.at("claimed")
         index = slot_id % b.geo.capacity
@@ -363,6 +371,10 @@ class Consumer:
                     b.set(CEV["pid"], self.pid, ev)
                 b.set(CONS["consumer_uid"], uid, base)
                 b.set(CONS["consumer_name"], name, base)
+                if b.get("consumer_sync_policy") == L.ConsumerSync.SEQUENTIAL_SYNC:
+                    committed = b.get("commit_index")       # join at the latest commit
+                    b.set(L.READ_POSITION, 0 if committed == L.NO_COMMIT else committed,
+                          L.read_position(k))
                 b.add("active_consumer_count", 1)
                 self.at("counted")
                 b.set(CONS["last_heartbeat_ns"], time.monotonic_ns(), base)
@@ -388,11 +400,17 @@ class Consumer:
         over-approximates, never a reader recovery cannot account for.
         """
         b = self.block
+        sync = b.get("consumer_sync_policy")
         if index is None:
             committed = b.get("commit_index")
             if committed == L.NO_COMMIT:
                 return None
-            slot_id, index = committed, committed % b.geo.capacity
+            slot_id = committed
+            if sync == L.ConsumerSync.SEQUENTIAL_SYNC:    # in order, from our position
+                slot_id = b.get(L.READ_POSITION, L.read_position(self.index))
+                if slot_id > committed:
+                    return None
+            index = slot_id % b.geo.capacity
         else:
             slot_id = index
         base = b.slot_base(index)
@@ -450,8 +468,16 @@ class Consumer:
         self._reading(self.held)
         self.at("released")
         b.add("total_slots_read", 1)
-        if b.get("consumer_sync_policy") == L.ConsumerSync.SEQUENTIAL_SYNC:
+        sync = b.get("consumer_sync_policy")
+        if sync == L.ConsumerSync.SEQUENTIAL_SYNC:
             b.set(L.READ_POSITION, rs.slot_id + 1, L.read_position(self.index))
+            # as pylabhub: read_index = the slowest position over registered entries
+            positions = [b.get(L.READ_POSITION, L.read_position(k))
+                         for k in range(L.MAX_CONSUMERS)
+                         if b.get(CONS["consumer_pid"], L.consumer_entry(k))]
+            b.set("read_index", min(positions or [rs.slot_id + 1]))
+        elif sync == L.ConsumerSync.SEQUENTIAL and rs.slot_id + 1 > b.get("read_index"):
+            b.set("read_index", rs.slot_id + 1)               # the shared tail moves on
         self.pulse()
 
     def unregister(self) -> None:

@@ -175,7 +175,7 @@ def finding_step(f: Dict[str, object]) -> Optional[Step]:
     if code == "dead-consumer":
         return step("cleanup")
     if code in ("uncommitted-checksum-mismatch", "index-out-of-step",
-                "consumer-count-mismatch"):
+                "consumer-count-mismatch", "read-index-held-by-dead-consumer"):
         return step("heal")
     if code in ("checksum-mismatch", "checksum-missing") and f.get("repairable"):
         return step("validate", repair=True)

@@ -100,6 +100,17 @@ drill:
       description: Committed slots lost or altered (must be 0).
       type: int
       sample: 0
+    forced:
+      description: >-
+        Rounds where heal rightly refused a live writer's drain (the kernel scan is partial) and the drill ran the forced
+        command heal named.
+      type: int
+      sample: 0
+    reheals:
+      description: >-
+        Heals run again because heal kept the consumer count for want of proof (another process had the block open).
+      type: int
+      sample: 0
     seconds:
       description: Wall time of the drill.
       type: float

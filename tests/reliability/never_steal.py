@@ -8,7 +8,10 @@ A scenario is one fresh block and a few real holders (crash actors,
 * a **writer** holding a slot, paused at a protocol point of its acquire (``locked``,
   ``evidence``, ``writing``) or after it;
 * **consumers**: registered, **registering** (paused at ``pid-cased``, ``counted`` or
-  ``heartbeat``), or **reading** (registered and inside the latest committed slot);
+  ``heartbeat``), **reading** (registered and inside the latest committed slot: a share
+  of its reader_count), **recorded** (paused inside a read between recording where it
+  reads and counting itself in, the D3 point) or **leaving** (paused between clearing
+  its entry's pid and uncounting itself: no entry, still in active_consumer_count);
 
 each one **live** (waiting), **stopped** (SIGSTOP) or **killed** (SIGKILL), each started
 plain, in a child **PID namespace** (``unshare --pid --fork``), in a **time namespace**
@@ -23,14 +26,21 @@ run in random order, twice, and after **each** the block is read back through th
 spec's own offsets (``tests/unit/plh_spec.py``, independent of the core) and checked:
 
 * **never steal**: every live (running or stopped) writer still holds its lock word, every
-  live consumer its entry, every live reader its place in its slot's reader_count;
+  live consumer its entry, every live reader its place in its slot's reader_count, and
+  active_consumer_count is never below the live consumers that counted themselves in
+  (registered past ``counted``, reading, recorded, leaving) nor wrapped;
 * **dead released**: after the last round (root in the initial PID namespace: the scan's
   scope is complete) a killed writer's lock and a killed consumer's entry are gone --
   unless a live holder shows the same number at some PID-namespace level, when refusing
   is the right answer (ambiguity is never resolved by guessing).
 
-Readers killed inside a slot are not checked for release: that rule is being rebuilt
-(the readers work) and will extend this campaign.
+* **dead readers**: after the last round a killed reader's share of its slot's
+  reader_count is gone, or the slot's diagnosis says why not: a live process of the
+  scenario that could be inside (a candidate with ``may_hold`` not 0), or a scope that
+  is not complete (counted apart: the namespace host run must have none). With every
+  holder dead, nobody else has the block open: every dead reader must be released and
+  the count must be 0 (the exclusive lease proves it in any scope), unless another
+  process had the block open at that instant (heal then says so: counted apart).
 
 Run ``python tests/reliability/never_steal.py --scenarios 2000 [--seed S]`` for a long
 campaign (root, unshare(1)); pytest runs a bounded one
@@ -66,7 +76,10 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa
 import plh_spec as spec  # noqa: E402
 
 SHM = "/dev/shm"
-KINDS = ("consumer", "registering", "reader")
+KINDS = ("consumer", "registering", "reader", "recorded", "leaving")
+#: kinds (and registering points) that have counted themselves in active_consumer_count
+COUNTED = ("consumer", "reader", "recorded", "leaving")
+UNDERFLOW = 1 << 31
 WRAPS = ("plain", "pidns", "timens", "reuse")
 FATES = ("live", "stopped", "killed")
 WRITER_POINTS = ("locked", "evidence", "writing", None)
@@ -87,6 +100,13 @@ class Holder:
     value: int = 0                  # the pid it recorded in the block (its own namespace's)
     slot: Optional[int] = None      # writer: its locked slot; reader: the slot it is in
     entry: Optional[int] = None     # consumers: their heartbeat entry
+    point: Optional[str] = None     # registering: where it is paused
+
+    @property
+    def counted(self) -> bool:
+        """It counted itself in active_consumer_count (and has not uncounted)."""
+        return self.kind in COUNTED or (self.kind == "registering"
+                                        and self.point in ("counted", "heartbeat"))
 
     @property
     def live(self) -> bool:
@@ -106,15 +126,27 @@ class Figures:
     dead_released: int = 0
     dead_ambiguous: int = 0
     dead_partial: int = 0
+    readers_dead: int = 0           # readers killed inside a slot
+    readers_released: int = 0       # ... whose share of reader_count is gone
+    readers_kept_live: int = 0      # kept: a live process of the scenario could be inside
+    readers_kept_partial: int = 0   # kept: the scope is not complete
+    count_checks: int = 0           # scenarios whose holders all died: count must be 0
+    count_zeroed: int = 0
+    count_kept_other: int = 0       # ... kept: another process had the block open
     holders: Dict[str, int] = field(default_factory=dict)
 
     def line(self) -> str:
         kinds = ", ".join("%s %d" % kv for kv in sorted(self.holders.items()))
         return ("scenarios %d, unforced operations checked %d, steals %d, dead holders "
                 "released %d/%d (%d kept: scope partial, verdict not dead; %d kept: a live "
-                "process shows the same pid), holders: %s"
+                "process shows the same pid); dead readers released %d/%d (%d kept: a live "
+                "process could be inside; %d kept: scope partial); count back to 0 with "
+                "every holder dead %d/%d (%d kept: another process had the block open); "
+                "holders: %s"
                 % (self.scenarios, self.operations, self.steals, self.dead_released,
-                   self.dead, self.dead_partial, self.dead_ambiguous, kinds))
+                   self.dead, self.dead_partial, self.dead_ambiguous, self.readers_released,
+                   self.readers_dead, self.readers_kept_live, self.readers_kept_partial,
+                   self.count_zeroed, self.count_checks, self.count_kept_other, kinds))
 
 
 def _nspids(pid: int) -> List[int]:
@@ -141,6 +173,7 @@ class Scenario:
         self.ns = None  # type: Optional[A.ActorNamespace]
         self.next_pid = 300
         self.log = []  # type: List[str]
+        self.last_heal = {}  # type: Dict[str, object]   # the last heal's or cleanup's
 
     # -- building --------------------------------------------------------------------------
     def _start(self, steps, wrap: str, **kw) -> A.Actor:
@@ -180,7 +213,7 @@ class Scenario:
         if past.wait_exit() != 0:
             raise A.ActorError("the past producer failed")
         kinds = (["writer"] if self.rng.random() < 0.75 else [])
-        kinds += [self.rng.choice(KINDS) for dummy in range(self.rng.randint(0, 3))]
+        kinds += [self.rng.choice(KINDS + ("reader",)) for dummy in range(self.rng.randint(0, 3))]
         if not kinds:
             kinds = [self.rng.choice(("writer",) + KINDS)]
         for kind in kinds:
@@ -206,15 +239,21 @@ class Scenario:
                             pause=self.rng.choice(REGISTER_POINTS), label=label)
         elif kind == "reader":
             a = self._start([("consumer", "reader"), ("read", None)], wrap, label=label)
+        elif kind == "recorded":
+            a = self._start([("consumer", "recorded"), ("read", None)], wrap,
+                            pause="reading-recorded", label=label)
+        elif kind == "leaving":
+            a = self._start([("consumer", "leaving"), ("unregister", self.style)], wrap,
+                            pause="unregister-pid-cleared", label=label)
         else:
             a = self._start([("consumer", "idle")], wrap, label=label)
         at = a.wait_point(30.0)
-        h = Holder(kind, wrap, fate, a, value=a.ns_pid)
+        h = Holder(kind, wrap, fate, a, value=a.ns_pid, point=at.get("point"))
         if kind == "writer":
             h.slot = at["slot"]
             if h.slot is None:
                 raise A.ActorError("%s: no slot at %r" % (label, at))
-        else:
+        elif kind != "leaving":             # a leaving consumer's entry is free already
             h.entry = at["consumer"]
             if kind == "reader":
                 (h.slot,) = at["reading"]
@@ -254,6 +293,10 @@ class Scenario:
             if img.slot(slot)["readers"] < count:
                 raise Steal("%s: slot %d has %d live reader(s), reader_count %d"
                             % (after, slot, count, img.slot(slot)["readers"]))
+        counted = sum(1 for h in self.holders if h.live and h.counted)
+        if img.active_consumers >= UNDERFLOW or img.active_consumers < counted:
+            raise Steal("%s: active_consumer_count %d with %d live consumer(s) counted in"
+                        % (after, img.active_consumers, counted))
 
     def ambiguous(self) -> set:
         """Every number a live holder has at some PID-namespace level."""
@@ -271,8 +314,8 @@ class Scenario:
         img, taken = self.image(), self.ambiguous()
         diagnosis = None
         for h in self.holders:
-            if h.live or h.kind == "reader":    # (the readers work extends this)
-                continue
+            if h.live or h.kind == "reader" or (h.kind != "writer" and h.entry is None):
+                continue                        # readers: check_dead_readers; leaving: no entry
             if h.value in taken:
                 fig.dead_ambiguous += 1
                 continue
@@ -282,10 +325,10 @@ class Scenario:
             if not still:
                 fig.dead_released += 1
                 continue
-            diagnosis = diagnosis or E.diagnose(self.name)
             if h.kind == "writer":
-                verdict = diagnosis["slots"][h.slot]["writer"] or {}
+                verdict = E.diagnose(self.name, h.slot)["slots"][0]["writer"] or {}
             else:
+                diagnosis = diagnosis or E.diagnose(self.name)
                 verdict = next(c["verdict"] for c in diagnosis["consumers"]
                                if c["index"] == h.entry)
             scope = verdict.get("scope") or {}
@@ -294,6 +337,59 @@ class Scenario:
                                      "operation ran twice; verdict %r"
                                      % (h.describe(), verdict))
             fig.dead_partial += 1
+        self.check_dead_readers(fig, img)
+        self.check_count(fig, img)
+
+    def check_dead_readers(self, fig: Figures, img: "spec.Image") -> None:
+        """A killed reader's share of reader_count is gone, or the slot's diagnosis names
+        a live process of this scenario that could be inside, or a scope not complete."""
+        live_pids = set()
+        for h in self.holders:
+            if h.live:
+                live_pids.update(_nspids(h.actor.pid) or [h.actor.pid])
+        for slot in sorted({h.slot for h in self.holders if h.kind == "reader"}):
+            dead = sum(1 for h in self.holders
+                       if h.kind == "reader" and not h.live and h.slot == slot)
+            if not dead:
+                continue
+            live = sum(1 for h in self.holders
+                       if h.kind == "reader" and h.live and h.slot == slot)
+            left = max(0, min(dead, img.slot(slot)["readers"] - live))
+            fig.readers_dead += dead
+            fig.readers_released += dead - left
+            if not left:
+                continue
+            readers = E.diagnose(self.name, slot)["slots"][0]["readers"]
+            inside = [c for c in readers["could_be_inside"] if c["may_hold"] != 0]
+            if readers["scope"] not in ("host", "namespace", "exclusive"):
+                fig.readers_kept_partial += left
+            elif inside and all(c["pid"] in live_pids for c in inside):
+                fig.readers_kept_live += left
+            else:
+                raise AssertionError(
+                    "slot %d: %d dead reader(s) kept in a complete scope (%s) with no live "
+                    "process of the scenario that could be inside: %r"
+                    % (slot, left, readers["scope"], readers))
+
+    def check_count(self, fig: Figures, img: "spec.Image") -> None:
+        """Every holder dead: nobody else has the block open, so the count must be back
+        to 0 (the exclusive lease proves it whatever the scope), unless another process
+        had the block open when heal looked -- heal must then have said why."""
+        if any(h.live for h in self.holders):
+            return
+        fig.count_checks += 1
+        if img.active_consumers == 0:
+            fig.count_zeroed += 1
+            return
+        last = self.last_heal.get("cleanup") or self.last_heal     # heal's, or cleanup's
+        kept = [r for r in last.get("reconciled") or []  # type: ignore[union-attr]
+                if r.get("field") == "active_consumer_count" and r.get("result") == "KEPT"
+                and "another process has the block open" in str(r.get("message"))]
+        if not kept:
+            raise AssertionError("every holder dead, active_consumer_count %d after the "
+                                 "last heal: %r" % (img.active_consumers,
+                                                    last.get("reconciled")))
+        fig.count_kept_other += 1
 
     # -- running ---------------------------------------------------------------------------
     def operations(self, fig: Figures) -> None:
@@ -306,6 +402,8 @@ class Scenario:
             for label, run in ops:
                 result = run()
                 fig.operations += 1
+                if label in ("heal", "cleanup"):    # the last count reconciliation
+                    self.last_heal = result
                 self.log.append("%s: %s changed=%s" % (label, result.get("result"),
                                                        result.get("changed")))
                 try:

@@ -34,9 +34,10 @@ def test_campaign_every_kill_survived_no_committed_data_lost(figures):
     assert not _leftovers(), "the drill left scratch blocks behind"
     figures["crash campaign (CI)"] = (
         "%d/%d iterations survived, %d SIGKILLs, %d committed slots checked, %d lost, "
-        "seed %d, %.1f s" % (result["survived"], ITERATIONS, result["kills"],
-                             result["committed_checked"], result["committed_lost"], SEED,
-                             result["seconds"]))
+        "%d forced drains, %d re-heals (a count kept for want of proof), seed %d, %.1f s"
+        % (result["survived"], ITERATIONS, result["kills"], result["committed_checked"],
+           result["committed_lost"], result["forced"], result["reheals"], SEED,
+           result["seconds"]))
 
 
 def test_drill_detects_an_engine_that_loses_committed_data(monkeypatch):

@@ -67,4 +67,5 @@ def test_never_steal_in_a_namespace_host_releases_every_dead_holder(figures):
     assert fig.scenarios == SCENARIOS and fig.steals == 0, json.dumps(out)
     # the scope is complete here: no dead holder kept for want of evidence
     assert fig.dead_partial == 0 and fig.dead_released == fig.dead > 0, json.dumps(out)
+    assert fig.readers_kept_partial == 0, json.dumps(out)
     figures["never-steal (namespace host, seed %d)" % (SEED + 1)] = fig.line()

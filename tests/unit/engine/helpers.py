@@ -165,6 +165,14 @@ class Child:
             self.actor.close()
 
 
+def complete_scope(name: str) -> bool:
+    """Whether the kernel scan is complete for this block here: the reader and count
+    rules act without force only then (or once nobody else has the block open)."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _kernel as K
+    with R.attach(name, writable=False) as b:
+        return K.HostScan.take().scope(K.BlockId.of(b)).complete
+
+
 def reaped_pid() -> int:
     """The pid of a child that exited and was reaped: certainly dead on this machine."""
     pid = os.fork()

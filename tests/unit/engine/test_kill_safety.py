@@ -68,6 +68,38 @@ def test_index_ahead_with_a_live_producer_is_a_warning_heal_leaves(lab):
     prove_works(lab, name, 2)
 
 
+def unstamped_claimer_program(report, name, dead_pid):
+    """A re-attaching producer (C++-like) between its first claim and its first lock that
+    has not stamped the producer heartbeat yet: the heartbeat still names the dead
+    previous producer."""
+    b = R.attach(name)
+    slot_id = b.add("write_index", 1)
+    b.set("producer_heartbeat_pid", dead_pid)
+    report({"pid": os.getpid(), "slot_id": slot_id})
+    return b
+
+
+def test_index_ahead_with_an_unstamped_live_claimer_is_left_to_it(lab):
+    """The producer heartbeat's pid is dead, but a live process with the block mapped
+    writable may be the one between claim and lock: heal gives nothing back (the kernel
+    scan, or an exclusive lease, must show nobody who could be claiming), validate calls
+    it a warning. Once that process is gone too, heal gives the id back. (Before: "the
+    heartbeat pid is dead" alone let heal roll write_index back under the live claimer.)"""
+    name = lab.create(capacity=4, commits=3)
+    w = lab.child(unstamped_claimer_program, name, reaped_pid())
+    assert w.recv()["slot_id"] == 3
+    found = E.validate(name)
+    (f,) = found["findings"]
+    assert (f["code"], f["severity"]) == ("index-out-of-step", "warning"), f
+    healed = E.heal(name)
+    assert healed["indexes"] == [] and image(name).write_index == 4, healed["indexes"]
+    assert not healed["healthy"]
+    w.kill()
+    healed = E.heal(name)
+    assert [i["after"] for i in healed["indexes"]] == [3] and healed["healthy"], healed
+    assert image(name).write_index == 3
+
+
 def test_index_ahead_before_the_first_commit(lab):
     """Nothing committed (commit_index all ones): the id after it is 0."""
     name = lab.create(capacity=2, commits=0)
