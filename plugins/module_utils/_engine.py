@@ -36,7 +36,8 @@ from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLO
                       AtomicsUnavailable,
                       BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
                       InvalidName, NotADataBlock, OverBudget, PermissionDenied,
-                      RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath,
+                      RecoveryError, SlotOutOfRange, SnapshotError,
+                      SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath,
                       UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
                       printable_tree)
 from ._heal import heal as _heal
@@ -46,8 +47,7 @@ from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import check_action, plan_slot, targets
 from ._scan import SlotScan, scan_slots
-from ._snapshot import (SnapshotError, SnapshotMismatch, UndoRefused, apply_undo,
-                        check_identity, listing, load, locate)
+from ._snapshot import apply_undo, check_identity, listing, load, locate
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
                       health as _health)
 from ._validate import Progress, validate as _validate
@@ -391,8 +391,8 @@ def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = 
     """Put back what the run of ``snapshot_id`` (an id in the snapshot directory, or the
     path of a snapshot) stored, newest first, by CAS on the value that run wrote. A dry pass over every
     store comes first: if anything changed since (or the block was re-created), the
-    whole undo is refused naming the field (:class:`_snapshot.UndoRefused`, exit 6;
-    :class:`_snapshot.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
+    whole undo is refused naming the field (:class:`_errors.UndoRefused`, exit 6;
+    :class:`_errors.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
     journaled (its own snapshot), so an undo can be undone. See :mod:`_snapshot`."""
     snap = load(locate(snapshot_id, snapshot_dir))
     head = snap["head"]
