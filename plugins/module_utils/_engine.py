@@ -36,8 +36,8 @@ from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLO
                       AtomicsUnavailable,
                       BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
                       InvalidName, NotADataBlock, OverBudget, PermissionDenied,
-                      RecoveryError, SlotOutOfRange, SnapshotError,
-                      SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath,
+                      PolicyError, RecoveryError, SlotOutOfRange, SnapshotError,
+                      SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath, WatchRunning,
                       UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
                       printable_tree)
 from ._heal import heal as _heal
@@ -59,8 +59,8 @@ __all__ = [
     # operations (one block, by address), and on every block of the host
     "diagnose", "recover", "cleanup", "validate", "heal", "each_block", "examine",
     "discover", "scan", "list_blocks", "drill",
-    # before-images, undo, metrics (docs/audit-and-undo.md)
-    "undo", "snapshots", "metrics",
+    # before-images, undo, metrics (docs/audit-and-undo.md); the watch (docs/watch.md)
+    "undo", "snapshots", "metrics", "watch",
     # entry points into what the operations are made of
     "aggregate", "atomics", "block_info", "geometry_problem", "state_name",
     "is_process_alive", "judge", "Verdict", "open_block", "Block", "Plan",
@@ -75,6 +75,7 @@ __all__ = [
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
     "OverBudget", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange",
     "AtomicsUnavailable", "Declined", "SnapshotError", "UndoRefused", "SnapshotMismatch",
+    "PolicyError", "WatchRunning",
     "exit_code_for", "printable", "printable_tree",
     # the words of a change, in the run's tense (_wording: the one place they are chosen)
     "did", "done", "plural", "reblessed", "reconciled", "summary", "change_lines",
@@ -448,6 +449,20 @@ def metrics(pattern: Optional[str] = None, textfile: Optional[str] = None,
     text = _metrics.render(doc)
     path = _metrics.write_textfile(textfile, text) if textfile else None
     return dict(schema=SCHEMA, operation="metrics", textfile=path, text=text, **doc)
+
+
+def watch(policy: str, once: bool = False, on_pass: Optional[Callable[[dict], None]] = None,
+          stop=None, **record) -> dict:
+    """Diagnose the policy's blocks every ``interval`` and heal (never forced) a block
+    whose stuck slot or dead consumer was seen unchanged for the policy's ``delay``
+    (:mod:`_watch`, docs/watch.md). ``policy``: the policy file (a bad one:
+    :class:`PolicyError`, exit 2); one watch per host (:class:`WatchRunning`, exit 3).
+    ``once``: one pass; else until ``stop`` (a ``threading.Event``) is set, or SIGTERM /
+    SIGINT in the main thread, between passes. ``on_pass(doc)`` gets each pass's document;
+    ``record``: every heal's before-image and audit options, as :func:`heal`'s."""
+    from ._watch import run
+    return dict(run(policy, once=once, on_pass=on_pass, stop=stop, **record),
+                schema=SCHEMA, operation="watch")
 
 
 def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> List[dict]:

@@ -216,6 +216,20 @@ class SnapshotMismatch(RecoveryError):
     exit_code = EXIT_NO_BLOCK
 
 
+class PolicyError(UsageError):
+    """The watch's policy file is missing, not JSON, or holds a key or value it does not
+    take (docs/watch.md); the watch did not start and nothing was changed."""
+
+    code = "bad-policy"
+
+
+class WatchRunning(RecoveryError):
+    """Another watch holds this host's watch lock: two watches never run at once."""
+
+    code = "watch-running"
+    exit_code = EXIT_REFUSED
+
+
 def exit_code_for(code: object) -> int:
     """The exit code of the error whose ``code`` slug is ``code`` (the ``code`` of an
     error dict, e.g. from :meth:`RecoveryError.to_dict`), read from the class hierarchy

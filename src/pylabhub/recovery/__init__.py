@@ -127,6 +127,8 @@ __all__ = [
     "list_blocks", "open_block", "recover", "scan", "validate",
     # before-images, undo and metrics (docs/audit-and-undo.md)
     "undo", "snapshots", "metrics", "SnapshotError", "UndoRefused", "SnapshotMismatch",
+    # the watch (docs/watch.md)
+    "watch", "PolicyError", "WatchRunning",
     # errors and exit codes
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
