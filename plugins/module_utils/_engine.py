@@ -461,8 +461,7 @@ def watch(policy: str, once: bool = False, on_pass: Optional[Callable[[dict], No
     SIGINT in the main thread, between passes. ``on_pass(doc)`` gets each pass's document;
     ``record``: every heal's before-image and audit options, as :func:`heal`'s."""
     from ._watch import run
-    return dict(run(policy, once=once, on_pass=on_pass, stop=stop, **record),
-                schema=SCHEMA, operation="watch")
+    return run(policy, once=once, on_pass=on_pass, stop=stop, **record)
 
 
 def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> List[dict]:

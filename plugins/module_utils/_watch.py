@@ -39,6 +39,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
+from ._contract import SCHEMA
 from ._errors import PolicyError, RecoveryError, WatchRunning
 from ._metrics import PREFIX, _label, _number, write_textfile
 from ._snapshot import secure_dir, state_home
@@ -286,7 +287,8 @@ def one_pass(engine, policy: Dict[str, Any], state: Dict[str, Any], number: int,
             heals += 1
     state.update(seen=new_seen, last_pass=now, passes=int(state.get("passes") or 0) + 1,
                  heals=int(state.get("heals") or 0) + heals, boot_id=boot_id())
-    return {"pass": number, "time": round(time.time(), 3), "blocks": blocks,
+    return {"schema": SCHEMA, "operation": "watch", "pass": number,
+            "time": round(time.time(), 3), "blocks": blocks,
             "healed": heals, "waiting": sum(len(b["waiting"]) for b in blocks),
             "stuck": sum(len(b["stuck"]) for b in blocks),
             "suspect": sum(len(b["suspect_slots"]) for b in blocks),
