@@ -39,9 +39,11 @@ exit codes:
   1    findings: the block is not healthy (diagnose, validate and heal judge it by
        one rule: stuck, suspect, corrupt or degraded), recover/cleanup done only in
        part, drill had an iteration fail
-  2    usage error: bad arguments, bad block name or path, slot out of range
+  2    usage error: bad arguments, bad block name or path, slot out of range, a bad
+       watch policy
   3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
-       --force; heal: a slot only --force could free), or the confirmation was declined
+       --force; heal: a slot only --force could free), the confirmation was declined,
+       or another watch runs on this host
   4    no usable block: missing, foreign (no pylabhub magic), unsupported layout,
        truncated, still being created, an unsafe path (symlink, FIFO, directory),
        or more to examine than --max-bytes allows (the message names the geometry)

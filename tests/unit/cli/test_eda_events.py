@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
+
+# here, with the CLI's tests, because the source runs datablock-admin (src/, not shipped)
 
 SOURCE = (Path(__file__).resolve().parents[3] / "extensions" / "eda" / "plugins"
           / "event_source" / "datablock_events.py")
@@ -60,13 +61,15 @@ def test_one_event_per_stuck_block_with_its_host(block_name, actors, monkeypatch
     assert d["slots"][0]["is_stuck"] and d["next_steps"]
 
 
-def test_polling_announces_a_stuck_state_once_and_a_new_one_again(lab, monkeypatch, tmp_path):
+def test_polling_announces_a_stuck_state_once_and_a_new_one_again(crashes, names, monkeypatch,
+                                                                   tmp_path):
     monkeypatch.setenv("PYLABHUB_RECOVERY_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("PYLABHUB_RECOVERY_SNAPSHOT_DIR", str(tmp_path / "snaps"))
     monkeypatch.setenv("PYLABHUB_RECOVERY_SYSLOG", "off")
     plugin = _plugin()
-    first = lab.crashed("locked")
-    args = {"command": CLI, "match": "plhtest_eng_%d_*" % os.getpid(), "interval": 0.05}
+    first, second = names(), names()
+    crashes.stuck_writer(first)
+    args = {"command": CLI, "match": names.prefix + "*", "interval": 0.05}
 
     async def scenario():
         queue = asyncio.Queue()
@@ -75,18 +78,18 @@ def test_polling_announces_a_stuck_state_once_and_a_new_one_again(lab, monkeypat
         for dummy in range(3):                   # three more polls of the same state
             await asyncio.sleep(0.3)
         got += _drain(queue)
-        E.heal(first.name)
-        second = lab.crashed("reader")           # a new stuck block while it polls
+        E.heal(first)
+        crashes.stuck_writer(second)             # a new stuck block while it polls
         got.append(await asyncio.wait_for(queue.get(), 120))
         task.cancel()
         try:
             await task
         except asyncio.CancelledError:
             pass
-        return got, second
-    got, second = asyncio.run(scenario())
-    assert [e["datablock"]["address"] for e in got] == [first.name, second.name], got
-    assert got[1]["datablock"]["kind"] == "stuck" and got[1]["datablock"]["dead_consumers"]
+        return got
+    got = asyncio.run(scenario())
+    assert [e["datablock"]["address"] for e in got] == [first, second], got
+    assert [e["datablock"]["kind"] for e in got] == ["stuck", "stuck"]
 
 
 def test_a_command_that_cannot_run_is_one_error_event(tmp_path):
