@@ -33,6 +33,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import threading
@@ -345,21 +346,55 @@ def render(doc: Dict[str, Any], state: Dict[str, Any]) -> str:
 
 # --------------------------------------------------------------------------- the loop
 class _Stop:
-    """SIGTERM/SIGINT set the event (in the main thread); restored on exit."""
+    """When to stop: ``event`` (a caller's threading.Event) or SIGTERM/SIGINT, whose
+    handler (installed in the main thread, restored on exit) only sets a flag and writes
+    a byte to a pipe: a handler that took a lock (``Event.set``) could deadlock against
+    the very wait it interrupts."""
 
     def __init__(self, event: threading.Event) -> None:
         self.event = event
+        self.signalled = False
         self.saved: Dict[int, Any] = {}
+        self.pipe: Optional[Tuple[int, int]] = None
 
     def __enter__(self) -> "_Stop":
         if threading.current_thread() is threading.main_thread():
+            self.pipe = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC) if hasattr(os, "pipe2") \
+                else os.pipe()
             for sig in (signal.SIGTERM, signal.SIGINT):
-                self.saved[sig] = signal.signal(sig, lambda *_: self.event.set())
+                self.saved[sig] = signal.signal(sig, self._handler)
         return self
+
+    def _handler(self, signum: int, frame: object) -> None:  # pylint: disable=unused-argument
+        self.signalled = True
+        if self.pipe is not None:
+            try:
+                os.write(self.pipe[1], b"x")
+            except OSError:
+                pass
+
+    def is_set(self) -> bool:
+        return self.signalled or self.event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep ``seconds`` or until told to stop; whether told to stop."""
+        end = time.monotonic() + seconds
+        while not self.is_set():
+            left = end - time.monotonic()
+            if left <= 0:
+                return False
+            if self.pipe is not None:
+                select.select([self.pipe[0]], [], [], min(left, 0.25))
+            else:
+                self.event.wait(min(left, 0.25))
+        return True
 
     def __exit__(self, *exc: object) -> None:
         for sig, old in self.saved.items():
             signal.signal(sig, old)
+        if self.pipe is not None:
+            for fd in self.pipe:
+                os.close(fd)
 
 
 def run(policy_file: str, once: bool = False,
@@ -376,8 +411,9 @@ def run(policy_file: str, once: bool = False,
     stop = stop or threading.Event()
     fd = take_lock()
     last: Dict[str, Any] = {}
+    told = _Stop(stop)
     try:
-        with _Stop(stop):
+        with told:
             path = state_path(policy)
             while True:
                 state = load_state(path, float(policy["interval"]), time.monotonic())
@@ -389,11 +425,11 @@ def run(policy_file: str, once: bool = False,
                 _export(engine, policy, last, state, record)
                 if on_pass is not None:
                     on_pass(last)
-                if once or stop.wait(float(policy["interval"])):
+                if once or told.wait(float(policy["interval"])):
                     break
     finally:
         os.close(fd)
-    return dict(last, policy=policy, host=socket.gethostname(), stopped=stop.is_set())
+    return dict(last, policy=policy, host=socket.gethostname(), stopped=told.is_set())
 
 
 def _export(engine, policy: Dict[str, Any], doc: Dict[str, Any], state: Dict[str, Any],
