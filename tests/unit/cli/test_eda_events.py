@@ -61,8 +61,8 @@ def test_one_event_per_stuck_block_with_its_host(block_name, actors, monkeypatch
     assert d["slots"][0]["is_stuck"] and d["next_steps"]
 
 
-def test_polling_announces_a_stuck_state_once_and_a_new_one_again(crashes, names, monkeypatch,
-                                                                   tmp_path):
+def test_polling_announces_a_stuck_state_once_and_a_new_one_again(
+        crashes, names, monkeypatch, tmp_path):
     monkeypatch.setenv("PYLABHUB_RECOVERY_AUDIT_LOG", str(tmp_path / "audit.jsonl"))
     monkeypatch.setenv("PYLABHUB_RECOVERY_SNAPSHOT_DIR", str(tmp_path / "snaps"))
     monkeypatch.setenv("PYLABHUB_RECOVERY_SYSLOG", "off")
