@@ -42,7 +42,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ._contract import SCHEMA
 from ._errors import PolicyError, RecoveryError, WatchRunning
-from ._metrics import PREFIX, _label, _number, write_textfile
+from ._metrics import exposition, write_textfile
 from ._snapshot import secure_dir, state_home
 
 POLICY_FORMAT = "pylabhub.recovery/watch-policy-v1"
@@ -326,22 +326,15 @@ WATCH_METRICS = (
 def render(doc: Dict[str, Any], state: Dict[str, Any]) -> str:
     """The watch's textfile (Prometheus text format; names in docs/watch.md)."""
     samples = {
-        "watch_last_pass_timestamp_seconds": [({}, doc["time"])],
-        "watch_passes_total": [({}, state["passes"])],
-        "watch_heals_total": [({}, state["heals"])],
-        "watch_waiting_items": [({"block": b["address"]}, len(b["waiting"]))
+        "watch_last_pass_timestamp_seconds": [({}, float(doc["time"]))],
+        "watch_passes_total": [({}, float(state["passes"]))],
+        "watch_heals_total": [({}, float(state["heals"]))],
+        "watch_waiting_items": [({"block": b["address"]}, float(len(b["waiting"])))
                                 for b in doc["blocks"]],
-        "watch_suspect_slots": [({"block": b["address"]}, len(b["suspect_slots"]))
+        "watch_suspect_slots": [({"block": b["address"]}, float(len(b["suspect_slots"])))
                                 for b in doc["blocks"]],
     }
-    lines: List[str] = []
-    for name, kind, help_ in WATCH_METRICS:
-        lines += ["# HELP %s%s %s" % (PREFIX, name, help_), "# TYPE %s%s %s" % (PREFIX, name, kind)]
-        for labels, value in samples[name]:
-            text = ",".join('%s="%s"' % (k, _label(v)) for k, v in sorted(labels.items()))
-            lines.append("%s%s%s %s" % (PREFIX, name, "{%s}" % text if text else "",
-                                        _number(float(value))))
-    return "\n".join(lines) + "\n"
+    return exposition(WATCH_METRICS, samples)
 
 
 # --------------------------------------------------------------------------- the loop
