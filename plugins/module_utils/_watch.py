@@ -254,13 +254,20 @@ def one_pass(engine, policy: Dict[str, Any], state: Dict[str, Any], number: int,
              record: Dict[str, Any]) -> Dict[str, Any]:
     """Diagnose every block of the policy, time its stuck items against ``state``
     (updated in place) and heal each block with an item seen stuck, unchanged, for at
-    least ``delay``. Returns the pass's document."""
+    least ``delay``. Returns the pass's document.
+
+    Times err on the side of waiting: an item first seen in this pass is stamped with the
+    time the pass's diagnoses *ended* (no later than that observation), and its age is
+    measured at the time they *began* (no earlier than this one), so two observations of
+    it are at least ``seen_for_s`` apart."""
+    began = time.monotonic()
+    diagnosed = _diagnosed(engine, policy)
     now = time.monotonic()
     old_seen: Dict[str, Any] = state.get("seen") or {}
     new_seen: Dict[str, Any] = {}
     blocks: List[Dict[str, Any]] = []
     heals = 0
-    for entry in _diagnosed(engine, policy):
+    for entry in diagnosed:
         result = entry.get("result")
         row: Dict[str, Any] = {"address": entry["address"], "health": entry.get("health"),
                                "error": entry.get("error"), "skipped": entry.get("skipped"),
@@ -276,9 +283,9 @@ def one_pass(engine, policy: Dict[str, Any], state: Dict[str, Any], number: int,
         mine: Dict[str, float] = {}
         for key, item in stuck_items(result).items():
             first = before.get(key)
-            first = first if isinstance(first, (int, float)) and first <= now else now
+            first = first if isinstance(first, (int, float)) and first <= began else now
             mine[key] = first
-            seen_for = round(now - first, 3)
+            seen_for = round(max(0.0, began - first), 3)
             (row["stuck"] if seen_for >= policy["delay"] else row["waiting"]).append(
                 dict(item, seen_for_s=seen_for))
         if mine:
