@@ -28,6 +28,81 @@ def deadline(seconds: float, what: str):
         signal.signal(signal.SIGALRM, old)
 
 
+# -- a kill point: an operation SIGKILLed right after its k-th store -----------------------
+def run_killed_after(k: int, call, refuse=None, between: bool = False,
+                     timeout: float = 60.0) -> bool:
+    """Run ``call()`` in a forked child that SIGKILLs itself right after its k-th store
+    to a block (``Block.cas`` that succeeded, ``set``, ``add``, ``write``) or, with
+    ``between``, right after its k-th before-image line, before the store it announces.
+    Returns True when the kill landed, False when ``call`` finished first (it must not
+    raise). ``refuse``: the name of a slot word whose first CAS the child makes fail as
+    if a live process had changed it, so the step is rolled back (the rollback's stores
+    count too). Shared by the kill-point sweep (tests/reliability) and the undo tests."""
+    import os
+    import time
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _block as B, _snapshot as S)
+    pid = os.fork()
+    if pid == 0:          # child: never returns
+        code = 3
+        try:
+            count = [0]
+
+            def tick():
+                count[0] += 1
+                if count[0] >= k:
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            def counting(real, cas=False):
+                def wrapped(*args, **kwargs):
+                    out = real(*args, **kwargs)
+                    if not between and (not cas or out[0]):
+                        tick()
+                    return out
+                return wrapped
+            real_cas = B.Block.cas
+            refused = []
+
+            def cas(self, fld, expected, new, base=0, table=None):
+                name = getattr(fld, "name", fld)
+                if name == refuse and not refused:
+                    refused.append(name)
+                    return False, expected ^ 0x7F       # "a live process changed it"
+                return real_cas(self, fld, expected, new, base, table)
+            B.Block.cas = counting(cas, cas=True)
+            for meth in ("set", "add", "write"):
+                setattr(B.Block, meth, counting(getattr(B.Block, meth)))
+            if between:
+                real_intent = S.Journal.intent
+
+                def intent(self, ch, undoes=None):
+                    seq = real_intent(self, ch, undoes)
+                    tick()
+                    return seq
+                S.Journal.intent = intent
+            call()
+            code = 0
+        except BaseException:  # pylint: disable=broad-except
+            code = 2
+        finally:
+            os._exit(code)
+    limit = time.monotonic() + timeout
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > limit:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise AssertionError("the operation hung (k=%d)" % k)
+        time.sleep(0.002)
+    if os.WIFSIGNALED(status):
+        assert os.WTERMSIG(status) == signal.SIGKILL
+        return True
+    assert os.WEXITSTATUS(status) == 0, "the operation raised in the child (k=%d)" % k
+    return False
+
+
 # -- a fleet-lab-like host: new PID + mount namespaces, this process's code as PID 1 -------
 NAMESPACE_HOST = ("unshare", "--mount", "--pid", "--fork", "--mount-proc",
                   "--propagation", "private", "--kill-child")

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional
 
 from . import _snapshot
 from ._contract import AUDIT_FORMAT
-from ._errors import RecoveryError
+from ._errors import RecoveryError, SnapshotError, SnapshotMismatch, UndoRefused
 
 ROOT_LOG = "/var/log/pylabhub-recovery/audit.jsonl"
 ENV_LOG = "PYLABHUB_RECOVERY_AUDIT_LOG"
@@ -39,7 +39,7 @@ SYSLOG_MAX = 7900        # rsyslog's default limit is 8 KiB: longer records are 
 FORMAT = AUDIT_FORMAT
 #: Errors recorded even when no store was made: a before-image that could not be written,
 #: an undo refused because the block moved on or was re-created.
-_RECORDED = (_snapshot.SnapshotError, _snapshot.UndoRefused, _snapshot.SnapshotMismatch)
+_RECORDED = (SnapshotError, UndoRefused, SnapshotMismatch)
 
 
 def log_path(explicit: Optional[str] = None) -> str:

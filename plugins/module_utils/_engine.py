@@ -37,7 +37,8 @@ from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLO
                       AtomicsUnavailable,
                       BlockNotFound, BlockNotReady, ConcurrentChange, Declined, HolderAlive,
                       InvalidName, NotADataBlock, OverBudget, PermissionDenied,
-                      RecoveryError, SlotOutOfRange, TruncatedBlock, UnsafePath,
+                      PolicyError, RecoveryError, SlotOutOfRange, SnapshotError,
+                      SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath, WatchRunning,
                       UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
                       printable_tree)
 from ._heal import heal as _heal
@@ -47,8 +48,7 @@ from ._observe import Scene, preobserve
 from ._plan import Plan
 from ._recover import check_action, plan_slot, targets
 from ._scan import SlotScan, scan_slots
-from ._snapshot import (SnapshotError, SnapshotMismatch, UndoRefused, apply_undo,
-                        check_identity, listing, load, locate)
+from ._snapshot import apply_undo, check_identity, listing, load, locate
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
                       health as _health)
 from ._validate import Progress, validate as _validate
@@ -60,8 +60,8 @@ __all__ = [
     # operations (one block, by address), and on every block of the host
     "diagnose", "recover", "cleanup", "validate", "heal", "each_block", "examine",
     "discover", "scan", "list_blocks", "drill", "practice", "practice_stop",
-    # before-images, undo, metrics (docs/audit-and-undo.md)
-    "undo", "snapshots", "metrics",
+    # before-images, undo, metrics (docs/audit-and-undo.md); the watch (docs/watch.md)
+    "undo", "snapshots", "metrics", "watch",
     # entry points into what the operations are made of
     "aggregate", "atomics", "block_info", "geometry_problem", "state_name",
     "is_process_alive", "judge", "Verdict", "open_block", "Block", "Plan",
@@ -77,6 +77,7 @@ __all__ = [
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",
     "OverBudget", "PermissionDenied", "WrongOwner", "HolderAlive", "ConcurrentChange",
     "AtomicsUnavailable", "Declined", "SnapshotError", "UndoRefused", "SnapshotMismatch",
+    "PolicyError", "WatchRunning",
     "exit_code_for", "printable", "printable_tree",
     # the words of a change, in the run's tense (_wording: the one place they are chosen)
     "did", "done", "plural", "reblessed", "reconciled", "summary", "change_lines",
@@ -393,8 +394,8 @@ def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = 
     """Put back what the run of ``snapshot_id`` (an id in the snapshot directory, or the
     path of a snapshot) stored, newest first, by CAS on the value that run wrote. A dry pass over every
     store comes first: if anything changed since (or the block was re-created), the
-    whole undo is refused naming the field (:class:`_snapshot.UndoRefused`, exit 6;
-    :class:`_snapshot.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
+    whole undo is refused naming the field (:class:`_errors.UndoRefused`, exit 6;
+    :class:`_errors.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
     journaled (its own snapshot), so an undo can be undone. See :mod:`_snapshot`."""
     snap = load(locate(snapshot_id, snapshot_dir))
     head = snap["head"]
@@ -450,6 +451,19 @@ def metrics(pattern: Optional[str] = None, textfile: Optional[str] = None,
     text = _metrics.render(doc)
     path = _metrics.write_textfile(textfile, text) if textfile else None
     return dict(schema=SCHEMA, operation="metrics", textfile=path, text=text, **doc)
+
+
+def watch(policy: str, once: bool = False, on_pass: Optional[Callable[[dict], None]] = None,
+          stop=None, **record) -> dict:
+    """Diagnose the policy's blocks every ``interval`` and heal (never forced) a block
+    whose stuck slot or dead consumer was seen unchanged for the policy's ``delay``
+    (:mod:`_watch`, docs/watch.md). ``policy``: the policy file (a bad one:
+    :class:`PolicyError`, exit 2); one watch per host (:class:`WatchRunning`, exit 3).
+    ``once``: one pass; else until ``stop`` (a ``threading.Event``) is set, or SIGTERM /
+    SIGINT in the main thread, between passes. ``on_pass(doc)`` gets each pass's document;
+    ``record``: every heal's before-image and audit options, as :func:`heal`'s."""
+    from ._watch import run
+    return run(policy, once=once, on_pass=on_pass, stop=stop, **record)
 
 
 def discover(pattern: Optional[str] = None, scan: Optional[Scans] = None) -> List[dict]:

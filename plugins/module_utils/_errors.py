@@ -193,6 +193,43 @@ class AtomicsUnavailable(RecoveryError):
     exit_code = EXIT_INTERNAL
 
 
+class SnapshotError(RecoveryError):
+    """The before-image could not be written (directory unusable, disk full): the
+    mutation was refused and nothing was changed (or, mid-run, the block is left as a
+    SIGKILL at that store would leave it, with every applied store in the journal)."""
+
+    code = "snapshot-failed"
+    exit_code = EXIT_SNAPSHOT
+
+
+class UndoRefused(RecoveryError):
+    """Something the recovery wrote changed since: undo would overwrite a live value."""
+
+    code = "undo-refused"
+    exit_code = EXIT_CONCURRENT
+
+
+class SnapshotMismatch(RecoveryError):
+    """The block at the snapshot's address is not the block the snapshot was taken of."""
+
+    code = "snapshot-mismatch"
+    exit_code = EXIT_NO_BLOCK
+
+
+class PolicyError(UsageError):
+    """The watch's policy file is missing, not JSON, or holds a key or value it does not
+    take (docs/watch.md); the watch did not start and nothing was changed."""
+
+    code = "bad-policy"
+
+
+class WatchRunning(RecoveryError):
+    """Another watch holds this host's watch lock: two watches never run at once."""
+
+    code = "watch-running"
+    exit_code = EXIT_REFUSED
+
+
 def exit_code_for(code: object) -> int:
     """The exit code of the error whose ``code`` slug is ``code`` (the ``code`` of an
     error dict, e.g. from :meth:`RecoveryError.to_dict`), read from the class hierarchy

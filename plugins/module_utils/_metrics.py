@@ -141,8 +141,15 @@ def render(doc: Dict[str, object]) -> str:
     for a in doc["actions"]:                                          # type: ignore
         samples["actions_total"].append(({"operation": a["operation"],
                                           "outcome": a["outcome"]}, float(a["count"])))
+    return exposition(METRICS, samples)
+
+
+def exposition(metrics, samples: Dict[str, List[Tuple[Dict[str, str], float]]]) -> str:
+    """The text format of ``samples`` ({name: [(labels, value)]}) for ``metrics`` ((name,
+    type, help) in file order): HELP and TYPE for each, one sample per line, every label
+    value escaped (:func:`_label`). The watch's textfile is written by it too."""
     lines: List[str] = []
-    for name, kind, help_ in METRICS:
+    for name, kind, help_ in metrics:
         full = PREFIX + name
         lines.append("# HELP %s %s" % (full, help_))
         lines.append("# TYPE %s %s" % (full, kind))

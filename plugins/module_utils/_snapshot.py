@@ -38,8 +38,9 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
-from ._errors import (EXIT_CONCURRENT, EXIT_NO_BLOCK, EXIT_SNAPSHOT, RecoveryError,
-                      UsageError)
+from ._errors import (  # noqa: F401 pylint: disable=unused-import
+    RecoveryError, SnapshotError, SnapshotMismatch, UndoRefused, UsageError)
+# (the errors are _errors'; re-exported here for callers that imported them from this module)
 
 FORMAT = "pylabhub.recovery/snapshot-v1"
 ROOT_DIR = "/var/lib/pylabhub-recovery/snapshots"
@@ -53,29 +54,6 @@ _OFF = ("0", "off", "no", "false")
 
 #: Header bytes that never change after creation: what makes "the same block".
 _IDENTITY = ((0, 184), (472, 8), (2496, 64))
-
-
-class SnapshotError(RecoveryError):
-    """The before-image could not be written (directory unusable, disk full): the
-    mutation was refused and nothing was changed (or, mid-run, the block is left as a
-    SIGKILL at that store would leave it, with every applied store in the journal)."""
-
-    code = "snapshot-failed"
-    exit_code = EXIT_SNAPSHOT
-
-
-class UndoRefused(RecoveryError):
-    """Something the recovery wrote changed since: undo would overwrite a live value."""
-
-    code = "undo-refused"
-    exit_code = EXIT_CONCURRENT
-
-
-class SnapshotMismatch(RecoveryError):
-    """The block at the snapshot's address is not the block the snapshot was taken of."""
-
-    code = "snapshot-mismatch"
-    exit_code = EXIT_NO_BLOCK
 
 
 # --------------------------------------------------------------------------- settings

@@ -36,7 +36,9 @@ SHIPPED = (
     "changelogs/changelog.yaml", "changelogs/config.yaml",
     "docs/schema.md", "docs/schema-v1.json", "docs/reliability.md", "docs/configurations.md",
     "docs/performance.md",
-    "docs/audit-and-undo.md",
+    "docs/audit-and-undo.md", "docs/watch.md",
+    # the EDA event source and its example rulebook (ansible-rulebook finds them there)
+    "extensions/eda/",
     # the tests ansible-test runs from an installed collection, and what they import
     "tests/conftest.py", "tests/crashed_blocks.py", "tests/support.py", "tests/fixtures/",
     "tests/unit/", "tests/integration/targets/",
@@ -45,7 +47,7 @@ SHIPPED = (
 #: the checkout).
 NOT_SHIPPED = ("tests/unit/cli/", "tests/unit/api/")
 #: Folders that must arrive whole: every file of the checkout under them is shipped.
-RUNTIME = ("meta", "plugins", "roles", "playbooks")
+RUNTIME = ("meta", "plugins", "roles", "playbooks", "extensions/eda")
 
 
 def _shipped(name):

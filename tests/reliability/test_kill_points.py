@@ -25,9 +25,7 @@ twice by a run that finishes a killed one. The figures go to docs/reliability.md
 from __future__ import annotations
 
 import os
-import signal
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +35,8 @@ if str(UNIT) not in sys.path:
     sys.path.insert(0, str(UNIT))
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa: E402
-    _block as B, _engine as E)
+    _engine as E)
+from ansible_collections.pylabhub.recovery.tests.support import run_killed_after  # noqa: E402
 
 from engine.helpers import (  # noqa: E402
     COMMITTED, DRAINING, Lab, consumer_program, image, payload, poke, publish_in_child,
@@ -140,65 +139,6 @@ OPERATIONS["recover release_writer, rolled back at slot_state"] = (
 OPERATIONS["recover force_reset, rolled back at reader_count"] = (
     lambda n, s: E.recover(n, s, "force_reset"), ["deadlock"])
 PAIRS = [(op, st) for op, (dummy, states) in OPERATIONS.items() for st in states]
-
-
-# -- the killing child ------------------------------------------------------------------------
-def run_killed_after(k, call, refuse=None):
-    """Run ``call()`` in a child that SIGKILLs itself right after its k-th store to a
-    block. Returns True when the kill landed, False when ``call`` finished first.
-    ``refuse``: the name of a slot word whose first CAS the child makes fail as if a live
-    process had changed it, so the step is rolled back (Plan.rollback's stores count)."""
-    pid = os.fork()
-    if pid == 0:          # child: never returns
-        code = 3
-        try:
-            count = [0]
-
-            def tick():
-                count[0] += 1
-                if count[0] >= k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-
-            def counting(real, cas=False):
-                def wrapped(*args, **kwargs):
-                    out = real(*args, **kwargs)
-                    if not cas or out[0]:
-                        tick()
-                    return out
-                return wrapped
-            real_cas = B.Block.cas
-            refused = []
-
-            def cas(self, fld, expected, new, base=0, table=None):
-                name = getattr(fld, "name", fld)
-                if name == refuse and not refused:
-                    refused.append(name)
-                    return False, expected ^ 0x7F       # "a live process changed it"
-                return real_cas(self, fld, expected, new, base, table)
-            B.Block.cas = counting(cas, cas=True)
-            for meth in ("set", "add", "write"):
-                setattr(B.Block, meth, counting(getattr(B.Block, meth)))
-            call()
-            code = 0
-        except BaseException:
-            code = 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 60
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise AssertionError("the operation hung (k=%d)" % k)
-        time.sleep(0.002)
-    if os.WIFSIGNALED(status):
-        assert os.WTERMSIG(status) == signal.SIGKILL
-        return True
-    assert os.WEXITSTATUS(status) == 0, "the operation raised in the child (k=%d)" % k
-    return False
 
 
 # -- the checks after the recovering heal -----------------------------------------------------

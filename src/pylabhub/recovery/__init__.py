@@ -140,6 +140,8 @@ __all__ = [
     "undo", "snapshots", "metrics", "SnapshotError", "UndoRefused", "SnapshotMismatch",
     # a real crashed block to practise on (datablock-admin practice)
     "practice", "practice_stop",
+    # the watch (docs/watch.md)
+    "watch", "PolicyError", "WatchRunning",
     # errors and exit codes
     "RecoveryError", "UsageError", "InvalidName", "SlotOutOfRange", "BlockNotFound",
     "UnsafePath", "NotADataBlock", "UnsupportedLayout", "TruncatedBlock", "BlockNotReady",

@@ -16,11 +16,11 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
     DRILL_ITERATIONS, EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLOCK, EXIT_OK,
     EXIT_PERMISSION, EXIT_REFUSED, EXIT_SNAPSHOT, EXIT_USAGE, SCHEMA, AtomicsUnavailable,
     Block, BlockNotFound, BlockNotReady, ConcurrentChange, HolderAlive, InvalidName,
-    NotADataBlock, OverBudget, PermissionDenied, Plan, RecoveryError, SlotOutOfRange,
-    SnapshotError, SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath,
-    UnsupportedLayout, UsageError, Verdict, WrongOwner, cleanup, diagnose, discover, heal,
-    judge, list_blocks, metrics, open_block, printable, recover, scan, snapshots, undo,
-    validate)
+    NotADataBlock, OverBudget, PermissionDenied, Plan, PolicyError, RecoveryError,
+    SlotOutOfRange, SnapshotError, SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath,
+    UnsupportedLayout, UsageError, Verdict, WatchRunning, WrongOwner, cleanup, diagnose,
+    discover, heal, judge, list_blocks, metrics, open_block, printable, recover, scan,
+    snapshots, undo, validate, watch)
 # a real crashed block to practise on, and its clean-up (README, "Your first recovery")
 from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (  # noqa: F401 pylint: disable=unused-import
     practice, practice_stop)

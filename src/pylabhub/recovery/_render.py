@@ -406,6 +406,42 @@ def render_snapshots(listing: Dict[str, Any], style: Style) -> List[str]:
 
 
 @untrusted
+def render_watch_pass(doc: Dict[str, Any], style: Style) -> List[str]:
+    """One pass of the watch: one line, then one line per block it healed, waits on or
+    leaves alone (suspect), and per block it could not diagnose."""
+    lines = ["pass %d: %d block(s), %d healed, %d waiting, %d suspect slot(s), %d error(s)"
+             % (doc["pass"], len(doc["blocks"]), doc["healed"], doc["waiting"],
+                doc["suspect"], doc["errors"])]
+    for b in doc["blocks"]:
+        address = quote(str(b["address"]))
+        healed = b.get("healed")
+        if healed is not None:
+            lines.append("  %s: healed (%s)" % (address, "error: %s" % healed["error"]["message"]
+                                                if healed.get("error") else
+                                                "%s, %d released, %d refused%s" % (
+                                                    style.result(str(healed["result"])),
+                                                    healed["released"], healed["refused"],
+                                                    "; before-image %s" % ", ".join(
+                                                        healed["snapshots"])
+                                                    if healed["snapshots"] else "")))
+        for item in b["waiting"]:
+            what = ("slot %d" % item["slot"] if "slot" in item
+                    else "consumer %d" % item["consumer"])
+            lines.append("  %s: %s stuck, seen for %s; waiting for the policy's delay"
+                         % (address, what, duration(item["seen_for_s"])))
+        if b["suspect_slots"]:
+            lines.append("  %s: suspect slot(s) %s left alone (never forced)"
+                         % (address, ", ".join(str(s) for s in b["suspect_slots"])))
+        if b.get("error"):
+            lines.append("  %s: error: %s" % (address, b["error"].get("message", "")))
+        elif b.get("skipped"):
+            lines.append("  %s: skipped: %s" % (address, b["skipped"]))
+    if doc.get("note"):
+        lines.append("  note: %s" % doc["note"])
+    return lines
+
+
+@untrusted
 def render_recover(r: Dict[str, Any], style: Style) -> List[str]:
     lines = block_title(r["block"], style)
     lines.append("  recover --slot %s --action %s%s%s" % (

@@ -53,9 +53,11 @@ exit codes:
   1    findings: the block is not healthy (diagnose, validate and heal judge it by
        one rule: stuck, suspect, corrupt or degraded), recover/cleanup done only in
        part, drill had an iteration fail
-  2    usage error: bad arguments, bad block name or path, slot out of range
+  2    usage error: bad arguments, bad block name or path, slot out of range, a bad
+       watch policy
   3    refused an unsafe action: a holder is alive, suspect-hung or unknown (see
-       --force; heal: a slot only --force could free), or the confirmation was declined
+       --force; heal: a slot only --force could free), the confirmation was declined,
+       or another watch runs on this host
   4    no usable block: missing, foreign (no pylabhub magic), unsupported layout,
        truncated, still being created, an unsafe path (symlink, FIFO, directory),
        or more to examine than --max-bytes allows (the message names the geometry)
@@ -85,6 +87,7 @@ Diagnose and recover pylabhub DataBlock 1.0 shared-memory segments after crashes
   datablock-admin snapshots                  # the before-images of real runs
   datablock-admin undo SNAPSHOT [--dry-run]  # put a run's stores back
   datablock-admin metrics --textfile DIR     # Prometheus, node_exporter's textfile
+  datablock-admin watch --policy FILE [--once]  # heal what stays stuck (never forced)
   datablock-admin drill [--iterations N] [--seed S]
   datablock-admin practice SCENARIO          # a real crashed block to learn on
   eval "$(datablock-admin ansible-setup)"    # then: ansible all -m datablock_recover ...
@@ -172,6 +175,19 @@ undone as far as it got. undo writes its own before-image: it can be undone too.
 METRICS_HELP = """\
 Metric names and labels: docs/audit-and-undo.md. Typical use, from cron or a systemd
 timer:  datablock-admin metrics --textfile /var/lib/node_exporter/textfile_collector
+
+""" + SEE_EXIT_CODES
+
+
+WATCH_HELP = """\
+The policy is a JSON object (docs/watch.md): {"blocks": ["sensor_*"], "interval": 30,
+"delay": 60, "repair": false, "max_bytes": null, "textfile": null, "state_file": null}.
+A block is healed only when one of its slots was seen stuck (holder proven dead) with the
+same holder and words, or a consumer entry dead, on consecutive passes spanning at least
+"delay" seconds; suspect holders are never touched, nothing is ever forced. Each heal
+writes its before-image and audit line like any other. SIGTERM ends the watch between
+passes. One watch per host: a second one exits 3. A bad policy exits 2. --json prints one
+JSON document per pass, one per line.
 
 """ + SEE_EXIT_CODES
 
@@ -420,6 +436,14 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
                    help="only blocks whose names or addresses match this shell pattern")
     c.add_argument("--audit-log", metavar="FILE",
                    help="the audit log the history is read from (default: as heal writes)")
+
+    c = command("watch", "diagnose the policy's blocks every interval and heal (never forced) "
+                         "what stayed stuck for the policy's delay; one per host",
+                epilog=WATCH_HELP)
+    c.add_argument("--policy", required=True, metavar="FILE", help="the policy (JSON)")
+    c.add_argument("--once", action="store_true",
+                   help="one pass, then exit (for timers and tests)")
+    _record_options(c)
 
     c = command("snapshots", "list the before-images of real runs (newest first)")
     c.add_argument("--snapshot-dir", metavar="DIR", help=SNAPSHOT_DIR_HELP)
@@ -737,6 +761,21 @@ def cmd_metrics(args: argparse.Namespace, out: Out) -> int:
     return _engine().EXIT_OK
 
 
+def cmd_watch(args: argparse.Namespace, out: Out) -> int:
+    import json
+
+    def show(doc: Dict[str, Any]) -> None:
+        if out.json:
+            sys.stdout.write(json.dumps(doc, default=_hexify) + "\n")
+        else:
+            out.lines(_r().render_watch_pass(doc, out.style))
+        sys.stdout.flush()
+    result = _engine().watch(args.policy, once=args.once, on_pass=show, **_record(args))
+    if not out.json and result.get("stopped"):
+        out.lines(["watch stopped after pass %d" % result.get("pass", 0)])
+    return _engine().EXIT_OK
+
+
 def cmd_snapshots(args: argparse.Namespace, out: Out) -> int:
     listing = _engine().snapshots(args.snapshot_dir)
     if out.json:
@@ -800,8 +839,9 @@ def cmd_ansible_setup(args: argparse.Namespace, out: Out) -> int:
 
 COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
             "cleanup": cmd_cleanup, "validate": cmd_validate, "heal": cmd_heal,
-            "drill": cmd_drill, "practice": cmd_practice, "ansible-setup": cmd_ansible_setup, "undo": cmd_undo,
-            "snapshots": cmd_snapshots, "metrics": cmd_metrics}
+            "drill": cmd_drill, "practice": cmd_practice, "ansible-setup": cmd_ansible_setup,
+            "undo": cmd_undo, "snapshots": cmd_snapshots, "metrics": cmd_metrics,
+            "watch": cmd_watch}
 
 
 # --------------------------------------------------------------------------- main

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
 import subprocess
 import sys
@@ -19,6 +18,8 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _engine as E, _layout as L, _snapshot as S)
+
+from ansible_collections.pylabhub.recovery.tests.support import run_killed_after
 
 from .helpers import file_bytes, image, poke, publish_in_child
 
@@ -216,56 +217,12 @@ def test_retention_keeps_the_newest(lab, snapdir, monkeypatch):
 
 
 # -- killed mid-way ---------------------------------------------------------------------------
-def _killed(call, k, between):
-    """Run ``call`` in a child SIGKILLed right after its k-th store to the block, or
-    (``between``) right after the k-th journal line, before that store."""
-    pid = os.fork()
-    if pid == 0:
-        code = 3
-        try:
-            count = [0]
-
-            def tick():
-                count[0] += 1
-                if count[0] >= k:
-                    os.kill(os.getpid(), signal.SIGKILL)
-            if between:
-                real = S.Journal.intent
-
-                def intent(self, ch, undoes=None):
-                    seq = real(self, ch, undoes)
-                    tick()
-                    return seq
-                S.Journal.intent = intent
-            else:
-                for meth in ("cas", "set", "add", "write"):
-                    real_m = getattr(B.Block, meth)
-
-                    def wrapped(*a, _real=real_m, _cas=meth == "cas", **kw):
-                        out = _real(*a, **kw)
-                        if not _cas or out[0]:
-                            tick()
-                        return out
-                    setattr(B.Block, meth, wrapped)
-            call()
-            code = 0
-        except BaseException:
-            code = 2
-        finally:
-            os._exit(code)
-    deadline = time.monotonic() + 60
-    while not os.waitpid(pid, os.WNOHANG)[0]:
-        assert time.monotonic() < deadline, "the operation hung"
-        time.sleep(0.002)
-    return True
-
-
 @pytest.mark.parametrize("between", [False, True], ids=["after_store", "before_store"])
 @pytest.mark.parametrize("k", [1, 2, 3, 5, 8])
 def test_killed_recovery_leaves_a_journal_undo_handles(lab, snapdir, k, between):
     crash = lab.crashed("mid_write")
     original = file_bytes(crash.name)
-    _killed(lambda: E.heal(crash.name), k, between)
+    assert run_killed_after(k, lambda: E.heal(crash.name), between=between)
     names = os.listdir(str(snapdir))
     assert len(names) == 1
     path = os.path.join(str(snapdir), names[0])
@@ -298,7 +255,7 @@ def test_killed_undo_is_undone_by_its_own_journal(lab, snapdir, k):
     original = file_bytes(crash.name)
     first = E.heal(crash.name)["snapshot"]
     recovered = file_bytes(crash.name)
-    _killed(lambda: E.undo(first["id"]), k, between=False)
+    assert run_killed_after(k, lambda: E.undo(first["id"]))
     partial = [n for n in os.listdir(str(snapdir)) if "-undo-" in n]
     assert len(partial) == 1
     assert not S.load(os.path.join(str(snapdir), partial[0]))["complete"]
