@@ -81,8 +81,8 @@ def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
     inside = [c for c in view.candidates if c.contribution != 0]
     who = ", ".join("pid %d (alive) [%s]" % (c.opener.pid, c.why) for c in inside)
     if view.scope not in ("host", "namespace", "exclusive"):
-        who = ((who + "; ") if who else "") + (
-            "and any process this %s scan cannot see" % (view.scope or "partial"))
+        who = ((who + "; and ") if who else "") + (
+            "any process this %s scan cannot see" % (view.scope or "partial"))
     waits = (", writer pid %d waits for them" % view.write_lock
              if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
     evidence = ["pid %d (NSpid %s, state %s): %s" % (

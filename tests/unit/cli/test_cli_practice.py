@@ -54,8 +54,15 @@ def practice(cli, names):
         assert not E.practice_stop(name)["killed"]
 
 
+def _complete(name: str, index: int) -> bool:
+    """Is the kernel scan complete for the block (as root on an ordinary host)? Only then
+    may readers behind the live writer be released without force (issue 10): a partial
+    scan (this kind of VM, a container sharing /dev/shm) must refuse them instead."""
+    return _slot(name, index)["readers"]["scope"] in ("host", "namespace")
+
+
 def _slot(name: str, index: int) -> dict:
-    return next(s for s in E.diagnose(name, slot=index)["slots"] if s["slot"] == index)
+    return next(s for s in E.diagnose(name, slot=index)["slots"] if s["index"] == index)
 
 
 def test_stuck_writer(practice, cli):
@@ -88,10 +95,19 @@ def test_stuck_readers_leave_a_live_writer_that_finishes_once_released(practice,
         assert block.slot(0, "write_lock") == writer
         assert block.slot(0, "reader_count") == 2
         commit = block.get("commit_index")
-    r = cli("diagnose", name, "--slot", "0")
-    assert r.rc == 1 and "waits for them forever" in r.stdout, r
-    r = cli("recover", name, "--slot", "0", "--action", "release_readers")
-    assert r.rc == 0, r
+    if _complete(name, 0):
+        r = cli("diagnose", name, "--slot", "0")
+        assert r.rc == 1 and "waits for them forever" in r.stdout, r
+        r = cli("recover", name, "--slot", "0", "--action", "release_readers")
+        assert r.rc == 0, r
+    else:   # an unseen process could be inside: suspect, refused, the forced command named
+        assert _slot(name, 0)["suspect"] and E.diagnose(name)["health"] == "suspect"
+        r = cli("recover", name, "--slot", "0", "--action", "release_readers")
+        assert r.rc == 3 and "--action release_readers --force" in r.stderr, r
+        with E.open_block(name) as block:
+            assert block.slot(0, "reader_count") == 2                   # untouched
+        r = cli("recover", name, "--slot", "0", "--action", "release_readers", "--force")
+        assert r.rc == 0, r
     _wait(lambda: _gone(writer), "the waiting writer finishes and exits")
     with E.open_block(name) as block:
         assert block.get("commit_index") == commit + 1          # its write committed
@@ -125,10 +141,23 @@ def test_all_in_one_block_heals(practice, cli):
         "stuck_writer", "stuck_readers", "dead_consumers", "corruption"]
     assert [f["slot"] for f in doc["faults"]] == [0, 1, None, 2]
     (writer,) = doc["live_pids"]
-    assert E.diagnose(name)["stuck_slots"] == [0, 1]
-    r = cli("heal", name, "--repair")
-    assert r.rc == 0, r
+    if _complete(name, 1):
+        assert E.diagnose(name)["stuck_slots"] == [0, 1]
+        r = cli("heal", name, "--repair")
+        assert r.rc == 0, r
+    else:   # the readers behind the live writer are suspect: heal does the rest, refuses
+        assert E.diagnose(name)["stuck_slots"] == [0] and _slot(name, 1)["suspect"]
+        r = cli("heal", name, "--repair")
+        assert r.rc == 3, r
+        assert "--slot 1 --action release_readers --force" in r.stdout + r.stderr, r
+        r = cli("recover", name, "--slot", "1", "--action", "release_readers", "--force")
+        assert r.rc == 0, r
     _wait(lambda: _gone(writer), "the waiting writer finishes and exits")
+    if not _complete(name, 1):
+        # the count was kept while the writer had the block open (no exclusive lease to
+        # prove nobody else counted in); with the writer gone, heal lowers it
+        r = cli("heal", name, "--repair")
+        assert r.rc == 0, r
     assert E.diagnose(name)["health"] == "healthy" and E.validate(name)["valid"]
 
 
