@@ -25,7 +25,7 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
 from ansible_collections.pylabhub.recovery.tests.conftest import REPO_ROOT
-from ansible_collections.pylabhub.recovery.tests.crashlab import CrashLab, unique_name
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import CrashedBlocks, unique_name
 
 RULEBOOK = os.environ.get("ANSIBLE_RULEBOOK") or shutil.which("ansible-rulebook")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
@@ -55,7 +55,7 @@ def test_the_rulebook_heals_the_host_whose_blocks_are_stuck(tmp_path):
                PYLABHUB_RECOVERY_SNAPSHOT_DIR=str(tmp_path / "snaps"),
                PYLABHUB_RECOVERY_SYSLOG="off")
     names = [prefix + "_a", prefix + "_b"]
-    with CrashLab() as lab:
+    with CrashedBlocks() as lab:
         for name in names:
             lab.stuck_writer(name)
         assert not any(E.diagnose(n)["healthy"] for n in names)

@@ -18,7 +18,7 @@ import sys
 
 import pytest
 
-from ansible_collections.pylabhub.recovery.tests.crashlab import CrashLab, unique_name
+from ansible_collections.pylabhub.recovery.tests.crashed_blocks import CrashedBlocks, unique_name
 
 from ansible_collections.pylabhub.recovery.tests.integration.test_playbooks import (
     INVENTORY, RECAP, _run)
@@ -79,7 +79,7 @@ def test_role_writes_verifiable_units_idempotently_and_removes_them(tmp_path):
                PYLABHUB_RECOVERY_SNAPSHOT_DIR=str(tmp_path / "snaps"),
                PYLABHUB_RECOVERY_WATCH_LOCK=str(tmp_path / "run" / "watch.lock"),
                PYLABHUB_RECOVERY_SYSLOG="off")
-    with CrashLab() as lab:
+    with CrashedBlocks() as lab:
         lab.stuck_writer(name)
         ran = subprocess.run(shlex.split(exec_start[len("ExecStart="):]) + ["--once", "--json"],
                              capture_output=True, text=True, env=env, timeout=120, check=False)
