@@ -43,11 +43,14 @@ import re
 import signal
 import time
 from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
 from ._mounts import fs_birth_ns, mounts_of, pid1_start_realtime_ns
 from ._procinfo import parse_stat
-from ._registry import registrations
+from ._registry import Registry
+
+#: the registry as asked per pid: a lazy Registry, or a dict read in full (tests)
+Registered = Union[Registry, Dict[int, Tuple[int, int]]]
 
 HOST, NAMESPACE, PARTIAL = "host", "namespace", "partial"
 PROC_PID_INIT_INO = 0xEFFFFFFC            # inode of the initial PID namespace (proc_ns.h)
@@ -462,7 +465,7 @@ def _block_devices(paths: Iterable[str]) -> Tuple[Set[int], Optional[int]]:
 
 
 def direct_holder(pid: int, key: BlockKey,
-                  registered: Optional[Dict[int, Tuple[int, int]]] = None
+                  registered: Optional[Registered] = None
                   ) -> Optional[Tuple[Proc, Hold]]:
     """(process, how) when ``pid`` of our namespace has block ``key`` mapped or open.
     ``registered``: the recovery registry as read by the caller (see :func:`read_proc`)."""
@@ -473,7 +476,7 @@ def direct_holder(pid: int, key: BlockKey,
     return (proc, hold) if hold and proc is not None else None
 
 
-def read_proc(pid: int, registered: Optional[Dict[int, Tuple[int, int]]] = None,
+def read_proc(pid: int, registered: Optional[Registered] = None,
               proc: str = "/proc") -> Optional[Proc]:
     """One process's identity (pid at every level, state, start ticks, uid, namespaces,
     registration as a recovery run), or None when it is gone. ``registered``: the
@@ -496,7 +499,7 @@ def read_proc(pid: int, registered: Optional[Dict[int, Tuple[int, int]]] = None,
     start = st.start_ticks if st else None
     own = pid == os.getpid()
     if registered is None:
-        registered = {} if own else registrations()
+        registered = {} if own else Registry()
     reg = registered.get(pid) if not own else None      # ours: the engine is not a holder
     recovery_uid = reg[0] if reg and start is not None and reg[1] == start else None
     return Proc(pid, nspid, st.state if st else "?", start, uid,
@@ -529,7 +532,7 @@ class HostScan:
     procs: Dict[int, Optional[Proc]] = field(default_factory=dict)   # read lazily
     proc: str = "/proc"
     _scopes: Dict[BlockKey, Scope] = field(default_factory=dict, repr=False)
-    _registered: Optional[Dict[int, Tuple[int, int]]] = field(default=None, repr=False)
+    _registered: Optional[Registered] = field(default=None, repr=False)
 
     @classmethod
     def take(cls, paths: Iterable[str] = (), proc: str = "/proc") -> "HostScan":
@@ -605,7 +608,7 @@ class HostScan:
         the walk matched hold blocks nobody asks about); None when gone since."""
         if pid not in self.procs:
             if self._registered is None:
-                self._registered = registrations()
+                self._registered = Registry()
             self.procs[pid] = read_proc(pid, self._registered, self.proc)
         return self.procs[pid]
 
@@ -703,7 +706,7 @@ class Scans:
         self._seen = {}  # type: Dict[Tuple, Tuple[int, int]]
         self._direct = {}  # type: Dict[Tuple[int, BlockKey], Tuple[Proc, Hold]]
         self._exclusive = {}  # type: Dict[BlockKey, Tuple[Optional[bool], int]]
-        self._registered = None  # type: Optional[Dict[int, Tuple[int, int]]]
+        self._registered = None  # type: Optional[Registered]
         self.taken = 0
 
     def exclusive(self, block: BlockId, observed_ns: Optional[int]) -> Optional[bool]:
@@ -724,7 +727,7 @@ class Scans:
             # the registry, read once per engine call as a scan reads it once: a recovery
             # run registered since is then taken for a holder (refused: the safe side)
             if self._registered is None:
-                self._registered = registrations()
+                self._registered = Registry()
             got = direct_holder(pid, key, self._registered)
             if got is not None:
                 self._direct[(pid, key)] = got

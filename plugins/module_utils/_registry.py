@@ -95,6 +95,7 @@ def _register(directory: str) -> Optional[str]:
             os.umask(old)
     if not sound_directory(directory):
         return None
+    prune(directory)
     path = os.path.join(directory, str(os.getpid()))
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     for dummy in range(2):
@@ -120,8 +121,27 @@ def _register(directory: str) -> Optional[str]:
     return None
 
 
+def _entry(directory: str, name: str) -> Optional[Tuple[int, int]]:
+    """(owner uid, start ticks) of one well-formed entry, None otherwise."""
+    path = os.path.join(directory, name)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return st.st_uid, int(os.read(fd, 32).split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    finally:
+        os.close(fd)
+
+
 def registrations(directory: str = REGISTRY_DIR) -> Dict[int, Tuple[int, int]]:
-    """{pid: (owner uid, start ticks)} of the registry's well-formed entries."""
+    """{pid: (owner uid, start ticks)} of the registry's well-formed entries (all of
+    them: tests and tools; the engine asks per pid through :class:`Registry`)."""
     out = {}  # type: Dict[int, Tuple[int, int]]
     if not sound_directory(directory):
         return out
@@ -130,20 +150,49 @@ def registrations(directory: str = REGISTRY_DIR) -> Dict[int, Tuple[int, int]]:
     except OSError:
         return out
     for name in names:
-        if not name.isdigit():
-            continue
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            out[int(name)] = (st.st_uid, int(os.read(fd, 32).split()[0]))
-        except (OSError, ValueError, IndexError):
-            continue
-        finally:
-            os.close(fd)
+        if name.isdigit():
+            got = _entry(directory, name)
+            if got is not None:
+                out[int(name)] = got
     return out
+
+
+class Registry(object):
+    """The registry as one engine call asks it: per pid, read on first asking, cached.
+
+    Only the holders of a block are ever asked about, so the cost does not grow with the
+    entries left in the directory (a recovery run that was SIGKILLed leaves its entry;
+    thousands of them made every engine call read thousands of files)."""
+
+    def __init__(self, directory: str = REGISTRY_DIR) -> None:
+        self.directory = directory
+        self._sound = None  # type: Optional[bool]
+        self._seen = {}  # type: Dict[int, Optional[Tuple[int, int]]]
+
+    def get(self, pid: int) -> Optional[Tuple[int, int]]:
+        if pid not in self._seen:
+            if self._sound is None:
+                self._sound = sound_directory(self.directory)
+            self._seen[pid] = _entry(self.directory, str(pid)) if self._sound else None
+        return self._seen[pid]
+
+
+def prune(directory: str = REGISTRY_DIR, proc: str = "/proc") -> int:
+    """Remove the entries of processes that no longer exist (left by recovery runs that
+    were killed); returns how many. An entry names a live recovery run only while its
+    pid and start ticks match a live process, so a gone pid's entry can never match
+    again (a new process with that pid has other start ticks): removing it only tidies.
+    Root only (the directory is sticky: nobody else may remove another's entry)."""
+    if os.geteuid() != 0 or not sound_directory(directory):
+        return 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    removed = 0
+    for name in names:
+        if name.isdigit() and not os.path.exists(os.path.join(proc, name)):
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(directory, name))
+                removed += 1
+    return removed

@@ -327,6 +327,44 @@ def test_registration_file_is_created_safely_and_removed(tmp_path):
     assert open("/etc/passwd").read().startswith("root:")
 
 
+def _a_gone_pid() -> int:
+    """The pid of a child that has exited and been reaped."""
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    return pid
+
+
+def test_entries_of_killed_recovery_runs_are_pruned_and_never_read_in_bulk(tmp_path):
+    """A recovery run SIGKILLed mid-way leaves its entry. Thousands of them once made every
+    engine call read thousands of files (a fuzz run went past its time limit): the next
+    registration removes entries whose process is gone, and the engine asks per pid."""
+    if not ROOT:
+        pytest.skip("the registry must be root's")
+    reg = tmp_path / "registry"
+    reg.mkdir()
+    os.chmod(str(reg), 0o1777)
+    gone = _a_gone_pid()
+    (reg / str(gone)).write_text("12345\n")             # left by a killed run
+    sleeper = subprocess.Popen(["sleep", "30"])
+    try:
+        ticks = procinfo.process_stat(sleeper.pid).start_ticks
+        (reg / str(sleeper.pid)).write_text("%d\n" % ticks)  # a live run: kept
+        with G.registration(str(reg)) as path:
+            assert path is not None
+            assert sorted(os.listdir(str(reg))) == sorted([str(sleeper.pid),
+                                                            str(os.getpid())])
+            lazy = G.Registry(str(reg))
+            assert lazy.get(sleeper.pid) == (0, ticks)
+            assert lazy.get(gone) is None
+            assert lazy.get(os.getpid()) == G.registrations(str(reg))[os.getpid()]
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    assert G.prune(str(reg)) == 1 and os.listdir(str(reg)) == []   # the sleeper is gone too
+
+
 HEAL_PAUSED = textwrap.dedent("""
     import os, signal, sys
     from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine as E
