@@ -13,7 +13,8 @@ same moment cannot have its fresh identity wiped), clear heartbeat, uid, name, r
 position and evidence, then CAS our pid -> 0.
 
 ``active_consumer_count`` (the count rule, docs/architecture.md): after the clearing,
-R = entries with a pid, C = the count. C below R, or wrapped (>= 2**31): raised to R.
+R = entries with a pid, C = the count. C wrapped (>= 2**31): raised to R. C below R:
+left (a consumer between its pid CAS and ``count += 1`` adds its own).
 C above R: lowered only in a complete scope (or when nobody else has the block open),
 and only to F = R + U, U = live openers with the block mapped writable that occupy no
 entry and are not the block's live producer (a consumer paused between its pid-clearing
@@ -136,9 +137,13 @@ def _count_target(scene: Scene, seen: tuple, after_ns: int) -> Tuple[Optional[in
     """What the count should become (None: leave it), and why (or why not)."""
     pids, count = seen[0], seen[1]
     registered = sum(1 for p in pids if p)
-    if count >= 1 << 31 or count < registered:
+    if count >= 1 << 31:               # wrapped (an old underflow): back to the entries
         return registered, ""
-    if count == registered:
+    if count <= registered:
+        # Below the entries is the protocol's own window: a consumer has CASed its pid and
+        # not yet done ``count += 1`` (it will; a dead one's entry was cleared above).
+        # Raising it here would be undone by that increment into a count one too high,
+        # for good where the scan is partial (it is never lowered there): leave it.
         return None, ""
     if not _complete(scene, after_ns):
         other = scene.scans.exclusive(scene.id, after_ns) is False

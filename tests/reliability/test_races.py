@@ -69,8 +69,13 @@ def _counts_sane(block, where):
         rc = block.slot(i, "reader_count")
         if rc >= UNDERFLOW:
             problems.append("%s: slot %d reader_count underflow (%d)" % (where, i, rc))
+    # Underflow only: above the entries is the count rule's KEPT -- a consumer this test
+    # SIGKILLed after counting itself in stays counted while the scan is partial and live
+    # processes have the block open (a consumer between unregistering and uncounting
+    # could be unseen), so with enough rounds it passes MAX_CONSUMERS. The end of the
+    # test, with everyone gone, requires it back at 0.
     count = block.get("active_consumer_count")
-    if count >= UNDERFLOW or count > L.MAX_CONSUMERS:
+    if count >= UNDERFLOW:
         problems.append("%s: active_consumer_count %d" % (where, count))
     return problems
 
