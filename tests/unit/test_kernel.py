@@ -353,8 +353,8 @@ def test_entries_of_killed_recovery_runs_are_pruned_and_never_read_in_bulk(tmp_p
         (reg / str(sleeper.pid)).write_text("%d\n" % ticks)  # a live run: kept
         with G.registration(str(reg)) as path:
             assert path is not None
-            assert sorted(os.listdir(str(reg))) == sorted([str(sleeper.pid),
-                                                            str(os.getpid())])
+            left = sorted([str(sleeper.pid), str(os.getpid())])
+            assert sorted(os.listdir(str(reg))) == left
             lazy = G.Registry(str(reg))
             assert lazy.get(sleeper.pid) == (0, ticks)
             assert lazy.get(gone) is None
