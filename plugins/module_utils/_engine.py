@@ -50,7 +50,7 @@ from ._recover import check_action, plan_slot, targets
 from ._scan import SlotScan, scan_slots
 from ._snapshot import apply_undo, check_identity, listing, load, locate
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
-                      health as _health)
+                      finding_step, health as _health, step as _step)
 from ._validate import Progress, validate as _validate
 from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, plural,
                        reblessed, reconciled, summary)
@@ -642,9 +642,19 @@ def practice(scenario: str, name: Optional[str] = None) -> dict:
     """Leave a real crashed block to practise on (:mod:`_practice`): a new block ``name``
     (default ``PRACTICE_NAME``; an existing block is refused) with ``scenario``, one of
     ``PRACTICE_SCENARIOS``, made by real processes really SIGKILLed. Returns what was
-    left, each process with its fate, and ``live_pids`` (see :func:`practice_stop`)."""
+    left, each process with its fate, and ``live_pids`` (see :func:`practice_stop`).
+    ``next_steps`` are this host's own diagnosis and validation of the block, not the
+    procedure's seed steps (each fault's ``next``): where the kernel scan is partial, the
+    readers' step is the forced one, since the unforced one would be refused."""
     from ._practice import practice as _practice
-    return _practice(scenario, name)
+    result = _practice(scenario, name)
+    steps = list(diagnose(result["block"])["next_steps"])
+    data_steps = [finding_step(f) for f in validate(result["block"])["findings"]]
+    data_steps = [s for s in data_steps if s and s not in steps]
+    if data_steps:      # damaged data: validate shows it before --repair changes it
+        steps += [_step("validate")] + data_steps
+    result["next_steps"] = steps
+    return result
 
 
 def practice_stop(name: Optional[str] = None) -> dict:

@@ -38,9 +38,7 @@ import time
 from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
-from ._errors import (  # noqa: F401 pylint: disable=unused-import
-    RecoveryError, SnapshotError, SnapshotMismatch, UndoRefused, UsageError)
-# (the errors are _errors'; re-exported here for callers that imported them from this module)
+from ._errors import RecoveryError, SnapshotError, SnapshotMismatch, UsageError
 
 FORMAT = "pylabhub.recovery/snapshot-v1"
 ROOT_DIR = "/var/lib/pylabhub-recovery/snapshots"

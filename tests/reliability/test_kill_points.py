@@ -39,8 +39,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa
 from ansible_collections.pylabhub.recovery.tests.support import run_killed_after  # noqa: E402
 
 from engine.helpers import (  # noqa: E402
-    COMMITTED, DRAINING, Lab, consumer_program, image, payload, poke, publish_in_child,
-    read_latest)
+    COMMITTED, DRAINING, Lab, consumer_program, corrupt, image, index_ahead, payload, poke,
+    publish_in_child, read_latest, torn_free)
 
 import plh_spec as spec  # noqa: E402
 
@@ -62,33 +62,6 @@ def _reader_and_consumer(lab):
     return name
 
 
-def _torn_free(lab):
-    """Wrapped ring, a FREE unlocked slot holding torn bytes under its old checksum."""
-    name = lab.create(capacity=4, commits=5)
-    img = image(name)
-    poke(name, 4096 + 64 * 2 + 12, b"\x00")
-    poke(name, img.geo["ring"] + img.stride * 2 + 100, b"torn bytes of a dead writer")
-    return name
-
-
-def _index_ahead(lab):
-    """A producer killed between its write_index += 1 and its lock CAS: one claimed id
-    no writer holds, the producer dead."""
-    name = lab.create(capacity=4, commits=3)
-    poke(name, 184, (image(name).write_index + 1).to_bytes(8, "little"))
-    return name
-
-
-def _corrupt(lab):
-    """Two committed slots whose data no longer matches their checksum."""
-    name = lab.create(capacity=4, commits=4)
-    img = image(name)
-    for s in (1, 3):
-        off = img.geo["ring"] + img.stride * s + 77
-        poke(name, off, bytes([img.data[off] ^ 0x5A]))
-    return name
-
-
 STATES = {
     "mid_write": _writer("mid_write"),
     "mid_write_cap1": _writer("mid_write", 1),
@@ -100,9 +73,9 @@ STATES = {
     "deadlock_cap1": lambda lab: lab.crashed("deadlock", capacity=1).name,
     "reader": lambda lab: lab.crashed("reader").name,
     "consumers": _reader_and_consumer,
-    "torn_free": _torn_free,
-    "index_ahead": _index_ahead,
-    "corrupt": _corrupt,
+    "torn_free": torn_free,
+    "index_ahead": index_ahead,
+    "corrupt": lambda lab: corrupt(lab, (1, 3)),
 }
 
 SLOT_OF = {}              # state -> the slot a slot action targets

@@ -582,13 +582,8 @@ def render_practice(d: Dict[str, Any], style: Style, stop: str) -> List[str]:
     lines.append("  still running: %s" % (", ".join("pid %s" % p for p in live) or "none"))
     lines.append("  try:")
     lines.append("    %s diagnose %s" % (PROG, name))
-    seen = []  # type: List[str]
-    for fault in d["faults"]:
-        for step in fault.get("next") or []:
-            line = command(step, d["block"])
-            if line not in seen:
-                seen.append(line)
-                lines.append("    " + line)
+    for step in d.get("next_steps") or []:      # this host's diagnosis, in its order
+        lines.append("    " + command(step, d["block"]))
     lines.append("  clean up (kills what is still running, removes the block): %s" % stop)
     return lines
 

@@ -78,6 +78,7 @@ def test_stuck_writer(practice, cli):
     d = E.diagnose(name)
     assert d["health"] == "stuck" and d["stuck_slots"] == [0]
     assert fault["next"] == [{"operation": "recover", "slot": 0, "action": "release_writer"}]
+    assert doc["next_steps"][0] == dict(fault["next"][0], force=False)   # the diagnosis agrees
     r = cli("recover", name, "--slot", "0", "--action", "release_writer")
     assert r.rc == 0, r
     assert E.diagnose(name)["stuck_slots"] == []
@@ -95,12 +96,16 @@ def test_stuck_readers_leave_a_live_writer_that_finishes_once_released(practice,
         assert block.slot(0, "write_lock") == writer
         assert block.slot(0, "reader_count") == 2
         commit = block.get("commit_index")
+    forced = {"operation": "recover", "slot": 0, "action": "release_readers", "force": True}
     if _complete(name, 0):
+        assert forced not in doc["next_steps"]
+        assert dict(forced, force=False) in doc["next_steps"]
         r = cli("diagnose", name, "--slot", "0")
         assert r.rc == 1 and "waits for them forever" in r.stdout, r
         r = cli("recover", name, "--slot", "0", "--action", "release_readers")
         assert r.rc == 0, r
     else:   # an unseen process could be inside: suspect, refused, the forced command named
+        assert forced in doc["next_steps"]      # what practice says to try is what works here
         assert _slot(name, 0)["suspect"] and E.diagnose(name)["health"] == "suspect"
         r = cli("recover", name, "--slot", "0", "--action", "release_readers")
         assert r.rc == 3 and "--action release_readers --force" in r.stderr, r
@@ -129,6 +134,8 @@ def test_dead_consumers(practice, cli):
 
 def test_corruption(practice, cli):
     name, doc = practice("corruption")
+    assert doc["next_steps"] == [{"operation": "validate"},
+                                 {"operation": "validate", "repair": True}]
     r = cli("validate", name)
     assert r.rc == 1 and "checksum-mismatch" in r.stdout and "slot 0" in r.stdout, r
     assert cli("validate", name, "--repair").rc == 0

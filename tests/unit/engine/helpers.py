@@ -424,6 +424,42 @@ class ScratchBlocks:
 Lab = ScratchBlocks
 
 
+# -- hand-made crash states (bytes a dead process leaves; no process needed) -------------------
+def torn_free(lab: ScratchBlocks) -> str:
+    """Wrapped ring, a FREE unlocked slot (2) holding torn bytes under its old checksum."""
+    name = lab.create(capacity=4, commits=5)
+    img = image(name)
+    poke(name, 4096 + 64 * 2 + 12, b"\x00")
+    poke(name, img.geo["ring"] + img.stride * 2 + 100, b"torn bytes of a dead writer")
+    return name
+
+
+def index_ahead(lab: ScratchBlocks) -> str:
+    """A producer killed between its write_index += 1 and its lock CAS: one claimed id
+    no writer holds, the producer dead."""
+    name = lab.create(capacity=4, commits=3)
+    poke(name, 184, (image(name).write_index + 1).to_bytes(8, "little"))
+    return name
+
+
+def corrupt(lab: ScratchBlocks, slots=(1,)) -> str:
+    """Committed ``slots`` whose data no longer matches their checksum."""
+    name = lab.create(capacity=4, commits=4)
+    img = image(name)
+    for s in slots:
+        off = img.geo["ring"] + img.stride * s + 77
+        poke(name, off, bytes([img.data[off] ^ 0x5A]))
+    return name
+
+
+def wrapped_count(lab: ScratchBlocks) -> str:
+    """active_consumer_count wrapped (4294967295) with no consumer registered: cleanup
+    sets it to the registered consumers (0) by CAS, in any scope."""
+    name = lab.create(capacity=4, commits=2)
+    poke(name, L.HEADER["active_consumer_count"].offset, b"\xff\xff\xff\xff")
+    return name
+
+
 # -- proving a block works again ------------------------------------------------------------
 def read_latest(name: str) -> tuple:
     """(slot id, data) of the latest commit, read by a consumer of ours with checksum check;

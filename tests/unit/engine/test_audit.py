@@ -82,7 +82,7 @@ def test_an_error_is_recorded(lab, log, tmp_path, monkeypatch):
     (tmp_path / "f").write_text("x")
     monkeypatch.setenv(S.ENV_DIR, str(tmp_path / "f" / "snaps"))
     crash = lab.crashed("mid_write")
-    with pytest.raises(S.SnapshotError):
+    with pytest.raises(_errors.SnapshotError):
         E.heal(crash.name)
     rec = lines(log)[-1]
     assert rec["error"]["code"] == "snapshot-failed" and rec["ok"] is False
@@ -159,7 +159,7 @@ def test_a_refused_undo_is_recorded(lab, log):
     crash = lab.crashed("locked")
     snap = E.recover(crash.name, crash.slot, "release_writer")["snapshot"]["id"]
     E.undo(snap)
-    with pytest.raises(S.UndoRefused):
+    with pytest.raises(_errors.UndoRefused):
         E.undo(snap)
     rec = lines(log)[-1]
     assert rec["operation"] == "undo" and rec["undo_of"] == snap

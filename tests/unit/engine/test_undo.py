@@ -17,11 +17,12 @@ import time
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _engine as E, _layout as L, _snapshot as S)
+    _block as B, _engine as E, _errors as X, _layout as L, _snapshot as S)
 
 from ansible_collections.pylabhub.recovery.tests.support import run_killed_after
 
-from .helpers import file_bytes, image, poke, publish_in_child
+from .helpers import (
+    corrupt, file_bytes, image, poke, publish_in_child, torn_free, wrapped_count)
 
 
 @pytest.fixture
@@ -30,30 +31,6 @@ def snapdir(tmp_path, monkeypatch):
     monkeypatch.setenv(S.ENV_DIR, str(path))
     monkeypatch.delenv(S.ENV_ENABLED, raising=False)
     return path
-
-
-def _corrupt(lab):
-    name = lab.create(capacity=4, commits=4)
-    img = image(name)
-    off = img.geo["ring"] + img.stride * 1 + 77
-    poke(name, off, bytes([img.data[off] ^ 0x5A]))
-    return name
-
-
-def _torn_free(lab):
-    name = lab.create(capacity=4, commits=5)
-    img = image(name)
-    poke(name, 4096 + 64 * 2 + 12, b"\x00")
-    poke(name, img.geo["ring"] + img.stride * 2 + 100, b"torn bytes of a dead writer")
-    return name
-
-
-def _wrapped_count(lab):
-    """active_consumer_count wrapped (4294967295) with no consumer registered: cleanup
-    sets it to the registered consumers (0) by CAS, in any scope."""
-    name = lab.create(capacity=4, commits=2)
-    poke(name, L.HEADER["active_consumer_count"].offset, b"\xff\xff\xff\xff")
-    return name
 
 
 KINDS = {
@@ -67,8 +44,8 @@ KINDS = {
                     lambda c: E.recover(c.name, c.slot, "force_reset")),
     "cleanup": (lambda lab: lab.crashed("consumer"), lambda c: E.cleanup(c.name)),
     "heal_scrub": (lambda lab: lab.crashed("mid_write"), lambda c: E.heal(c.name)),
-    "heal_torn_free": (_torn_free, E.heal),
-    "heal_repair": (_corrupt, lambda name: E.heal(name, repair=True)),
+    "heal_torn_free": (torn_free, E.heal),
+    "heal_repair": (corrupt, lambda name: E.heal(name, repair=True)),
 }
 
 
@@ -129,7 +106,7 @@ def test_undo_refused_after_a_live_process_wrote(lab, snapdir):
     result = E.recover(crash.name, crash.slot, "release_writer")
     publish_in_child(lab, crash.name, count=4)
     now = file_bytes(crash.name)
-    with pytest.raises(S.UndoRefused) as err:
+    with pytest.raises(X.UndoRefused) as err:
         E.undo(result["snapshot"]["id"])
     assert "changed since" in err.value.message and "slot[" in err.value.message
     assert err.value.exit_code == 6
@@ -147,7 +124,7 @@ def test_undo_refused_after_a_direct_cas(lab, snapdir):
     finally:
         block.close()
     now = file_bytes(crash.name)
-    with pytest.raises(S.UndoRefused) as err:
+    with pytest.raises(X.UndoRefused) as err:
         E.undo(result["snapshot"]["id"])
     assert "slot[%d].reader_count" % crash.slot in err.value.message
     assert file_bytes(crash.name) == now
@@ -161,7 +138,7 @@ def test_undo_of_a_recreated_block_is_refused(lab, snapdir):
     os.unlink(path)
     with open(path, "wb") as f:                       # same bytes, another inode
         f.write(data)
-    with pytest.raises(S.SnapshotMismatch) as err:
+    with pytest.raises(X.SnapshotMismatch) as err:
         E.undo(result["snapshot"]["id"])
     assert "re-created" in err.value.message and err.value.exit_code == 4
     assert file_bytes(crash.name) == data
@@ -173,7 +150,7 @@ def test_snapshot_failure_refuses_the_mutation(lab, tmp_path, monkeypatch):
     monkeypatch.setenv(S.ENV_DIR, str(blocker / "snapshots"))
     crash = lab.crashed("mid_write")
     original = file_bytes(crash.name)
-    with pytest.raises(S.SnapshotError) as err:
+    with pytest.raises(X.SnapshotError) as err:
         E.recover(crash.name, crash.slot, "release_writer")
     assert err.value.exit_code == 8 and "nothing was changed" in err.value.message
     assert file_bytes(crash.name) == original
@@ -186,14 +163,14 @@ def test_unsafe_snapshot_directory_is_refused(lab, tmp_path, monkeypatch):
     monkeypatch.setenv(S.ENV_DIR, str(unsafe))
     crash = lab.crashed("mid_write")
     original = file_bytes(crash.name)
-    with pytest.raises(S.SnapshotError) as err:
+    with pytest.raises(X.SnapshotError) as err:
         E.recover(crash.name, crash.slot, "release_writer")
     assert "not safe" in err.value.message
     assert file_bytes(crash.name) == original
     link = tmp_path / "link"
     link.symlink_to(tmp_path)
     monkeypatch.setenv(S.ENV_DIR, str(link))
-    with pytest.raises(S.SnapshotError):
+    with pytest.raises(X.SnapshotError):
         E.recover(crash.name, crash.slot, "release_writer")
     assert file_bytes(crash.name) == original
 
@@ -291,7 +268,7 @@ def test_count_reconcile_undone_byte_for_byte(lab, snapdir):
     a wrapped count set to the registered consumers (0), undone byte for byte. (No
     holder verdict justifies it -- the survey of the entries does -- so the run's end
     line carries none.)"""
-    name = _wrapped_count(lab)
+    name = wrapped_count(lab)
     original = file_bytes(name)
     result = E.cleanup(name)
     assert result["changed"] and image(name).active_consumers == 0, result["reconciled"]
