@@ -123,8 +123,20 @@ drill:
       description: How many rounds used each protocol point.
       type: dict
       sample: {"writer_locked": 7, "reader_inside": 6, "deadlock": 5}
+    configurations:
+      description: >-
+        Rounds per value of each dimension of the configuration matrix (C(policy), C(consumer_sync), C(flex_size),
+        C(checksum_policy); every value, 0 included) and per cell used (C(cells)). Each round draws its scratch
+        block's configuration from the matrix with the seed.
+      type: dict
+      sample: {"policy": {"SINGLE": 3, "DOUBLE_BUFFER": 4, "RING_BUFFER": 3}, "cells": {"SINGLE/LATEST_ONLY/flex0/NONE": 1}}
+    schedule:
+      description: Every round's C(iteration), C(point), C(configuration) (its cell) and C(ok).
+      type: list
+      elements: dict
+      sample: [{"iteration": 0, "point": "deadlock", "configuration": "RING_BUFFER/SEQUENTIAL_SYNC/flex4096/MANUAL", "ok": true}]
     failures:
-      description: The failed rounds (C(iteration), C(point), C(problems)).
+      description: The failed rounds (C(iteration), C(point), C(configuration), C(problems)).
       type: list
       elements: dict
       sample: []
