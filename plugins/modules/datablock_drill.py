@@ -16,6 +16,9 @@ description:
     generator, heals the block and checks the invariants (the block validates and is
     healthy, no committed slot was lost or altered, a new producer commits and a consumer
     reads it back, a writer left waiting behind a dead reader finishes).
+  - Each scratch block's configuration (buffer policy, consumer sync, flexible zone, checksum policy) is drawn from
+    the 54-cell matrix with the same seed, and that configuration's own rules are checked too (RV(drill.configurations),
+    RV(drill.schedule)).
   - So every fleet can prove recovery works on its own kernel and container runtime.
   - Touches no existing block. Every scratch block is removed before the module returns, so
     C(changed) is always false.
