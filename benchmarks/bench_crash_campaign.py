@@ -61,7 +61,7 @@ def main() -> int:
     cells = {c.cell: c for c in L.CONFIGURATIONS}
     counts = L.matrix_counts(cells[u] for u in used)
     unused = []
-    for dim, key, labels in L.MATRIX_DIMENSIONS:
+    for dim, dummy, labels in L.MATRIX_DIMENSIONS:
         print("%s: %s" % (dim, ", ".join("%s %d" % (v, counts[dim][v]) for v in labels)))
         unused += ["%s=%s" % (dim, v) for v in labels if not counts[dim][v]]
     print("configuration cells used: %d of %d" % (len(counts["cells"]), len(cells)))

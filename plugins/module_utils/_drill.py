@@ -324,8 +324,8 @@ def _sync_problems(block, config: L.Configuration, before: int,
     read_index = block.get("read_index")
     if config.sync != L.ConsumerSync.SEQUENTIAL_SYNC:
         if read_index != before:
-            return ["read_index moved from %d to %d under %s" % (before, read_index,
-                                                                  config.sync.name)]
+            return ["read_index moved from %d to %d under %s"
+                    % (before, read_index, config.sync.name)]
         return []
     out = []
     registered = _registered(block)

@@ -32,7 +32,7 @@ def test_campaign_every_kill_survived_no_committed_data_lost(figures):
     missing = [p for p in _drill.POINTS if not result["points"].get(p)]
     assert not missing, "protocol points never exercised: %s" % missing
     counts = result["configurations"]
-    unused = ["%s=%s" % (dim, value) for dim, key, labels in L.MATRIX_DIMENSIONS
+    unused = ["%s=%s" % (dim, value) for dim, dummy, labels in L.MATRIX_DIMENSIONS
               for value in labels if not counts[dim].get(value)]
     assert not unused, "configuration values never exercised: %s" % unused
     assert sum(counts["cells"].values()) == ITERATIONS == len(result["schedule"])
