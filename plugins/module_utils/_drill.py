@@ -12,6 +12,13 @@ point chosen by a seeded RNG, heals the block, and checks the invariants:
 * every slot that was COMMITTED (or DRAINING: data not yet touched) when the kill landed
   is COMMITTED afterwards with identical bytes and checksum — no committed data lost;
 * a new producer commits and a new consumer reads that commit back with a valid checksum;
+* the invariants of the block's configuration (each iteration draws one of the 54 cells
+  of ``_layout.CONFIGURATIONS``): Enforced -- every committed slot and the flexible zone
+  verify; Manual -- a slot the producer chose not to stamp is reported as information,
+  never as corruption; None -- no checksum is judged; a flexible zone's bytes and
+  checksum come out of heal as they went in; Sequential -- ``read_index`` (the shared
+  tail a new consumer resumes from) is not moved; Sequential_sync -- a dead consumer's
+  read position is cleared and ``read_index`` is the slowest registered position;
 * a writer left alive behind a dead reader finishes its write once heal frees the slot
   -- where the kernel scan is complete; elsewhere (a partial scope: an unseen process
   could be inside) heal must refuse that slot with the forced command and call the block
@@ -25,7 +32,9 @@ moment (anyone's recovery run reading every block) leaves the count to the next 
 the drill heals again while heal reports the count ``KEPT`` (at most ``REHEALS`` times,
 ``reheals`` in the report) and then requires the block healthy.
 
-A seed makes a run repeatable; the summary says which iterations failed and why.
+A seed makes a run repeatable (the same points, configurations and choices); the
+summary says which configuration each iteration used, counts them per dimension, and
+says which iterations failed and why.
 """
 
 from __future__ import annotations
@@ -121,7 +130,7 @@ def _stage(point: str, block, rng: random.Random
     if point in ("writer_draining", "deadlock"):
         producer = R.Producer(block)
         while block.slot(block.get("write_index") % geo.capacity, "slot_state") != _S.COMMITTED:
-            producer.publish(_payload(rng, geo.stride))
+            _publish(producer, _payload(rng, geo.stride), rng)
         target = block.get("write_index") % geo.capacity      # the next slot a writer takes
         rd = reader(target)
         try:
@@ -145,30 +154,75 @@ def _stage(point: str, block, rng: random.Random
     return busy, [], []
 
 
+def _publish(producer: R.Producer, data: bytes, rng: random.Random) -> R.WriteSlot:
+    """Commit ``data`` as a producer of the block's configuration would: under Manual the
+    producer stamps the slot (and the flexible zone) only when it chooses to (a seeded
+    coin); under Sequential and Sequential_sync a short-lived consumer reads the commit
+    and leaves, so that the ring is not full for the actors that come next."""
+    block = producer.block
+    manual = block.get("checksum_policy") == L.ChecksumPolicy.MANUAL
+    ws = producer.acquire()
+    producer.write(ws, data)
+    if manual and rng.random() < 0.5:
+        producer.stamp_slot(ws)
+    if manual and block.geo.flex_size and rng.random() < 0.5:
+        producer.stamp_flex()
+    producer.commit(ws)
+    if block.get("consumer_sync_policy") in (L.ConsumerSync.SEQUENTIAL,
+                                             L.ConsumerSync.SEQUENTIAL_SYNC):
+        reader = R.Consumer(block, name="drill-fill")
+        try:
+            rs = reader.acquire()
+            if rs is not None:
+                reader.read(rs, verify=False)
+                reader.release(rs)
+        finally:
+            reader.unregister()
+    return ws
+
+
+def _flex(block) -> Optional[Tuple[bytes, bytes]]:
+    """The flexible zone's bytes and stored checksum (None without a zone)."""
+    geo = block.geo
+    if not geo.flex_size:
+        return None
+    return block.read(geo.flex_offset, geo.flex_size), block.get("flexzone_checksum")
+
+
 def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
                   stride: int = DRILL_STRIDE) -> Dict[str, object]:
-    """One kill-heal-check round on a scratch block; returns what was checked and found."""
+    """One kill-heal-check round on a scratch block of a configuration drawn from the
+    matrix (RingBuffer blocks get ``capacity`` slots; Single 1, DoubleBuffer 2); returns
+    what was checked and found."""
     rng = random.Random("%d:%d" % (seed, index))
     point = rng.choice(POINTS)
+    config = rng.choice(L.CONFIGURATIONS)
     name = "plh_drill_%d_%d" % (os.getpid(), index)
     problems: List[str] = []
     survivors: List[Actor] = []
-    block = R.create(name, capacity=capacity, stride=stride)
+    block = R.create(name, stride=stride, **config.create_args(capacity))
     try:
         producer = R.Producer(block)
-        for dummy in range(rng.randint(1, capacity)):
-            producer.publish(_payload(rng, stride))
+        if block.geo.flex_size:            # the producer's zone, stamped as its policy does
+            producer.write_flex(_payload(rng, block.geo.flex_size))
+            if config.checksum == L.ChecksumPolicy.MANUAL and rng.random() < 0.5:
+                producer.stamp_flex()
+        for dummy in range(rng.randint(1, block.geo.capacity)):
+            _publish(producer, _payload(rng, stride), rng)
         try:
             killed, survivors, exempt = _stage(point, block, rng)
         except RuntimeError as exc:
-            return {"iteration": index, "point": point, "killed": 0, "committed_checked": 0,
+            return {"iteration": index, "point": point, "configuration": config.cell,
+                    "killed": 0, "committed_checked": 0,
                     "committed_lost": 0, "changed": False, "ok": False,
                     "problems": ["could not stage %s: %s" % (point, exc)]}
         _kill(killed)
         before = _committed(block)
+        zone, read_index, entries = _flex(block), block.get("read_index"), _registered(block)
         block.close()                      # not an opener while heal decides
         healed = heal(name, snapshot=False, audit=False)   # a scratch block: no record
         block = R.attach(name)
+        problems += _sync_problems(block, config, read_index, entries)
         forced = _forced_drains(name, healed, exempt, problems) if survivors else False
         for a in survivors:                # a waiting writer must now finish by itself
             try:
@@ -206,8 +260,12 @@ def run_iteration(seed: int, index: int, capacity: int = DRILL_CAPACITY,
         checked = validate(name)
         if not checked["valid"]:
             problems.append("invalid after heal: %s" % [f["code"] for f in checked["findings"]])
+        if _flex(block) != zone:
+            problems.append("the flexible zone's bytes or checksum changed in heal")
+        problems += _checksum_problems(block, checked, config)
         problems += _still_works(block, rng)
-        return {"iteration": index, "point": point, "killed": len(killed),
+        return {"iteration": index, "point": point, "configuration": config.cell,
+                "killed": len(killed),
                 "committed_checked": len(before), "committed_lost": len(lost),
                 "changed": healed["changed"], "ok": not problems, "problems": problems,
                 "forced": forced, "reheals": reheals}
@@ -249,6 +307,68 @@ def _forced_drains(name: str, healed: Dict[str, object], slots: List[int],
     return forced
 
 
+def _registered(block) -> List[int]:
+    """The consumer entries with a pid."""
+    return [k for k in range(L.MAX_CONSUMERS)
+            if block.get(L.CONSUMER["consumer_pid"], L.consumer_entry(k))]
+
+
+def _sync_problems(block, config: L.Configuration, before: int,
+                   entries: List[int]) -> List[str]:
+    """Right after the first heal: Latest_only and Sequential keep ``read_index`` (under
+    Sequential it is where a new consumer resumes); under Sequential_sync each entry heal
+    cleared (registered before, ``entries``) lost its read position with it, and
+    ``read_index`` only rose, to the slowest registered position when there is one (no
+    live writer moves it: the ones left alive wait). An entry unregistered cleanly keeps
+    its position, as pylabhub's unregister leaves it."""
+    read_index = block.get("read_index")
+    if config.sync != L.ConsumerSync.SEQUENTIAL_SYNC:
+        if read_index != before:
+            return ["read_index moved from %d to %d under %s"
+                    % (before, read_index, config.sync.name)]
+        return []
+    out = []
+    registered = _registered(block)
+    for k in entries:
+        position = block.get(L.READ_POSITION, L.read_position(k))
+        if k not in registered and position:
+            out.append("consumer entry %d: cleared but read position %d left" % (k, position))
+    positions = [block.get(L.READ_POSITION, L.read_position(k)) for k in registered]
+    if read_index < before:
+        out.append("read_index lowered from %d to %d" % (before, read_index))
+    if positions and read_index != min(positions):
+        out.append("read_index %d is not the slowest registered position %d"
+                   % (read_index, min(positions)))
+    return out
+
+
+def _checksum_problems(block, checked: Dict[str, object], config: L.Configuration
+                       ) -> List[str]:
+    """validate judged the checksums as a C++ reader of the block's policy does: Enforced
+    -- every committed slot verifies (so no checksum finding at all); Manual -- each
+    committed slot whose hash does not match (not stamped for this data) is reported as
+    information, never as an error; None -- nothing is judged."""
+    codes = [(f["code"], f.get("slot")) for f in checked["findings"]]  # type: ignore
+    if checked.get("checksum_policy") != config.checksum.name:
+        return ["validate judged checksum policy %s, the block has %s"
+                % (checked.get("checksum_policy"), config.checksum.name)]
+    bad = [i for i in range(block.geo.capacity)
+           if block.slot(i, "slot_state") in (_S.COMMITTED, _S.DRAINING)
+           and not R.slot_verifies(block, i)]
+    if config.checksum == L.ChecksumPolicy.NONE:
+        judged = [c for c, slot in codes if c.startswith(("checksum", "flexzone-checksum"))
+                  and c != "checksums-not-checked"]
+        return ["checksums judged under the None policy: %s" % judged] if judged else []
+    if config.checksum == L.ChecksumPolicy.ENFORCED:
+        out = ["committed slot %d does not verify under Enforced" % i for i in bad]
+        if not R.flex_verifies(block):
+            out.append("the flexible zone does not verify under Enforced")
+        return out
+    unstamped = {slot for c, slot in codes if c == "checksum-unstamped"}
+    return ["slot %d not stamped by the producer but not reported as unstamped" % i
+            for i in bad if i not in unstamped]
+
+
 def _still_works(block, rng: random.Random) -> List[str]:
     data = _payload(rng, block.geo.stride)
     try:
@@ -280,6 +400,7 @@ def drill(iterations: int = DRILL_ITERATIONS, seed: Optional[int] = None,
         if progress:
             progress(i + 1, iterations)
     failed = [r for r in results if not r["ok"]]
+    cells = {c.cell: c for c in L.CONFIGURATIONS}
     return {"schema": SCHEMA, "operation": "drill", "seed": seed,
             "iterations": iterations, "kills": sum(int(r["killed"]) for r in results),
             "survived": iterations - len(failed),
@@ -289,4 +410,8 @@ def drill(iterations: int = DRILL_ITERATIONS, seed: Optional[int] = None,
             "reheals": sum(int(r.get("reheals") or 0) for r in results),
             "seconds": round(time.monotonic() - started, 3), "ok": not failed,
             "failures": failed, "points": {p: sum(1 for r in results if r["point"] == p)
-                                           for p in POINTS}}
+                                           for p in POINTS},
+            "configurations": L.matrix_counts(cells[str(r["configuration"])] for r in results),
+            "schedule": [{"iteration": r["iteration"], "point": r["point"],
+                          "configuration": r["configuration"], "ok": r["ok"]}
+                         for r in results]}

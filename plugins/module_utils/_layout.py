@@ -296,3 +296,74 @@ def spinlock(k: int) -> int:
 if (CONSUMER_EVIDENCE_OFFSET + MAX_CONSUMERS * CONSUMER_EVIDENCE_SIZE > HEADER_SIZE
         or max(f.end for f in SLOT.values()) > SLOT_ENTRY_SIZE):
     raise AssertionError("evidence does not fit the bytes pylabhub leaves unused")
+
+
+# --- the configuration matrix (issue 12): every test, the drill and the crash campaign
+# draw their configurations from here, so "every configuration" means one thing.
+MATRIX_POLICIES = (Policy.SINGLE, Policy.DOUBLE_BUFFER, Policy.RING_BUFFER)
+MATRIX_SYNCS = (ConsumerSync.LATEST_ONLY, ConsumerSync.SEQUENTIAL, ConsumerSync.SEQUENTIAL_SYNC)
+MATRIX_FLEX_SIZES = (0, FLEX_ALIGN)
+MATRIX_CHECKSUMS = (ChecksumPolicy.NONE, ChecksumPolicy.MANUAL, ChecksumPolicy.ENFORCED)
+#: Slots per buffer policy, as pylabhub's create_datablock_producer fills an unset
+#: capacity (Single 1, DoubleBuffer 2); RingBuffer takes the caller's capacity. pylabhub's
+#: creator refuses only Unset policies: the policy itself constrains nothing else.
+POLICY_SLOTS = {Policy.SINGLE: 1, Policy.DOUBLE_BUFFER: 2}
+
+
+class Configuration:
+    """One cell of the matrix: buffer policy x consumer sync x flex zone x checksum policy.
+    (A plain class: this module loads at every start-up.)"""
+
+    __slots__ = ("policy", "sync", "flex_size", "checksum")
+
+    def __init__(self, policy: int, sync: int, flex_size: int, checksum: int) -> None:
+        self.policy = Policy(policy)
+        self.sync = ConsumerSync(sync)
+        self.flex_size = flex_size
+        self.checksum = ChecksumPolicy(checksum)
+
+    @property
+    def cell(self) -> str:
+        """The cell's name, e.g. ``RING_BUFFER/SEQUENTIAL_SYNC/flex4096/ENFORCED``."""
+        return "%s/%s/flex%d/%s" % (self.policy.name, self.sync.name, self.flex_size,
+                                    self.checksum.name)
+
+    def capacity(self, ring_capacity: int) -> int:
+        return POLICY_SLOTS.get(self.policy, ring_capacity)
+
+    def create_args(self, ring_capacity: int) -> Dict[str, int]:
+        """Keyword arguments of ``_runtime.create`` for a block of this cell."""
+        return {"capacity": self.capacity(ring_capacity), "flex_size": self.flex_size,
+                "policy": int(self.policy), "sync": int(self.sync),
+                "checksum_policy": int(self.checksum)}
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"cell": self.cell, "policy": self.policy.name, "consumer_sync": self.sync.name,
+                "flex_size": self.flex_size, "checksum_policy": self.checksum.name}
+
+    def __repr__(self) -> str:
+        return "Configuration(%s)" % self.cell
+
+
+#: All 54 cells, in a fixed order (a seeded choice among them is repeatable).
+CONFIGURATIONS = tuple(Configuration(p, s, f, c) for p in MATRIX_POLICIES
+                       for s in MATRIX_SYNCS for f in MATRIX_FLEX_SIZES
+                       for c in MATRIX_CHECKSUMS)
+#: The dimensions a report counts per value: name -> (the value's label per cell, labels).
+MATRIX_DIMENSIONS = (
+    ("policy", lambda c: c.policy.name, tuple(p.name for p in MATRIX_POLICIES)),
+    ("consumer_sync", lambda c: c.sync.name, tuple(s.name for s in MATRIX_SYNCS)),
+    ("flex_size", lambda c: str(c.flex_size), tuple(str(f) for f in MATRIX_FLEX_SIZES)),
+    ("checksum_policy", lambda c: c.checksum.name, tuple(c.name for c in MATRIX_CHECKSUMS)),
+)
+
+
+def matrix_counts(used) -> Dict[str, Dict[str, int]]:
+    """How often each value of each dimension (and each cell) occurs in ``used`` (an
+    iterable of Configuration), every value listed, 0 included."""
+    used = list(used)
+    out = {name: {label: sum(1 for c in used if key(c) == label) for label in labels}
+           for name, key, labels in MATRIX_DIMENSIONS}
+    out["cells"] = {c.cell: n for c, n in ((c, sum(1 for u in used if u.cell == c.cell))
+                                           for c in CONFIGURATIONS) if n}
+    return out

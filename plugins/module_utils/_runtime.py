@@ -134,6 +134,23 @@ class ReadSlot:
     generation: int
 
 
+def slot_verifies(b: Block, index: int) -> bool:
+    """The slot's stored hash is present and matches its data: what pylabhub's Enforced
+    reader checks at release (also the drill's check, needing no registration)."""
+    geo = b.geo
+    stored = b.read(geo.checksum_entry(index), L.HASH_SIZE)
+    return any(stored) and stored == L.blake2b256(b.view(geo.slot_data(index), geo.stride))
+
+
+def flex_verifies(b: Block) -> bool:
+    """No flexible zone, or its stored hash is present and matches the zone."""
+    geo = b.geo
+    if not geo.flex_size:
+        return True
+    stored = b.get("flexzone_checksum")
+    return any(stored) and stored == L.blake2b256(b.view(geo.flex_offset, geo.flex_size))
+
+
 def _no_hook(point: str) -> None:
     """The default protocol-point hook: nothing (see ``at`` of Producer/Consumer)."""
 
@@ -448,17 +465,11 @@ class Consumer:
 
     def verify_slot(self, index: int) -> bool:
         """The slot's stored hash is present and matches its data (verify_checksum_slot)."""
-        b, geo = self.block, self.block.geo
-        stored = b.read(geo.checksum_entry(index), L.HASH_SIZE)
-        return any(stored) and stored == L.blake2b256(b.view(geo.slot_data(index), geo.stride))
+        return slot_verifies(self.block, index)
 
     def verify_flex(self) -> bool:
         """No flexible zone, or its stored hash is present and matches the zone."""
-        b, geo = self.block, self.block.geo
-        if not geo.flex_size:
-            return True
-        stored = b.get("flexzone_checksum")
-        return any(stored) and stored == L.blake2b256(b.view(geo.flex_offset, geo.flex_size))
+        return flex_verifies(self.block)
 
     def release(self, rs: ReadSlot) -> None:
         b = self.block

@@ -16,6 +16,9 @@ description:
     generator, heals the block and checks the invariants (the block validates and is
     healthy, no committed slot was lost or altered, a new producer commits and a consumer
     reads it back, a writer left waiting behind a dead reader finishes).
+  - Each scratch block's configuration (buffer policy, consumer sync, flexible zone, checksum policy) is drawn from
+    the 54-cell matrix with the same seed, and that configuration's own rules are checked too (RV(drill.configurations),
+    RV(drill.schedule)).
   - So every fleet can prove recovery works on its own kernel and container runtime.
   - Touches no existing block. Every scratch block is removed before the module returns, so
     C(changed) is always false.
@@ -123,8 +126,20 @@ drill:
       description: How many rounds used each protocol point.
       type: dict
       sample: {"writer_locked": 7, "reader_inside": 6, "deadlock": 5}
+    configurations:
+      description: >-
+        Rounds per value of each dimension of the configuration matrix (C(policy), C(consumer_sync), C(flex_size),
+        C(checksum_policy); every value, 0 included) and per cell used (C(cells)). Each round draws its scratch
+        block's configuration from the matrix with the seed.
+      type: dict
+      sample: {"policy": {"SINGLE": 3, "DOUBLE_BUFFER": 4, "RING_BUFFER": 3}, "cells": {"SINGLE/LATEST_ONLY/flex0/NONE": 1}}
+    schedule:
+      description: Every round's C(iteration), C(point), C(configuration) (its cell) and C(ok).
+      type: list
+      elements: dict
+      sample: [{"iteration": 0, "point": "deadlock", "configuration": "RING_BUFFER/SEQUENTIAL_SYNC/flex4096/MANUAL", "ok": true}]
     failures:
-      description: The failed rounds (C(iteration), C(point), C(problems)).
+      description: The failed rounds (C(iteration), C(point), C(configuration), C(problems)).
       type: list
       elements: dict
       sample: []

@@ -100,7 +100,8 @@ Crash drill
 -----------
 ``run_drill(iterations=20, seed=None)`` proves on this host that recovery works: real
 producer and consumer processes SIGKILLed at seeded random protocol points on scratch
-blocks, each block healed and checked (``datablock-admin drill`` is the same)::
+blocks of configurations drawn from the 54-cell matrix, each block healed and checked
+(``datablock-admin drill`` is the same)::
 
     >>> d = recovery.run_drill(30, seed=1234)
     >>> d["ok"], d["survived"], d["committed_lost"]

@@ -415,7 +415,10 @@ def run_drill(iterations: int = DRILL_ITERATIONS, seed: Optional[int] = None) ->
     or a random moment of a busy block), heals the block and checks that it validates and
     diagnoses healthy, that every slot committed when the kill landed is unchanged, that
     new data can be committed and read back, and that a writer waiting behind a dead
-    reader finishes.
+    reader finishes. Each round's block configuration (buffer policy, consumer sync,
+    flexible zone, checksum policy) is drawn from the 54-cell matrix with the same seed,
+    and its own rules are checked; ``configurations`` counts the rounds per value and
+    ``schedule`` names each round's point and cell.
 
     Returns the drill document (schema ``pylabhub.recovery/v1``, ``"operation":
     "drill"``): ``seed`` (random when None; the same seed reruns the same kill points),

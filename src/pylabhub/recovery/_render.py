@@ -555,11 +555,22 @@ def render_drill(d: Dict[str, Any], style: Style, rerun: Optional[str] = None) -
              "  kill points:"]
     lines += table(["POINT", "ITERATIONS"],
                    [[p, str(n)] for p, n in (d.get("points") or {}).items()], style, "    ")
+    counts = d.get("configurations") or {}
+    dims = [(k, counts[k]) for k in ("policy", "consumer_sync", "flex_size", "checksum_policy")
+            if k in counts]
+    if dims:
+        lines.append("  configurations (%d of the matrix's cells used):"
+                     % len(counts.get("cells") or {}))
+        lines += table(["DIMENSION", "ITERATIONS PER VALUE"],
+                       [[k, ", ".join("%s %s" % kv for kv in v.items())] for k, v in dims],
+                       style, "    ")
     if failed:
         lines.append("  failures:")
         for f in d["failures"]:
-            lines.append("    iteration %s (%s): %s" % (
-                f["iteration"], f["point"], "; ".join(f.get("problems") or []) or "failed"))
+            lines.append("    iteration %s (%s%s): %s" % (
+                f["iteration"], f["point"],
+                ", %s" % f["configuration"] if f.get("configuration") else "",
+                "; ".join(f.get("problems") or []) or "failed"))
     word = style("ok", "green") if d["ok"] else style("FAILED", "red", "bold")
     lines.append("  result: %s%s" % (word, "" if d["ok"] else
                                      " (%d iteration(s) failed)" % failed))

@@ -121,10 +121,15 @@ before commit, reader inside a slot, registered consumer, writer draining behind
 reader, writer and reader deadlocked, or a random moment of a busy block), heals the
 block, and checks that it then validates and diagnoses healthy, that no slot that was
 committed when the kill landed changed or was lost, that new data can be committed and
-read back, and that a writer left waiting behind a dead reader finishes. The blocks of
-your applications are never touched.
+read back, and that a writer left waiting behind a dead reader finishes. Each scratch
+block's configuration is drawn from the 54-cell matrix (buffer policy x consumer sync x
+flexible zone x checksum policy; --capacity sizes RingBuffer blocks, Single has 1 slot,
+DoubleBuffer 2) and the checks include that configuration's own (checksums judged as its
+policy's reader judges them, zone intact, read positions reconciled). The blocks of your
+applications are never touched.
 
-The summary prints the seed: --seed S --iterations N reruns exactly the same kill points.
+The summary prints the seed: --seed S --iterations N reruns exactly the same kill points
+and configurations.
 Exit code 0 when every iteration survived, 1 when one failed (each failure is listed)."""
 
 PRACTICE_DESCRIPTION = """\

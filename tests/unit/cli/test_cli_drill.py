@@ -37,6 +37,9 @@ def test_same_seed_same_kill_points(cli):
     assert [r.rc for r in runs] == [0, 0], runs
     first, second = (r.json for r in runs)
     assert first["points"] == second["points"] and first["kills"] == second["kills"]
+    assert first["schedule"] == second["schedule"] and len(first["schedule"]) == 12
+    assert first["configurations"] == second["configurations"]
+    assert sum(first["configurations"]["checksum_policy"].values()) == 12
     other = cli("drill", "--iterations", "12", "--seed", "8", "--json").json
     assert other["seed"] == 8 and sum(other["points"].values()) == 12
 
@@ -46,7 +49,8 @@ def test_human_summary(cli):
     assert r.rc == 0, r
     assert r.stdout.startswith("crash drill: seed 3, 8 iteration(s)")
     for text in ("processes killed: ", "survived: 8/8", "checked, 0 lost", "kill points:",
-                 "writer_locked", "deadlock", "result: ok",
+                 "writer_locked", "deadlock", "result: ok", "configurations (",
+                 "consumer_sync", "SEQUENTIAL_SYNC ", "checksum_policy",
                  "rerun: datablock-admin drill --iterations 8 --seed 3 --capacity 2\n"):
         assert text in r.stdout, (text, r.stdout)
     assert r.stderr == ""
@@ -59,18 +63,28 @@ def test_random_seed_is_reported(cli):
 
 def test_failures_are_listed_and_valid_json(schema):
     from pylabhub.recovery import _render as R
-    failure = {"iteration": 3, "point": "deadlock", "killed": 2, "committed_checked": 2,
+    failure = {"iteration": 3, "point": "deadlock",
+               "configuration": "SINGLE/SEQUENTIAL_SYNC/flex4096/MANUAL",
+               "killed": 2, "committed_checked": 2,
                "committed_lost": 1, "changed": True, "ok": False,
                "problems": ["committed slot(s) [1] changed or lost", "not healthy after heal"]}
     d = {"schema": "pylabhub.recovery/v1", "operation": "drill", "seed": 1, "iterations": 4,
          "kills": 6, "survived": 3, "committed_checked": 9, "committed_lost": 1,
          "seconds": 0.5, "ok": False, "failures": [failure],
          "points": {"deadlock": 1, "random": 3}}
+    assert schema.is_valid(d), list(schema.iter_errors(d))[:1]     # without the new fields
+    d["configurations"] = {"policy": {"SINGLE": 4}, "consumer_sync": {"SEQUENTIAL_SYNC": 4},
+                           "flex_size": {"4096": 4}, "checksum_policy": {"MANUAL": 4},
+                           "cells": {"SINGLE/SEQUENTIAL_SYNC/flex4096/MANUAL": 4}}
+    d["schedule"] = [{"iteration": i, "point": "deadlock" if i == 3 else "random",
+                      "configuration": "SINGLE/SEQUENTIAL_SYNC/flex4096/MANUAL",
+                      "ok": i != 3} for i in range(4)]
     assert schema.is_valid(d), list(schema.iter_errors(d))[:1]
     lines = R.render_drill(d, R.Style(False), "datablock-admin drill --iterations 4 --seed 1")
     assert "  survived: 3/4" in lines
-    assert ("    iteration 3 (deadlock): committed slot(s) [1] changed or lost; "
-            "not healthy after heal") in lines
+    assert ("    iteration 3 (deadlock, SINGLE/SEQUENTIAL_SYNC/flex4096/MANUAL): committed "
+            "slot(s) [1] changed or lost; not healthy after heal") in lines
+    assert "  configurations (1 of the matrix's cells used):" in lines
     assert "  result: FAILED (1 iteration(s) failed)" in lines
 
 
