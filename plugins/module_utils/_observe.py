@@ -170,6 +170,11 @@ class Opener:
         return self.consumers[0] if self.consumers else None
 
 
+#: The word of :meth:`_kernel.Scans.first_seen` under a block's key that notes the consumer
+#: table (every entry's pid, then ``active_consumer_count``) as :func:`preobserve` read it.
+TABLE = ("consumer_table",)
+
+
 def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> None:
     """Read a block's holder words (producer, consumers, the locks of the slots in use)
     with pread, and note when each was seen (``scans.first_seen``): a scan taken after
@@ -184,9 +189,14 @@ def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> N
             key = block.inode
             t = monotonic_ns()
             scans.first_seen(key + ("producer",), block.get("producer_heartbeat_pid"), t)
-            for k in range(L.MAX_CONSUMERS):
-                scans.first_seen(key + ("consumer", k),
-                                 block.get(CONS["consumer_pid"], L.consumer_entry(k)), t)
+            pids = tuple(block.get(CONS["consumer_pid"], L.consumer_entry(k))
+                         for k in range(L.MAX_CONSUMERS))
+            for k, pid in enumerate(pids):
+                scans.first_seen(key + ("consumer", k), pid, t)
+            # the first look of cleanup's settle (_cleanup.TABLE): stamped AFTER the reads,
+            # so the time since it is never overstated
+            scans.first_seen(key + TABLE, (pids, block.get("active_consumer_count")),
+                             monotonic_ns())
             # a plain slot (the bulk scan, _scan) has no lock: nothing to note
             for i in scan_slots(block).interesting:
                 scans.first_seen(key + ("lock", i),
