@@ -179,9 +179,10 @@ def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> N
     """Read a block's holder words (producer, consumers, the locks of the slots in use)
     with pread, and note when each was seen (``scans.first_seen``): a scan taken after
     this can prove the holders named here absent. ``each_block`` does it for every block
-    before its one scan. A block that cannot be read, has no sound header or is over the
-    ``max_bytes`` budget is skipped (its own call reads or refuses it; a word not seen
-    here is judged by a newer scan)."""
+    before its one scan. The consumer table read here (pids and count) is also noted as
+    a whole (:data:`TABLE`): the first look of cleanup's settle. A block that cannot be
+    read, has no sound header or is over the ``max_bytes`` budget is skipped (its own
+    call reads or refuses it; a word not seen here is judged by a newer scan)."""
     try:
         with open_block(address) as block:
             check_budget(block, "preobserve", max_bytes)
