@@ -152,4 +152,3 @@ def test_churning_consumers_in_several_blocks_are_never_miscounted(blocks, actor
         assert max(seen[n]) <= 2, sorted(seen[n])
         assert table(n) == (0, 0)
     assert table(names[2]) == (0, 0)
-
