@@ -19,6 +19,11 @@ which runs first. heal runs with the summary callback on, as documented, and wit
 ``datablock_recovery_allow_repair=true`` so that every block ends healthy (a heal that
 leaves anything unhealthy fails the benchmark). ssh control masters are opened by an
 untimed ping before the first round, so neither side pays for connection setup.
+
+It also prints the **hosts' CPU time** per command: every host's sshd and everything
+under it (sessions, the module's Python), read from /proc before and after, each
+process's own time plus what it reaped (a process gone since is in its reaper's). That
+is the work a real fleet's hosts do on their own cores, and the lab's on this machine's.
 """
 
 from __future__ import annotations
@@ -61,15 +66,56 @@ def inject_round(lab_dir: Path, hosts: list, rnd: int) -> int:
     return len(jobs)
 
 
-def timed(argv: list, env: dict) -> tuple:
-    """(wall seconds, controller CPU seconds, the finished process)."""
+def hosts_cpu(lab_dir: Path) -> float:
+    """CPU seconds used so far by the hosts' sshd (every host's PID 2) and everything
+    under it: each process's user + system time plus its reaped children's. The
+    difference of two readings is the hosts' work for the commands in between: a process
+    that exited meanwhile moved its whole time into its reaper's (sshd sessions, sshd).
+    The processes the fault injector left running (a producer waiting, consumers
+    heartbeating) are not under sshd and are not counted."""
+    state = fleetlab.Lab(lab_dir).load()
+    inits = {h["init_pid"] for h in state["hosts"] if h.get("init_pid")}
+    spaces = set()
+    for pid in inits:
+        try:
+            spaces.add(os.readlink("/proc/%d/ns/pid" % pid))
+        except OSError:
+            continue
+    parent, used = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            if os.readlink("/proc/%s/ns/pid" % entry) not in spaces:
+                continue
+            with open("/proc/%s/stat" % entry) as f:
+                name, rest = f.read().rsplit(")", 1)
+        except OSError:
+            continue
+        fields = rest.split()
+        pid = int(entry)
+        parent[pid] = int(fields[1])
+        used[pid] = (sum(int(v) for v in fields[11:15]), name.endswith("(sshd"))
+    ticks = 0
+    for pid, (spent, sshd) in used.items():
+        top = pid
+        while top in parent and parent[top] not in inits:
+            top = parent[top]
+        if top in used and used[top][1]:             # under (or is) a host's sshd
+            ticks += spent
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def timed(argv: list, env: dict, lab_dir: Path) -> tuple:
+    """(wall seconds, controller CPU seconds, hosts' CPU seconds, the finished process)."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    hosts_before = hosts_cpu(lab_dir)
     t0 = time.perf_counter()
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return wall, cpu, proc
+    return wall, cpu, hosts_cpu(lab_dir) - hosts_before, proc
 
 
 def main() -> int:
@@ -105,6 +151,7 @@ def main() -> int:
         heal += ["-e", extra]
     times = {"ping": [], "heal": []}
     cpus = {"ping": [], "heal": []}
+    on_hosts = {"ping": [], "heal": []}
     try:
         t0 = time.perf_counter()
         fleetlab.up(lab_dir, args.hosts, 0)      # 0: free ports, retried if one is taken
@@ -123,7 +170,8 @@ def main() -> int:
                   % (rnd, n, time.perf_counter() - t0))
             order = ("ping", "heal") if rnd % 2 else ("heal", "ping")
             for what in order:
-                seconds, cpu, proc = timed(ping if what == "ping" else heal, env)
+                seconds, cpu, host_cpu, proc = timed(ping if what == "ping" else heal, env,
+                                                     lab_dir)
                 if proc.returncode != 0:
                     print("%s failed (exit %d):\n%s%s"
                           % (what, proc.returncode, proc.stdout[-4000:], proc.stderr[-2000:]))
@@ -133,7 +181,9 @@ def main() -> int:
                     return 1
                 times[what].append(seconds)
                 cpus[what].append(cpu)
-                print("  %-4s %6.2f s  (controller CPU %.2f s)" % (what, seconds, cpu))
+                on_hosts[what].append(host_cpu)
+                print("  %-4s %6.2f s  (controller CPU %.2f s, hosts' CPU %.2f s)"
+                      % (what, seconds, cpu, host_cpu))
     finally:
         if (lab_dir / fleetlab.STATE_FILE).exists():
             fleetlab.down(lab_dir)
@@ -146,6 +196,9 @@ def main() -> int:
     pc, hc = statistics.median(cpus["ping"]), statistics.median(cpus["heal"])
     print("controller CPU: ping %.2f s (%.0f ms per host), heal %.2f s (%.0f ms per host), "
           "ratio %.2f" % (pc, pc * 1e3 / args.hosts, hc, hc * 1e3 / args.hosts, hc / pc))
+    po, ho = statistics.median(on_hosts["ping"]), statistics.median(on_hosts["heal"])
+    print("hosts' CPU: ping %.2f s (%.0f ms per host), heal %.2f s (%.0f ms per host)"
+          % (po, po * 1e3 / args.hosts, ho, ho * 1e3 / args.hosts))
     print("heal - ping: %.0f ms per host" % ((h - p) * 1e3 / args.hosts))
     print("ratio heal/ping: %.2f (target <= %.1f: %s)"
           % (ratio, target, "met" if ratio <= target else "NOT met"))

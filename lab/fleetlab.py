@@ -6,8 +6,9 @@
 
 Each host is a set of Linux namespaces (mount, IPC, PID, UTS) created by ``unshare``:
 PID 1 inside is this file's ``_init`` (sets the hostname, mounts a private tmpfs on
-/dev/shm and on /run, starts ``sshd -D`` on 127.0.0.1:<port>, reaps orphans and takes
-the whole namespace down when it exits). The network namespace is shared, so every
+/dev/shm and on /run, binds its own before-image and audit directories, starts ``sshd
+-D`` on 127.0.0.1:<port>, reaps orphans and takes the whole namespace down when it
+exits). The network namespace is shared, so every
 host's sshd is reachable from here on its own loopback port, and so is ansible.
 
     python lab/fleetlab.py up --hosts 4 --dir /tmp/lab [--base-port 22200]
@@ -641,7 +642,10 @@ def inject(directory: os.PathLike, host: str, scenario: str, name: Optional[str]
 
 
 # --------------------------------------------------------------------------- _init
-MS_NOSUID, MS_NODEV = 2, 4
+MS_NOSUID, MS_NODEV, MS_BIND = 2, 4, 4096
+#: The recovery engine's state on a host (before-images, audit log): a real host has its
+#: own; every lab host gets its own directory under its host dir, bind-mounted here.
+ENGINE_DIRS = ("/var/lib/pylabhub-recovery", "/var/log/pylabhub-recovery")
 
 
 def _mount_tmpfs(target: str, options: str) -> None:
@@ -650,6 +654,13 @@ def _mount_tmpfs(target: str, options: str) -> None:
                   options.encode()) != 0:
         err = ctypes.get_errno()
         raise OSError(err, "mount tmpfs on %s: %s" % (target, os.strerror(err)))
+
+
+def _mount_bind(source: str, target: str) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.mount(source.encode(), target.encode(), None, MS_BIND, None) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "bind %s on %s: %s" % (source, target, os.strerror(err)))
 
 
 def _init_main(host: str, config: str, shm_size: str) -> int:
@@ -668,6 +679,15 @@ def _init_main(host: str, config: str, shm_size: str) -> int:
     # writable). A private /run gives every host its own, and leaves the real one alone.
     _mount_tmpfs("/run", "mode=0755,size=16m")
     os.mkdir("/run/sshd", 0o755)
+    # Before-images and the audit log: one directory of each per host, as on a real
+    # fleet (shared, every host's heal would list and prune the same snapshot directory
+    # and append to one audit log). The mount points are the engine's default paths.
+    hostdir = os.path.dirname(os.path.abspath(config))
+    for target in ENGINE_DIRS:
+        source = os.path.join(hostdir, target.strip("/").replace("/", "_"))
+        os.makedirs(source, 0o700, exist_ok=True)
+        os.makedirs(target, 0o755, exist_ok=True)
+        _mount_bind(source, target)
     os.chdir("/")
     sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", config], stdin=subprocess.DEVNULL)
 

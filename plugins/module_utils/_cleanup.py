@@ -21,7 +21,9 @@ entry and are not the block's live producer (a consumer paused between its pid-c
 CAS and its ``count -= 1`` is such an opener: it will still decrement). Either store is
 made only when the pids and the count read the same over the settle looks (heartbeat
 stores are not changes: a consumer heartbeating every few ms must not prevent it), by CAS
-on the observed value. In a partial scope a count above R is never lowered: reported.
+on the observed value. ``each_block``'s look at every block's table before the first
+heal counts as the first of those looks when nothing but this run's clearing changed
+since: the blocks of one call share one wait (:func:`_pauses`). In a partial scope a count above R is never lowered: reported.
 
 ``read_index`` (Sequential_sync only): raised, by CAS on the observed value, to the
 slowest read position of the registered consumers once the dead ones' entries (and
@@ -37,7 +39,7 @@ from typing import Dict, List, Optional, Tuple
 from . import _layout as L
 from ._contract import FAILED, SUCCESS
 from ._errors import ConcurrentChange
-from ._observe import ConsumerView, Scene, sole
+from ._observe import TABLE, ConsumerView, Scene, sole
 from ._recover import plan_slot
 from ._procinfo import monotonic_ns
 from ._validate import _SETTLE_S
@@ -59,6 +61,7 @@ def cleanup(scene: Scene) -> Dict[str, object]:
             outcomes.append(plan_slot(scene, index, "release_readers"))
     # 2. the entries themselves
     cleaned = 0
+    cleared: Dict[int, int] = {}            # entry -> the dead pid this run cleared there
     for c in dead:
         try:
             _clear_entry(scene, c)
@@ -69,13 +72,14 @@ def cleanup(scene: Scene) -> Dict[str, object]:
             continue
         plan.commit()
         cleaned += 1
+        cleared[c.index] = c.pid
         outcomes.append({"consumer": c.index, "pid": c.pid, "result": SUCCESS,
                          "message": "consumer %d (pid %d, %s, %s): %s"
                          % (c.index, c.pid, c.name or "unnamed", c.verdict.state,
                             did(plan.dry_run, "clear", "its entry")),
                          "verdict": c.verdict.to_dict()})
     # 3. reconcile the counts with what is true
-    reconciled = _reconcile(scene)
+    reconciled = _reconcile(scene, cleared)
     fixed = [r for r in reconciled if "after" in r]
     plan.count_recovery(cleaned or (1 if fixed else 0))
     return {"cleaned": cleaned, "outcomes": outcomes, "reconciled": reconciled}
@@ -178,7 +182,28 @@ def _read_index_target(plan, pids: tuple) -> Tuple[Optional[int], int]:
     return (low if low > read_index else None), read_index
 
 
-def _reconcile(scene: Scene) -> List[Dict[str, object]]:
+def _pauses(scene: Scene, seen: tuple, cleared: Dict[int, int]) -> tuple:
+    """The settle pauses still to take after the look ``seen``.
+
+    Every look must read the same pids and count over at least ``sum(_SETTLE_S)`` (~60
+    ms). ``each_block`` already looked at every block's table before healing the first
+    (``_observe.preobserve``): when that look read what ``seen`` reads (the entries this
+    run cleared since held the dead pids it cleared) it is the first look of this
+    settle: the short pauses are taken, and the long one only for what the time since
+    that look does not cover. A host's blocks then share one wait instead of ~60 ms
+    each. A table that moved since that look (or with no such look: one block, a second
+    pass) gets every pause. Times are taken after the reads of a look, so the span
+    between the first look and the last is never overstated."""
+    pids = tuple(p or cleared.get(k, 0) for k, p in enumerate(seen[0]))
+    now = monotonic_ns()
+    first = scene.scans.first_seen(scene.block.inode + TABLE, (pids, seen[1]), now)
+    short = _SETTLE_S[:-1]
+    left = sum(_SETTLE_S) - sum(short) - (now - first) / 1e9
+    return short + ((left,) if left > 0 else ())
+
+
+def _reconcile(scene: Scene,
+               cleared: Optional[Dict[int, int]] = None) -> List[Dict[str, object]]:
     plan = scene.plan
     t = monotonic_ns()
     seen = _survey(plan)
@@ -190,7 +215,7 @@ def _reconcile(scene: Scene) -> List[Dict[str, object]]:
     # A live consumer claims its entry a moment before counting itself (and uncounts
     # itself a moment after freeing it): act only when every look over ~60 ms reads the
     # same pids and count: a table that is moving is left for a later run.
-    for pause in _SETTLE_S:
+    for pause in _pauses(scene, seen, cleared or {}):
         time.sleep(pause)
         if _survey(plan) != seen:
             return notes + [{"field": "active_consumer_count", "result": "KEPT",

@@ -170,13 +170,19 @@ class Opener:
         return self.consumers[0] if self.consumers else None
 
 
+#: The word of :meth:`_kernel.Scans.first_seen` under a block's key that notes the consumer
+#: table (every entry's pid, then ``active_consumer_count``) as :func:`preobserve` read it.
+TABLE = ("consumer_table",)
+
+
 def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> None:
     """Read a block's holder words (producer, consumers, the locks of the slots in use)
     with pread, and note when each was seen (``scans.first_seen``): a scan taken after
     this can prove the holders named here absent. ``each_block`` does it for every block
-    before its one scan. A block that cannot be read, has no sound header or is over the
-    ``max_bytes`` budget is skipped (its own call reads or refuses it; a word not seen
-    here is judged by a newer scan)."""
+    before its one scan. The consumer table read here (pids and count) is also noted as
+    a whole (:data:`TABLE`): the first look of cleanup's settle. A block that cannot be
+    read, has no sound header or is over the ``max_bytes`` budget is skipped (its own
+    call reads or refuses it; a word not seen here is judged by a newer scan)."""
     try:
         with open_block(address) as block:
             check_budget(block, "preobserve", max_bytes)
@@ -184,9 +190,14 @@ def preobserve(scans: Scans, address: str, max_bytes: Optional[int] = None) -> N
             key = block.inode
             t = monotonic_ns()
             scans.first_seen(key + ("producer",), block.get("producer_heartbeat_pid"), t)
-            for k in range(L.MAX_CONSUMERS):
-                scans.first_seen(key + ("consumer", k),
-                                 block.get(CONS["consumer_pid"], L.consumer_entry(k)), t)
+            pids = tuple(block.get(CONS["consumer_pid"], L.consumer_entry(k))
+                         for k in range(L.MAX_CONSUMERS))
+            for k, pid in enumerate(pids):
+                scans.first_seen(key + ("consumer", k), pid, t)
+            # the first look of cleanup's settle (_cleanup.TABLE): stamped AFTER the reads,
+            # so the time since it is never overstated
+            scans.first_seen(key + TABLE, (pids, block.get("active_consumer_count")),
+                             monotonic_ns())
             # a plain slot (the bulk scan, _scan) has no lock: nothing to note
             for i in scan_slots(block).interesting:
                 scans.first_seen(key + ("lock", i),

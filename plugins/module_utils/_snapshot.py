@@ -7,8 +7,13 @@ Why a journal and not a copy of the block: a recovery changes a handful of words
 copy taken before it would be stale by the time of the first store (live processes keep
 writing). The :class:`~_plan.Plan` appends one *intent* line per store -- offset, size,
 the value it observed (``before``), the value it writes (``after``), the header identity
-of the block -- and fsyncs it *before* the store. So a SIGKILL between the journal and
-the store is harmless: undo finds that word still at ``before`` and skips it. A CAS that
+of the block -- and writes it *before* the store. So a SIGKILL between the journal and
+the store is harmless: undo finds that word still at ``before`` and skips it (a line
+written is in the kernel's page cache, which outlives the process). The line is also
+fsynced first when the block's bytes can outlive the kernel (a block file, kind
+``path``): a crash of the machine then cannot keep a store whose line was lost. A
+shared-memory or memfd block dies with the kernel, so an fsync per store would buy it
+nothing and cost a disk flush per word (milliseconds each, a fleet heal's largest wait). A CAS that
 loses its race is marked ``failed`` (nothing was stored); a fetch-add that saw another
 value than observed is ``amended``; the run ends with an ``end`` line carrying the
 verdicts that justified the action. Scrubbed pages keep their bytes.
@@ -130,7 +135,8 @@ def _now_id(operation: str) -> str:
 # --------------------------------------------------------------------------- the journal
 class Journal:
     """The write-ahead journal of one real run. Created at the first store (a run that
-    changes nothing writes nothing); every line is fsynced before the store it announces."""
+    changes nothing writes nothing); every line is written before the store it announces,
+and fsynced first for a block whose bytes outlive the kernel (:attr:`durable`)."""
 
     def __init__(self, operation: str, block, directory_: str,
                  context: Optional[Dict[str, object]] = None) -> None:
@@ -142,6 +148,8 @@ class Journal:
         self.path: Optional[str] = None
         self._fd: Optional[int] = None
         self._seq = 0
+        #: fsync each line: only a block file can keep a store across a machine crash
+        self.durable = getattr(block, "kind", "path") not in ("shm", "memfd")
 
     # -- writing ---------------------------------------------------------------------
     def _open(self) -> None:
@@ -163,7 +171,8 @@ class Journal:
             head.update(self.context)
             self._line(head, first=True)
             try:
-                os.fsync(dfd)                       # the file's name is durable too
+                if self.durable:
+                    os.fsync(dfd)                   # the file's name is durable too
             except OSError:
                 pass
             prune(self.directory, dfd, keep_id=self.id)
@@ -174,7 +183,8 @@ class Journal:
         data = (json.dumps(record, sort_keys=True) + "\n").encode("ascii")
         try:
             os.write(self._fd, data)                # type: ignore[arg-type]
-            os.fsync(self._fd)                      # type: ignore[arg-type]
+            if self.durable:
+                os.fsync(self._fd)                  # type: ignore[arg-type]
         except OSError as exc:
             raise SnapshotError("cannot write the before-image %s: %s; %s"
                                 % (self.path, exc.strerror,
