@@ -21,7 +21,6 @@ exit codes) and the entry points the faces need (:func:`drill`, :func:`scan`,
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from . import _kernel, _registry
 from . import _layout as L
@@ -51,9 +50,14 @@ from ._scan import SlotScan, scan_slots
 from ._snapshot import apply_undo, check_identity, listing, load, locate
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
                       health as _health)
-from ._validate import Progress, validate as _validate
+from ._validate import validate as _validate
 from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, plural,
                        reblessed, reconciled, summary)
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+    from ._validate import Progress
 
 #: The front door: what a face may use (the faces import nothing below this module).
 __all__ = [
