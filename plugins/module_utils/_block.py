@@ -69,6 +69,7 @@ SLOT_COST = 4096
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
+
 def _libc() -> Tuple[Any, Any, Any, Any]:
     """``(ctypes, mmap, munmap, MAP_FAILED)``, made at the first mapping: ``ctypes`` costs
     milliseconds to import and read-only commands read with ``pread``, never map."""

@@ -64,7 +64,6 @@ LOCAL_FS = ("tmpfs", "ramfs", "hugetlbfs", "ext2", "ext3", "ext4", "xfs")
 BIRTH_MARGIN_NS = 20 * 10**6
 CAP_SYS_PTRACE = 19
 
-
 # "7f..-7f.. rw-s 00000000 00:1b 1234   /dev/shm/x": shared mappings only (perms[3] == s);
 # group 6: the path starts with /memfd: (the memfd filesystem also backs SysV and
 # anonymous shared memory, which are never blocks)
@@ -80,6 +79,8 @@ def _shared_map():  # type: () -> Any
         import re
         _SHARED_MAP.append(re.compile(_SHARED_MAP_RE, re.M))
     return _SHARED_MAP[0]
+
+
 _ENABLED = [True]
 
 
