@@ -39,7 +39,7 @@ def test_mutable_records_are_unhashable_and_have_own_lists():
 def test_no_stray_attributes_and_no_unknown_fields():
     v = Verdict(1, "dead")
     with pytest.raises(AttributeError):
-        v.typo = 1                                          # type: ignore[attr-defined]
+        v.typo = 1  # type: ignore[attr-defined]  # pylint: disable=assigning-non-slot
     with pytest.raises(TypeError):
         v.replace(nope=1)
     assert v.replace(state="alive") == Verdict(1, "alive")
