@@ -20,16 +20,17 @@ JSON only); the text faces print through :func:`_errors.printable`.
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
-import socket
 import time
-from typing import Dict, List, Optional
 
 from . import _snapshot
 from ._contract import AUDIT_FORMAT
 from ._errors import RecoveryError, SnapshotError, SnapshotMismatch, UndoRefused
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional
 
 ROOT_LOG = "/var/log/pylabhub-recovery/audit.jsonl"
 ENV_LOG = "PYLABHUB_RECOVERY_AUDIT_LOG"
@@ -97,6 +98,7 @@ def append(record: Dict[str, object], path: str) -> None:
     finally:
         os.close(dfd)
     try:
+        import json     # only when recording: read-only commands never load it
         os.write(fd, (json.dumps(record, sort_keys=True) + "\n").encode("ascii"))
     except OSError as exc:
         raise RecoveryError("cannot write the audit log %s: %s" % (path, exc.strerror))
@@ -110,6 +112,7 @@ def to_syslog(record: Dict[str, object]) -> None:
     if os.environ.get(ENV_SYSLOG, "").strip().lower() in ("0", "off", "no", "false"):
         return
     import syslog
+    import json
     text = json.dumps(record, sort_keys=True)
     if len(text) > SYSLOG_MAX:
         short = {k: v for k, v in record.items() if k not in ("changes", "verdicts")}
@@ -178,7 +181,7 @@ class Recorder:
             "format": FORMAT,
             "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "ts": round(time.time(), 6),
-            "host": socket.gethostname(), "user": _user(), "uid": os.geteuid(),
+            "host": os.uname().nodename, "user": _user(), "uid": os.geteuid(),
             "pid": os.getpid(),
             "block": {"address": b.address, "name": b.name, "path": b.path,
                       "device": b.inode[0], "inode": b.inode[1]},

@@ -33,18 +33,20 @@ Safety comes first here because everything else stands on it:
 
 from __future__ import annotations
 
-import ctypes
 import errno
-import hashlib
 import os
 import stat
 import struct
-from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 from . import _layout as L
 from ._errors import (BlockNotFound, BlockNotReady, InvalidName, NotADataBlock,
                       OverBudget, PermissionDenied, RecoveryError, TruncatedBlock, UnsafePath,
                       UnsupportedLayout, UsageError, WrongOwner)
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
+    FieldRef = Union[str, L.Field]
 
 SHM_DIR = "/dev/shm"
 MEMFD_PREFIX = "memfd:"
@@ -53,16 +55,8 @@ NAME_MAX = 255
 #: (per hashing thread), whatever the size of the block.
 WINDOW = 1 << 20
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_mmap = _libc.mmap
-_mmap.restype = ctypes.c_void_p
-_mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                  ctypes.c_long]
-_munmap = _libc.munmap
-_munmap.restype = ctypes.c_int
-_munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _PROT_READ, _PROT_WRITE, _MAP_SHARED = 1, 2, 1
-_MAP_FAILED = ctypes.c_void_p(-1).value
+_LIBC = []  # type: List[Any]
 _UNPACK = {1: struct.Struct("<B"), 2: struct.Struct("<H"), 4: struct.Struct("<I"),
            8: struct.Struct("<Q")}
 _ZEROS = memoryview(bytes(WINDOW))
@@ -75,7 +69,22 @@ SLOT_COST = 4096
 _SEEK_DATA = getattr(os, "SEEK_DATA", 3)
 _SEEK_HOLE = getattr(os, "SEEK_HOLE", 4)
 
-FieldRef = Union[str, L.Field]
+
+def _libc() -> Tuple[Any, Any, Any, Any]:
+    """``(ctypes, mmap, munmap, MAP_FAILED)``, made at the first mapping: ``ctypes`` costs
+    milliseconds to import and read-only commands read with ``pread``, never map."""
+    if not _LIBC:
+        import ctypes
+        libc = ctypes.CDLL(None, use_errno=True)
+        mmap = libc.mmap
+        mmap.restype = ctypes.c_void_p
+        mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                         ctypes.c_int, ctypes.c_long]
+        munmap = libc.munmap
+        munmap.restype = ctypes.c_int
+        munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+        _LIBC.extend((ctypes, mmap, munmap, ctypes.c_void_p(-1).value))
+    return _LIBC[0], _LIBC[1], _LIBC[2], _LIBC[3]
 
 
 def _atomic():
@@ -303,7 +312,7 @@ class Block:
     # -- lifecycle --------------------------------------------------------------------
     def close(self) -> None:
         if self._addr is not None:
-            _munmap(self._addr, self.size)
+            _libc()[2](self._addr, self.size)
             self._addr = None
         if self._fd is not None:
             os.close(self._fd)
@@ -387,6 +396,7 @@ class Block:
         if self._addr is None:
             return self._pread(offset, size)
         self._check_covers(offset, size)
+        ctypes = _libc()[0]
         return memoryview((ctypes.c_char * size).from_address(self._addr + offset)).cast("B")
 
     def pread_into(self, view: memoryview, offset: int) -> None:
@@ -463,7 +473,7 @@ class Block:
     def digest(self, offset: int, size: int) -> bytes:
         """BLAKE2b-256 of a range, hashed in windows; holes are hashed as zeros without
         being read, and a range that is all hole is a constant computed once per size."""
-        h = hashlib.blake2b(digest_size=L.HASH_SIZE)
+        h = L.blake2b()(digest_size=L.HASH_SIZE)
         saw_data = False
         for dummy, length, data in self.chunks(offset, size):
             if data is None:
@@ -477,7 +487,7 @@ class Block:
 
     def zero_digest(self, size: int) -> bytes:
         if size not in self._zero_digests:
-            h = hashlib.blake2b(digest_size=L.HASH_SIZE)
+            h = L.blake2b()(digest_size=L.HASH_SIZE)
             _update_zeros(h, size)
             self._zero_digests[size] = h.digest()
         return self._zero_digests[size]
@@ -526,9 +536,9 @@ class Block:
         if self._fd is None:
             raise RecoveryError("%s: block is closed" % self.address)
         if self._addr is None:
-            addr = _mmap(None, self.size, _PROT_READ | _PROT_WRITE, _MAP_SHARED,
-                         self._fd, 0)
-            if addr in (None, _MAP_FAILED):
+            ctypes, mmap, dummy, map_failed = _libc()
+            addr = mmap(None, self.size, _PROT_READ | _PROT_WRITE, _MAP_SHARED, self._fd, 0)
+            if addr in (None, map_failed):
                 err = ctypes.get_errno()
                 raise RecoveryError("%s: mmap failed: %s" % (self.address, os.strerror(err)))
             self._addr = addr
@@ -540,7 +550,8 @@ class Block:
         return self.read(offset, size)
 
     def write(self, offset: int, data: bytes) -> None:
-        ctypes.memmove(self._writable_where(offset, len(data)), bytes(data), len(data))
+        where = self._writable_where(offset, len(data))
+        _libc()[0].memmove(where, bytes(data), len(data))
 
     # -- field access -----------------------------------------------------------------
     @staticmethod

@@ -34,7 +34,6 @@ read_index is never touched: a new consumer resumes where the dead one stopped.
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._contract import FAILED, SUCCESS
@@ -44,6 +43,10 @@ from ._recover import plan_slot
 from ._procinfo import monotonic_ns
 from ._validate import _SETTLE_S
 from ._wording import did
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Tuple
 
 CONS = L.CONSUMER
 CEV = L.CONSUMER_EVIDENCE

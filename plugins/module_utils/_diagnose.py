@@ -11,7 +11,6 @@ judgement (every slot, every finding); :func:`report` is diagnose's document.
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Set
 
 from . import _layout as L
 from ._observe import ConsumerView, Scene, SlotView
@@ -19,6 +18,10 @@ from ._scan import SlotScan, scan_slots
 from ._status import blocked_drains, health, judge_slot, next_steps
 from ._procinfo import monotonic_ns
 from ._validate import flex_findings, index_step, state_findings, uncommitted_findings
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Iterable, List, Optional, Set
 
 _S = L.SlotState
 

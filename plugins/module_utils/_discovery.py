@@ -16,7 +16,6 @@ by a user who cannot see everything says so (:func:`scan`).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import fnmatch
 import os
@@ -172,7 +171,7 @@ def _reopened(block: BlockId) -> Iterator[BlockId]:
         return
     try:
         with engine_fd(fd):                 # recovery's own open: not a holder
-            yield dataclasses.replace(block, fd=fd)
+            yield block.replace(fd=fd)
     finally:
         os.close(fd)
 

@@ -21,13 +21,10 @@ exit codes) and the entry points the faces need (:func:`drill`, :func:`scan`,
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from . import _kernel, _registry
 from . import _layout as L
-from ._audit import Recorder
 from ._block import Block, check_budget, open_block
-from ._cleanup import cleanup as _cleanup
 from ._contract import (DRILL_CAPACITY, DRILL_ITERATIONS, DRILL_STRIDE, FAILED,
                         INVALID_SLOT, NOT_STUCK, SCHEMA, SLOT_ACTIONS, SUCCESS, UNSAFE)
 from ._contract import PRACTICE_HUB, PRACTICE_NAME, PRACTICE_SCENARIOS
@@ -41,19 +38,21 @@ from ._errors import (EXIT_CONCURRENT, EXIT_FINDINGS, EXIT_INTERNAL, EXIT_NO_BLO
                       SnapshotMismatch, TruncatedBlock, UndoRefused, UnsafePath, WatchRunning,
                       UnsupportedLayout, UsageError, WrongOwner, exit_code_for, printable,
                       printable_tree)
-from ._heal import heal as _heal
 from ._kernel import Scans
 from ._liveness import Verdict, is_process_alive, judge
 from ._observe import Scene, preobserve
 from ._plan import Plan
-from ._recover import check_action, plan_slot, targets
 from ._scan import SlotScan, scan_slots
-from ._snapshot import apply_undo, check_identity, listing, load, locate
 from ._status import (CORRUPT, DEGRADED, HEALTHY, RANK as HEALTH_RANK, STUCK, SUSPECT,
                       finding_step, health as _health, step as _step)
-from ._validate import Progress, validate as _validate
+from ._validate import validate as _validate
 from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, plural,
                        reblessed, reconciled, summary)
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+    from ._validate import Progress
 
 #: The front door: what a face may use (the faces import nothing below this module).
 __all__ = [
@@ -215,6 +214,8 @@ def recover(address: str, slot, action: str, force: bool = False,
     ``dry_run`` returns the identical plan without writing. ``record``: the before-image
     and audit options of :class:`_audit.Recorder` (``snapshot``, ``snapshot_dir``,
     ``audit_log``, ``audit``)."""
+    from ._audit import Recorder
+    from ._recover import check_action, plan_slot, targets
     check_action(action)
     with _attached(address, not dry_run) as block, \
             Recorder("recover", block, dry_run, forced=force, **record) as rec:
@@ -234,6 +235,8 @@ def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None
     """Clear every dead consumer's heartbeat entry (pid, identity, heartbeat, read
     position, evidence) after releasing the readers attributed to it, then recompute
     active_consumer_count and read_index from the survivors."""
+    from ._audit import Recorder
+    from ._cleanup import cleanup as _cleanup
     with _attached(address, not dry_run) as block, \
             Recorder("cleanup", block, dry_run, **record) as rec:
         check_budget(block, "cleanup", max_bytes, walk=False)
@@ -256,6 +259,7 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     each. ``valid``: no error finding left; ``health``: the one rule over these findings,
     the holders' and every slot (as diagnose and heal judge). ``progress(done_bytes,
     total_bytes)`` follows the hashing."""
+    from ._audit import Recorder
     writes = repair and not dry_run
     with _attached(address, writes, strict=False) as block, \
             Recorder("validate", block, not writes, **record) as rec:
@@ -326,6 +330,8 @@ def heal(address: str, repair: bool = False, dry_run: bool = False,
 def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
                max_bytes: Optional[int], scan: Optional[Scans],
                record: Dict[str, Any]) -> dict:
+    from ._audit import Recorder
+    from ._heal import heal as _heal
     with _attached(address, not dry_run) as block, \
             Recorder("heal", block, dry_run, **record) as rec:
         plan = _plan(block, dry_run, scan, rec.journal)
@@ -355,6 +361,7 @@ def _enabled(result: dict, entries: Iterable[Dict[str, object]]) -> List[tuple]:
             if str(entry.get("slot")).lower() not in (str(refused["slot"]), "all"):
                 continue
             action = str(entry.get("action"))
+            from ._recover import check_action
             check_action(action)
             item = (refused["slot"], action, str(entry.get("reason") or ""))
             if item not in todo:
@@ -397,6 +404,8 @@ def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = 
     whole undo is refused naming the field (:class:`_errors.UndoRefused`, exit 6;
     :class:`_errors.SnapshotMismatch`, exit 4) and nothing changes. The undo is itself
     journaled (its own snapshot), so an undo can be undone. See :mod:`_snapshot`."""
+    from ._audit import Recorder
+    from ._snapshot import apply_undo, check_identity, load, locate
     snap = load(locate(snapshot_id, snapshot_dir))
     head = snap["head"]
     address = str(head["block"]["address"])                        # type: ignore[index]
@@ -434,6 +443,7 @@ def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = 
 
 def snapshots(snapshot_dir: Optional[str] = None) -> dict:
     """The before-images in the snapshot directory, newest first (read-only)."""
+    from ._snapshot import listing
     return dict(schema=SCHEMA, operation="snapshots", **listing(snapshot_dir))
 
 

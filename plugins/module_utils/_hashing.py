@@ -29,12 +29,16 @@ validate's hot path. Decisions (issue 14; docs/performance.md has the figures):
 from __future__ import annotations
 
 import bisect
-import hashlib
 import os
-import threading
-from typing import Callable, List, Optional, Sequence, Tuple
 
 from . import _layout as L
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, List, Optional, Sequence, Tuple
+    #: (slot, (write_lock, write_generation, slot_state) before hashing, stored hash, digest)
+    Odd = Tuple[int, Tuple[int, int, int], bytes, bytes]
+    Progress = Optional[Callable[[int, int], None]]
 
 _E = L.SLOT_ENTRY_SIZE
 _C = L.CHECKSUM_ENTRY_SIZE
@@ -44,9 +48,6 @@ HASH_WINDOW = 64 << 10
 #: Data bytes per batch (many windows): few enough batches that scheduling costs
 #: nothing, enough of them that both threads stay busy to the end.
 BATCH_BYTES = 4 << 20
-#: (slot, (write_lock, write_generation, slot_state) before hashing, stored hash, digest)
-Odd = Tuple[int, Tuple[int, int, int], bytes, bytes]
-Progress = Optional[Callable[[int, int], None]]
 
 
 def _u64(raw: bytes, at: int) -> int:
@@ -66,6 +67,7 @@ def batches(ranges: Sequence[Tuple[int, int]], stride: int) -> List[Tuple[int, i
 
 class _Hasher:
     def __init__(self, block, first: int, stop: int) -> None:
+        import threading        # validate only: not at start-up
         self.block = block
         self.local = threading.local()
         # The allocated extents of the data of slots first..stop, found once: SEEK_HOLE
@@ -95,7 +97,7 @@ class _Hasher:
         if not self._allocated(start, n * stride):      # holes: never read them
             return [block.digest(geo.slot_data(first + j), stride) for j in range(n)]
         buf = self._buffer()
-        blake = hashlib.blake2b
+        blake = L.blake2b()
         out: List[bytes] = []
         if stride <= HASH_WINDOW:
             per = HASH_WINDOW // stride

@@ -16,7 +16,6 @@ exactly.
 
 from __future__ import annotations
 
-from typing import Dict, List
 
 from ._cleanup import cleanup
 from ._diagnose import assess, claims_orphaned, findings_of, merge_findings
@@ -25,7 +24,12 @@ from ._plan import Plan
 from ._recover import UNSAFE, plan_scrub, plan_slot, repair_write_index
 from ._scan import scan_slots
 from ._status import blocked_drains
-from ._validate import Progress, index_step, uncommitted_findings, validate
+from ._validate import index_step, uncommitted_findings, validate
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List
+    from ._validate import Progress
 
 
 def heal(plan: Plan, repair: bool = False, progress: Progress = None) -> Dict[str, object]:

@@ -39,18 +39,19 @@ import contextlib
 import errno
 import fcntl
 import os
-import re
-import signal
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
 
+from ._record import Record
 from ._mounts import fs_birth_ns, mounts_of, pid1_start_realtime_ns
 from ._procinfo import parse_stat
 from ._registry import Registry
 
-#: the registry as asked per pid: a lazy Registry, or a dict read in full (tests)
-Registered = Union[Registry, Dict[int, Tuple[int, int]]]
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, Iterable, Iterator, List, Optional, Set, Tuple, Union
+    #: the registry as asked per pid: a lazy Registry, or a dict read in full (tests)
+    Registered = Union[Registry, Dict[int, Tuple[int, int]]]
+    BlockKey = Tuple[int, int]             # (st_dev, st_ino)
 
 HOST, NAMESPACE, PARTIAL = "host", "namespace", "partial"
 PROC_PID_INIT_INO = 0xEFFFFFFC            # inode of the initial PID namespace (proc_ns.h)
@@ -63,14 +64,23 @@ LOCAL_FS = ("tmpfs", "ramfs", "hugetlbfs", "ext2", "ext3", "ext4", "xfs")
 BIRTH_MARGIN_NS = 20 * 10**6
 CAP_SYS_PTRACE = 19
 
-BlockKey = Tuple[int, int]                 # (st_dev, st_ino)
-
 # "7f..-7f.. rw-s 00000000 00:1b 1234   /dev/shm/x": shared mappings only (perms[3] == s);
 # group 6: the path starts with /memfd: (the memfd filesystem also backs SysV and
 # anonymous shared memory, which are never blocks)
-_SHARED_MAP = re.compile(
+# (compiled at the first scan: a command that never scans does not pay for it)
+_SHARED_MAP_RE = (
     rb"^([0-9a-f]+)-[0-9a-f]+ [r-]([w-])[x-]s [0-9a-f]+ ([0-9a-f]+):([0-9a-f]+) ([0-9]+) *"
-    rb"(/memfd:)?", re.M)
+    rb"(/memfd:)?")
+_SHARED_MAP = []  # type: List[Any]
+
+
+def _shared_map():  # type: () -> Any
+    if not _SHARED_MAP:
+        import re
+        _SHARED_MAP.append(re.compile(_SHARED_MAP_RE, re.M))
+    return _SHARED_MAP[0]
+
+
 _ENABLED = [True]
 
 
@@ -86,16 +96,26 @@ def scan_enabled() -> bool:
 
 
 # --------------------------------------------------------------------------- identities
-@dataclass(frozen=True)
-class BlockId:
+class BlockId(Record):
     """What the scan needs to know about one block: its file identity and where it lives."""
 
+    __slots__ = ("dev", "ino", "owner_uid", "kind", "path", "fd")
+    _no_compare = ("fd",)
     dev: int
     ino: int
     owner_uid: int
     kind: str                              # shm, path or memfd (see _block.resolve)
     path: str
-    fd: Optional[int] = field(default=None, compare=False)   # the engine's open file
+    fd: Optional[int]                      # the engine's open file (not compared)
+
+    def __init__(self, dev: int, ino: int, owner_uid: int, kind: str, path: str,
+                 fd: Optional[int] = None) -> None:
+        self.dev = dev
+        self.ino = ino
+        self.owner_uid = owner_uid
+        self.kind = kind
+        self.path = path
+        self.fd = fd
 
     @property
     def key(self) -> BlockKey:
@@ -108,13 +128,18 @@ class BlockId:
         return cls(dev, ino, block.owner_uid, block.kind, block.path, block.mapping()[1])
 
 
-@dataclass(frozen=True)
-class Hold:
+class Hold(Record):
     """How one process holds one block."""
 
-    rw: bool = False                       # a shared mapping with write permission
-    ro: bool = False                       # a shared read-only mapping
-    fds: Tuple[int, ...] = ()              # open file descriptors
+    __slots__ = ("rw", "ro", "fds")
+    rw: bool                               # a shared mapping with write permission
+    ro: bool                               # a shared read-only mapping
+    fds: Tuple[int, ...]                   # open file descriptors
+
+    def __init__(self, rw: bool = False, ro: bool = False, fds: Tuple[int, ...] = ()) -> None:
+        self.rw = rw
+        self.ro = ro
+        self.fds = fds
 
     @property
     def mapped(self) -> bool:
@@ -137,20 +162,36 @@ class Hold:
                     tuple(sorted(set(self.fds) | set(other.fds))))
 
 
-@dataclass(frozen=True)
-class Proc:
+class Proc(Record):
     """A process that has some candidate block mapped or open (read once per scan)."""
 
+    __slots__ = ("pid", "nspid", "state", "start_ticks", "uid", "comm", "pidns", "timens",
+                 "own", "recovery_uid")
     pid: int                               # as our /proc shows it
     nspid: Tuple[int, ...]                 # NSpid: our level first, its own level last
     state: str                             # stat field 3 (R S D T t Z ...), "?" unreadable
     start_ticks: Optional[int]             # stat field 22, in OUR time namespace
     uid: Optional[int]
     comm: str
-    pidns: Optional[int] = None            # inode of /proc/PID/ns/pid
-    timens: Optional[int] = None           # inode of /proc/PID/ns/time
-    own: bool = False                      # this very process (engine mappings left out)
-    recovery_uid: Optional[int] = None     # owner of a valid registration, else None
+    pidns: Optional[int]                   # inode of /proc/PID/ns/pid
+    timens: Optional[int]                  # inode of /proc/PID/ns/time
+    own: bool                              # this very process (engine mappings left out)
+    recovery_uid: Optional[int]            # owner of a valid registration, else None
+
+    def __init__(self, pid: int, nspid: Tuple[int, ...], state: str,
+                 start_ticks: Optional[int], uid: Optional[int], comm: str,
+                 pidns: Optional[int] = None, timens: Optional[int] = None, own: bool = False,
+                 recovery_uid: Optional[int] = None) -> None:
+        self.pid = pid
+        self.nspid = nspid
+        self.state = state
+        self.start_ticks = start_ticks
+        self.uid = uid
+        self.comm = comm
+        self.pidns = pidns
+        self.timens = timens
+        self.own = own
+        self.recovery_uid = recovery_uid
 
     @property
     def stopped(self) -> bool:
@@ -179,12 +220,16 @@ class Proc:
         return out
 
 
-@dataclass(frozen=True)
-class Scope:
+class Scope(Record):
     """Whether a scan's absence proves anything for one block, and why."""
 
+    __slots__ = ("name", "reason")
     name: str                              # host, namespace or partial
     reason: str
+
+    def __init__(self, name: str, reason: str) -> None:
+        self.name = name
+        self.reason = reason
 
     @property
     def complete(self) -> bool:
@@ -212,6 +257,7 @@ def exclusive(block: BlockId) -> Optional[bool]:
     if block.fd is None or block.kind == "memfd" or not _lease_fs(block.dev):
         return None
     try:
+        import signal
         fcntl.fcntl(block.fd, fcntl.F_SETSIG, signal.SIGURG)
         fcntl.fcntl(block.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
     except OSError as exc:
@@ -338,6 +384,7 @@ def _shared_maps(data: bytes, skip_starts: Set[int], devices: Optional[Set[int]]
     fourth perms letter is s) are parsed; the rest of the text is never split."""
     out = {}  # type: Dict[BlockKey, Hold]
     done = set()  # type: Set[int]
+    shared_map = _shared_map()
     for marker in (b"-s ", b"xs "):
         i = data.find(marker)
         while i != -1:
@@ -346,7 +393,7 @@ def _shared_maps(data: bytes, skip_starts: Set[int], devices: Optional[Set[int]]
             if start in done:
                 continue
             done.add(start)
-            m = _SHARED_MAP.match(data, start)
+            m = shared_map.match(data, start)
             if m is None:
                 continue
             dev = os.makedev(int(m.group(3), 16), int(m.group(4), 16))
@@ -509,30 +556,66 @@ def read_proc(pid: int, registered: Optional[Registered] = None,
 
 
 # --------------------------------------------------------------------------- the scan
-@dataclass
-class HostScan:
+class HostScan(Record):
     """One walk of /proc: who has which candidate block mapped or open (see module doc)."""
 
+    __slots__ = ("started_ns", "finished_ns", "enabled", "own_pid", "euid", "pidns", "timens",
+                 "init_pidns", "proc_is_ours", "can_ptrace", "processes", "unreadable",
+                 "paths", "devices", "memfd_dev", "holds", "procs", "proc", "_scopes",
+                 "_registered")
+    _no_repr = ("_scopes", "_registered")
+    __hash__ = None  # type: ignore[assignment]   # mutable
     started_ns: int                                        # CLOCK_MONOTONIC at the start
-    finished_ns: int = 0
-    enabled: bool = True
-    own_pid: int = 0
-    euid: int = 0
-    pidns: Optional[int] = None
-    timens: Optional[int] = None
-    init_pidns: bool = False                               # we run in the initial one
-    proc_is_ours: bool = False                             # /proc is our namespace's
-    can_ptrace: bool = False                               # CAP_SYS_PTRACE effective
-    processes: int = 0                                     # processes walked
-    unreadable: List[int] = field(default_factory=list)    # maps/fds not readable
-    paths: Tuple[str, ...] = ()
-    devices: Set[int] = field(default_factory=set)         # filesystems indexed
-    memfd_dev: Optional[int] = None                        # the kernel's memfd filesystem
-    holds: Dict[BlockKey, Dict[int, Hold]] = field(default_factory=dict)
-    procs: Dict[int, Optional[Proc]] = field(default_factory=dict)   # read lazily
-    proc: str = "/proc"
-    _scopes: Dict[BlockKey, Scope] = field(default_factory=dict, repr=False)
-    _registered: Optional[Registered] = field(default=None, repr=False)
+    finished_ns: int
+    enabled: bool
+    own_pid: int
+    euid: int
+    pidns: Optional[int]
+    timens: Optional[int]
+    init_pidns: bool                                       # we run in the initial one
+    proc_is_ours: bool                                     # /proc is our namespace's
+    can_ptrace: bool                                       # CAP_SYS_PTRACE effective
+    processes: int                                         # processes walked
+    unreadable: List[int]                                  # maps/fds not readable
+    paths: Tuple[str, ...]
+    devices: Set[int]                                      # filesystems indexed
+    memfd_dev: Optional[int]                               # the kernel's memfd filesystem
+    holds: Dict[BlockKey, Dict[int, Hold]]
+    procs: Dict[int, Optional[Proc]]                       # read lazily
+    proc: str
+    _scopes: Dict[BlockKey, Scope]
+    _registered: Optional[Registered]
+
+    def __init__(self, started_ns: int, finished_ns: int = 0, enabled: bool = True,
+                 own_pid: int = 0, euid: int = 0, pidns: Optional[int] = None,
+                 timens: Optional[int] = None, init_pidns: bool = False,
+                 proc_is_ours: bool = False, can_ptrace: bool = False, processes: int = 0,
+                 unreadable: Optional[List[int]] = None, paths: Tuple[str, ...] = (),
+                 devices: Optional[Set[int]] = None, memfd_dev: Optional[int] = None,
+                 holds: Optional[Dict[BlockKey, Dict[int, Hold]]] = None,
+                 procs: Optional[Dict[int, Optional[Proc]]] = None, proc: str = "/proc",
+                 _scopes: Optional[Dict[BlockKey, Scope]] = None,
+                 _registered: Optional[Registered] = None) -> None:
+        self.started_ns = started_ns
+        self.finished_ns = finished_ns
+        self.enabled = enabled
+        self.own_pid = own_pid
+        self.euid = euid
+        self.pidns = pidns
+        self.timens = timens
+        self.init_pidns = init_pidns
+        self.proc_is_ours = proc_is_ours
+        self.can_ptrace = can_ptrace
+        self.processes = processes
+        self.unreadable = [] if unreadable is None else unreadable
+        self.paths = paths
+        self.devices = set() if devices is None else devices
+        self.memfd_dev = memfd_dev
+        self.holds = {} if holds is None else holds
+        self.procs = {} if procs is None else procs
+        self.proc = proc
+        self._scopes = {} if _scopes is None else _scopes
+        self._registered = _registered
 
     @classmethod
     def take(cls, paths: Iterable[str] = (), proc: str = "/proc") -> "HostScan":

@@ -12,10 +12,13 @@ elsewhere. See ``docs/architecture.md`` and the spec (pylabhub-datablock-1.0.md)
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
-from dataclasses import dataclass
-from typing import Dict, Optional
+
+from ._record import Record
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, List, Optional
 
 PAGE = 4096
 HEADER_SIZE = 4096
@@ -70,16 +73,24 @@ def enum_name(kind: type, value: int) -> str:
         return "UNKNOWN(%d)" % value
 
 
-@dataclass(frozen=True)
-class Field:
+class Field(Record):
     """One field: offset relative to its record, size in bytes, kind, and whether live
     processes touch it atomically (then we must too)."""
 
+    __slots__ = ("name", "offset", "size", "kind", "atomic")
     name: str
     offset: int
     size: int
-    kind: str = "u"          # "u" unsigned little-endian int, "bytes", "text" (NUL-terminated)
-    atomic: bool = False
+    kind: str                # "u" unsigned little-endian int, "bytes", "text" (NUL-terminated)
+    atomic: bool
+
+    def __init__(self, name: str, offset: int, size: int, kind: str = "u",
+                 atomic: bool = False) -> None:
+        self.name = name
+        self.offset = offset
+        self.size = size
+        self.kind = kind
+        self.atomic = atomic
 
     @property
     def end(self) -> int:
@@ -209,9 +220,25 @@ EVIDENCE_VERSION = 1
 _LAYOUT_RECORD = struct.Struct("<IIIQBBBB")
 
 
+_BLAKE2B = []  # type: List[Callable[..., Any]]
+
+
+def blake2b() -> Callable[..., Any]:
+    """``hashlib.blake2b``, imported at first use: ``import hashlib`` loads OpenSSL's
+    ``_hashlib`` (milliseconds) although hashlib's BLAKE2b is always the built-in
+    ``_blake2`` one (hashlib never takes BLAKE2 from OpenSSL), which is taken directly."""
+    if not _BLAKE2B:
+        try:
+            from _blake2 import blake2b as blake
+        except ImportError:  # pragma: no cover - an interpreter without the built-in module
+            from hashlib import blake2b as blake
+        _BLAKE2B.append(blake)
+    return _BLAKE2B[0]
+
+
 def blake2b256(data) -> bytes:
     """BLAKE2b with a 32-byte digest, unkeyed: the format's checksum."""
-    return hashlib.blake2b(data, digest_size=HASH_SIZE).digest()
+    return blake2b()(data, digest_size=HASH_SIZE).digest()
 
 
 def layout_checksum(capacity: int, page_size: int, unit_size: int, flex_size: int,
@@ -227,13 +254,18 @@ def roundup(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
-@dataclass(frozen=True)
-class Geometry:
+class Geometry(Record):
     """Region arithmetic of one block, from the three numbers its header holds."""
 
+    __slots__ = ("capacity", "stride", "flex_size")
     capacity: int        # N (a stored 0 means 1)
     stride: int          # S, slot stride = logical_unit_size
     flex_size: int       # F
+
+    def __init__(self, capacity: int, stride: int, flex_size: int) -> None:
+        self.capacity = capacity
+        self.stride = stride
+        self.flex_size = flex_size
 
     @classmethod
     def from_stored(cls, capacity: int, stride: int, flex_size: int) -> "Geometry":

@@ -33,16 +33,17 @@ refuses unforced release anyway). Every verdict lists its evidence as strings.
 
 from __future__ import annotations
 
-import dataclasses
-import uuid
-from typing import Any, Dict, List, Optional, Tuple
-
 from ._kernel import (BlockId, Hold, HostScan, Proc, Scans, Scope, describe_matches,
                       direct_holder, process_hold)
 from ._procinfo import (
     PID_MAX_LIMIT, PROBE_EXISTS, PROBE_NO_SUCH, PROBE_OTHER_USER, boot_id, boottime_ns,
     clock_ticks, live_thread_count, monotonic_ns, pid_namespace, pid_probe, process_stat,
 )
+from ._record import Record
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Dict, List, Optional, Tuple
 
 ALIVE = "alive"
 DEAD = "dead"
@@ -58,8 +59,7 @@ NAMESPACE_ASSUMPTION = ("assumes recovery runs in the holders' PID namespace (no
                         "evidence says otherwise)")
 
 
-@dataclasses.dataclass(frozen=True)
-class Verdict:
+class Verdict(Record):
     """The judgement on one PID, with the evidence that led to it.
 
     ``scope``: the kernel scan's scope for the block (None when no scan was needed: a
@@ -67,11 +67,21 @@ class Verdict:
     ``process``: the process that has the block mapped or open under this pid (alive and
     suspect-hung verdicts from the scan), as :meth:`_kernel.Proc.to_dict`."""
 
+    __slots__ = ("pid", "state", "evidence", "scope", "process")
     pid: int
     state: str
-    evidence: Tuple[str, ...] = ()
-    scope: Optional[Scope] = None
-    process: Optional[Dict[str, Any]] = None
+    evidence: Tuple[str, ...]
+    scope: Optional[Scope]
+    process: Optional[Dict[str, Any]]
+
+    def __init__(self, pid: int, state: str, evidence: Tuple[str, ...] = (),
+                 scope: Optional[Scope] = None,
+                 process: Optional[Dict[str, Any]] = None) -> None:
+        self.pid = pid
+        self.state = state
+        self.evidence = evidence
+        self.scope = scope
+        self.process = process
 
     @property
     def is_dead(self) -> bool:
@@ -83,8 +93,7 @@ class Verdict:
                 "process": dict(self.process) if self.process else None}
 
 
-@dataclasses.dataclass(frozen=True)
-class Snapshot:
+class Snapshot(Record):
     """"Now": clocks, boot id and tick rate, taken once for a whole scan of many slots.
 
     A snapshot from ``take()`` is *live*: ``judge`` re-reads the two clocks (cheap) after
@@ -93,12 +102,22 @@ class Snapshot:
     (deterministic tests).
     """
 
+    __slots__ = ("monotonic_ns", "boottime_ns", "boot_id", "clk_tck", "live", "pidns")
     monotonic_ns: int
     boottime_ns: int
     boot_id: Optional[bytes]
-    clk_tck: int = 100
-    live: bool = False
-    pidns: Optional[int] = None       # inode of this process's PID namespace
+    clk_tck: int
+    live: bool
+    pidns: Optional[int]              # inode of this process's PID namespace
+
+    def __init__(self, monotonic_ns: int, boottime_ns: int, boot_id: Optional[bytes],
+                 clk_tck: int = 100, live: bool = False, pidns: Optional[int] = None) -> None:
+        self.monotonic_ns = monotonic_ns
+        self.boottime_ns = boottime_ns
+        self.boot_id = boot_id
+        self.clk_tck = clk_tck
+        self.live = live
+        self.pidns = pidns
 
     @classmethod
     def take(cls) -> "Snapshot":
@@ -109,7 +128,7 @@ class Snapshot:
         if not self.live:
             return self
         mono = monotonic_ns()
-        return dataclasses.replace(self, monotonic_ns=mono, boottime_ns=boottime_ns())
+        return Snapshot(mono, boottime_ns(), self.boot_id, self.clk_tck, self.live, self.pidns)
 
     @property
     def suspended_ns(self) -> int:
@@ -314,6 +333,7 @@ def is_process_alive(pid: int, **kwargs: Any) -> bool:
 
 
 def _uuid(raw: Optional[bytes]) -> str:
+    import uuid     # only for this message: uuid imports platform (milliseconds)
     return str(uuid.UUID(bytes=bytes(raw))) if raw else "?"
 
 

@@ -13,23 +13,33 @@ when stepped forward, and is an assumption when stepped back).
 
 from __future__ import annotations
 
-import ctypes
 import os
 import re
 import time
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
 
 from ._procinfo import clock_ticks, parse_stat
+from ._record import Record
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, List, Optional, Tuple
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(Record):
+    __slots__ = ("dev", "root", "mountpoint", "tags", "fstype")
     dev: int
     root: str
     mountpoint: str
     tags: Tuple[str, ...]
     fstype: str
+
+    def __init__(self, dev: int, root: str, mountpoint: str, tags: Tuple[str, ...],
+                 fstype: str) -> None:
+        self.dev = dev
+        self.root = root
+        self.mountpoint = mountpoint
+        self.tags = tags
+        self.fstype = fstype
 
 
 def _unescape(text: str) -> str:
@@ -56,22 +66,34 @@ def mounts_of(proc: str, dev: int) -> List[Mount]:
     return out
 
 
-class _StatxTs(ctypes.Structure):
-    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32),
-                ("reserved", ctypes.c_int32)]
+_STATX = []  # type: List[Any]
 
 
-class _Statx(ctypes.Structure):
-    _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
-                ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
-                ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
-                ("mode", ctypes.c_uint16), ("pad0", ctypes.c_uint16),
-                ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
-                ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
-                ("atime", _StatxTs), ("btime", _StatxTs), ("ctime", _StatxTs),
-                ("mtime", _StatxTs), ("rdev_major", ctypes.c_uint32),
-                ("rdev_minor", ctypes.c_uint32), ("dev_major", ctypes.c_uint32),
-                ("dev_minor", ctypes.c_uint32), ("spare", ctypes.c_uint64 * 14)]
+def _statx_struct() -> Any:
+    """The ``struct statx`` type, made at first use (``ctypes`` costs milliseconds to import,
+    and only the namespace scope of a scan needs it)."""
+    if _STATX:
+        return _STATX[0]
+    import ctypes
+
+    class _StatxTs(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_uint32),
+                    ("reserved", ctypes.c_int32)]
+
+    class _Statx(ctypes.Structure):
+        _fields_ = [("mask", ctypes.c_uint32), ("blksize", ctypes.c_uint32),
+                    ("attributes", ctypes.c_uint64), ("nlink", ctypes.c_uint32),
+                    ("uid", ctypes.c_uint32), ("gid", ctypes.c_uint32),
+                    ("mode", ctypes.c_uint16), ("pad0", ctypes.c_uint16),
+                    ("ino", ctypes.c_uint64), ("size", ctypes.c_uint64),
+                    ("blocks", ctypes.c_uint64), ("attributes_mask", ctypes.c_uint64),
+                    ("atime", _StatxTs), ("btime", _StatxTs), ("ctime", _StatxTs),
+                    ("mtime", _StatxTs), ("rdev_major", ctypes.c_uint32),
+                    ("rdev_minor", ctypes.c_uint32), ("dev_major", ctypes.c_uint32),
+                    ("dev_minor", ctypes.c_uint32), ("spare", ctypes.c_uint64 * 14)]
+
+    _STATX.append(_Statx)
+    return _Statx
 
 
 _AT_FDCWD, _AT_SYMLINK_NOFOLLOW, _STATX_BTIME = -100, 0x100, 0x800
@@ -80,12 +102,13 @@ _AT_FDCWD, _AT_SYMLINK_NOFOLLOW, _STATX_BTIME = -100, 0x100, 0x800
 def birth_ns(path: str) -> Optional[Tuple[int, int]]:
     """(birth time in CLOCK_REALTIME ns, st_dev) of ``path`` via statx, or None when the
     kernel, libc or filesystem does not report one."""
+    import ctypes
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         fn = libc.statx
     except (OSError, AttributeError):
         return None
-    buf = _Statx()
+    buf = _statx_struct()()
     if fn(_AT_FDCWD, os.fsencode(path), _AT_SYMLINK_NOFOLLOW, _STATX_BTIME,
           ctypes.byref(buf)) != 0 or not buf.mask & _STATX_BTIME:
         return None

@@ -27,8 +27,6 @@ slot). A dead consumer's evidence only attributes readers to that dead entry.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import check_budget, open_block
@@ -38,7 +36,12 @@ from ._kernel import BlockId, Hold, HostScan, Proc, Scans, Scope
 from ._liveness import ALIVE, DEAD, Snapshot, Verdict, judge
 from ._plan import Plan
 from ._procinfo import monotonic_ns
+from ._record import Record
 from ._scan import scan_slots
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Dict, List, Optional, Tuple
 
 SLOT = L.SLOT
 CONS = L.CONSUMER
@@ -77,18 +80,26 @@ def _slot_words(plan: Plan, base: int) -> Tuple[int, ...]:
     return tuple(plan.get(f, base) for f in _WORDS)
 
 
-@dataclass(frozen=True)
-class Evidence:
+class Evidence(Record):
     """Our runtime's evidence about one holder word, as recorded (pid-matching)."""
 
+    __slots__ = ("pid", "start", "pidns", "reading")
     pid: int
     start: int
     pidns: int
-    reading: Optional[int] = None     # consumer evidence: the raw "reading" word
+    reading: Optional[int]            # consumer evidence: the raw "reading" word
+
+    def __init__(self, pid: int, start: int, pidns: int, reading: Optional[int] = None) -> None:
+        self.pid = pid
+        self.start = start
+        self.pidns = pidns
+        self.reading = reading
 
 
-@dataclass
-class ConsumerView:
+class ConsumerView(Record):
+    __slots__ = ("index", "pid", "heartbeat_ns", "uid", "name", "reading", "has_evidence",
+                 "verdict", "evidence", "trusted")
+    __hash__ = None  # type: ignore[assignment]   # mutable
     index: int
     pid: int
     heartbeat_ns: int
@@ -96,17 +107,34 @@ class ConsumerView:
     name: str
     reading: Optional[int]            # slot index from usable evidence; None = none or unknown
     has_evidence: bool                # usable evidence narrows where this consumer reads
-    verdict: Optional[Verdict] = None
-    evidence: Optional[Evidence] = None   # recorded for this pid (trusted or not)
-    trusted: Optional[Proc] = None    # the live process that evidence is trusted for
+    verdict: Optional[Verdict]
+    evidence: Optional[Evidence]      # recorded for this pid (trusted or not)
+    trusted: Optional[Proc]           # the live process that evidence is trusted for
+
+    def __init__(self, index: int, pid: int, heartbeat_ns: int, uid: str, name: str,
+                 reading: Optional[int], has_evidence: bool, verdict: Optional[Verdict] = None,
+                 evidence: Optional[Evidence] = None, trusted: Optional[Proc] = None) -> None:
+        self.index = index
+        self.pid = pid
+        self.heartbeat_ns = heartbeat_ns
+        self.uid = uid
+        self.name = name
+        self.reading = reading
+        self.has_evidence = has_evidence
+        self.verdict = verdict
+        self.evidence = evidence
+        self.trusted = trusted
 
     @property
     def dead(self) -> bool:
         return self.verdict is not None and self.verdict.is_dead
 
 
-@dataclass
-class SlotView:
+class SlotView(Record):
+    __slots__ = ("index", "write_lock", "reader_count", "state", "writer_waiting", "generation",
+                 "locked_ns", "changed_ns", "writer", "readers_in", "live_possible",
+                 "releasable_readers", "candidates", "scope", "observed_ns")
+    __hash__ = None  # type: ignore[assignment]   # mutable
     index: int
     write_lock: int
     reader_count: int
@@ -115,13 +143,35 @@ class SlotView:
     generation: int
     locked_ns: Optional[int]          # our evidence: when the current holder took the lock
     changed_ns: Optional[int]
-    writer: Optional[Verdict] = None
-    readers_in: List[ConsumerView] = field(default_factory=list)   # consumers naming this slot
-    live_possible: int = 0            # readers that may be live (count - releasable)
-    releasable_readers: int = 0       # readers provably gone
-    candidates: List["Candidate"] = field(default_factory=list)  # who could be inside
-    scope: Optional[str] = None       # the scope the reader rule was decided in
-    observed_ns: Optional[int] = None  # monotonic time before these words were first read
+    writer: Optional[Verdict]
+    readers_in: List[ConsumerView]    # consumers naming this slot
+    live_possible: int                # readers that may be live (count - releasable)
+    releasable_readers: int           # readers provably gone
+    candidates: List[Candidate]       # who could be inside
+    scope: Optional[str]              # the scope the reader rule was decided in
+    observed_ns: Optional[int]        # monotonic time before these words were first read
+
+    def __init__(self, index: int, write_lock: int, reader_count: int, state: int,
+                 writer_waiting: int, generation: int, locked_ns: Optional[int],
+                 changed_ns: Optional[int], writer: Optional[Verdict] = None,
+                 readers_in: Optional[List[ConsumerView]] = None, live_possible: int = 0,
+                 releasable_readers: int = 0, candidates: Optional[List[Candidate]] = None,
+                 scope: Optional[str] = None, observed_ns: Optional[int] = None) -> None:
+        self.index = index
+        self.write_lock = write_lock
+        self.reader_count = reader_count
+        self.state = state
+        self.writer_waiting = writer_waiting
+        self.generation = generation
+        self.locked_ns = locked_ns
+        self.changed_ns = changed_ns
+        self.writer = writer
+        self.readers_in = [] if readers_in is None else readers_in
+        self.live_possible = live_possible
+        self.releasable_readers = releasable_readers
+        self.candidates = [] if candidates is None else candidates
+        self.scope = scope
+        self.observed_ns = observed_ns
 
     @property
     def writer_dead(self) -> bool:
@@ -140,14 +190,20 @@ class SlotView:
         return self.write_lock == 0 and self.state in (L.SlotState.WRITING, L.SlotState.DRAINING)
 
 
-@dataclass(frozen=True)
-class Opener:
+class Opener(Record):
     """A live process (not a registered recovery run) that has the block mapped
     read-write: everything that could be a reader or writer inside a slot right now."""
 
+    __slots__ = ("process", "consumers", "evidence")
     process: Proc
     consumers: Tuple[int, ...]        # heartbeat entries whose pid names it (any level)
     evidence: Optional[Evidence]      # trusted consumer evidence of the first of them
+
+    def __init__(self, process: Proc, consumers: Tuple[int, ...],
+                 evidence: Optional[Evidence]) -> None:
+        self.process = process
+        self.consumers = consumers
+        self.evidence = evidence
 
     @property
     def pid(self) -> int:
@@ -519,14 +575,19 @@ def sole(openers: List[Opener], pid: int) -> Optional[Opener]:
     return found[0] if len(found) == 1 else None
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(Record):
     """A live process that could be inside a slot, and how many of its readers it may
     account for: 0, 1 (or more), or ``None`` = any number."""
 
+    __slots__ = ("opener", "contribution", "why")
     opener: Opener
     contribution: Optional[int]
     why: str
+
+    def __init__(self, opener: Opener, contribution: Optional[int], why: str) -> None:
+        self.opener = opener
+        self.contribution = contribution
+        self.why = why
 
     def to_dict(self) -> Dict[str, object]:
         return {"pid": self.opener.pid, "nspid": list(self.opener.nspid),

@@ -26,29 +26,48 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Set, Tuple, Union
 
 from . import _layout as L
 from ._block import Block
 from ._errors import ConcurrentChange
+from ._record import Record
 
-Value = Union[int, bytes]
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Set, Tuple, Union
+    Value = Union[int, bytes]
 
 
-@dataclass
-class Change:
+class Change(Record):
     """One word (or byte range) changed, or planned to change in a dry run."""
 
+    __slots__ = ("target", "before", "after", "offset", "size", "atomic", "text", "scrubbed",
+                 "seq")
+    _no_repr = ("offset", "size", "atomic", "text", "scrubbed", "seq")
+    __hash__ = None  # type: ignore[assignment]   # mutable
     target: str
     before: Value
     after: Value
-    offset: int = field(repr=False, default=0)
-    size: int = field(repr=False, default=0)
-    atomic: bool = field(repr=False, default=True)
-    text: bool = field(repr=False, default=False)   # NUL-terminated text, shown as a string
-    scrubbed: Optional[List[Tuple[int, bytes]]] = field(repr=False, default=None)
-    seq: Optional[int] = field(repr=False, default=None)   # its line in the journal
+    offset: int
+    size: int
+    atomic: bool
+    text: bool                        # NUL-terminated text, shown as a string
+    scrubbed: Optional[List[Tuple[int, bytes]]]
+    seq: Optional[int]                # its line in the journal
+
+    def __init__(self, target: str, before: Value, after: Value, offset: int = 0,
+                 size: int = 0, atomic: bool = True, text: bool = False,
+                 scrubbed: Optional[List[Tuple[int, bytes]]] = None,
+                 seq: Optional[int] = None) -> None:
+        self.target = target
+        self.before = before
+        self.after = after
+        self.offset = offset
+        self.size = size
+        self.atomic = atomic
+        self.text = text
+        self.scrubbed = scrubbed
+        self.seq = seq
 
     def to_dict(self) -> dict:
         def show(v: Value):

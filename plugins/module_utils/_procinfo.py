@@ -14,7 +14,10 @@ import errno
 import os
 import time
 from collections import namedtuple
-from typing import Optional
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Optional
 
 # Hard kernel limit: PIDs are < PID_MAX_LIMIT (4194304 on 64-bit Linux).
 # /proc/sys/kernel/pid_max can be lowered at run time while larger PIDs stay alive, so

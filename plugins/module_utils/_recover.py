@@ -35,7 +35,6 @@ slot still locked by a dead pid with a state the next run handles the same way.
 
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._contract import FAILED, NOT_STUCK, SUCCESS, UNSAFE
@@ -44,6 +43,10 @@ from ._errors import ConcurrentChange, UsageError
 from ._observe import Scene, SlotView
 from ._status import step
 from ._wording import did, did_all, plural
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Tuple
 
 SLOT = L.SLOT
 _S = L.SlotState

@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-from typing import Dict, Iterator, Optional, Tuple
 
 from ._procinfo import process_stat
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Iterator, Optional, Tuple
 
 REGISTRY_DIR = "/run/pylabhub-recovery"
 _REG = {"depth": 0, "path": None}  # type: Dict[str, object]

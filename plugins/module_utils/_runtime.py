@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
 from typing import Callable, List, Optional
 
 from . import _layout as L
@@ -24,6 +23,7 @@ from ._block import Block, check_name, open_block
 from ._errors import BlockNotFound, RecoveryError, UsageError
 from ._kernel import BlockId
 from ._liveness import judge
+from ._record import Record
 
 SLOT = L.SLOT
 CONS = L.CONSUMER
@@ -121,17 +121,28 @@ def _wait(cond: Callable[[], bool], timeout: Optional[float], what: str) -> None
         pause = min(pause * 2, 0.005)
 
 
-@dataclass
-class WriteSlot:
+class WriteSlot(Record):
+    __slots__ = ("slot_id", "index")
+    __hash__ = None  # type: ignore[assignment]   # mutable
     slot_id: int
     index: int
 
+    def __init__(self, slot_id: int, index: int) -> None:
+        self.slot_id = slot_id
+        self.index = index
 
-@dataclass
-class ReadSlot:
+
+class ReadSlot(Record):
+    __slots__ = ("slot_id", "index", "generation")
+    __hash__ = None  # type: ignore[assignment]   # mutable
     slot_id: int
     index: int
     generation: int
+
+    def __init__(self, slot_id: int, index: int, generation: int) -> None:
+        self.slot_id = slot_id
+        self.index = index
+        self.generation = generation
 
 
 def slot_verifies(b: Block, index: int) -> bool:

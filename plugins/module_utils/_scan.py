@@ -29,10 +29,13 @@ leaves them.
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import WINDOW
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 _E = L.SLOT_ENTRY_SIZE
 _S = L.SlotState

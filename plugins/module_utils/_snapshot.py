@@ -33,17 +33,17 @@ Dry runs and runs that change nothing write nothing.
 from __future__ import annotations
 
 import errno
-import hashlib
-import json
 import os
 import re
-import socket
 import stat
 import time
-from typing import Dict, List, Optional, Tuple
 
 from . import _layout as L
 from ._errors import RecoveryError, SnapshotError, SnapshotMismatch, UsageError
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, List, Optional, Tuple
 
 FORMAT = "pylabhub.recovery/snapshot-v1"
 ROOT_DIR = "/var/lib/pylabhub-recovery/snapshots"
@@ -117,7 +117,7 @@ def identity(block) -> Dict[str, object]:
     """What makes the block the same block: its file (device, inode), size and the
     BLAKE2b-256 of the header bytes fixed at creation (geometry, policies, layout hashes,
     creation time)."""
-    h = hashlib.blake2b(digest_size=32)
+    h = L.blake2b()(digest_size=32)
     for offset, size in _IDENTITY:
         h.update(block.read(offset, size))
     return {"address": block.address, "name": block.name, "path": block.path,
@@ -166,7 +166,7 @@ and fsynced first for a block whose bytes outlive the kernel (:attr:`durable`)."
             self.path = os.path.join(self.directory, name)
             head = {"format": FORMAT, "id": self.id, "operation": self.operation,
                     "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "host": socket.gethostname(), "uid": os.geteuid(), "pid": os.getpid(),
+                    "host": os.uname().nodename, "uid": os.geteuid(), "pid": os.getpid(),
                     "block": identity(self.block)}
             head.update(self.context)
             self._line(head, first=True)
@@ -180,6 +180,7 @@ and fsynced first for a block whose bytes outlive the kernel (:attr:`durable`)."
             os.close(dfd)
 
     def _line(self, record: Dict[str, object], first: bool = False) -> None:
+        import json     # only when journalling: read-only commands never load it
         data = (json.dumps(record, sort_keys=True) + "\n").encode("ascii")
         try:
             os.write(self._fd, data)                # type: ignore[arg-type]
@@ -316,6 +317,7 @@ def load(path: str) -> Dict[str, object]:
             raw = stream.read(1 << 30)
     finally:
         os.close(fd)
+    import json
     lines = raw.split(b"\n")
     records: List[Dict[str, object]] = []
     for number, line in enumerate(lines, 1):

@@ -27,11 +27,15 @@ as a command or keep as data.
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 from . import _layout as L
 from ._observe import Scene, SlotView
 from . import _validate
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Iterable, List, Optional, Sequence, Set
+    Step = Dict[str, object]
 
 HEALTHY, DEGRADED, SUSPECT, STUCK, CORRUPT = (
     "healthy", "degraded", "suspect", "stuck", "corrupt")
@@ -39,8 +43,6 @@ RANK = (HEALTHY, DEGRADED, SUSPECT, STUCK, CORRUPT)
 _S = L.SlotState
 DRAIN_FACTOR = 10
 _DRAIN_WORDS = ("write_lock", "reader_count", "slot_state", "writer_waiting", "write_generation")
-
-Step = Dict[str, object]
 
 
 def step(operation: str, slot: Optional[int] = None, action: Optional[str] = None,

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from . import _layout as L
 from ._block import WINDOW
@@ -50,6 +49,11 @@ from ._observe import producer_verdict
 from ._plan import Plan
 from ._scan import SlotScan, scan_slots
 
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Dict, Iterable, List, Optional, Tuple
+    Progress = Optional[Callable[[int, int], None]]
+
 SLOT = L.SLOT
 _S = L.SlotState
 _P = L.ChecksumPolicy
@@ -57,7 +61,6 @@ FLEX_CHECKSUM = L.HEADER["flexzone_checksum"]
 FLEX_VERIFIED = L.HEADER["flexzone_checksum_verified"]
 FLEX = "flexzone_checksum"
 _U64 = (1 << 64) - 1
-Progress = Optional[Callable[[int, int], None]]
 
 
 def finding(code: str, message: str, severity: str = "error", repairable: bool = False,

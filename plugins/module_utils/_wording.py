@@ -26,9 +26,12 @@ Standard library only (runs on managed hosts).
 
 from __future__ import annotations
 
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from . import _layout as L
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 #: Past tense of every verb the tool uses for a change of the block.
 PAST = {

@@ -15,16 +15,18 @@ from __future__ import annotations
 
 import functools
 import re
-import shlex
 import sys
 import time
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
     FAILED, INVALID_SLOT, NOT_STUCK, SUCCESS, UNSAFE, change_lines, did, done, plural,
     printable, printable_tree, reblessed as reblessed_text, reconciled as reconciled_text)
 
 from .cli import PROG
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -103,6 +105,7 @@ def ago(seconds: Optional[float]) -> str:
 
 
 def quote(address: str) -> str:
+    import shlex        # only where a command line is suggested (milliseconds to import)
     return shlex.quote(address)
 
 

@@ -287,16 +287,21 @@ def _bytes(text: str) -> int:
 class _OnlyOne:
     """The subparsers action, giving every command its name and help (for the listing and
     the choices) but building the options of only the command being run (``only``; all
-    when None): each command's options cost start-up time."""
+    when None): each command's options cost start-up time. With ``alone``, the other
+    commands are not registered at all: each would still cost a parser (argparse asks
+    gettext for three translations per parser, about a third of a millisecond)."""
 
-    def __init__(self, action: argparse._SubParsersAction, only: Optional[str]) -> None:
+    def __init__(self, action: argparse._SubParsersAction, only: Optional[str],
+                 alone: bool = False) -> None:
         self.action = action
         self.only = only
+        self.alone = alone and only is not None
 
     def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
         if self.only in (None, name):
             return self.action.add_parser(name, **kwargs)
-        self.action.add_parser(name, help=kwargs.get("help"))
+        if not self.alone:
+            self.action.add_parser(name, help=kwargs.get("help"))
         return _Unbuilt()
 
 
@@ -311,6 +316,15 @@ def _command_in(argv: Sequence[str]) -> Optional[str]:
     """The command named in ``argv``: its first word that is not an option (the options
     before a command take no value)."""
     return next((a for a in argv if not a.startswith("-")), None)
+
+
+def _alone(argv: Sequence[str], command: Optional[str]) -> bool:
+    """Whether ``command`` can be parsed without the other commands registered: it is one
+    (an unknown word needs them all for argparse's 'invalid choice' message) and the
+    top-level help, which lists them, is not asked for before it."""
+    if command not in COMMANDS:
+        return False
+    return not any(a in ("-h", "--help") for a in argv[:list(argv).index(command)])
 
 
 def _formatter(prog: str) -> argparse.HelpFormatter:
@@ -335,8 +349,9 @@ def _help_width() -> int:
     return (columns if columns > 0 else 80) - 2
 
 
-def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
-    """The parser; with ``only``, the options of that command alone are built."""
+def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.ArgumentParser:
+    """The parser; with ``only``, the options of that command alone are built; with
+    ``alone`` too, no other command is registered (see :func:`_alone`)."""
     fmt = _formatter
     S = argparse.SUPPRESS
     # Common options, accepted before or after the command; SUPPRESS keeps a value given
@@ -372,7 +387,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", default=False, help=S)
     subparsers = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
-    sub = _OnlyOne(subparsers, only)
+    sub = _OnlyOne(subparsers, only, alone)
 
     def command(name: str, help_: str, *parents: argparse.ArgumentParser,
                 epilog: str = SEE_EXIT_CODES):
@@ -858,7 +873,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 0
     out = Out("--json" in argv, False)
     try:
-        args = build_parser(_command_in(argv)).parse_args(argv)
+        command = _command_in(argv)
+        args = build_parser(command, _alone(argv, command)).parse_args(argv)
         out = Out(args.json, _color(args), args.verbose)
         return COMMANDS[args.command](args, out)
     except _ArgError as exc:

@@ -193,6 +193,36 @@ def test_a_command_loads_the_engine_it_needs(crashes, names):
     assert _CORE + "_engine" in _heavy_after(["diagnose", name])
 
 
+#: What a diagnosis must not load (issue 14: ``diagnose B`` within 3x and ``--slot N`` within
+#: 2x of ``python3 -c pass``): the core's records are plain classes, typing is for the
+#: checkers only, and hashing, mapping, journalling and threads load what they need when
+#: they run.
+_NOT_FOR_DIAGNOSE = ("dataclasses", "inspect", "typing", "ast", "hashlib", "_hashlib",
+                     "ctypes", "socket", "threading", "uuid", "platform")
+
+
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--slot", "1"]], ids=" ".join)
+def test_diagnose_loads_no_heavy_module(crashes, names, extra):
+    name = names()
+    crashes.stuck_writer(name)
+    code = ("import re, sys\nfrom pylabhub.recovery.cli import main\n"
+            "assert main(%r) == 1\n" % (["diagnose", name] + extra,))
+    mods = _modules_after(code)
+    assert _CORE + "_engine" in mods and _CORE + "_kernel" in mods     # the check can fail
+    assert sorted(m for m in _NOT_FOR_DIAGNOSE if m in mods) == []
+    assert ("json" in mods) == ("--json" in extra)
+
+
+def test_a_heal_loads_what_it_needs(crashes, names):
+    """The check above can fail: what a diagnosis leaves out is loaded when it is used (a
+    heal journals with json, maps the block with ctypes and hashes with BLAKE2b)."""
+    name = names()
+    crashes.stuck_writer(name)
+    mods = _modules_after("import sys\nfrom pylabhub.recovery.cli import main\n"
+                          "main(['heal', %r])\n" % name)
+    assert {"json", "ctypes", "_blake2"} <= mods, sorted(mods)
+
+
 def test_import_of_the_api_is_cheap():
     mods = _modules_after("import pylabhub.recovery")
     assert not [m for m in mods if m in _HEAVY or m.startswith(_CORE)], sorted(mods)
