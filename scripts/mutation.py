@@ -57,7 +57,8 @@ TARGETS = {
                ("tests/unit/test_kernel.py",)),
     "cleanup": (MU + "_cleanup.py", ("cleanup", "_clear_entry", "_complete", "_uncounted_openers",
                                      "_count_target", "_read_index_target", "_reconcile"),
-                ("tests/unit/engine/test_consumer_count.py", "tests/unit/engine/test_read_positions.py",
+                ("tests/unit/engine/test_cleanup_pinned.py",
+                 "tests/unit/engine/test_consumer_count.py", "tests/unit/engine/test_read_positions.py",
                  "tests/unit/engine/test_never_steal.py", "tests/unit/engine/test_crash_recovery.py")),
     "readers": (MU + "_observe.py", ("_attribute", "_candidate", "_unaccounted", "openers"),
                 ("tests/unit/engine/test_readers.py", "tests/unit/engine/test_refusals.py")),
@@ -155,7 +156,16 @@ def free_port() -> int:
 def start_workers(bin_dir: Path, work: Path, count: int) -> list:
     """Start ``count`` cosmic-ray http workers, each in a tree copy of its own (a worker
     writes its mutant to disk: two workers may not share a tree). Returns (url, process)."""
-    workers = []
+    workers: list = []
+    try:
+        _start_workers(bin_dir, work, count, workers)
+    except BaseException:
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def _start_workers(bin_dir: Path, work: Path, count: int, workers: list) -> None:
     for i in range(count):
         tree = work / ("tree-w%d" % i)
         port = free_port()
@@ -163,7 +173,7 @@ def start_workers(bin_dir: Path, work: Path, count: int) -> list:
                                 cwd=str(tree), stdout=subprocess.DEVNULL,
                                 stderr=open(str(work / ("worker-%d.log" % i)), "ab"))
         workers.append(("http://127.0.0.1:%d" % port, proc))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 600   # importing cosmic-ray takes minutes on a loaded host
     for url, proc in workers:  # wait until each listens
         port = int(url.rsplit(":", 1)[1])
         while True:
@@ -176,7 +186,6 @@ def start_workers(bin_dir: Path, work: Path, count: int) -> list:
                 if time.monotonic() > deadline:
                     raise SystemExit("mutation: http worker %s does not listen" % url)
                 time.sleep(0.2)
-    return workers
 
 
 def stop_workers(workers: list) -> None:
