@@ -63,7 +63,19 @@ TARGETS = {
     "readers": (MU + "_observe.py", ("_attribute", "_candidate", "_unaccounted", "openers"),
                 ("tests/unit/engine/test_readers.py", "tests/unit/engine/test_refusals.py")),
     "plan": (MU + "_plan.py", ("cas", "put", "scrub", "rollback", "commit"),
-             ("tests/unit/engine/test_concurrent_change.py", "tests/unit/engine/test_kill_safety.py")),
+             ("tests/unit/engine/test_plan_pinned.py", "tests/unit/engine/test_concurrent_change.py",
+              "tests/unit/engine/test_kill_safety.py")),
+    # issue 10's "release" and "repair" code: _recover's release decisions and
+    # _validate's repair (re-bless) decisions
+    "release": (MU + "_recover.py", ("_after_writer", "_refusal", "plan_slot", "_apply",
+                                     "roll_back_write_index", "torn", "scrub_slot"),
+                ("tests/unit/engine/test_refusals.py", "tests/unit/engine/test_pinned_rules.py",
+                 "tests/unit/engine/test_crash_recovery.py", "tests/unit/engine/test_kill_safety.py")),
+    "repair": (MU + "_validate.py", ("index_step", "_settle_slot", "_settle_flex", "_rebless",
+                                     "_rebless_slots", "_flex_writer_alive", "_rebless_flex"),
+               ("tests/unit/engine/test_pinned_rules.py", "tests/unit/engine/test_corruption.py",
+                "tests/unit/engine/test_checksum_policies.py",
+                "tests/unit/engine/test_concurrent_change.py")),
 }
 # Operators that change a decision; the arithmetic replacements (x + y -> x ** y ...) are
 # left out: they multiply the mutants by eleven and the decision code has little arithmetic.

@@ -1,0 +1,91 @@
+"""The plan's compare-and-swap rules pinned where mutation testing found them unpinned
+(docs/reliability.md section 8, target ``plan``).
+
+A word or a text field of a real block is changed by another mapping of the block
+between the plan's look and its store, to a value below and above the one observed:
+the real run's store and the dry run's prediction both refuse, and nothing is written.
+A store of the value already there is no change at all (nothing to do = ``changed:
+false``), whatever the size of the value."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _block as B, _layout as L, _plan as P, _runtime as R)
+from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import ConcurrentChange
+
+HEARTBEAT = L.CONSUMER["last_heartbeat_ns"]
+NAME = L.CONSUMER["consumer_name"]
+BASE = L.consumer_entry(0)
+OBSERVED = 7_000_000_000_123          # a heartbeat-sized value (not a cached small int)
+
+
+def store(name, fld, value):
+    """Another writer: a second mapping of the block stores ``value``."""
+    with R.attach(name) as b:
+        b.set(fld, value, BASE)
+
+
+def write_text(name, text):
+    with R.attach(name) as b:
+        b.write(BASE + NAME.offset, text.ljust(NAME.size, b"\0"))
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
+@pytest.mark.parametrize("moved", [OBSERVED - 1, OBSERVED + 1, 0], ids=["lower", "higher", "zero"])
+def test_a_cas_on_a_word_that_moved_refuses_in_the_real_and_the_dry_run(block_name, dry_run,
+                                                                        moved):
+    """The plan observes a word, another writer moves it (lower, higher, to zero), the
+    plan's CAS from the observed value raises ConcurrentChange in a real run and in the
+    dry run's prediction alike; the word keeps the other writer's value, no change is
+    listed."""
+    name = block_name
+    store(name, HEARTBEAT, OBSERVED)
+    with B.open_block(name, writable=not dry_run) as block:
+        plan = P.Plan(block, dry_run)
+        seen = plan.get(HEARTBEAT, BASE)
+        assert seen == OBSERVED
+        store(name, HEARTBEAT, moved)
+        with pytest.raises(ConcurrentChange):
+            plan.cas("consumer[0].last_heartbeat_ns", HEARTBEAT, BASE, seen, 12345)
+        assert plan.changes == [] and not plan.changed
+    with R.attach(name, writable=False) as b:
+        assert b.get(HEARTBEAT, BASE) == moved
+
+
+@pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
+def test_a_cas_to_the_value_already_there_is_no_change(block_name, dry_run):
+    """expected == new: nothing is stored, journaled or listed, for a large value too
+    (equal values, distinct int objects, as two reads of a word give)."""
+    name = block_name
+    store(name, HEARTBEAT, OBSERVED)
+    with B.open_block(name, writable=not dry_run) as block:
+        plan = P.Plan(block, dry_run)
+        seen = plan.get(HEARTBEAT, BASE)
+        again = int(str(seen))               # the same number, another object
+        assert seen == again and seen is not again
+        plan.cas("consumer[0].last_heartbeat_ns", HEARTBEAT, BASE, seen, again)
+        assert plan.changes == [] and not plan.changed
+    with R.attach(name, writable=False) as b:
+        assert b.get(HEARTBEAT, BASE) == OBSERVED
+
+
+@pytest.mark.parametrize("moved", [b"alpha", b"zulu", b""], ids=["lower", "higher", "empty"])
+def test_put_refuses_text_that_changed_under_us(block_name, moved):
+    """A non-atomic put (a consumer's name, cleared by cleanup) compares the bytes with
+    the ones observed: another writer's name, sorting before or after the observed one
+    (or empty), makes it raise ConcurrentChange and write nothing."""
+    name = block_name
+    write_text(name, b"mike")
+    with B.open_block(name, writable=True) as block:
+        plan = P.Plan(block, False)
+        before = plan.read(BASE + NAME.offset, NAME.size)
+        assert before.startswith(b"mike\0")
+        write_text(name, moved)
+        with pytest.raises(ConcurrentChange):
+            plan.put("consumer[0].consumer_name", BASE + NAME.offset, before,
+                     b"\0" * NAME.size, text=True)
+        assert plan.changes == [] and not plan.changed
+    with R.attach(name, writable=False) as b:
+        assert b.read(BASE + NAME.offset, NAME.size) == moved.ljust(NAME.size, b"\0")
