@@ -9,12 +9,15 @@ false``), whatever the size of the value."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _layout as L, _plan as P, _runtime as R)
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import ConcurrentChange
 
+BLOCK_GEOMETRY = (2, 4 * L.PAGE)      # slots of four pages (the scrub test)
 HEARTBEAT = L.CONSUMER["last_heartbeat_ns"]
 NAME = L.CONSUMER["consumer_name"]
 BASE = L.consumer_entry(0)
@@ -89,3 +92,61 @@ def test_put_refuses_text_that_changed_under_us(block_name, moved):
         assert plan.changes == [] and not plan.changed
     with R.attach(name, writable=False) as b:
         assert b.read(BASE + NAME.offset, NAME.size) == moved.ljust(NAME.size, b"\0")
+
+
+@pytest.mark.parametrize("after", [b"zulu", b"alpha", b""], ids=["higher", "lower", "empty"])
+def test_put_writes_and_lists_new_text_whichever_way_it_sorts(block_name, after):
+    """A put of other bytes than the observed ones is made and listed, whether the new
+    bytes sort after, before or empty; a put of the bytes already there is no change."""
+    name = block_name
+    write_text(name, b"mike")
+    with B.open_block(name, writable=True) as block:
+        plan = P.Plan(block, False)
+        off = BASE + NAME.offset
+        before = plan.read(off, NAME.size)
+        plan.put("consumer[0].consumer_name", off, before, bytes(before), text=True)
+        assert plan.changes == [] and not plan.changed
+        plan.put("consumer[0].consumer_name", off, before, after.ljust(NAME.size, b"\0"),
+                 text=True)
+        assert [c.to_dict() for c in plan.changes] == [
+            {"target": "consumer[0].consumer_name", "before": "mike", "after": after.decode()}]
+    with R.attach(name, writable=False) as b:
+        assert b.read(BASE + NAME.offset, NAME.size) == after.ljust(NAME.size, b"\0")
+
+
+def data_pages(path, start, count):
+    """Which of the ``count`` pages from ``start`` hold allocated data (not holes)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pages = []
+        for k in range(count):
+            off = start + k * L.PAGE
+            try:
+                if os.lseek(fd, off, os.SEEK_DATA) == off:
+                    pages.append(k)
+            except OSError:                  # ENXIO: no data at or after off
+                pass
+        return pages
+    finally:
+        os.close(fd)
+
+
+def test_scrub_zeroes_only_the_pages_that_hold_bytes(block_name):
+    """Blocks are sparse: a scrub of a four-page slot whose only torn bytes are in its
+    second page writes zeros to that page alone -- the others stay holes (no page
+    allocated by recovery) -- and the whole range reads zero afterwards."""
+    name = block_name
+    path = os.path.join("/dev/shm", name)
+    with R.attach(name) as b:
+        start = b.geo.slot_data(0)
+        assert start % L.PAGE == 0
+        b.write(start + L.PAGE + 100, b"torn bytes")
+    assert data_pages(path, start, 4) == [1]
+    with B.open_block(name, writable=True) as block:
+        plan = P.Plan(block, False)
+        plan.scrub("slot[0].data", start, 4 * L.PAGE)
+        assert [c.target for c in plan.changes] == ["slot[0].data"]
+    assert data_pages(path, start, 4) == [1]
+    with open(path, "rb") as f:
+        f.seek(start)
+        assert f.read(4 * L.PAGE) == bytes(4 * L.PAGE)
