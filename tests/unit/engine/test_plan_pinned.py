@@ -9,12 +9,13 @@ false``), whatever the size of the value."""
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _layout as L, _plan as P, _runtime as R)
+    _block as B, _layout as L, _plan as P, _runtime as R, _snapshot)
 from ansible_collections.pylabhub.recovery.plugins.module_utils._errors import ConcurrentChange
 
 BLOCK_GEOMETRY = (2, 4 * L.PAGE)      # slots of four pages (the scrub test)
@@ -104,7 +105,7 @@ def test_put_writes_and_lists_new_text_whichever_way_it_sorts(block_name, after)
         plan = P.Plan(block, False)
         off = BASE + NAME.offset
         before = plan.read(off, NAME.size)
-        plan.put("consumer[0].consumer_name", off, before, bytes(before), text=True)
+        plan.put("consumer[0].consumer_name", off, before, bytes(bytearray(before)), text=True)
         assert plan.changes == [] and not plan.changed
         plan.put("consumer[0].consumer_name", off, before, after.ljust(NAME.size, b"\0"),
                  text=True)
@@ -150,3 +151,77 @@ def test_scrub_zeroes_only_the_pages_that_hold_bytes(block_name):
     with open(path, "rb") as f:
         f.seek(start)
         assert f.read(4 * L.PAGE) == bytes(4 * L.PAGE)
+
+
+def test_commit_hands_back_the_steps_changes(block_name):
+    """commit returns the changes of the step it ends (recover counts a recovery action
+    and says "scrubbed" from them); a commit with no step open returns none."""
+    name = block_name
+    store(name, HEARTBEAT, OBSERVED)
+    with B.open_block(name, writable=True) as block:
+        plan = P.Plan(block, False)
+        assert plan.commit() == []
+        plan.begin()
+        plan.cas("consumer[0].last_heartbeat_ns", HEARTBEAT, BASE, OBSERVED, 1)
+        done = plan.commit()
+        assert [c.to_dict() for c in done] == [{"target": "consumer[0].last_heartbeat_ns",
+                                                "before": OBSERVED, "after": 1}]
+
+
+def test_put_shows_bytes_as_hex_unless_told_they_are_text(block_name):
+    """A put of bytes that are not text (a checksum) is listed in hex."""
+    name = block_name
+    with B.open_block(name, writable=True) as block:
+        plan = P.Plan(block, False)
+        off = BASE + NAME.offset
+        before = plan.read(off, 4)
+        plan.put("checksum", off, before, b"\x01\x02\xfe\xff")
+        assert plan.change_dicts() == [{"target": "checksum", "before": "00000000",
+                                        "after": "0102feff"}]
+
+
+@pytest.mark.parametrize("after", [0, 9], ids=["to-zero", "to-nonzero"])
+def test_rollback_gives_words_back_and_names_those_another_writer_took(block_name, after):
+    """rollback undoes the step's CAS in reverse order: a word nobody touched since goes
+    back to its observed value (whatever value the step had stored, zero included) and
+    is not reported lost; a word another writer changed again after our store is left
+    to that writer and reported lost."""
+    name = block_name
+    store(name, HEARTBEAT, OBSERVED)
+    with R.attach(name) as b:
+        b.set(L.CONSUMER["consumer_pid"], 4242, BASE)
+    pid = L.CONSUMER["consumer_pid"]
+    with B.open_block(name, writable=True) as block:
+        plan = P.Plan(block, False)
+        plan.begin()
+        plan.cas("consumer[0].consumer_pid", pid, BASE, 4242, after)
+        plan.cas("consumer[0].last_heartbeat_ns", HEARTBEAT, BASE, OBSERVED, 5)
+        store(name, HEARTBEAT, 6)                       # another writer, after our store
+        lost = plan.rollback()
+        assert lost == ["consumer[0].last_heartbeat_ns"]
+        assert plan.changes == []
+    with R.attach(name, writable=False) as b:
+        assert b.get(pid, BASE) == 4242
+        assert b.get(HEARTBEAT, BASE) == 6
+
+
+def test_the_journal_marks_the_lost_cas_failed_and_only_it(block_name, tmp_path):
+    """A real run's write-ahead journal: a CAS that succeeds stays announced; one that
+    loses (another writer moved the word) is marked failed, so an undo never "restores"
+    a store that did not happen, and never skips one that did."""
+    name = block_name
+    store(name, HEARTBEAT, OBSERVED)
+    directory = str(tmp_path / "journal")
+    with B.open_block(name, writable=True) as block:
+        journal = _snapshot.Journal("test", block, directory)
+        plan = P.Plan(block, False, journal)
+        plan.cas("consumer[0].last_heartbeat_ns", HEARTBEAT, BASE, OBSERVED, 1)
+        store(name, HEARTBEAT, 5)
+        with pytest.raises(ConcurrentChange):
+            plan.cas("consumer[0].last_heartbeat_ns", HEARTBEAT, BASE, 1, 2)
+        journal.finish({})
+    with open(journal.path) as f:
+        lines = [json.loads(line) for line in f]
+    stores = [ln["seq"] for ln in lines if ln.get("kind") == "word"]
+    failed = [ln["failed"] for ln in lines if "failed" in ln]
+    assert len(stores) == 2 and failed == [stores[1]], lines
