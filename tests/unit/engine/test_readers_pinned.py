@@ -75,3 +75,23 @@ def test_a_live_consumer_accounts_for_its_own_read_only():
     assert out["cleanup"]["cleaned"] == 2, out["cleanup"]
     assert out["after"]["readers"] == [0, 0, 1, 0], out
     assert out["after"]["entries"] == [1], out
+
+
+def test_evidence_written_under_another_pid_number_accounts_for_nothing():
+    """The same scenario with the live consumer in a PID namespace of its own: its entry
+    and its evidence say pid 1, the scan sees another number for it. Evidence that does
+    not name the opener's own pid is not trusted for it: it may hold any number of
+    reads, so neither slot's reader is provably dead and cleanup releases none (only the
+    dead entries are cleared)."""
+    code = CODE.replace(
+        'live = A.Actor(name, [("consumer", "live"), ("read", 2)], pause="inside").start()',
+        'live = A.Actor(name, [("consumer", "live"), ("read", 2)], pause="inside",\n'
+        '              wrap=["unshare", "--pid", "--fork", "--kill-child"]).start()')
+    assert code != CODE
+    out = in_namespace_host(code.replace("out[\"live_pid\"] = live.pid",
+                                         "out[\"live_pid\"] = live.ns_pid"))
+    assert out["live_pid"] == 1, out
+    assert out["before"] == {"readers": [0, 1, 2, 0], "entries": [0, 1, 2], "count": 3}, out
+    assert out["provably_dead"] == {"1": 0, "2": 0}, out
+    assert out["after"]["readers"] == [0, 1, 2, 0], out
+    assert out["after"]["entries"] == [1], out
