@@ -147,6 +147,10 @@ def test_scrub_zeroes_only_the_pages_that_hold_bytes(block_name):
         plan = P.Plan(block, False)
         plan.scrub("slot[0].data", start, 4 * L.PAGE)
         assert [c.target for c in plan.changes] == ["slot[0].data"]
+        # read back through the plan: the zeros now in the block (a scrub plans no
+        # word value: its listed before/after are digests, not the bytes)
+        assert plan.read(start, 4 * L.PAGE) == bytes(4 * L.PAGE)
+        assert plan.data(start, 4 * L.PAGE) == bytes(4 * L.PAGE)
     assert data_pages(path, start, 4) == [1]
     with open(path, "rb") as f:
         f.seek(start)
