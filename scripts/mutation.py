@@ -5,7 +5,7 @@
     scripts/mutation liveness --keep DIR  # keep the session (cosmic-ray dump/cr-report)
     scripts/mutation cleanup --workers 6  # six mutants at once (http workers, a tree each)
     scripts/mutation cleanup --keep DIR --rerun-survivors   # the kept session's survivors
-                                          # (and any not run yet), against today's tests
+                                          # and timeouts (and any not run yet), against today's tests
 
 What it does, for each target: copies the working tree's files (tracked and untracked,
 not ignored) to a scratch directory -- cosmic-ray writes each mutant to disk there, so a
@@ -235,9 +235,11 @@ def run_target(name: str, bin_dir: Path, work: Path, timeout: float, urls=(),
         # The same session's mutants: only the survivors (and any a lost worker left
         # untested) are run again, against the tests as they are now.
         with sqlite3.connect(str(session)) as db:
+            # a run past --timeout on a loaded host proves nothing: run it again too
             reset = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED' OR "
-                               "(test_outcome IS NULL AND worker_outcome != 'SKIPPED')").rowcount
-        log("%s: re-running %d survivors of %s" % (name, reset, session))
+                               "(test_outcome IS NULL AND worker_outcome != 'SKIPPED') OR "
+                               "(test_outcome = 'KILLED' AND trim(output) = 'timeout')").rowcount
+        log("%s: re-running %d survivors and timeouts of %s" % (name, reset, session))
     else:
         subprocess.run([str(bin_dir / "cosmic-ray"), "init", str(config), str(session)],
                        cwd=str(tree), check=True)
@@ -264,7 +266,7 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=1,
                     help="mutants tested at once (cosmic-ray http workers, a tree copy each)")
     ap.add_argument("--rerun-survivors", action="store_true",
-                    help="with --keep: run only the kept session's survivors again")
+                    help="with --keep: run the kept session's survivors (and timeouts) again")
     args = ap.parse_args()
     if args.list:
         for name, (module, functions, tests) in TARGETS.items():
