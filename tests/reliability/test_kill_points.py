@@ -39,7 +39,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa
 from ansible_collections.pylabhub.recovery.tests.support import run_killed_after  # noqa: E402
 
 from engine.helpers import (  # noqa: E402
-    COMMITTED, DRAINING, Lab, consumer_program, corrupt, image, index_ahead, payload, poke,
+    COMMITTED, DRAINING, Lab, consumer_program, corrupt, image, index_ahead, payload,
     publish_in_child, read_latest, torn_free)
 
 import plh_spec as spec  # noqa: E402

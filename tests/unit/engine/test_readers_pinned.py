@@ -79,4 +79,3 @@ def test_a_live_consumer_accounts_for_its_own_read_only(big_pid):
     assert out["cleanup"]["cleaned"] == 2, out["cleanup"]
     assert out["after"]["readers"] == [0, 0, 1, 0], out
     assert out["after"]["entries"] == [1], out
-
