@@ -356,8 +356,7 @@ def test_a_count_below_the_entries_is_left_without_a_word(block_name, actors):
     assert words(name)[:2] == (1, 1)
 
 
-def test_a_consumer_registering_during_the_settle_looks_keeps_the_count(block_name, actors,
-                                                                         monkeypatch):
+def test_a_consumer_registering_during_the_settle_looks_keeps_the_count(block_name, actors, monkeypatch):
     """The settle looks: a wrapped count (nobody registered, nobody else with the block
     open) is to go back to 0, and a consumer registers while cleanup waits between its
     looks (started at cleanup's first pause, and paused right after its pid CAS: entry 0
