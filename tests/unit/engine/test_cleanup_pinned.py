@@ -8,9 +8,9 @@ host (new PID and mount namespaces, private /dev/shm: scope ``namespace``)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import contextlib
 import subprocess
 import sys
 import textwrap
@@ -115,7 +115,13 @@ def test_cleanup_releases_the_read_a_dead_consumer_left_inside(block_name, actor
         in out["changes"], "the name is shown as text: %s" % out["changes"]
 
 
+STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
+            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
+
+
 COUNT_FLOOR = textwrap.dedent("""
+    import subprocess, sys
+    STAND_IN = %r
     from ansible_collections.pylabhub.recovery.plugins.module_utils import (
         _actors as A, _engine as E, _layout as L, _runtime as R, _validate)
     _validate._SETTLE_S = (0.002, 0.01, 0.02)
@@ -144,13 +150,19 @@ COUNT_FLOOR = textwrap.dedent("""
     out["after"] = words()
     out["held"] = E.cleanup(name)["reconciled"]   # count 2 = F: nothing to lower
     out["held_words"] = words()
+    other = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
+    assert other.stdout.readline() == b"ready\\n"  # a second opener with no entry: F = 3
+    out["below"] = E.cleanup(name)["reconciled"]  # count 2 < F: never raised to it
+    out["below_words"] = words()
+    other.kill()
+    other.wait()
     leaving.resume()                         # it uncounts itself
     leaving.wait_point()
     out["left"] = words()
     out["again"] = E.cleanup(name)["reconciled"]
     out["end"] = words()
     print(json.dumps(out, default=str))
-""")
+""") % STAND_IN
 
 
 @NEEDS_NAMESPACES
@@ -161,7 +173,8 @@ def test_the_count_floor_counts_each_uncounted_opener_once():
     dead entry (R = 1) and lowers the count to exactly 2 -- not to 1 (that consumer will
     still decrement: the count would wrap below the live ones) and not kept at 3 (each
     such opener accounts for one count, not more). A cleanup while it is still paused
-    (count 2 = F) stores nothing and says why. Once it has uncounted itself the count
+    (count 2 = F) stores nothing and says why; with a second such opener (F = 3) the
+    count 2 is not raised to F either (the floor only ever lowers a count). Once it has uncounted itself the count
     is 1 = R, and a further cleanup changes nothing."""
     out = in_namespace_host(COUNT_FLOOR)
     assert out["before"] == [3, 2], out
@@ -172,12 +185,11 @@ def test_the_count_floor_counts_each_uncounted_opener_once():
     (held,) = out["held"]
     assert held["result"] == "KEPT" and "1 live process(es)" in held["message"], out["held"]
     assert out["held_words"] == [2, 1], out
+    (below,) = out["below"]
+    assert below["result"] == "KEPT" and "2 live process(es)" in below["message"], out["below"]
+    assert out["below_words"] == [2, 1], out
     assert out["left"] == [1, 1], out
     assert out["again"] == [] and out["end"] == [1, 1], out
-
-
-STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
-            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
 
 
 @pytest.mark.parametrize("position", [1, 3])
@@ -289,17 +301,18 @@ def test_read_index_is_left_alone_unless_sequential_sync(lab, policy):
 def test_evidence_naming_no_slot_of_the_ring_releases_nothing(block_name, actors):
     """Dead consumers whose evidence names a slot index equal to the capacity, one above
     it, and a slot of the ring nobody reads: step 1 releases nothing. Past the slot table
-    lies the checksum table (slot 0's and 1's hashes here, read as a "reader_count"):
+    lies the checksum table (slots 0 and 2's hashes there are read as a "reader_count"):
     a release there would corrupt committed checksums. The entries are still cleared,
     the count goes to 0, and the block passes validation."""
     name = block_name
-    producer = actors(name, [("producer",), ("publish", 2)])
+    producer = actors(name, [("producer",), ("publish", 3)])
     assert producer.wait_point()["event"] == "done"
     producer.resume()
     producer.wait_exit()
     with R.attach(name) as b:
         capacity = b.geo.capacity
-        table = b.read(b.geo.checksum_table, 2 * (b.geo.slot_entry(1) - b.geo.slot_entry(0)))
+        table = b.read(b.geo.checksum_table, b.geo.checksum_entry(3) - b.geo.checksum_table)
+        assert all(b.get(R.SLOT["reader_count"], b.geo.slot_entry(i)) for i in (capacity, capacity + 1))
         assert b.get("active_consumer_count") == 0
         for k, index in enumerate((capacity, capacity + 1, 1)):
             dead_consumer(b, k, reading=index + 1)
