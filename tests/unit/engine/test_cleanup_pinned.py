@@ -452,3 +452,24 @@ def test_read_index_moved_before_its_store_rolls_the_reconciliation_back(lab, mo
         with R.attach(name, writable=False) as b:
             assert b.get("active_consumer_count") == (1 << 32) - 1
             assert b.get("read_index") == 2
+
+
+def test_a_count_kept_where_the_lease_cannot_tell_names_no_other_opener(block_name):
+    """A memfd-backed block (pylabhub's newer channels; a lease cannot tell who else has
+    a memfd open, and its scope is partial): a count above the entries is kept with the
+    partial-scope reason, and the reason does not claim that another process has the
+    block open -- the lease said neither yes nor no."""
+    with R.attach(block_name) as b:
+        b.set("active_consumer_count", 1)
+    with open(os.path.join("/dev/shm", block_name), "rb") as f:
+        image = f.read()
+    fd = os.memfd_create("plh_cleanup_pinned")
+    try:
+        os.write(fd, image)
+        out = E.cleanup("memfd:%d:%d" % (os.getpid(), fd))
+        (kept,) = out["reconciled"]
+        assert kept["result"] == "KEPT" and "the scan is partial" in kept["message"], kept
+        assert "another process" not in kept["message"], kept
+        assert os.pread(fd, len(image), 0) == image, "nothing changed"
+    finally:
+        os.close(fd)
