@@ -57,7 +57,7 @@ TARGETS = {
                ("tests/unit/test_kernel.py",)),
     "cleanup": (MU + "_cleanup.py", ("cleanup", "_clear_entry", "_complete", "_uncounted_openers",
                                      "_count_target", "_read_index_target", "_reconcile"),
-                ("tests/unit/engine/test_cleanup_pinned.py",
+                ("tests/unit/engine/test_cleanup_pinned.py", "tests/unit/engine/test_settle_once.py",
                  "tests/unit/engine/test_consumer_count.py", "tests/unit/engine/test_read_positions.py",
                  "tests/unit/engine/test_never_steal.py", "tests/unit/engine/test_crash_recovery.py")),
     "readers": (MU + "_observe.py", ("_attribute", "_candidate", "_unaccounted", "openers"),
