@@ -54,7 +54,10 @@ TARGETS = {
                ("exclusive", "_shared_maps", "_candidate_fds", "_live_thread",
                 "process_hold", "direct_holder", "_scope", "after", "first_seen", "holders",
                 "with_pid", "has_pid", "stopped", "recovery_for"),
-               ("tests/unit/test_kernel.py",)),
+               # the liveness tests judge holders on real scans (namespaces, stopped,
+               # zombies, unreadable /proc): the kernel's rules under its callers
+               ("tests/unit/test_kernel.py", "tests/unit/test_liveness_pinned.py",
+                "tests/unit/test_liveness.py", "tests/unit/engine/test_readers_pinned.py")),
     "cleanup": (MU + "_cleanup.py", ("cleanup", "_clear_entry", "_complete", "_uncounted_openers",
                                      "_count_target", "_read_index_target", "_reconcile"),
                 ("tests/unit/engine/test_cleanup_pinned.py", "tests/unit/engine/test_settle_once.py",

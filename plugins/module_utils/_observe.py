@@ -194,16 +194,13 @@ class Opener(Record):
     """A live process (not a registered recovery run) that has the block mapped
     read-write: everything that could be a reader or writer inside a slot right now."""
 
-    __slots__ = ("process", "consumers", "evidence")
+    __slots__ = ("process", "consumers")
     process: Proc
     consumers: Tuple[int, ...]        # heartbeat entries whose pid names it (any level)
-    evidence: Optional[Evidence]      # trusted consumer evidence of the first of them
 
-    def __init__(self, process: Proc, consumers: Tuple[int, ...],
-                 evidence: Optional[Evidence]) -> None:
+    def __init__(self, process: Proc, consumers: Tuple[int, ...]) -> None:
         self.process = process
         self.consumers = consumers
-        self.evidence = evidence
 
     @property
     def pid(self) -> int:
@@ -377,23 +374,19 @@ class Scene:
     def openers(self, after_ns: Optional[int] = None,
                 scan: Optional[HostScan] = None) -> List[Opener]:
         """Live processes, registered recovery runs and this engine excepted, that have
-        this block mapped read-write, each with the consumer entries it occupies and its
-        trusted consumer evidence. ``after_ns``: use a scan that started after that
-        monotonic time (take it before reading the words you decide on); ``scan``: use
-        that scan (the reader rule decides on the scan it chose)."""
+        this block mapped read-write, each with the consumer entries whose pid names it at
+        some PID-namespace level (:meth:`_candidate` decides whose evidence counts).
+        ``after_ns``: use a scan that started after that monotonic time (take it before
+        reading the words you decide on); ``scan``: use that scan (the reader rule
+        decides on the scan it chose)."""
         if scan is None:
             scan = self.scans.after(after_ns) if after_ns is not None else self.scan
         out = []
         for proc, hold in scan.holders(self.id.key):
             if not hold.rw or proc.recovery_for(self.id.owner_uid):
                 continue
-            entries = tuple(c.index for c in self.consumers if proc.has_pid(c.pid))
-            evidence = None
-            for c in self.consumers:
-                if c.index in entries and c.trusted is not None and c.trusted.pid == proc.pid:
-                    evidence = c.evidence
-                    break
-            out.append(Opener(proc, entries, evidence))
+            out.append(Opener(proc, tuple(c.index for c in self.consumers
+                                          if proc.has_pid(c.pid))))
         return out
 
     # -- verdicts ---------------------------------------------------------------------

@@ -136,7 +136,7 @@ def _now_id(operation: str) -> str:
 class Journal:
     """The write-ahead journal of one real run. Created at the first store (a run that
     changes nothing writes nothing); every line is written before the store it announces,
-and fsynced first for a block whose bytes outlive the kernel (:attr:`durable`)."""
+    and fsynced first for a block whose bytes outlive the kernel (:attr:`durable`)."""
 
     def __init__(self, operation: str, block, directory_: str,
                  context: Optional[Dict[str, object]] = None) -> None:

@@ -39,7 +39,7 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa
 from ansible_collections.pylabhub.recovery.tests.support import run_killed_after  # noqa: E402
 
 from engine.helpers import (  # noqa: E402
-    COMMITTED, DRAINING, Lab, consumer_program, corrupt, image, index_ahead, payload,
+    COMMITTED, DRAINING, ScratchBlocks, consumer_program, corrupt, image, index_ahead, payload,
     publish_in_child, read_latest, torn_free)
 
 import plh_spec as spec  # noqa: E402
@@ -168,7 +168,7 @@ def check_recovered(lab, name, before, repaired):
 def states(request):
     """state -> (bytes of the crash state, committed slots then, target slot); built once
     by real processes SIGKILLed at protocol points."""
-    lab = Lab(lambda: request.getfixturevalue("fixtures_dir"))
+    lab = ScratchBlocks(lambda: request.getfixturevalue("fixtures_dir"))
     built = {}
     try:
         for state, make in STATES.items():
@@ -182,7 +182,7 @@ def states(request):
 
 
 def test_every_kill_point_is_finished_by_the_next_heal(states, fixtures_dir, figures):
-    lab = Lab(lambda: fixtures_dir)
+    lab = ScratchBlocks(lambda: fixtures_dir)
     tally = {}
     failures = []
     try:
@@ -256,7 +256,7 @@ def test_the_sweep_catches_a_release_that_rolls_back_after_the_state(monkeypatch
                 c == spec.NO_COMMIT or c < w - 1):
             plan.cas("header.write_index", _recover.L.HEADER["write_index"], 0, w, w - 1)
     monkeypatch.setattr(_recover, "_apply", state_first)
-    lab = Lab(lambda: fixtures_dir)
+    lab = ScratchBlocks(lambda: fixtures_dir)
     try:
         name = lab.name()
         raw, before, slot = states["mid_write"]

@@ -422,12 +422,12 @@ def test_openers_and_trusted_evidence(name, actors):
         assert set(openers) == {prod.pid, cons.pid, cpp.pid}
         c = openers[cons.pid]
         assert c.consumers == (cons.reports[-1]["consumer"],) and c.consumer is not None
-        assert c.evidence is not None and c.evidence.reading == 1 + 1      # slot 1
         assert c.start_ticks == cons.start_ticks and c.nspid == (cons.pid,) and c.state == "S"
-        assert openers[cpp.pid].consumers and openers[cpp.pid].evidence is None
+        assert openers[cpp.pid].consumers
         assert openers[prod.pid].consumers == ()
         views = {v.pid: v for v in scene.consumers}
         assert views[cons.pid].trusted is not None and views[cons.pid].reading == 1
+        assert views[cons.pid].evidence.reading == 1 + 1                   # slot 1, as recorded
         assert views[cpp.pid].trusted is None and not views[cpp.pid].has_evidence
         # the trust rule: any mismatch and the evidence counts as absent
         ev = views[cons.pid].evidence

@@ -419,11 +419,6 @@ class ScratchBlocks:
         raise ValueError(scenario)
 
 
-#: The old name, for call sites the parallel "readers" branch edits (tests/reliability):
-#: drop it once both are merged.
-Lab = ScratchBlocks
-
-
 # -- hand-made crash states (bytes a dead process leaves; no process needed) -------------------
 def torn_free(lab: ScratchBlocks) -> str:
     """Wrapped ring, a FREE unlocked slot (2) holding torn bytes under its old checksum."""

@@ -87,6 +87,21 @@ def stand_in(name):
         live.wait()
 
 
+def live_and_dead_positions(name, live_pid, read_index, write_index, live_position,
+                            dead_position):
+    """Sequential_sync bookkeeping by hand: entry 0 a live consumer's (``live_pid``),
+    entry 1 a dead one's (a reaped pid), each with its read position; the count says 2."""
+    from .helpers import reaped_pid
+    with R.attach(name) as b:
+        b.set("read_index", read_index)
+        b.set("write_index", write_index)
+        b.set("active_consumer_count", 2)
+        for k, (pid, position) in enumerate([(live_pid, live_position),
+                                             (reaped_pid(), dead_position)]):
+            b.set(L.CONSUMER["consumer_pid"], pid, L.consumer_entry(k))
+            b.set(L.READ_POSITION, position, L.read_position(k))
+
+
 @pytest.mark.parametrize("slot", [0, 3])
 def test_cleanup_releases_the_read_a_dead_consumer_left_inside(block_name, actors, slot):
     """Step 1 of cleanup: a consumer of ours SIGKILLed inside a read of slot ``slot``
@@ -200,20 +215,11 @@ def test_read_index_is_never_lowered_to_a_slower_live_position(lab, position):
     3 -- lowering it to the live position would hand the producer back slots it has
     already been told are free (and never unblocks anybody). At read_index itself (3)
     there is nothing to raise: no store, nothing reported."""
-    from .helpers import reaped_pid
     name = lab.name()
     R.create(name, sync=L.ConsumerSync.SEQUENTIAL_SYNC).close()
-    live = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
-    try:
-        assert live.stdout.readline() == b"ready\n"
-        with R.attach(name) as b:
-            b.set("read_index", 3)
-            b.set("write_index", 4)
-            b.set("active_consumer_count", 2)
-            b.set(L.CONSUMER["consumer_pid"], live.pid, L.consumer_entry(0))
-            b.set(L.READ_POSITION, position, L.read_position(0))
-            b.set(L.CONSUMER["consumer_pid"], reaped_pid(), L.consumer_entry(1))
-            b.set(L.READ_POSITION, 0, L.read_position(1))
+    with stand_in(name) as live:
+        live_and_dead_positions(name, live.pid, read_index=3, write_index=4,
+                                live_position=position, dead_position=0)
         out = E.cleanup(name)
         assert out["cleaned"] == 1, out
         with R.attach(name, writable=False) as b:
@@ -221,9 +227,6 @@ def test_read_index_is_never_lowered_to_a_slower_live_position(lab, position):
             assert b.get(L.READ_POSITION, L.read_position(0)) == position
             assert b.get(L.CONSUMER["consumer_pid"], L.consumer_entry(0)) == live.pid
         assert not [r for r in out["reconciled"] if r["field"] == "read_index"], out
-    finally:
-        live.kill()
-        live.wait()
 
 
 def test_a_count_fixed_alone_is_one_recovery_action(block_name):
@@ -274,28 +277,16 @@ def test_read_index_is_left_alone_unless_sequential_sync(lab, policy):
     """Only Sequential_sync's read_index follows the consumers' positions: under
     Latest_only and Unset (255, a value the format admits) cleanup clears the dead entry
     and leaves read_index where it is, whatever a live consumer's position says."""
-    from .helpers import reaped_pid
     name = lab.name()
     R.create(name, sync=policy).close()
-    live = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
-    try:
-        assert live.stdout.readline() == b"ready\n"
-        with R.attach(name) as b:
-            b.set("read_index", 1)
-            b.set("write_index", 6)
-            b.set("active_consumer_count", 2)
-            b.set(L.CONSUMER["consumer_pid"], live.pid, L.consumer_entry(0))
-            b.set(L.READ_POSITION, 5, L.read_position(0))
-            b.set(L.CONSUMER["consumer_pid"], reaped_pid(), L.consumer_entry(1))
-            b.set(L.READ_POSITION, 3, L.read_position(1))
+    with stand_in(name) as live:
+        live_and_dead_positions(name, live.pid, read_index=1, write_index=6,
+                                live_position=5, dead_position=3)
         out = E.cleanup(name)
         assert out["cleaned"] == 1, out
         assert not [r for r in out["reconciled"] if r["field"] == "read_index"], out
         with R.attach(name, writable=False) as b:
             assert b.get("read_index") == 1
-    finally:
-        live.kill()
-        live.wait()
 
 
 def test_evidence_naming_no_slot_of_the_ring_releases_nothing(block_name, actors):

@@ -1,5 +1,5 @@
 """One rule for "healthy": diagnose, validate and heal agree (same block, same moment, same
-word), over every crash state real processes leave (``Lab.crashed``), before heal and
+word), over every crash state real processes leave (``ScratchBlocks.crashed``), before heal and
 after it, with the exit code the CLI derives from each."""
 
 from __future__ import annotations

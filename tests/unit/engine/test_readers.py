@@ -198,6 +198,9 @@ def test_full_table_unregistered_reader_refused_while_consumers_live_released_wh
         blocked_draining(1)
         d = E.diagnose(name)
         out["findings"] = [f["code"] for f in d["findings"]]
+        out["why"] = {c["pid"]: c["why"] for s in d["slots"] if s["index"] == 1
+                      for c in s["readers"]["could_be_inside"]}
+        out["p"] = p.pid
         out["diag_health"] = d["health"]
         out["heal"] = brief(E.heal(name))
         out["count_live"] = words(1)["reader_count"]
@@ -208,6 +211,10 @@ def test_full_table_unregistered_reader_refused_while_consumers_live_released_wh
         print(json.dumps(out))
     """)
     assert "consumer-table-full" in out["findings"], out
+    # the waiting producer has no entry and the table is full: it may read unregistered
+    assert out["why"][str(out["p"])] == ("has the block mapped writable and no consumer entry"
+                                         " (the consumer table is full: it may read "
+                                         "unregistered)"), out
     assert out["diag_health"] == "suspect", out
     heal = out["heal"]
     assert heal["health"] == "suspect" and heal["suspect"] == [1], heal
