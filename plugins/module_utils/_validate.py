@@ -43,7 +43,6 @@ import time
 from . import _layout as L
 from ._block import WINDOW
 from ._errors import ConcurrentChange
-from ._hashing import hash_slots
 from ._liveness import Snapshot, judge
 from ._observe import producer_verdict
 from ._plan import Plan
@@ -280,6 +279,7 @@ def _checksum_findings(plan: Plan, progress: Progress,
                            "mismatches are reported as under Manual" % check.policy,
                            "warning", field="checksum_policy"))
     scan = scan or scan_slots(plan)
+    from ._hashing import hash_slots        # hashing only: a diagnosis hashes no slot
     odd = hash_slots(block, _committed(plan, scan), progress)
     for i, words, stored, dummy in odd:                  # missing first, in slot order
         state = words[2]              # as read with the checksum, before the data

@@ -197,6 +197,40 @@ JSON document per pass, one per line.
 """ + SEE_EXIT_CODES
 
 
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    """--json, --no-color, -y, -v: every command's, accepted before or after the command;
+    SUPPRESS keeps a value given before the command from being reset by the subcommand's
+    default."""
+    S = argparse.SUPPRESS
+    parser.add_argument("--json", action="store_true", default=S,
+                        help="print the engine's result as JSON (schema %s)" % SCHEMA)
+    parser.add_argument("--no-color", action="store_true", default=S,
+                        help="no colour (also: NO_COLOR set, or stdout not a terminal)")
+    parser.add_argument("-y", "--yes", action="store_true", default=S,
+                        help="do not ask for confirmation of --force/--repair")
+    parser.add_argument("-v", "--verbose", action="store_true", default=S,
+                        help="also the evidence behind each verdict and every store of "
+                             "the change list as recorded")
+
+
+def _writes_options(parser: argparse.ArgumentParser) -> None:
+    """--dry-run and where a real run's record goes: every command that can write."""
+    parser.add_argument("-n", "--dry-run", action="store_true",
+                        help="show what would change; write nothing")
+    _record_options(parser)
+
+
+def _budget_options(parser: argparse.ArgumentParser) -> None:
+    """--max-bytes: every command that reads a block's slots."""
+    parser.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
+                        help="most bytes to examine in one block (default 256M): the "
+                             "4 KiB header, the slot-state table, 4 KiB per slot examined "
+                             "one by one (those that are not plain, or every slot when all "
+                             "are listed) and, for validate/heal, the data of the slots to "
+                             "hash; holes are free. A block over it is refused (exit 4); "
+                             "--all skips it")
+
+
 def _record_options(parser: argparse.ArgumentParser) -> None:
     """--snapshot-dir, --no-snapshot, --audit-log: where a real run's record goes."""
     parser.add_argument("--snapshot-dir", metavar="DIR", help=SNAPSHOT_DIR_HELP)
@@ -352,33 +386,11 @@ def _help_width() -> int:
 def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.ArgumentParser:
     """The parser; with ``only``, the options of that command alone are built; with
     ``alone`` too, no other command is registered (see :func:`_alone`)."""
-    fmt = _formatter
-    S = argparse.SUPPRESS
-    # Common options, accepted before or after the command; SUPPRESS keeps a value given
-    # before the command from being reset by the subcommand's default.
-    common = _Parser(add_help=False)
-    common.add_argument("--json", action="store_true", default=S,
-                        help="print the engine's result as JSON (schema %s)" % SCHEMA)
-    common.add_argument("--no-color", action="store_true", default=S,
-                        help="no colour (also: NO_COLOR set, or stdout not a terminal)")
-    common.add_argument("-y", "--yes", action="store_true", default=S,
-                        help="do not ask for confirmation of --force/--repair")
-    common.add_argument("-v", "--verbose", action="store_true", default=S,
-                        help="also the evidence behind each verdict and every store of "
-                             "the change list as recorded")
-    writes = _Parser(add_help=False)
-    writes.add_argument("-n", "--dry-run", action="store_true",
-                        help="show what would change; write nothing")
-    _record_options(writes)
-    budget = _Parser(add_help=False)
-    budget.add_argument("--max-bytes", type=_bytes, metavar="N", default=None,
-                        help="most bytes to examine in one block (default 256M): the "
-                             "4 KiB header, the slot-state table, 4 KiB per slot examined "
-                             "one by one (those that are not plain, or every slot when all "
-                             "are listed) and, for validate/heal, the data of the slots to "
-                             "hash; holes are free. A block over it is refused (exit 4); "
-                             "--all skips it")
+    width = _help_width()   # asked once: argparse makes a formatter for every add_argument
 
+    def fmt(prog: str) -> argparse.HelpFormatter:
+        return argparse.RawDescriptionHelpFormatter(prog, width=width)
+    S = argparse.SUPPRESS
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
     p.add_argument("--version", action="version", version=VERSION)
     p.add_argument("--json", action="store_true", default=False, help=S)
@@ -389,10 +401,17 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
     subparsers.required = True
     sub = _OnlyOne(subparsers, only, alone)
 
-    def command(name: str, help_: str, *parents: argparse.ArgumentParser,
-                epilog: str = SEE_EXIT_CODES):
-        return sub.add_parser(name, help=help_, description=help_, epilog=epilog,
-                              formatter_class=fmt, parents=[common, *parents])
+    def command(name: str, help_: str, *options: Callable[[argparse.ArgumentParser], None],
+                epilog: str = SEE_EXIT_CODES, description: Optional[str] = None):
+        """A command's parser with the common options and ``options`` (functions adding
+        a group of options) added first, as parent parsers would add them: no parser is
+        made for a group (each costs argparse's gettext look-ups), none for a command
+        that is not built (:class:`_OnlyOne`)."""
+        c = sub.add_parser(name, help=help_, description=description or help_,
+                           epilog=epilog, formatter_class=fmt)
+        for add in (_common_options,) + options:
+            add(c)
+        return c
 
     def every(c: argparse.ArgumentParser) -> None:
         c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
@@ -407,7 +426,7 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
                    help="only names or addresses matching this shell pattern")
 
     c = command("diagnose", "explain every slot that is not plain (or one, or all) and "
-                            "every consumer; read-only", budget)
+                            "every consumer; read-only", _budget_options)
     every(c)
     c.add_argument("--slot", type=_slot, metavar="N|all",
                    help="only this slot's row, reading no other slot's data (default: the "
@@ -417,8 +436,8 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
                         "with no lock, no reader and no writer waiting; by default it is "
                         "only counted)")
 
-    c = command("recover", "release a stuck slot (dead holders only, unless --force)", writes,
-                budget, epilog=ACTIONS_HELP)
+    c = command("recover", "release a stuck slot (dead holders only, unless --force)",
+                _writes_options, _budget_options, epilog=ACTIONS_HELP)
     c.add_argument("address", metavar="BLOCK", help=ADDRESS_HELP)
     c.add_argument("--slot", type=_slot, required=True, metavar="N|all",
                    help="the slot index (0 to capacity-1), or 'all' for every slot")
@@ -433,7 +452,7 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
                          "re-bless committed slots and the flex zone)"),
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
-        c = command(name, help_, writes, budget)
+        c = command(name, help_, _writes_options, _budget_options)
         every(c)
         if name != "cleanup":
             c.add_argument("--repair", action="store_true",
@@ -442,12 +461,12 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
 
     c = command("undo", "put back what a real run stored, by CAS on the values it wrote; "
                         "refused whole, naming the field, if anything changed since",
-                writes, epilog=UNDO_HELP)
+                _writes_options, epilog=UNDO_HELP)
     c.add_argument("snapshot", metavar="SNAPSHOT",
                    help="a before-image id as 'snapshots' lists it, or the path of one")
 
     c = command("metrics", "Prometheus metrics of this host's blocks (every block validated "
-                           "read-only) and of the audit log; read-only", budget,
+                           "read-only) and of the audit log; read-only", _budget_options,
                 epilog=METRICS_HELP)
     c.add_argument("--textfile", metavar="DIR",
                    help="write DIR/pylabhub_recovery.prom atomically (node_exporter's "
@@ -468,9 +487,8 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
     c = command("snapshots", "list the before-images of real runs (newest first)")
     c.add_argument("--snapshot-dir", metavar="DIR", help=SNAPSHOT_DIR_HELP)
 
-    c = sub.add_parser("drill", help="crash drill: prove on this machine that recovery works",
-                       description=DRILL_DESCRIPTION, epilog=SEE_EXIT_CODES,
-                       formatter_class=fmt, parents=[common])
+    c = command("drill", "crash drill: prove on this machine that recovery works",
+                description=DRILL_DESCRIPTION)
     c.add_argument("--iterations", type=_int, default=DRILL_ITERATIONS, metavar="N",
                    help="kill-heal-check rounds (default: %d)" % DRILL_ITERATIONS)
     c.add_argument("--seed", type=_int, metavar="S",
@@ -480,9 +498,8 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
     c.add_argument("--stride", type=_int, default=DRILL_STRIDE, metavar="S",
                    help="bytes per slot, a multiple of 64 (default: %d)" % DRILL_STRIDE)
 
-    c = sub.add_parser("practice", help="leave a real crashed block to practise recovery on",
-                       description=PRACTICE_DESCRIPTION, epilog=SEE_EXIT_CODES,
-                       formatter_class=fmt, parents=[common])
+    c = command("practice", "leave a real crashed block to practise recovery on",
+                description=PRACTICE_DESCRIPTION)
     c.add_argument("scenario", nargs="?", choices=PRACTICE_SCENARIOS, metavar="SCENARIO",
                    help="what to leave: %s" % ", ".join(PRACTICE_SCENARIOS))
     c.add_argument("--name", metavar="NAME", default=PRACTICE_NAME,
@@ -491,10 +508,9 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
                    help="instead: kill what a practice left running on NAME (default: "
                         "--name) and remove that practice block")
 
-    c = sub.add_parser("ansible-setup", help="print the one setup line that makes short "
-                       "module names work (ansible -m datablock_recover, ansible-doc)",
-                       description=ANSIBLE_SETUP_DESCRIPTION, epilog=SEE_EXIT_CODES,
-                       formatter_class=fmt, parents=[common])
+    c = command("ansible-setup", "print the one setup line that makes short module names "
+                "work (ansible -m datablock_recover, ansible-doc)",
+                description=ANSIBLE_SETUP_DESCRIPTION)
     c.add_argument("--ini", action="store_true",
                    help="print ansible.cfg lines instead of a shell export")
     return p

@@ -196,9 +196,11 @@ def test_a_command_loads_the_engine_it_needs(crashes, names):
 #: What a diagnosis must not load (issue 14: ``diagnose B`` within 3x and ``--slot N`` within
 #: 2x of ``python3 -c pass``): the core's records are plain classes, typing is for the
 #: checkers only, and hashing, mapping, journalling and threads load what they need when
-#: they run.
+#: they run (the slot hasher and its bisect: validate only), and so does argparse's shutil
+#: (the help width is found without it).
 _NOT_FOR_DIAGNOSE = ("dataclasses", "inspect", "typing", "ast", "hashlib", "_hashlib",
-                     "ctypes", "socket", "threading", "uuid", "platform")
+                     "ctypes", "socket", "threading", "uuid", "platform", "shutil", "bisect",
+                     "_bisect", _CORE + "_hashing")
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"], ["--slot", "1"]], ids=" ".join)
@@ -215,12 +217,13 @@ def test_diagnose_loads_no_heavy_module(crashes, names, extra):
 
 def test_a_heal_loads_what_it_needs(crashes, names):
     """The check above can fail: what a diagnosis leaves out is loaded when it is used (a
-    heal journals with json, maps the block with ctypes and hashes with BLAKE2b)."""
+    heal journals with json, maps the block with ctypes and hashes with BLAKE2b, through
+    the slot hasher)."""
     name = names()
     crashes.stuck_writer(name)
     mods = _modules_after("import sys\nfrom pylabhub.recovery.cli import main\n"
                           "main(['heal', %r])\n" % name)
-    assert {"json", "ctypes", "_blake2"} <= mods, sorted(mods)
+    assert {"json", "ctypes", "_blake2", "bisect", _CORE + "_hashing"} <= mods, sorted(mods)
 
 
 def test_import_of_the_api_is_cheap():
