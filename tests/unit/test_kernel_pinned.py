@@ -1,0 +1,113 @@
+"""The kernel scan's rules pinned where mutation testing found them unpinned
+(docs/reliability.md section 8, target ``kernel``). Real blocks, real processes, real
+namespaces and capabilities."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _kernel as K, _runtime as R)
+from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
+
+ROOT = os.geteuid() == 0
+MU_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "plugins",
+                      "module_utils")
+
+
+def test_the_engine_mapping_is_left_out_by_its_address_not_the_whole_process(block_name):
+    """The engine leaves out its own mapping of a block -- that mapping only, by its start
+    address. The same process holding the block writable through another mapping (a
+    Python program that produces and diagnoses) is a holder like any other: left out
+    with the engine's, its live lock would look dead."""
+    with R.attach(block_name) as engine, K.engine_mapping(engine):   # mapped, as to store
+        assert K._own_maps(), "premise: the engine's mapping has an address"
+        key = K.BlockId.of(engine).key
+        assert os.getpid() not in {p.pid for p, h in K.HostScan.take().holders(key)}
+        with R.attach(block_name) as runtime:       # mapped writable at attach
+            runtime.get("write_index")
+            held = dict((p.pid, h) for p, h in K.HostScan.take().holders(key))
+            assert held[os.getpid()].rw and not held[os.getpid()].ro, held
+            assert K.process_hold(os.getpid(), key).rw
+
+
+def test_a_lease_answer_is_not_reused_for_a_later_observation(block_name, actors):
+    """``Scans.exclusive`` reuses a lease answer only while it is younger than the words
+    it decides on: after a consumer maps the block, asked for an observation made after
+    the first answer, it asks the kernel again (False), instead of the stale True."""
+    with R.attach(block_name, writable=False) as b:
+        bid = K.BlockId.of(b)
+        scans = K.Scans()
+        assert scans.exclusive(bid, time.monotonic_ns()) is True    # nobody else
+        assert scans.exclusive(bid, None) is True                   # reused: no time given
+        a = actors(block_name, [("consumer", "late")])
+        a.wait_point()
+        assert scans.exclusive(bid, time.monotonic_ns()) is False, "a stale lease answer"
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_root_without_cap_sys_ptrace_is_a_partial_scope(block_name):
+    """Root whose bounding set lacks CAP_SYS_PTRACE (a hardened container) may be unable to
+    read other processes' maps: the scope says so and is never complete."""
+    code = textwrap.dedent("""
+        import importlib, json, os, sys, types
+        _pkg = types.ModuleType("_plh_mu"); _pkg.__path__ = [%r]; sys.modules["_plh_mu"] = _pkg
+        K = importlib.import_module("_plh_mu._kernel")
+        st = os.stat("/dev/shm/" + sys.argv[1])
+        scan = K.HostScan.take()
+        b = K.BlockId(st.st_dev, st.st_ino, 0, "shm", "/dev/shm/" + sys.argv[1])
+        print(json.dumps({"euid": os.geteuid(), "can_ptrace": scan.can_ptrace,
+                          "scope": scan.scope(b).to_dict()}))
+    """ % os.path.realpath(MU_DIR))
+    r = subprocess.run(["setpriv", "--bounding-set", "-sys_ptrace", sys.executable, "-c", code,
+                        block_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       timeout=60, check=False)
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(r.stdout)
+    assert out["euid"] == 0 and out["can_ptrace"] is False, out
+    assert out["scope"]["name"] == "partial" and not out["scope"]["complete"], out
+    assert out["scope"]["reason"].startswith("no CAP_SYS_PTRACE: "), out
+
+
+NOT_MOUNTED = """
+import json, subprocess
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _kernel as K, _runtime as R)
+R.create("plhmnt", capacity=2).close()
+# a process in a mount namespace of its own, with a private tmpfs holding a copy of the block
+child = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                          "mkdir -p /mnt/plh && mount -t tmpfs plh /mnt/plh && "
+                          "cp /dev/shm/plhmnt /mnt/plh/blk && echo ready && exec sleep 120"],
+                         stdout=subprocess.PIPE)
+assert child.stdout.readline() == b"ready\\n"
+path = "/proc/%d/root/mnt/plh/blk" % child.pid          # reached through its root
+out = {}
+with R.attach(path, writable=False) as b:
+    bid = K.BlockId.of(b)
+    out["kind"] = bid.kind
+    out["scope"] = K.HostScan.take([path]).scope(bid).to_dict()
+    out["shm"] = K.HostScan.take().scope(K.BlockId.of(R.attach("plhmnt", writable=False))).to_dict()
+child.kill()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("unshare"), reason="needs root and unshare(1)")
+def test_a_block_on_a_filesystem_not_mounted_here_is_a_partial_scope():
+    """In a nested PID namespace (a lab host), a block file reached through another mount
+    namespace's root (``/proc/PID/root/...``) lives on a filesystem this mount namespace
+    does not have: whether it is shared with processes outside cannot be told, so the
+    scope is partial and says why; the host's own private /dev/shm stays complete."""
+    out = in_namespace_host(NOT_MOUNTED)
+    assert out["kind"] == "path", out
+    assert out["scope"]["name"] == "partial", out
+    assert "is not mounted in this mount namespace" in out["scope"]["reason"], out
+    assert out["shm"]["name"] == "namespace", out
