@@ -111,3 +111,18 @@ def test_a_block_on_a_filesystem_not_mounted_here_is_a_partial_scope():
     assert out["scope"]["name"] == "partial", out
     assert "is not mounted in this mount namespace" in out["scope"]["reason"], out
     assert out["shm"]["name"] == "namespace", out
+
+
+@pytest.mark.parametrize("new", [499, 501, 0], ids=["lower", "higher", "cleared"])
+def test_a_word_that_changed_is_a_new_observation_whichever_way_it_moved(new):
+    """``first_seen`` dates a holder word's value from its first read: a scan that started
+    after that time may prove the holder absent. A lock that went from pid 500 to another
+    pid -- lower or higher -- or to 0 is a new value, dated now: dated by the old value's
+    first read, a scan taken before the new writer locked would "prove" it gone."""
+    scans = K.Scans()
+    word = ("blk", "lock", 1)
+    assert scans.first_seen(word, 500, 1000) == 1000
+    assert scans.first_seen(word, 500, 2000) == 1000         # the same value: first seen
+    assert scans.first_seen(word, new, 3000) == 3000
+    assert scans.first_seen(word, new, 4000) == 3000
+    assert scans.first_seen(word, 500, 5000) == 5000         # back again: new again
