@@ -32,6 +32,7 @@ def test_the_engine_mapping_is_left_out_by_its_address_not_the_whole_process(blo
         assert K._own_maps(), "premise: the engine's mapping has an address"
         key = K.BlockId.of(engine).key
         assert os.getpid() not in {p.pid for p, h in K.HostScan.take().holders(key)}
+        assert not K.process_hold(os.getpid(), key)
         with R.attach(block_name) as runtime:       # mapped writable at attach
             runtime.get("write_index")
             held = dict((p.pid, h) for p, h in K.HostScan.take().holders(key))
@@ -126,3 +127,125 @@ def test_a_word_that_changed_is_a_new_observation_whichever_way_it_moved(new):
     assert scans.first_seen(word, new, 3000) == 3000
     assert scans.first_seen(word, new, 4000) == 3000
     assert scans.first_seen(word, 500, 5000) == 5000         # back again: new again
+
+
+HOLDER = r"""
+import ctypes, json, mmap, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR)
+blk = mmap.mmap(fd, 0)                      # the block, shared and writable
+os.close(fd)
+ino = str(os.stat(sys.argv[1]).st_ino)
+
+
+def lines():
+    return [ln.split() for ln in open("/proc/self/maps").read().splitlines()]
+
+
+start = int(next(f for f in lines() if len(f) > 5 and f[4] == ino)[0].split("-")[0], 16)
+libc = ctypes.CDLL(None, use_errno=True)
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                      ctypes.c_int, ctypes.c_long]
+hint = start - (1 << 24)                    # below the block: an earlier line of maps
+if sys.argv[2] == "anon":                   # anonymous shared memory (/dev/zero (deleted))
+    got = libc.mmap(hint, 8192, 3, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
+else:                                       # a shared file whose name holds the marker
+    fd = os.open(sys.argv[2], os.O_RDWR)
+    got = libc.mmap(hint, 4096, 3, mmap.MAP_SHARED, fd, 0)
+    os.close(fd)
+print(json.dumps({"other": got, "block": start}), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("other", ["anon", "name"], ids=["anonymous-shared-first",
+                                                         "marker-twice-in-a-name-first"])
+def test_a_holder_is_found_whatever_shared_mapping_comes_before_its_block(block_name, other):
+    """The scan finds shared mappings by the perms marker ("-s ") and skips lines it has
+    parsed or does not want -- never the rest of the maps text. Before the block's line:
+    anonymous shared memory (on the memfd device, not a memfd: skipped), or a file whose
+    name (untrusted text) holds the marker twice (its line met twice). The block's holder
+    below is still found, writable."""
+    key = (os.stat("/dev/shm/" + block_name).st_dev, os.stat("/dev/shm/" + block_name).st_ino)
+    decoy = "/dev/shm/%s -s marker -s marker" % block_name
+    extra = "anon"
+    if other == "name":
+        with open(decoy, "wb") as f:
+            f.truncate(4096)
+        extra = decoy
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, "/dev/shm/" + block_name, extra],
+                         stdout=subprocess.PIPE)
+    try:
+        at = json.loads(p.stdout.readline())
+        assert at["other"] == at["block"] - (1 << 24), at               # the premise
+        held = dict((q.pid, h) for q, h in K.HostScan.take().holders(key))
+        assert p.pid in held and held[p.pid].rw, held
+    finally:
+        p.kill()
+        p.wait()
+        if other == "name":
+            os.unlink(decoy)
+
+
+def test_a_block_on_a_disk_filesystem_is_found_and_gets_no_lease_answer(tmp_path):
+    """A block file on a disk filesystem (here the root filesystem; its device major is
+    written in hex in /proc/PID/maps, e.g. fe for virtio-blk): the holder is found by the
+    scan (device parsed as hex), and the lease check answers "cannot tell" (leases are
+    trusted on tmpfs only)."""
+    name = "plhdisk%d" % os.getpid()
+    R.create(name, capacity=2).close()
+    path = os.path.join("/var/tmp", name)
+    shutil.copyfile("/dev/shm/" + name, path)
+    os.unlink("/dev/shm/" + name)
+    p = subprocess.Popen([sys.executable, "-c", HOLDER, path, "anon"], stdout=subprocess.PIPE)
+    try:
+        json.loads(p.stdout.readline())
+        with R.attach(path, writable=False) as b:
+            bid = K.BlockId.of(b)
+            assert bid.kind == "path"
+            held = dict((q.pid, h) for q, h in K.HostScan.take([path]).holders(bid.key))
+            assert p.pid in held and held[p.pid].rw, (os.major(bid.dev), held)
+            assert K.exclusive(bid) is None
+    finally:
+        p.kill()
+        p.wait()
+        os.unlink(path)
+
+
+def test_a_root_recovery_run_is_a_recovery_run_for_every_owner():
+    """A recovery run registered by root is one for a block of any owner (root may
+    recover every user's blocks); one registered by another user only for that user's."""
+    assert K.Proc(7, (7,), "S", 0, 0, "x", recovery_uid=0).recovery_for(1000)
+    assert K.Proc(7, (7,), "S", 0, 0, "x", recovery_uid=1000).recovery_for(1000)
+    assert not K.Proc(7, (7,), "S", 0, 0, "x", recovery_uid=1000).recovery_for(1001)
+    assert not K.Proc(7, (7,), "S", 0, 0, "x").recovery_for(0)
+
+
+def test_a_process_that_forked_the_engine_is_still_a_holder(block_name):
+    """The engine leaves out only ITS OWN process's mapping: a holder that forked it (the
+    child inherits the mapping at the same address, and the same fd numbers) and has a
+    lower pid is still found, writable, by the scan and by the direct read."""
+    with R.attach(block_name) as block:
+        key = K.BlockId.of(block).key
+        rd, wr = os.pipe()
+        child = os.fork()
+        if child == 0:                               # the engine, in a child
+            try:
+                os.close(rd)
+                with K.engine_mapping(block):
+                    held = dict((q.pid, h) for q, h in K.HostScan.take().holders(key))
+                    direct = K.process_hold(os.getppid(), key)
+                    out = {"own": bool(K._own_maps()), "parent": os.getppid(),
+                           "held": {str(k): v.rw for k, v in held.items()},
+                           "direct": bool(direct and direct.rw)}
+                os.write(wr, json.dumps(out).encode())
+            finally:
+                os._exit(0)
+        os.close(wr)
+        with os.fdopen(rd, "rb") as f:
+            out = json.loads(f.read())
+        os.waitpid(child, 0)
+    assert out["own"] and out["parent"] == os.getpid() < child, out       # the premise
+    assert out["held"].get(str(os.getpid())) is True, out
+    assert str(child) not in out["held"], out
+    assert out["direct"], out
