@@ -249,3 +249,46 @@ def test_a_process_that_forked_the_engine_is_still_a_holder(block_name):
     assert out["held"].get(str(os.getpid())) is True, out
     assert str(child) not in out["held"], out
     assert out["direct"], out
+
+
+ZOMBIE_LEADER = r"""
+import json, os, subprocess, sys, time
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _kernel as K, _runtime as R)
+R.create("plhzl", capacity=2).close()
+code = '''
+import ctypes, sys, threading, time
+from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime as R
+keep = R.attach("plhzl")
+threading.Thread(target=time.sleep, args=(120,)).start()
+ctypes.CDLL(None).syscall(60, 0)
+'''
+with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+    f.write("9998")                   # the leader gets 9999, its thread 10000
+p = subprocess.Popen([sys.executable, "-c", code], env=dict(os.environ))
+deadline = time.monotonic() + 30
+while True:
+    stat = open("/proc/%d/stat" % p.pid).read()
+    if stat.rsplit(")", 1)[1].split()[0] == "Z":
+        break
+    assert time.monotonic() < deadline, "the leader never became a zombie"
+    time.sleep(0.01)
+with R.attach("plhzl", writable=False) as b:
+    key = K.BlockId.of(b).key
+out = {"pid": p.pid, "tids": sorted(os.listdir("/proc/%d/task" % p.pid)),
+       "scan": [q.pid for q, h in K.HostScan.take().holders(key) if h.rw],
+       "direct": bool(K.process_hold(p.pid, key))}
+p.kill()
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.skipif(not ROOT or not shutil.which("unshare") or os.uname().machine != "x86_64",
+                    reason="needs root, unshare(1), x86-64 (the raw exit syscall's number)")
+def test_a_zombie_leader_whose_thread_id_sorts_first_as_text_is_a_holder():
+    """A zombie leader (pid 9999) whose live thread (tid 10000) holds the block: the
+    thread is found whatever the two numbers' order as text ("10000" < "9999"), by the
+    scan and by the direct read; the leader itself is skipped by number, not by text."""
+    out = in_namespace_host(ZOMBIE_LEADER)
+    assert out["pid"] == 9999 and out["tids"] == ["10000", "9999"], out     # the premise
+    assert out["scan"] == [9999] and out["direct"], out
