@@ -9,6 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 
@@ -55,9 +56,11 @@ def test_a_lease_answer_is_not_reused_for_a_later_observation(block_name, actors
 
 
 @pytest.mark.skipif(not ROOT or not shutil.which("setpriv"), reason="needs root and setpriv")
-def test_root_without_cap_sys_ptrace_is_a_partial_scope(block_name):
+@pytest.mark.parametrize("who", ["root-without", "nobody-with"])
+def test_root_without_cap_sys_ptrace_is_a_partial_scope(block_name, who):
     """Root whose bounding set lacks CAP_SYS_PTRACE (a hardened container) may be unable to
-    read other processes' maps: the scope says so and is never complete."""
+    read other processes' maps: the scope says so and is never complete. Nor is a
+    non-root user's, even one granted CAP_SYS_PTRACE: the rule asks for both."""
     code = textwrap.dedent("""
         import importlib, json, os, sys, types
         _pkg = types.ModuleType("_plh_mu"); _pkg.__path__ = [%r]; sys.modules["_plh_mu"] = _pkg
@@ -67,15 +70,32 @@ def test_root_without_cap_sys_ptrace_is_a_partial_scope(block_name):
         b = K.BlockId(st.st_dev, st.st_ino, 0, "shm", "/dev/shm/" + sys.argv[1])
         print(json.dumps({"euid": os.geteuid(), "can_ptrace": scan.can_ptrace,
                           "scope": scan.scope(b).to_dict()}))
-    """ % os.path.realpath(MU_DIR))
-    r = subprocess.run(["setpriv", "--bounding-set", "-sys_ptrace", sys.executable, "-c", code,
-                        block_name], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                       timeout=60, check=False)
+    """)
+    # a copy uid 65534 can read, wherever this tree is (a root-only temp dir, say)
+    readable = tempfile.mkdtemp(prefix="plh-mu-")
+    os.chmod(readable, 0o755)
+    shutil.copytree(os.path.realpath(MU_DIR), os.path.join(readable, "mu"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    code = code % os.path.join(readable, "mu")
+    setpriv = {"root-without": ["setpriv", "--bounding-set", "-sys_ptrace"],
+               "nobody-with": ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                               "--inh-caps", "+sys_ptrace", "--ambient-caps", "+sys_ptrace"]}
+    os.chmod("/dev/shm/" + block_name, 0o644)
+    try:
+        r = subprocess.run(setpriv[who] + [sys.executable, "-c", code, block_name],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60,
+                           check=False, cwd="/")
+    finally:
+        shutil.rmtree(readable)
     assert r.returncode == 0, r.stderr.decode()
     out = json.loads(r.stdout)
-    assert out["euid"] == 0 and out["can_ptrace"] is False, out
     assert out["scope"]["name"] == "partial" and not out["scope"]["complete"], out
-    assert out["scope"]["reason"].startswith("no CAP_SYS_PTRACE: "), out
+    if who == "root-without":
+        assert out["euid"] == 0 and out["can_ptrace"] is False, out
+        assert out["scope"]["reason"].startswith("no CAP_SYS_PTRACE: "), out
+    else:
+        assert out["euid"] == 65534 and out["can_ptrace"] is True, out
+        assert out["scope"]["reason"].startswith("not root: "), out
 
 
 NOT_MOUNTED = """
@@ -158,18 +178,20 @@ time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("other", ["anon", "name"], ids=["anonymous-shared-first",
-                                                         "marker-twice-in-a-name-first"])
+@pytest.mark.parametrize("other", ["anon", "name", "disk"], ids=[
+    "anonymous-shared-first", "marker-twice-in-a-name-first", "a-disk-file-first"])
 def test_a_holder_is_found_whatever_shared_mapping_comes_before_its_block(block_name, other):
     """The scan finds shared mappings by the perms marker ("-s ") and skips lines it has
     parsed or does not want -- never the rest of the maps text. Before the block's line:
-    anonymous shared memory (on the memfd device, not a memfd: skipped), or a file whose
-    name (untrusted text) holds the marker twice (its line met twice). The block's holder
-    below is still found, writable."""
+    anonymous shared memory (on the memfd device, not a memfd: skipped), a file whose
+    name (untrusted text) holds the marker twice (its line met twice), or a shared file on
+    a filesystem the scan does not index. The block's holder below is still found,
+    writable."""
     key = (os.stat("/dev/shm/" + block_name).st_dev, os.stat("/dev/shm/" + block_name).st_ino)
-    decoy = "/dev/shm/%s -s marker -s marker" % block_name
+    decoy = {"name": "/dev/shm/%s -s marker -s marker" % block_name,      # on /dev/shm
+             "disk": "/var/tmp/%s.shared" % block_name}.get(other)        # not indexed
     extra = "anon"
-    if other == "name":
+    if decoy:
         with open(decoy, "wb") as f:
             f.truncate(4096)
         extra = decoy
@@ -183,7 +205,7 @@ def test_a_holder_is_found_whatever_shared_mapping_comes_before_its_block(block_
     finally:
         p.kill()
         p.wait()
-        if other == "name":
+        if decoy:
             os.unlink(decoy)
 
 
