@@ -169,26 +169,30 @@ libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_i
 hint = start - (1 << 24)                    # below the block: an earlier line of maps
 if sys.argv[2] == "anon":                   # anonymous shared memory (/dev/zero (deleted))
     got = libc.mmap(hint, 8192, 3, mmap.MAP_SHARED | mmap.MAP_ANONYMOUS, -1, 0)
-else:                                       # a shared file whose name holds the marker
+else:                                       # a file whose name holds the marker
     fd = os.open(sys.argv[2], os.O_RDWR)
-    got = libc.mmap(hint, 4096, 3, mmap.MAP_SHARED, fd, 0)
+    flags = mmap.MAP_PRIVATE if sys.argv[2].endswith("private") else mmap.MAP_SHARED
+    got = libc.mmap(hint, 4096, 3, flags, fd, 0)
     os.close(fd)
 print(json.dumps({"other": got, "block": start}), flush=True)
 time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("other", ["anon", "name", "disk"], ids=[
-    "anonymous-shared-first", "marker-twice-in-a-name-first", "a-disk-file-first"])
+@pytest.mark.parametrize("other", ["anon", "name", "private", "disk"], ids=[
+    "anonymous-shared-first", "marker-twice-in-a-name-first",
+    "a-private-mapping-named-with-the-marker-first", "a-disk-file-first"])
 def test_a_holder_is_found_whatever_shared_mapping_comes_before_its_block(block_name, other):
     """The scan finds shared mappings by the perms marker ("-s ") and skips lines it has
     parsed or does not want -- never the rest of the maps text. Before the block's line:
     anonymous shared memory (on the memfd device, not a memfd: skipped), a file whose
-    name (untrusted text) holds the marker twice (its line met twice), or a shared file on
+    name (untrusted text) holds the marker twice (its line met twice), a PRIVATE mapping
+    of a file whose name holds it (a line that is no shared mapping), or a shared file on
     a filesystem the scan does not index. The block's holder below is still found,
     writable."""
     key = (os.stat("/dev/shm/" + block_name).st_dev, os.stat("/dev/shm/" + block_name).st_ino)
     decoy = {"name": "/dev/shm/%s -s marker -s marker" % block_name,      # on /dev/shm
+             "private": "/dev/shm/%s -s marker private" % block_name,     # not shared
              "disk": "/var/tmp/%s.shared" % block_name}.get(other)        # not indexed
     extra = "anon"
     if decoy:
@@ -209,29 +213,42 @@ def test_a_holder_is_found_whatever_shared_mapping_comes_before_its_block(block_
             os.unlink(decoy)
 
 
+FD_ONLY = ("import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print(fd, flush=True);"
+           " time.sleep(120)")
+
+
 def test_a_block_on_a_disk_filesystem_is_found_and_gets_no_lease_answer(tmp_path):
     """A block file on a disk filesystem (here the root filesystem; its device major is
     written in hex in /proc/PID/maps, e.g. fe for virtio-blk): the holder is found by the
     scan (device parsed as hex), and the lease check answers "cannot tell" (leases are
-    trusted on tmpfs only)."""
+    trusted on tmpfs only). A process holding it by an fd alone is found too, also once
+    the file is deleted (its fd then reads "PATH (deleted)")."""
     name = "plhdisk%d" % os.getpid()
     R.create(name, capacity=2).close()
     path = os.path.join("/var/tmp", name)
     shutil.copyfile("/dev/shm/" + name, path)
     os.unlink("/dev/shm/" + name)
     p = subprocess.Popen([sys.executable, "-c", HOLDER, path, "anon"], stdout=subprocess.PIPE)
+    fd_only = subprocess.Popen([sys.executable, "-c", FD_ONLY, path], stdout=subprocess.PIPE)
     try:
         json.loads(p.stdout.readline())
+        fd = int(fd_only.stdout.readline())
         with R.attach(path, writable=False) as b:
             bid = K.BlockId.of(b)
             assert bid.kind == "path"
             held = dict((q.pid, h) for q, h in K.HostScan.take([path]).holders(bid.key))
             assert p.pid in held and held[p.pid].rw, (os.major(bid.dev), held)
+            assert held[fd_only.pid] == K.Hold(fds=(fd,)), held
             assert K.exclusive(bid) is None
+            os.unlink(path)             # deleted: its fds now read "PATH (deleted)"
+            held = dict((q.pid, h) for q, h in K.HostScan.take([path]).holders(bid.key))
+            assert held[fd_only.pid] == K.Hold(fds=(fd,)), held
     finally:
-        p.kill()
-        p.wait()
-        os.unlink(path)
+        for q in (p, fd_only):
+            q.kill()
+            q.wait()
+        if os.path.exists(path):
+            os.unlink(path)
 
 
 def test_a_root_recovery_run_is_a_recovery_run_for_every_owner():
