@@ -260,33 +260,47 @@ def test_a_root_recovery_run_is_a_recovery_run_for_every_owner():
     assert not K.Proc(7, (7,), "S", 0, 0, "x").recovery_for(0)
 
 
+FORKED_ENGINE = r"""
+import json, os, sys
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _kernel as K, _runtime as R)
+with R.attach(sys.argv[1]) as block:            # the holder: mapped writable
+    key = K.BlockId.of(block).key
+    rd, wr = os.pipe()
+    child = os.fork()
+    if child == 0:                               # the engine, in a child of the holder
+        try:
+            os.close(rd)
+            with K.engine_mapping(block):
+                held = dict((q.pid, h) for q, h in K.HostScan.take().holders(key))
+                direct = K.process_hold(os.getppid(), key)
+                out = {"own": bool(K._own_maps()), "parent": os.getppid(),
+                       "held": {str(k): v.rw for k, v in held.items()},
+                       "direct": bool(direct and direct.rw)}
+            os.write(wr, json.dumps(out).encode())
+        finally:
+            os._exit(0)
+    os.close(wr)
+    with os.fdopen(rd, "rb") as f:
+        out = json.loads(f.read())
+    os.waitpid(child, 0)
+out.update(holder=os.getpid(), engine=child)
+print(json.dumps(out))
+"""
+
+
 def test_a_process_that_forked_the_engine_is_still_a_holder(block_name):
     """The engine leaves out only ITS OWN process's mapping: a holder that forked it (the
     child inherits the mapping at the same address, and the same fd numbers) and has a
-    lower pid is still found, writable, by the scan and by the direct read."""
-    with R.attach(block_name) as block:
-        key = K.BlockId.of(block).key
-        rd, wr = os.pipe()
-        child = os.fork()
-        if child == 0:                               # the engine, in a child
-            try:
-                os.close(rd)
-                with K.engine_mapping(block):
-                    held = dict((q.pid, h) for q, h in K.HostScan.take().holders(key))
-                    direct = K.process_hold(os.getppid(), key)
-                    out = {"own": bool(K._own_maps()), "parent": os.getppid(),
-                           "held": {str(k): v.rw for k, v in held.items()},
-                           "direct": bool(direct and direct.rw)}
-                os.write(wr, json.dumps(out).encode())
-            finally:
-                os._exit(0)
-        os.close(wr)
-        with os.fdopen(rd, "rb") as f:
-            out = json.loads(f.read())
-        os.waitpid(child, 0)
-    assert out["own"] and out["parent"] == os.getpid() < child, out       # the premise
-    assert out["held"].get(str(os.getpid())) is True, out
-    assert str(child) not in out["held"], out
+    lower pid is still found, writable, by the scan and by the direct read. (Both run in
+    a fresh interpreter: a fork of the test runner would inherit its threads and fds.)"""
+    r = subprocess.run([sys.executable, "-c", FORKED_ENGINE, block_name], stdout=subprocess.PIPE,
+                       stderr=subprocess.PIPE, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(r.stdout)
+    assert out["own"] and out["parent"] == out["holder"] < out["engine"], out    # the premise
+    assert out["held"].get(str(out["holder"])) is True, out
+    assert str(out["engine"]) not in out["held"], out
     assert out["direct"], out
 
 
