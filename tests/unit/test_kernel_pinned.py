@@ -345,3 +345,41 @@ def test_a_zombie_leader_whose_thread_id_sorts_first_as_text_is_a_holder():
     out = in_namespace_host(ZOMBIE_LEADER)
     assert out["pid"] == 9999 and out["tids"] == ["10000", "9999"], out     # the premise
     assert out["scan"] == [9999] and out["direct"], out
+
+
+ENGINE_FORKS_A_HOLDER = r"""
+import json, os, signal, sys, time
+from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+    _kernel as K, _runtime as R)
+with R.attach(sys.argv[1]) as block, K.engine_mapping(block):   # the engine's mapping
+    key = K.BlockId.of(block).key
+    rd, wr = os.pipe()
+    child = os.fork()
+    if child == 0:                    # a holder the engine's process forked: same address
+        os.close(rd)
+        os.write(wr, b"x")
+        time.sleep(120)
+        os._exit(0)
+    os.close(wr)
+    os.read(rd, 1)
+    hold = K.process_hold(child, key)
+    held = dict((q.pid, h) for q, h in K.HostScan.take().holders(key))
+    os.kill(child, signal.SIGKILL)
+    os.waitpid(child, 0)
+print(json.dumps({"engine": os.getpid(), "child": child, "direct": bool(hold and hold.rw),
+                  "scan": {str(k): v.rw for k, v in held.items()}}))
+"""
+
+
+def test_a_holder_the_engine_forked_is_a_holder(block_name):
+    """The other way round: the engine's process forked a holder (a higher pid, the
+    engine's mapping inherited at the same address): only the engine's own process
+    leaves that address out; the child is a writable holder, read directly and by
+    the scan."""
+    r = subprocess.run([sys.executable, "-c", ENGINE_FORKS_A_HOLDER, block_name],
+                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=120, check=False)
+    assert r.returncode == 0, r.stderr.decode()
+    out = json.loads(r.stdout)
+    assert out["child"] > out["engine"], out                                  # the premise
+    assert out["direct"], out
+    assert out["scan"].get(str(out["child"])) is True and str(out["engine"]) not in out["scan"], out
