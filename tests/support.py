@@ -142,3 +142,46 @@ def in_namespace_host(code: str, private_shm: bool = True, timeout: float = 120.
         raise AssertionError("namespace host failed (exit %s):\n%s\n%s" % (
             r.returncode, r.stdout.decode(errors="replace"), r.stderr.decode(errors="replace")))
     return json.loads(lines[-1])
+
+
+# -- live openers the rules must account for: a block mapped, or held by an fd alone --------
+#: The program of a stand-in opener: maps the block (``/dev/shm/ARGV1``) writable, closes
+#: its fd, says "ready" and holds the mapping. It records nothing in the block.
+STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
+            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
+
+#: The program of an fd-only opener: opens ARGV1 (a path) read-only, prints the fd's
+#: number and holds it, mapping nothing.
+FD_ONLY = ("import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print(fd, flush=True);"
+           " time.sleep(120)")
+
+
+def stand_in(name: str):
+    """A live process with block ``name`` mapped writable and nothing recorded in it,
+    started and ready: it plays a process alive at a fixture's capture (a C++ producer or
+    consumer), or a consumer between clearing its pid and uncounting itself. The caller
+    kills it (or uses :func:`standing_in`)."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
+    assert p.stdout.readline() == b"ready\n"
+    return p
+
+
+@contextlib.contextmanager
+def standing_in(name: str):
+    """:func:`stand_in` for the body, killed and reaped after it."""
+    p = stand_in(name)
+    try:
+        yield p
+    finally:
+        p.kill()
+        p.wait()
+
+
+def fd_only(path: str):
+    """A live process holding ``path`` open read-only by an fd alone: (process, fd)."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-c", FD_ONLY, path], stdout=subprocess.PIPE)
+    return p, int(p.stdout.readline())

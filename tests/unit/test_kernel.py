@@ -18,7 +18,7 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _engine as E, _kernel as K, _layout as L, _liveness as liveness,
     _observe as O, _plan as P, _procinfo as procinfo, _registry as G, _runtime as R)
-from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
+from ansible_collections.pylabhub.recovery.tests.support import fd_only, in_namespace_host
 
 _COUNTER = itertools.count(1)
 BLOCK_GEOMETRY = (4, 4096)        # of the block_name fixture (tests/conftest.py)
@@ -54,13 +54,10 @@ def test_scan_indexes_mappings_and_fds_by_device_and_inode(name, actors):
     ro_code = ("import os, sys, mmap, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDONLY);"
                " m = mmap.mmap(fd, 4096, prot=mmap.PROT_READ); os.close(fd);"
                " print('ready', flush=True); time.sleep(60)")
-    fd_code = ("import os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDONLY);"
-               " print(fd, flush=True); time.sleep(60)")
     ro = subprocess.Popen([sys.executable, "-c", ro_code, name], stdout=subprocess.PIPE)
-    fdp = subprocess.Popen([sys.executable, "-c", fd_code, name], stdout=subprocess.PIPE)
+    fdp, fd = fd_only("/dev/shm/" + name)
     try:
         assert ro.stdout.readline() == b"ready\n"
-        fd = int(fdp.stdout.readline())
         scan = K.HostScan.take()
         holds = {p.pid: h for p, h in scan.holders(bid.key)}
         assert holds[rw.pid].rw and not holds[rw.pid].ro

@@ -17,7 +17,7 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _kernel as K, _runtime as R)
-from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
+from ansible_collections.pylabhub.recovery.tests.support import fd_only, in_namespace_host
 
 ROOT = os.geteuid() == 0
 MU_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "plugins",
@@ -213,10 +213,6 @@ def test_a_holder_is_found_whatever_shared_mapping_comes_before_its_block(block_
             os.unlink(decoy)
 
 
-FD_ONLY = ("import os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); print(fd, flush=True);"
-           " time.sleep(120)")
-
-
 def test_a_block_on_a_disk_filesystem_is_found_and_gets_no_lease_answer(tmp_path):
     """A block file on a disk filesystem (here the root filesystem; its device major is
     written in hex in /proc/PID/maps, e.g. fe for virtio-blk): the holder is found by the
@@ -229,22 +225,21 @@ def test_a_block_on_a_disk_filesystem_is_found_and_gets_no_lease_answer(tmp_path
     shutil.copyfile("/dev/shm/" + name, path)
     os.unlink("/dev/shm/" + name)
     p = subprocess.Popen([sys.executable, "-c", HOLDER, path, "anon"], stdout=subprocess.PIPE)
-    fd_only = subprocess.Popen([sys.executable, "-c", FD_ONLY, path], stdout=subprocess.PIPE)
+    fd_holder, fd = fd_only(path)
     try:
         json.loads(p.stdout.readline())
-        fd = int(fd_only.stdout.readline())
         with R.attach(path, writable=False) as b:
             bid = K.BlockId.of(b)
             assert bid.kind == "path"
             held = dict((q.pid, h) for q, h in K.HostScan.take([path]).holders(bid.key))
             assert p.pid in held and held[p.pid].rw, (os.major(bid.dev), held)
-            assert held[fd_only.pid] == K.Hold(fds=(fd,)), held
+            assert held[fd_holder.pid] == K.Hold(fds=(fd,)), held
             assert K.exclusive(bid) is None
             os.unlink(path)             # deleted: its fds now read "PATH (deleted)"
             held = dict((q.pid, h) for q, h in K.HostScan.take([path]).holders(bid.key))
-            assert held[fd_only.pid] == K.Hold(fds=(fd,)), held
+            assert held[fd_holder.pid] == K.Hold(fds=(fd,)), held
     finally:
-        for q in (p, fd_only):
+        for q in (p, fd_holder):
             q.kill()
             q.wait()
         if os.path.exists(path):

@@ -361,10 +361,11 @@ def _alone(argv: Sequence[str], command: Optional[str]) -> bool:
     return not any(a in ("-h", "--help") for a in argv[:list(argv).index(command)])
 
 
-def _formatter(prog: str) -> argparse.HelpFormatter:
-    """argparse's RawDescriptionHelpFormatter, given the width it would take itself (every
-    parser's: ``add_argument`` makes one to check its arguments)."""
-    return argparse.RawDescriptionHelpFormatter(prog, width=_help_width())
+def _formatter(prog: str, width: Optional[int] = None) -> argparse.HelpFormatter:
+    """argparse's RawDescriptionHelpFormatter, given ``width`` or the width argparse would
+    take itself. Every parser makes one per ``add_argument`` (to check its arguments), so
+    a parser with many is given the width asked for once."""
+    return argparse.RawDescriptionHelpFormatter(prog, width=width or _help_width())
 
 
 def _help_width() -> int:
@@ -386,10 +387,8 @@ def _help_width() -> int:
 def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.ArgumentParser:
     """The parser; with ``only``, the options of that command alone are built; with
     ``alone`` too, no other command is registered (see :func:`_alone`)."""
-    width = _help_width()   # asked once: argparse makes a formatter for every add_argument
-
-    def fmt(prog: str) -> argparse.HelpFormatter:
-        return argparse.RawDescriptionHelpFormatter(prog, width=width)
+    import functools        # loaded already: argparse imports it (through re)
+    fmt = functools.partial(_formatter, width=_help_width())
     S = argparse.SUPPRESS
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
     p.add_argument("--version", action="version", version=VERSION)

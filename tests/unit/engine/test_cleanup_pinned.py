@@ -8,11 +8,8 @@ host (new PID and mount namespaces, private /dev/shm: scope ``namespace``)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
-import subprocess
-import sys
 import textwrap
 import time
 import types
@@ -21,7 +18,7 @@ import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _cleanup, _engine as E, _layout as L, _runtime as R, _validate)
-from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
+from ansible_collections.pylabhub.recovery.tests.support import STAND_IN, in_namespace_host, standing_in
 
 NEEDS_NAMESPACES = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                       reason="needs root and unshare(1)")
@@ -74,19 +71,6 @@ def dead_consumer(b, k, reading=0):
     return pid
 
 
-@contextlib.contextmanager
-def stand_in(name):
-    """A live process with the block mapped writable and no entry: an opener that may
-    be a consumer between clearing its pid and uncounting itself."""
-    live = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
-    try:
-        assert live.stdout.readline() == b"ready\n"
-        yield live
-    finally:
-        live.kill()
-        live.wait()
-
-
 def live_and_dead_positions(name, live_pid, read_index, write_index, live_position,
                             dead_position):
     """Sequential_sync bookkeeping by hand: entry 0 a live consumer's (``live_pid``),
@@ -128,10 +112,6 @@ def test_cleanup_releases_the_read_a_dead_consumer_left_inside(block_name, actor
     assert "(pid %d, reader, " % cleared["pid"] in cleared["message"], cleared
     assert {"target": "consumer[0].consumer_name", "before": "reader", "after": ""} \
         in out["changes"], "the name is shown as text: %s" % out["changes"]
-
-
-STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
-            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
 
 
 COUNT_FLOOR = textwrap.dedent("""
@@ -217,7 +197,7 @@ def test_read_index_is_never_lowered_to_a_slower_live_position(lab, position):
     there is nothing to raise: no store, nothing reported."""
     name = lab.name()
     R.create(name, sync=L.ConsumerSync.SEQUENTIAL_SYNC).close()
-    with stand_in(name) as live:
+    with standing_in(name) as live:
         live_and_dead_positions(name, live.pid, read_index=3, write_index=4,
                                 live_position=position, dead_position=0)
         out = E.cleanup(name)
@@ -279,7 +259,7 @@ def test_read_index_is_left_alone_unless_sequential_sync(lab, policy):
     and leaves read_index where it is, whatever a live consumer's position says."""
     name = lab.name()
     R.create(name, sync=policy).close()
-    with stand_in(name) as live:
+    with standing_in(name) as live:
         live_and_dead_positions(name, live.pid, read_index=1, write_index=6,
                                 live_position=5, dead_position=3)
         out = E.cleanup(name)
@@ -326,7 +306,7 @@ def test_a_count_is_wrapped_from_two_to_the_31(lab, count, expect):
     where the scan is partial and lowered to F = 1 where it is complete; never to 0."""
     name = lab.name()
     R.create(name).close()
-    with stand_in(name):
+    with standing_in(name):
         with R.attach(name) as b:
             b.set("active_consumer_count", count)
         out = E.cleanup(name)
@@ -418,7 +398,7 @@ def test_read_index_moved_before_its_store_rolls_the_reconciliation_back(lab, mo
     and reported FAILED -- no exception, no half-done reconciliation."""
     name = lab.name()
     R.create(name, sync=L.ConsumerSync.SEQUENTIAL_SYNC).close()
-    with stand_in(name) as live:
+    with standing_in(name) as live:
         with R.attach(name) as b:
             b.set("write_index", 5)
             b.set("read_index", 1)

@@ -16,17 +16,9 @@ import time
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _engine as E, _layout as L, _runtime as R)
+from ansible_collections.pylabhub.recovery.tests.support import stand_in
 
 from .helpers import image
-
-STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
-            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
-
-
-def stand_in(name):
-    p = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
-    return p
 
 
 def put(path, offset, value):

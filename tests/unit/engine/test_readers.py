@@ -12,52 +12,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import textwrap
 
 import pytest
 
-from ansible_collections.pylabhub.recovery.tests.support import in_namespace_host
+from ansible_collections.pylabhub.recovery.tests.support import stand_in
+
+from .readers_host import run
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                 reason="needs root and unshare(1)")
-
-PRELUDE = textwrap.dedent("""
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _actors as A, _engine as E, _layout as L, _runtime as R)
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _validate
-    _validate._SETTLE_S = (0.002, 0.01, 0.02)
-    name = "plhreaders"
-    R.create(name, capacity=CAPACITY).close()
-    b = R.attach(name, writable=False)  # a read-only look: no opener that could read
-    S = R.SLOT
-
-    def words(i):
-        base = b.geo.slot_entry(i)
-        return {n: b.get(S[n], base) for n in ("write_lock", "reader_count", "slot_state",
-                                                 "writer_waiting")}
-
-    def until(what, pred, timeout=30.0):
-        end = time.monotonic() + timeout
-        while not pred():
-            if time.monotonic() > end:
-                raise SystemExit("timed out waiting for " + what)
-            time.sleep(0.005)
-
-    def blocked_draining(i):
-        until("a writer waiting on slot %d" % i, lambda: words(i)["slot_state"] ==
-              L.SlotState.DRAINING and words(i)["writer_waiting"] == 1)
-
-    def brief(h):
-        return {"health": h["health"], "outcomes": [
-            {k: o.get(k) for k in ("slot", "result", "message", "next")}
-            for o in h["outcomes"]], "suspect": h["after"]["suspect_slots"],
-            "stuck": h["after"]["stuck_slots"], "next": h["after"]["next_steps"]}
-    out = {}
-""")
-
-
-def run(code: str, capacity: int = 2) -> dict:
-    return in_namespace_host("CAPACITY = %d\n" % capacity + PRELUDE + textwrap.dedent(code))
 
 
 def test_scenario_2_a_dead_reader_and_a_live_blocked_producer_healed_without_force():
@@ -68,9 +31,7 @@ def test_scenario_2_a_dead_reader_and_a_live_blocked_producer_healed_without_for
     out = run("""
         p = A.Actor(name, [("producer",), ("publish", 4)], pause="committed", nth=2).start()
         p.wait_point()
-        c = A.Actor(name, [("consumer", "cpp"), ("read", 1)], style="cpp").start()
-        c.wait_point()
-        c.kill()
+        killed_inside("cpp", 1, style="cpp")
         p.resume()                      # commits id 2 (slot 0), then waits on slot 1
         blocked_draining(1)
         out["before"] = words(1)
@@ -112,9 +73,7 @@ def test_scenario_2_with_live_cpp_consumers_is_refused_with_the_forced_command()
     out = run("""
         p = A.Actor(name, [("producer",), ("publish", 4)], pause="committed", nth=2).start()
         p.wait_point()
-        c = A.Actor(name, [("consumer", "dead"), ("read", 1)], style="cpp").start()
-        c.wait_point()
-        c.kill()
+        killed_inside("dead", 1, style="cpp")
         live = [A.Actor(name, [("consumer", "live%d" % k)], style="cpp").start()
                 for k in range(3)]
         for a in live:
@@ -154,10 +113,7 @@ def test_d3_a_live_consumer_holding_several_reads_keeps_its_count():
         k = live.reports[-1]["consumer"]
         ev = L.consumer_evidence(k)
         out["live_reading"] = b.get(L.CONSUMER_EVIDENCE["reading"], ev) == L.READING_SEVERAL
-        dead = A.Actor(name, [("consumer", "dead"), ("read", 1)],
-                       pause="reading-recorded").start()
-        dead.wait_point()
-        dead.kill()
+        killed_inside("dead", 1, pause="reading-recorded")
         p.resume()                      # ids 3 (slot 3), 4 (slot 0), then waits on slot 1
         blocked_draining(1)
         out["recover"] = E.recover(name, 1, "release_readers")
@@ -182,9 +138,7 @@ def test_full_table_unregistered_reader_refused_while_consumers_live_released_wh
         p = A.Actor(name, [("producer",), ("publish", 4)], pause="committed", nth=2).start()
         p.wait_point()
         # the 9th reader: its entry is taken back as if it had never registered
-        c = A.Actor(name, [("consumer", "ninth"), ("read", 1)], style="cpp").start()
-        k = c.wait_point()["consumer"]
-        c.kill()
+        k = killed_inside("ninth", 1, style="cpp")["consumer"]
         base = L.consumer_entry(k)
         with R.attach(name) as w:
             w.set(R.CONS["consumer_pid"], 0, base)
@@ -224,20 +178,6 @@ def test_full_table_unregistered_reader_refused_while_consumers_live_released_wh
     dead = out["heal_dead"]
     assert any(o["slot"] == 1 and o["result"] == "SUCCESS" for o in dead["outcomes"]), dead
     assert out["count_dead"] == 0 and dead["health"] != "suspect", dead
-
-
-STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
-            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
-
-
-def stand_in(name):
-    """A live process with the block mapped writable (plays one of fixture i's
-    processes that were alive at capture: a C++ consumer or the producer)."""
-    import subprocess
-    import sys
-    p = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
-    assert p.stdout.readline() == b"ready\n"
-    return p
 
 
 def test_fixture_i_full_table_refused_with_live_stand_ins_released_when_all_dead(lab):

@@ -96,18 +96,16 @@ def test_a_live_consumer_accounts_for_its_own_read_only(big_pid):
     assert out["after"]["entries"] == [1, 3], out
 
 
-# The scenarios below share test_readers.py's namespace-host prelude (``run``: the block
-# ``name``, ``words(i)``, ``blocked_draining(i)``, ``brief(heal)``).
-from ansible_collections.pylabhub.recovery.tests.unit.engine.test_readers import run  # noqa: E402
+# The scenarios below run on the reader scenarios' namespace host (``run``: the block
+# ``name``, ``words(i)``, ``blocked_draining(i)``, ``brief(heal)``, ``killed_inside``).
+from .readers_host import run  # noqa: E402
 
 LATE = """
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _observe as O, _plan as P)
 p = A.Actor(name, [("producer",), ("publish", 4)], pause="committed", nth=2).start()
 p.wait_point()
-c = A.Actor(name, [("consumer", "cpp"), ("read", 1)], style="cpp").start()
-c.wait_point()
-c.kill()                              # a dead reader in slot 1 ...
+killed_inside("cpp", 1, style="cpp")  # a dead reader in slot 1 ...
 p.resume()
 blocked_draining(1)                   # ... and the producer waiting on it
 out["p"] = p.pid
@@ -201,9 +199,7 @@ def test_reads_of_a_slot_above_256_are_compared_by_value():
         p.wait_exit()
         live = A.Actor(name, [("consumer", "live"), ("read", 280)], pause="inside").start()
         live.wait_point()
-        dead = A.Actor(name, [("consumer", "dead"), ("read", 280)], pause="inside").start()
-        dead.wait_point()
-        dead.kill()
+        killed_inside("dead", 280, pause="inside")
         out["count"] = words(280)["reader_count"]
         out["readers"] = E.diagnose(name, 280)["slots"][0]["readers"]
         out["cleanup"] = E.cleanup(name)["cleaned"]
@@ -227,9 +223,7 @@ def test_readers_that_recorded_a_read_before_counting_it_keep_the_count():
         p.wait_point()
         p.resume()
         p.wait_exit()                 # no producer: only the readers could be inside
-        dead = A.Actor(name, [("consumer", "dead"), ("read", 1)], pause="inside").start()
-        dead.wait_point()
-        dead.kill()
+        killed_inside("dead", 1, pause="inside")
         about = [A.Actor(name, [("consumer", "c%d" % k), ("read", 1)],
                          pause="reading-recorded").start() for k in range(2)]
         for a in about:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 
 import pytest
@@ -19,7 +17,7 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _engine as E, _errors as X, _layout as L, _snapshot as S)
 
-from ansible_collections.pylabhub.recovery.tests.support import run_killed_after
+from ansible_collections.pylabhub.recovery.tests.support import run_killed_after, stand_in
 
 from .helpers import (
     corrupt, file_bytes, image, poke, publish_in_child, torn_free, wrapped_count)
@@ -280,10 +278,6 @@ def test_count_reconcile_undone_byte_for_byte(lab, snapdir):
     assert image(name).active_consumers == 0xFFFFFFFF
 
 
-STAND_IN = ("import mmap, os, sys, time; fd = os.open('/dev/shm/' + sys.argv[1], os.O_RDWR);"
-            " m = mmap.mmap(fd, 0); os.close(fd); print('ready', flush=True); time.sleep(120)")
-
-
 def test_read_index_reconcile_and_dead_position_undone_byte_for_byte(lab, snapdir):
     """The read-position stores (issue 12) go through the same before-images: fixture h
     (Sequential_sync) with live stand-ins for the survivor (entry 1) and the producer:
@@ -293,9 +287,7 @@ def test_read_index_reconcile_and_dead_position_undone_byte_for_byte(lab, snapdi
     procs = []
     try:
         for dummy in range(2):
-            p = subprocess.Popen([sys.executable, "-c", STAND_IN, name], stdout=subprocess.PIPE)
-            procs.append(p)
-            assert p.stdout.readline() == b"ready\n"
+            procs.append(stand_in(name))
         survivor, producer = procs
         poke(name, L.consumer_entry(1) + L.CONSUMER["consumer_pid"].offset,
              survivor.pid.to_bytes(8, "little"))
