@@ -74,8 +74,10 @@ TARGETS = {
     # _validate's repair (re-bless) decisions
     "release": (MU + "_recover.py", ("_after_writer", "_refusal", "plan_slot", "_apply",
                                      "roll_back_write_index", "torn", "scrub_slot"),
-                ("tests/unit/engine/test_refusals.py", "tests/unit/engine/test_pinned_rules.py",
-                 "tests/unit/engine/test_crash_recovery.py", "tests/unit/engine/test_kill_safety.py")),
+                ("tests/unit/engine/test_release_pinned.py", "tests/unit/engine/test_refusals.py",
+                 "tests/unit/engine/test_pinned_rules.py", "tests/unit/engine/test_crash_recovery.py",
+                 "tests/unit/engine/test_kill_safety.py", "tests/unit/engine/test_upstream_agrees.py",
+                 "tests/unit/engine/test_concurrent_change.py")),
     "repair": (MU + "_validate.py", ("index_step", "_settle_slot", "_settle_flex", "_rebless",
                                      "_rebless_slots", "_flex_writer_alive", "_rebless_flex"),
                ("tests/unit/engine/test_pinned_rules.py", "tests/unit/engine/test_corruption.py",
