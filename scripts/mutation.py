@@ -80,8 +80,8 @@ TARGETS = {
                  "tests/unit/engine/test_concurrent_change.py")),
     "repair": (MU + "_validate.py", ("index_step", "_settle_slot", "_settle_flex", "_rebless",
                                      "_rebless_slots", "_flex_writer_alive", "_rebless_flex"),
-               ("tests/unit/engine/test_pinned_rules.py", "tests/unit/engine/test_corruption.py",
-                "tests/unit/engine/test_checksum_policies.py",
+               ("tests/unit/engine/test_repair_pinned.py", "tests/unit/engine/test_pinned_rules.py",
+                "tests/unit/engine/test_corruption.py", "tests/unit/engine/test_checksum_policies.py",
                 "tests/unit/engine/test_concurrent_change.py")),
 }
 # Operators that change a decision; the arithmetic replacements (x + y -> x ** y ...) are

@@ -313,7 +313,7 @@ def test_readers_decisions_in_a_complete_scope():
       release of 300 provably gone readers carries no FORCED warning."""
     out = run(SCENE)
     assert out["before"]["reader_count"] == 2, out
-    code, stdout, stderr = out["cli"]
+    code, stdout, dummy = out["cli"]
     assert code != 0 and '"UNSAFE"' in stdout, out["cli"]
     assert out["after_cli"] == out["before"], out
     assert out["release"]["result"] == "SUCCESS", out["release"]
