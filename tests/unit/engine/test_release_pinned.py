@@ -117,15 +117,17 @@ def test_an_orphaned_slot_with_no_waiter_is_released(lab, state, after):
 
 
 # -- the write_index a dead writer claimed: rolled back only when it is this slot's ----------
-@pytest.mark.parametrize("commit_index", [1000, U64 - 1, U64],
-                         ids=["ids-above-256", "commit-before-wrap", "no-commit-yet"])
-def test_the_claimed_id_is_rolled_back_by_value_and_modulo_2_64(lab, commit_index):
+@pytest.mark.parametrize("capacity,commit_index", [(4, 1000), (4, U64 - 1), (4, U64), (300, 2058)],
+                         ids=["ids-above-256", "commit-before-wrap", "no-commit-yet",
+                              "slot-above-256"])
+def test_the_claimed_id_is_rolled_back_by_value_and_modulo_2_64(lab, capacity, commit_index):
     """A dead writer holding the slot of the one id claimed after the last commit:
-    write_index goes back to commit_index + 1 (mod 2**64) -- with ids above CPython's
-    cached ints (compared by value, not identity), and across the 2**64 wrap."""
-    name = lab.create(capacity=4, commits=4)
+    write_index goes back to commit_index + 1 (mod 2**64) -- with ids and a slot index
+    above CPython's cached ints (compared by value, not identity), and across the 2**64
+    wrap."""
+    name = lab.create(capacity=capacity, commits=4)
     following = (commit_index + 1) & U64
-    s = following % 4
+    s = following % capacity
     indexes(name, (following + 1) & U64, commit_index)
     slot_words(name, s, lock=reaped_pid(), state=WRITING)
     out = E.recover(name, s, "release_writer")
@@ -175,6 +177,26 @@ def test_scrub_is_reported_only_when_the_torn_bytes_were_scrubbed(lab):
         assert "scrub" not in out["outcomes"][0]["message"], (point, out)
         img = image(crash.name)
         assert (img.slot_data(s), img.checksum(s)) == (data, checksum), point
+
+
+@pytest.mark.parametrize("policy", [0, 1], ids=["None", "Manual"])
+def test_a_dead_drainer_never_costs_the_committed_data(lab, policy):
+    """A writer killed while DRAINING (its slot's reader killed too) under a policy that
+    stamps no checksum: the slot holds committed data with no checksum to vouch for it.
+    release_writer returns it to COMMITTED with every byte kept -- DRAINING data was
+    never touched, so it is never scrubbed."""
+    crash = lab.crashed("deadlock")
+    name, s = crash.name, crash.slot
+    poke(name, L.HEADER["checksum_policy"].offset, policy.to_bytes(4, "little"))
+    img = image(name)
+    poke(name, img.geo["checksums"] + 33 * s, bytes(33))      # no producer stamped it
+    data = image(name).slot_data(s)
+    assert any(data) and image(name).slot(s)["state"] == DRAINING
+    out = E.recover(name, s, "release_writer")
+    assert out["result"] == "SUCCESS", out
+    assert "slot[%d].data" % s not in targets(out), out
+    img = image(name)
+    assert img.slot(s)["state"] == COMMITTED and img.slot_data(s) == data
 
 
 def test_a_forced_release_leaves_a_live_writers_bytes_to_it(lab):
