@@ -179,6 +179,27 @@ def test_scrub_is_reported_only_when_the_torn_bytes_were_scrubbed(lab):
         assert (img.slot_data(s), img.checksum(s)) == (data, checksum), point
 
 
+def test_a_writer_dead_before_writing_a_never_written_slot_leaves_it_as_it_was(lab):
+    """A producer killed after its lock CAS on a slot never written (FREE, zeros, no
+    checksum: the ring has not wrapped), before it stored WRITING: the lock is released
+    and its claimed id given back; the slot's bytes and its (empty) checksum entry are not
+    touched -- there is nothing torn in a slot no writer has entered."""
+    name = lab.create(capacity=4, commits=1)
+    img = image(name)
+    entry = img.geo["checksums"] + 33
+    assert img.slot(1)["state"] == FREE and not any(img.data[entry:entry + 33])
+    indexes(name, 2, 0)
+    slot_words(name, 1, lock=reaped_pid())
+    before = file_bytes(name)
+    out = E.recover(name, 1, "release_writer")
+    assert out["result"] == "SUCCESS", out
+    assert targets(out)[:3] == ["slot[1].write_lock", "header.write_index",
+                                "slot[1].write_lock"], out
+    after = file_bytes(name)
+    assert after[entry:entry + 33] == before[entry:entry + 33]
+    assert image(name).write_index == 1 and image(name).slot(1)["lock"] == 0
+
+
 @pytest.mark.parametrize("policy", [0, 1], ids=["None", "Manual"])
 def test_a_dead_drainer_never_costs_the_committed_data(lab, policy):
     """A writer killed while DRAINING (its slot's reader killed too) under a policy that
