@@ -245,17 +245,20 @@ def test_a_flex_zone_restamped_at_the_last_look_is_accepted(lab):
     assert out["reblessed"] == []
 
 
-@pytest.mark.parametrize("what", ["hash", "verified-byte", "zone"])
+@pytest.mark.parametrize("what", ["hash", "verified-byte", "zone-hashing-above",
+                                  "zone-hashing-below"])
 def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(lab, what):
     """Fixture j: the zone is judged wrong, and just before the re-bless step begins a
-    live producer stamps the entry, sets its "verified" byte, or rewrites the zone: the
-    re-bless is refused with the reason, and not one checksum byte is written."""
+    live producer stamps the entry, sets its "verified" byte, or rewrites the zone (its
+    new hash sorting above or below the one judged): the re-bless is refused with the
+    reason, and not one checksum byte is written."""
     name = lab.fixture("j_flex_zone_corrupt.bin")
     before = file_bytes(name)
-    zone = before[FLEX_DATA:FLEX_DATA + FLEX]
+    judged = blake(before[FLEX_DATA:FLEX_DATA + FLEX])
     store = {"hash": (FLEX_HASH, blake(b"another zone")),
              "verified-byte": (FLEX_VERIFIED, bytes([before[FLEX_VERIFIED] ^ 1])),
-             "zone": (FLEX_DATA, bytes(reversed(zone)))}[what]
+             "zone-hashing-above": (FLEX_DATA, zones_around(judged, 1, True)[0]),
+             "zone-hashing-below": (FLEX_DATA, zones_around(judged, 1, False)[0])}[what]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, "begin", [[store]])
         out = validated(block, plan)
