@@ -56,7 +56,8 @@ TARGETS = {
                 "with_pid", "has_pid", "stopped", "recovery_for"),
                # the liveness tests judge holders on real scans (namespaces, stopped,
                # zombies, unreadable /proc): the kernel's rules under its callers
-               ("tests/unit/test_kernel_pinned.py", "tests/unit/test_kernel.py",
+               ("tests/unit/test_kernel_pinned.py", "tests/unit/test_kernel_races.py",
+                "tests/unit/test_kernel.py",
                 "tests/unit/test_liveness_pinned.py",
                 "tests/unit/test_liveness.py", "tests/unit/engine/test_readers_pinned.py")),
     "cleanup": (MU + "_cleanup.py", ("cleanup", "_clear_entry", "_complete", "_uncounted_openers",
