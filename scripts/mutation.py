@@ -56,7 +56,8 @@ TARGETS = {
                 "with_pid", "has_pid", "stopped", "recovery_for"),
                # the liveness tests judge holders on real scans (namespaces, stopped,
                # zombies, unreadable /proc): the kernel's rules under its callers
-               ("tests/unit/test_kernel_pinned.py", "tests/unit/test_kernel.py",
+               ("tests/unit/test_kernel_pinned.py", "tests/unit/test_kernel_races.py",
+                "tests/unit/test_kernel.py",
                 "tests/unit/test_liveness_pinned.py",
                 "tests/unit/test_liveness.py", "tests/unit/engine/test_readers_pinned.py")),
     "cleanup": (MU + "_cleanup.py", ("cleanup", "_clear_entry", "_complete", "_uncounted_openers",
@@ -74,12 +75,14 @@ TARGETS = {
     # _validate's repair (re-bless) decisions
     "release": (MU + "_recover.py", ("_after_writer", "_refusal", "plan_slot", "_apply",
                                      "roll_back_write_index", "torn", "scrub_slot"),
-                ("tests/unit/engine/test_refusals.py", "tests/unit/engine/test_pinned_rules.py",
-                 "tests/unit/engine/test_crash_recovery.py", "tests/unit/engine/test_kill_safety.py")),
+                ("tests/unit/engine/test_release_pinned.py", "tests/unit/engine/test_refusals.py",
+                 "tests/unit/engine/test_pinned_rules.py", "tests/unit/engine/test_crash_recovery.py",
+                 "tests/unit/engine/test_kill_safety.py", "tests/unit/engine/test_upstream_agrees.py",
+                 "tests/unit/engine/test_concurrent_change.py")),
     "repair": (MU + "_validate.py", ("index_step", "_settle_slot", "_settle_flex", "_rebless",
                                      "_rebless_slots", "_flex_writer_alive", "_rebless_flex"),
-               ("tests/unit/engine/test_pinned_rules.py", "tests/unit/engine/test_corruption.py",
-                "tests/unit/engine/test_checksum_policies.py",
+               ("tests/unit/engine/test_repair_pinned.py", "tests/unit/engine/test_pinned_rules.py",
+                "tests/unit/engine/test_corruption.py", "tests/unit/engine/test_checksum_policies.py",
                 "tests/unit/engine/test_concurrent_change.py")),
 }
 # Operators that change a decision; the arithmetic replacements (x + y -> x ** y ...) are

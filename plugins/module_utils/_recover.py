@@ -83,9 +83,8 @@ def _refusal(view: SlotView, what: str, scene: Scene) -> Tuple[str, List[str]]:
                 % (view.index, v.pid, v.state), ["pid %d: %s" % (v.pid, e) for e in v.evidence])
     inside = [c for c in view.candidates if c.contribution != 0]
     who = ", ".join("pid %d (alive) [%s]" % (c.opener.pid, c.why) for c in inside)
-    if view.scope not in ("host", "namespace", "exclusive"):
-        who = ((who + "; and ") if who else "") + (
-            "any process this %s scan cannot see" % (view.scope or "partial"))
+    if view.scope not in ("host", "namespace", "exclusive"):     # partial: no proof
+        who = ((who + "; and ") if who else "") + "any process this partial scan cannot see"
     waits = (", writer pid %d waits for them" % view.write_lock
              if view.state == _S.DRAINING and view.writer_waiting and view.write_lock else "")
     evidence = ["pid %d (NSpid %s, state %s): %s" % (
@@ -164,10 +163,11 @@ def _describe(view: SlotView, writer: bool, new_readers: int, scrubbed: bool,
     parts = []
     if writer:
         after = _after_writer(view.state)
-        what = ("the orphaned slot" if not view.write_lock else
-                "the write lock of dead pid %d" % view.write_lock if view.writer_dead else
+        what = ("the write lock of dead pid %d" % view.write_lock if view.writer_dead else
                 "the write lock of pid %d (%s)" % (
-                    view.write_lock, view.writer.state if view.writer else "?"))
+                    view.write_lock, view.writer.state if view.writer else "?")
+                if view.write_lock else "the orphaned slot" if view.orphaned else
+                "the stray writer_waiting flag")
         parts.append(("release", "%s (%s)" % (what, "%s → %s" % (
             L.enum_name(_S, view.state), L.enum_name(_S, after)) if after != view.state
             else "the slot stays %s" % L.enum_name(_S, after))))
@@ -239,25 +239,23 @@ def torn(scene: Scene, index: int) -> bool:
     return not any(stored) or L.blake2b256(plan.data(geo.slot_data(index), geo.stride)) != stored
 
 
-def scrub_slot(scene: Scene, index: int) -> bool:
+def scrub_slot(scene: Scene, index: int) -> None:
     """Make a slot we hold (under our lock) that holds no committed data safe to leave:
     zeros over its stride and, under the Enforced checksum policy, BLAKE2b(zeros) with the
     verified byte 0. Nothing is written when the bytes still match their stored checksum
     (the writer had changed nothing, or had finished) or are already zero with the right
     checksum. Under Manual and None the checksum entry is left as it is: only the producer
-    writes checksums there (decision: docs/architecture.md). Returns True when something
-    changed (or would, in a dry run)."""
+    writes checksums there (decision: docs/architecture.md). What changed is in the
+    plan's step (a ``<slot>.data`` change when bytes were scrubbed)."""
     plan, geo = scene.plan, scene.block.geo
     if not torn(scene, index):
-        return False
+        return
     data_off, entry_off = geo.slot_data(index), geo.checksum_entry(index)
-    before = len(plan.changes)
     plan.scrub(_label(index, "data"), data_off, geo.stride)
     if plan.hdr("checksum_policy") == L.ChecksumPolicy.ENFORCED:
         entry = plan.read(entry_off, L.CHECKSUM_ENTRY_SIZE)
         blessed = L.blake2b256(bytes(geo.stride)) + b"\0"
         plan.put(_label(index, "checksum"), entry_off, entry, blessed)
-    return len(plan.changes) > before
 
 
 def plan_scrub(scene: Scene, index: int) -> Dict[str, object]:
