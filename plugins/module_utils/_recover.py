@@ -163,11 +163,15 @@ def _describe(view: SlotView, writer: bool, new_readers: int, scrubbed: bool,
     parts = []
     if writer:
         after = _after_writer(view.state)
-        what = ("the write lock of dead pid %d" % view.write_lock if view.writer_dead else
-                "the write lock of pid %d (%s)" % (
-                    view.write_lock, view.writer.state if view.writer else "?")
-                if view.write_lock else "the orphaned slot" if view.orphaned else
-                "the stray writer_waiting flag")
+        if view.writer_dead:
+            what = "the write lock of dead pid %d" % view.write_lock
+        elif view.write_lock:
+            what = "the write lock of pid %d (%s)" % (
+                view.write_lock, view.writer.state if view.writer else "?")
+        elif view.orphaned:
+            what = "the orphaned slot"
+        else:               # unlocked, neither WRITING nor DRAINING: writer_waiting alone
+            what = "the stray writer_waiting flag"
         parts.append(("release", "%s (%s)" % (what, "%s → %s" % (
             L.enum_name(_S, view.state), L.enum_name(_S, after)) if after != view.state
             else "the slot stays %s" % L.enum_name(_S, after))))
