@@ -123,7 +123,7 @@ def test_a_thread_gone_before_its_stat_is_read_is_no_live_thread(block, monkeypa
             p.wait()
 
 
-def test_a_process_gone_before_its_task_list_is_read_has_no_live_thread(block):
+def test_a_process_gone_before_its_task_list_is_read_has_no_live_thread():
     """The zombie leader reaped before its task list is read: no live thread, no error."""
     p = subprocess.Popen([sys.executable, "-c", "pass"])
     p.wait()

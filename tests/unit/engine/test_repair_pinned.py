@@ -109,15 +109,16 @@ def store_program(report, name, stores):
 
 
 class Interrupted(P.Plan):
-    """A real Plan; before its n-th ``begin`` (``on="begin"``), or its n-th read of the
-    word or bytes at ``on`` (an offset), another process makes the next stores of
-    ``turns`` (one list of (offset, bytes) per firing) and is waited for."""
+    """A real Plan that is paused at chosen touches of the block: ``on`` is "begin" (a
+    step begins) or an offset (a word or bytes read there). From the ``nth`` such touch
+    on, each one first lets another process make the next of ``turns`` (a list of
+    (offset, bytes) stores per touch) and waits for it, until ``turns`` runs out."""
 
     def __init__(self, block, lab, name, on, turns, nth=1):
         super().__init__(block, False)
-        self.lab, self.name, self.on, self.turns, self.seen = lab, name, on, list(turns), 0
-        self.nth = nth
-        self.fired = 0
+        self.lab, self.name, self.on, self.nth = lab, name, on, nth
+        self.turns = list(turns)
+        self.seen = self.fired = 0
 
     def _touch(self, what) -> None:
         if what != self.on:
@@ -140,11 +141,6 @@ class Interrupted(P.Plan):
     def read(self, offset, size):
         self._touch(offset)
         return super().read(offset, size)
-
-
-def validated(block, plan) -> dict:
-    """validate with repair through ``plan`` (the engine's own steps)."""
-    return _validate.validate(plan, repair=True)
 
 
 def slot_with_bad_data(lab):
@@ -178,7 +174,7 @@ def test_a_slot_recommitted_while_being_checked_is_judged_on_its_new_bytes(lab, 
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
                            [[(ring, data), (entry, blake(data) + b"\0")]])
-        out = validated(block, plan)
+        out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1] == [], out["findings"]
     assert out["reblessed"] == [] and image(name).checksum(1) == (blake(data), 0)
@@ -193,7 +189,7 @@ def test_a_slot_freed_while_being_checked_is_not_reported(lab):
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
                            [[(base + 16, (2).to_bytes(8, "little")), (base + 12, bytes([FREE]))]])
-        out = validated(block, plan)
+        out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1
             and f["code"].startswith("checksum")] == [], out["findings"]
@@ -223,7 +219,7 @@ def test_a_flex_zone_that_keeps_changing_is_not_verified(lab, above):
     turns = [[(FLEX_DATA, z)] for z in zones_around(stored, 3, above)]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
-        out = validated(block, plan)
+        out = _validate.validate(plan, repair=True)
         assert plan.fired == 3
     assert [f["code"] for f in out["findings"]] == ["flexzone-checksum-unverified"], out
     assert out["reblessed"] == [] and file_bytes(name)[FLEX_HASH:FLEX_HASH + 32] == stored
@@ -239,7 +235,7 @@ def test_a_flex_zone_restamped_at_the_last_look_is_accepted(lab):
              [(FLEX_HASH, blake(second)), (FLEX_VERIFIED, b"\0")]]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
-        out = validated(block, plan)
+        out = _validate.validate(plan, repair=True)
         assert plan.fired == 3
     assert [f for f in out["findings"] if f.get("field") == "flexzone_checksum"] == [], out
     assert out["reblessed"] == []
@@ -261,7 +257,7 @@ def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(l
              "zone-hashing-below": (FLEX_DATA, zones_around(judged, 1, False)[0])}[what]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, "begin", [[store]])
-        out = validated(block, plan)
+        out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert out["reblessed"] == [], out
     (f,) = [f for f in out["findings"] if f.get("field") == "flexzone_checksum"]
@@ -289,7 +285,7 @@ def test_a_slot_changed_before_its_rebless_is_skipped_and_the_next_reblessed(lab
              "restamped": (entry, blake(img.slot_data(1)) + b"\0")}[change]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, "begin", [[store]])
-        out = validated(block, plan)
+        out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [r["slot"] for r in out["reblessed"]] == [2], out["reblessed"]
     (f,) = [f for f in out["findings"] if f.get("slot") == 1]
