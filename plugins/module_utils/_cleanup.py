@@ -128,15 +128,23 @@ def _complete(scene: Scene, after_ns: int) -> bool:
 def _uncounted_openers(scene: Scene, after_ns: int, pids: tuple) -> int:
     """U: live openers (block mapped writable, recovery runs excepted) that occupy no
     entry and are not the block's live producer -- each may be a consumer between its
-    pid-clearing CAS and its ``count -= 1``. An entry's pid (or the producer's) names an
-    opener only when no other opener has that number at some PID-namespace level: pid 1
-    of one namespace is not pid 1 of another, so an opener sharing a number with another
-    one counts in U (the count is kept higher, never lower). (Residual risk, accepted: a
-    producer process that is also a consumer paused there; the count then ends one low
-    until it exits.)"""
+    pid-clearing CAS and its ``count -= 1``. An entry's pid names an opener only when no
+    other opener has that number at some PID-namespace level: pid 1 of one namespace is
+    not pid 1 of another, so an opener sharing a number with another one counts in U (the
+    count is kept higher, never lower); an entry named wrongly is itself counted in R, so
+    the floor R + U never drops below the live consumers. The producer's recorded pid has
+    no such counterweight (a dead producer's number, recorded in its own namespace, may
+    be a live consumer's in another: pid 1 of two ``unshare --pid`` children), so it
+    names an opener only as the pid this namespace knows it by; a live producer of a
+    nested namespace then counts in U (the count kept one higher). (Residual risk,
+    accepted: a producer process that is also a consumer paused there; the count then
+    ends one low until it exits.)"""
     openers = scene.openers(after_ns)
-    named = {id(o) for o in (sole(openers, p) for p in pids + (
-        scene.plan.hdr("producer_heartbeat_pid"),) if p) if o is not None}
+    named = {id(o) for o in (sole(openers, p) for p in pids if p) if o is not None}
+    producer = scene.plan.hdr("producer_heartbeat_pid")
+    found = sole(openers, producer) if producer else None
+    if found is not None and found.pid == producer:
+        named.add(id(found))
     return sum(1 for o in openers if id(o) not in named)
 
 

@@ -160,6 +160,48 @@ COUNT_FLOOR = textwrap.dedent("""
 """) % STAND_IN
 
 
+PRODUCER_NAMESAKE = textwrap.dedent("""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _actors as A, _engine as E, _runtime as R)
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
+    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
+    name = "plhnamesake"
+    R.create(name, capacity=2).close()
+    b = R.attach(name, writable=False)    # a read-only look: not an opener
+    child = ["unshare", "--pid", "--fork", "--kill-child"]   # its actor is pid 1 there
+    p = A.Actor(name, [("producer",)], style="cpp", wrap=child).start()
+    p.wait_point()
+    p.kill()                              # the producer's record: pid 1 (its own namespace)
+    leaving = A.Actor(name, [("consumer", "leaving"), ("unregister", "cpp")], style="cpp",
+                      wrap=child, pause="unregister-pid-cleared").start()
+    leaving.wait_point()                  # pid 1 of another namespace: no entry, counted
+    out = {"producer_pid": b.get("producer_heartbeat_pid"),
+           "before": b.get("active_consumer_count")}
+    out["cleanup"] = E.cleanup(name)["reconciled"]
+    out["heal"] = E.heal(name)["health"]
+    out["after"] = b.get("active_consumer_count")
+    leaving.resume()                      # it uncounts itself: 0, never wrapped
+    leaving.wait_point()
+    out["left"] = b.get("active_consumer_count")
+    print(json.dumps(out, default=str))
+""")
+
+
+@NEEDS_NAMESPACES
+def test_a_dead_producers_pid_names_no_live_consumer_of_another_namespace():
+    """A C++ producer in one child PID namespace recorded its pid, 1, and died; a
+    consumer of another child namespace -- pid 1 there too -- has cleared its entry's pid
+    and not yet uncounted itself (count 1, no entry). The recorded number names no
+    producer here (this namespace knows the consumer as another pid), so the consumer is
+    an uncounted opener: cleanup and heal keep the count at 1, and its own decrement then
+    takes it to 0, never wrapped. (Found by the never-steal campaign, seed 1796179857: the
+    count went to 0 under it.)"""
+    out = in_namespace_host(PRODUCER_NAMESAKE)
+    assert out["producer_pid"] == 1 and out["before"] == 1, out
+    assert out["after"] == 1, out
+    assert out["left"] == 0, out
+
+
 @NEEDS_NAMESPACES
 def test_the_count_floor_counts_each_uncounted_opener_once():
     """The count rule's floor F = R + U in a complete scope: one live consumer, a dead
