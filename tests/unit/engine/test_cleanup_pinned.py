@@ -187,6 +187,41 @@ PRODUCER_NAMESAKE = textwrap.dedent("""
 """)
 
 
+PRODUCER_NAMED = textwrap.dedent("""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _actors as A, _engine as E, _runtime as R)
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
+    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
+    name = "plhnamed"
+    R.create(name, capacity=2).close()
+    b = R.attach(name, writable=False)    # a read-only look: not an opener
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write("999")                    # the producer is pid 1000: no cached small int
+    p = A.Actor(name, [("producer",)], style="cpp").start()
+    p.wait_point()                        # live, in this namespace, no consumer entry
+    dead = A.Actor(name, [("consumer", "dead")], style="cpp").start()
+    dead.wait_point()
+    dead.kill()                           # registered and counted, then killed
+    out = {"producer": p.pid, "producer_pid": b.get("producer_heartbeat_pid"),
+           "before": b.get("active_consumer_count")}
+    out["cleanup"] = E.cleanup(name)["reconciled"]
+    out["after"] = b.get("active_consumer_count")
+    p.kill()
+    print(json.dumps(out, default=str))
+""")
+
+
+@NEEDS_NAMESPACES
+def test_a_live_producer_of_this_namespace_is_named_and_not_counted_as_a_consumer():
+    """A live C++ producer of this namespace (pid 1000) with no consumer entry, and a
+    consumer killed after counting itself: cleanup clears the dead entry and lowers the
+    count to 0 -- the producer's recorded pid names it (it is no consumer between
+    unregistering and uncounting), compared by value."""
+    out = in_namespace_host(PRODUCER_NAMED)
+    assert out["producer"] == 1000 and out["producer_pid"] == 1000, out
+    assert out["before"] == 1 and out["after"] == 0, out
+
+
 @NEEDS_NAMESPACES
 def test_a_dead_producers_pid_names_no_live_consumer_of_another_namespace():
     """A C++ producer in one child PID namespace recorded its pid, 1, and died; a
