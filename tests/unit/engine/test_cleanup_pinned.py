@@ -168,14 +168,19 @@ PRODUCER_NAMESAKE = textwrap.dedent("""
     name = "plhnamesake"
     R.create(name, capacity=2).close()
     b = R.attach(name, writable=False)    # a read-only look: not an opener
-    child = ["unshare", "--pid", "--fork", "--kill-child"]   # its actor is pid 1 there
-    p = A.Actor(name, [("producer",)], style="cpp", wrap=child).start()
+    if NUMBER == 1:                       # an actor alone in its namespace is pid 1 there
+        child = ["unshare", "--pid", "--fork", "--kill-child"]
+        where = [dict(wrap=child), dict(wrap=child)]
+    else:                                 # pid NUMBER of two namespaces kept by a spawner
+        NS = ("unshare", "--pid", "--fork", "--mount-proc", "--kill-child")
+        where = [dict(namespace=A.ActorNamespace(NS), pid=NUMBER) for _ in range(2)]
+    p = A.Actor(name, [("producer",)], style="cpp", **where[0]).start()
     p.wait_point()
-    p.kill()                              # the producer's record: pid 1 (its own namespace)
+    p.kill()                              # the producer's record: NUMBER (its own namespace)
     leaving = A.Actor(name, [("consumer", "leaving"), ("unregister", "cpp")], style="cpp",
-                      wrap=child, pause="unregister-pid-cleared").start()
-    leaving.wait_point()                  # pid 1 of another namespace: no entry, counted
-    out = {"producer_pid": b.get("producer_heartbeat_pid"),
+                      pause="unregister-pid-cleared", **where[1]).start()
+    leaving.wait_point()                  # NUMBER of another namespace: no entry, counted
+    out = {"producer_pid": b.get("producer_heartbeat_pid"), "leaving": leaving.pid,
            "before": b.get("active_consumer_count")}
     out["cleanup"] = E.cleanup(name)["reconciled"]
     out["heal"] = E.heal(name)["health"]
@@ -187,19 +192,111 @@ PRODUCER_NAMESAKE = textwrap.dedent("""
 """)
 
 
+PRODUCER_NAMED = textwrap.dedent("""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _actors as A, _engine as E, _runtime as R)
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
+    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
+    name = "plhnamed"
+    R.create(name, capacity=2).close()
+    b = R.attach(name, writable=False)    # a read-only look: not an opener
+    with open("/proc/sys/kernel/ns_last_pid", "w") as f:
+        f.write("999")                    # the producer is pid 1000: no cached small int
+    p = A.Actor(name, [("producer",)], style="cpp").start()
+    p.wait_point()                        # live, in this namespace, no consumer entry
+    dead = A.Actor(name, [("consumer", "dead")], style="cpp").start()
+    dead.wait_point()
+    dead.kill()                           # registered and counted, then killed
+    out = {"producer": p.pid, "producer_pid": b.get("producer_heartbeat_pid"),
+           "before": b.get("active_consumer_count")}
+    out["cleanup"] = E.cleanup(name)["reconciled"]
+    out["after"] = b.get("active_consumer_count")
+    p.kill()
+    print(json.dumps(out, default=str))
+""")
+
+
 @NEEDS_NAMESPACES
-def test_a_dead_producers_pid_names_no_live_consumer_of_another_namespace():
-    """A C++ producer in one child PID namespace recorded its pid, 1, and died; a
-    consumer of another child namespace -- pid 1 there too -- has cleared its entry's pid
-    and not yet uncounted itself (count 1, no entry). The recorded number names no
-    producer here (this namespace knows the consumer as another pid), so the consumer is
-    an uncounted opener: cleanup and heal keep the count at 1, and its own decrement then
-    takes it to 0, never wrapped. (Found by the never-steal campaign, seed 1796179857: the
-    count went to 0 under it.)"""
-    out = in_namespace_host(PRODUCER_NAMESAKE)
-    assert out["producer_pid"] == 1 and out["before"] == 1, out
+def test_a_live_producer_of_this_namespace_is_named_and_not_counted_as_a_consumer():
+    """A live C++ producer of this namespace (pid 1000) with no consumer entry, and a
+    consumer killed after counting itself: cleanup clears the dead entry and lowers the
+    count to 0 -- the producer's recorded pid names it (it is no consumer between
+    unregistering and uncounting), compared by value."""
+    out = in_namespace_host(PRODUCER_NAMED)
+    assert out["producer"] == 1000 and out["producer_pid"] == 1000, out
+    assert out["before"] == 1 and out["after"] == 0, out
+
+
+@NEEDS_NAMESPACES
+@pytest.mark.parametrize("number", [1, 1000])
+def test_a_dead_producers_pid_names_no_live_consumer_of_another_namespace(number):
+    """A C++ producer in one child PID namespace recorded its pid there and died; a
+    consumer of another child namespace -- the same pid there -- has cleared its entry's
+    pid and not yet uncounted itself (count 1, no entry). The recorded number names no
+    producer here (this namespace knows the consumer as another pid, above the number
+    for pid 1, below it for pid 1000: compared by equality, not order), so the consumer
+    is an uncounted opener: cleanup and heal keep the count at 1, and its own decrement
+    then takes it to 0, never wrapped. (Found by the never-steal campaign, seed
+    1796179857: the count went to 0 under it.)"""
+    out = in_namespace_host(PRODUCER_NAMESAKE.replace("NUMBER", str(number)))
+    assert out["producer_pid"] == number and out["before"] == 1, out
+    assert (out["leaving"] > number) == (number == 1), out      # the premise
     assert out["after"] == 1, out
     assert out["left"] == 0, out
+
+
+LEAVES_DURING_SETTLE = textwrap.dedent("""
+    import time, types
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _actors as A, _engine as E, _runtime as R)
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
+    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
+    name = "plhsettle"
+    R.create(name, capacity=2).close()
+    b = R.attach(name, writable=False)    # a read-only look: not an opener
+    dead = A.Actor(name, [("consumer", "dead")], style="cpp").start()
+    dead.wait_point()
+    dead.kill()                           # registered and counted, then killed
+    leaving = A.Actor(name, [("consumer", "leaving"), ("unregister", "cpp")], style="cpp",
+                      pause="heartbeat").start()
+    leaving.wait_point()                  # registered and counted: count 2, two entries
+    looks = []
+
+    def settle(pause):                    # the first settle pause: it leaves, fully
+        if not looks:
+            leaving.resume()
+            looks.append(leaving.wait_point()["event"])
+        time.sleep(pause)
+    _cleanup.time = types.SimpleNamespace(sleep=settle)
+    out = {"before": b.get("active_consumer_count")}
+    out["cleanup"] = E.cleanup(name)
+    out["looks"] = looks
+    out["after"] = b.get("active_consumer_count")
+    leaving.resume()                      # it exits: no opener is left
+    leaving.wait_exit(10)
+    out["again"] = E.cleanup(name)["reconciled"]
+    out["end"] = b.get("active_consumer_count")
+    print(json.dumps(out, default=str))
+""")
+
+
+@NEEDS_NAMESPACES
+def test_a_consumer_leaving_during_the_settle_looks_leaves_the_count_alone():
+    """cleanup acts on the count only when every settle look reads the pids and count it
+    decided on. A consumer that unregisters completely during the first look (its pid
+    back to 0, the count one lower: the table is "smaller", not larger) is a change too:
+    the count is kept and cleanup says the table kept changing -- it does not go on to a
+    compare-and-swap from the stale value. Once that consumer has exited, a second
+    cleanup lowers the dead consumer's count to 0."""
+    out = in_namespace_host(LEAVES_DURING_SETTLE)
+    assert out["before"] == 2 and out["looks"] == ["done"], out
+    assert out["cleanup"]["cleaned"] == 1, out["cleanup"]
+    assert out["cleanup"]["reconciled"] == [
+        {"field": "active_consumer_count", "result": "KEPT",
+         "message": "the consumer table kept changing; run again"}], out["cleanup"]
+    assert out["after"] == 1, out         # its own decrement, nothing of ours
+    assert out["again"] == [{"field": "active_consumer_count", "before": 1, "after": 0}], out
+    assert out["end"] == 0, out
 
 
 @NEEDS_NAMESPACES
