@@ -10,7 +10,6 @@ for it -- the scheduler pausing us there, made deterministic."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
@@ -18,15 +17,13 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _engine as E, _layout as L, _plan as P, _validate)
 
+import plh_spec as spec
+
 from .helpers import COMMITTED, FREE, WRITING, file_bytes, image, poke, reaped_pid
 
 U64 = (1 << 64) - 1
 NO_COMMIT = U64
 FLEX_HASH, FLEX_VERIFIED, FLEX_DATA, FLEX = 1984, 2016, 8192, 4096   # fixture j's layout
-
-
-def blake(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
 
 
 # -- the index step: claimed ids no writer explains -----------------------------------------
@@ -157,7 +154,7 @@ def payload_hashing(img, above: bool) -> bytes:
     stored = img.checksum(1)[0]
     for k in range(1000):
         data = bytes([k & 0xFF, k >> 8]) * (img.stride // 2)
-        if (blake(data) > stored) == above:
+        if (spec.blake(data) > stored) == above:
             return data
     raise AssertionError("no payload found")
 
@@ -173,11 +170,11 @@ def test_a_slot_recommitted_while_being_checked_is_judged_on_its_new_bytes(lab, 
     ring, entry = img.geo["ring"] + img.stride, img.geo["checksums"] + 33
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
-                           [[(ring, data), (entry, blake(data) + b"\0")]])
+                           [[(ring, data), (entry, spec.blake(data) + b"\0")]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1] == [], out["findings"]
-    assert out["reblessed"] == [] and image(name).checksum(1) == (blake(data), 0)
+    assert out["reblessed"] == [] and image(name).checksum(1) == (spec.blake(data), 0)
 
 
 def test_a_slot_freed_while_being_checked_is_not_reported(lab):
@@ -202,9 +199,9 @@ def zones_around(stored: bytes, count: int, above: bool) -> list:
     found = []
     for k in range(4000):
         data = bytes([k & 0xFF, (k >> 8) & 0xFF, 7]) * (FLEX // 3) + bytes(FLEX % 3)
-        if (blake(data) > stored) == above:
+        if (spec.blake(data) > stored) == above:
             found.append(data)
-    found.sort(key=blake, reverse=not above)
+    found.sort(key=spec.blake, reverse=not above)
     return found[:count]
 
 
@@ -232,7 +229,7 @@ def test_a_flex_zone_restamped_at_the_last_look_is_accepted(lab):
     stored = file_bytes(name)[FLEX_HASH:FLEX_HASH + 32]
     first, second = zones_around(stored, 2, True)
     turns = [[(FLEX_DATA, first)], [(FLEX_DATA, second)],
-             [(FLEX_HASH, blake(second)), (FLEX_VERIFIED, b"\0")]]
+             [(FLEX_HASH, spec.blake(second)), (FLEX_VERIFIED, b"\0")]]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
         out = _validate.validate(plan, repair=True)
@@ -250,8 +247,8 @@ def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(l
     reason, and not one checksum byte is written."""
     name = lab.fixture("j_flex_zone_corrupt.bin")
     before = file_bytes(name)
-    judged = blake(before[FLEX_DATA:FLEX_DATA + FLEX])
-    store = {"hash": (FLEX_HASH, blake(b"another zone")),
+    judged = spec.blake(before[FLEX_DATA:FLEX_DATA + FLEX])
+    store = {"hash": (FLEX_HASH, spec.blake(b"another zone")),
              "verified-byte": (FLEX_VERIFIED, bytes([before[FLEX_VERIFIED] ^ 1])),
              "zone-hashing-above": (FLEX_DATA, zones_around(judged, 1, True)[0]),
              "zone-hashing-below": (FLEX_DATA, zones_around(judged, 1, False)[0])}[what]
@@ -282,7 +279,7 @@ def test_a_slot_changed_before_its_rebless_is_skipped_and_the_next_reblessed(lab
     img = image(name)
     entry = img.geo["checksums"] + 33
     store = {"left-committed": (4096 + 64 + 12, bytes([WRITING])),
-             "restamped": (entry, blake(img.slot_data(1)) + b"\0")}[change]
+             "restamped": (entry, spec.blake(img.slot_data(1)) + b"\0")}[change]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, "begin", [[store]])
         out = _validate.validate(plan, repair=True)
