@@ -23,7 +23,7 @@ import itertools
 import os
 import shutil
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _actors, _engine as E, _layout as L, _procinfo, _runtime as R)
@@ -58,6 +58,29 @@ def poke(name: str, offset: int, data: bytes) -> None:
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+def slot_store(index: int, word: str, value: int) -> Tuple[int, bytes]:
+    """The (offset, bytes) store of ``value`` into slot ``index``'s ``word`` (a name of
+    ``plh_spec.SLOT_WORDS``: lock, readers, state, waiting, generation)."""
+    off, size = spec.SLOT_WORDS[word]
+    return spec.slot_entry(index) + off, value.to_bytes(size, "little")
+
+
+def poke_slot(name: str, index: int, **words: Optional[int]) -> None:
+    """Write slot ``index``'s words (``lock=``, ``readers=``, ``state=``, ``waiting=``,
+    ``generation=``; None: left as it is) in the order given, as a killed process
+    leaves them."""
+    for word, value in words.items():
+        if value is not None:
+            poke(name, *slot_store(index, word, value))
+
+
+def poke_header(name: str, **words: int) -> None:
+    """Write header words (names of ``_layout.HEADER``), in the order given."""
+    for word, value in words.items():
+        fld = L.HEADER[word]
+        poke(name, fld.offset, value.to_bytes(fld.size, "little"))
 
 
 def file_bytes(name: str) -> bytes:
@@ -368,7 +391,7 @@ class ScratchBlocks:
         dead = dead_pid or reaped_pid()
         with open(path, "r+b") as f:
             data = bytearray(f.read())
-            offsets = [4096 + 64 * i for i in range(4)] + [496 + 128 * k for k in range(8)]
+            offsets = [spec.slot_entry(i) for i in range(4)] + [496 + 128 * k for k in range(8)]
             for off in offsets + [2624]:
                 if int.from_bytes(data[off:off + 8], "little"):
                     data[off:off + 8] = dead.to_bytes(8, "little")
@@ -424,8 +447,8 @@ def torn_free(lab: ScratchBlocks) -> str:
     """Wrapped ring, a FREE unlocked slot (2) holding torn bytes under its old checksum."""
     name = lab.create(capacity=4, commits=5)
     img = image(name)
-    poke(name, 4096 + 64 * 2 + 12, b"\x00")
-    poke(name, img.geo["ring"] + img.stride * 2 + 100, b"torn bytes of a dead writer")
+    poke_slot(name, 2, state=FREE)
+    poke(name, img.data_offset(2) + 100, b"torn bytes of a dead writer")
     return name
 
 
@@ -442,7 +465,7 @@ def corrupt(lab: ScratchBlocks, slots=(1,)) -> str:
     name = lab.create(capacity=4, commits=4)
     img = image(name)
     for s in slots:
-        off = img.geo["ring"] + img.stride * s + 77
+        off = img.data_offset(s) + 77
         poke(name, off, bytes([img.data[off] ^ 0x5A]))
     return name
 

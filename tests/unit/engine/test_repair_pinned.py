@@ -15,11 +15,12 @@ import os
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _engine as E, _layout as L, _plan as P, _validate)
+    _block as B, _engine as E, _plan as P, _validate)
 
 import plh_spec as spec
 
-from .helpers import COMMITTED, FREE, WRITING, file_bytes, image, poke, reaped_pid
+from .helpers import (COMMITTED, FREE, WRITING, file_bytes, image, poke, poke_header, poke_slot,
+                      reaped_pid, slot_store)
 
 U64 = (1 << 64) - 1
 NO_COMMIT = U64
@@ -30,11 +31,9 @@ FLEX_HASH, FLEX_VERIFIED, FLEX_DATA, FLEX = 1984, 2016, 8192, 4096   # fixture j
 def step_of(name: str, write_index: int, commit_index: int, held=()) -> dict:
     """index_step on a 2-slot block whose header says ``write_index``/``commit_index``
     and whose slots ``held`` are locked WRITING by a dead pid (a writer's hold)."""
-    poke(name, L.HEADER["write_index"].offset, write_index.to_bytes(8, "little"))
-    poke(name, L.HEADER["commit_index"].offset, commit_index.to_bytes(8, "little"))
+    poke_header(name, write_index=write_index, commit_index=commit_index)
     for s in held:
-        poke(name, 4096 + 64 * s, reaped_pid().to_bytes(8, "little"))
-        poke(name, 4096 + 64 * s + 12, bytes([WRITING]))
+        poke_slot(name, s, lock=reaped_pid(), state=WRITING)
     with B.open_block(name, writable=False, strict=False) as block:
         return _validate.index_step(P.Plan(block, True))
 
@@ -69,7 +68,7 @@ def test_a_claim_whose_slot_is_locked_but_not_yet_writing_is_explained(lab):
     """Ids 0-3 committed; a producer has claimed id 4 and CASed its slot's (0) lock, not
     yet stored WRITING (the state still says COMMITTED): its lock explains the claim."""
     name = lab.create(capacity=2, commits=4)
-    poke(name, 4096, os.getpid().to_bytes(8, "little"))
+    poke_slot(name, 0, lock=os.getpid())
     assert image(name).slot(0)["state"] == COMMITTED
     assert step_of(name, 5, 3) is None
 
@@ -84,8 +83,8 @@ def test_a_claim_whose_slot_is_locked_but_not_yet_writing_is_explained(lab):
 ], ids=["None", "Manual", "unknown"])
 def test_repair_says_why_it_writes_no_checksum_under_each_policy(lab, policy, code, why):
     name = lab.create(capacity=4, commits=4)
-    poke(name, L.HEADER["checksum_policy"].offset, policy.to_bytes(4, "little"))
-    poke(name, image(name).geo["ring"] + 4096 * 1 + 9, b"\xAA")      # slot 1's data
+    poke_header(name, checksum_policy=policy)
+    poke(name, image(name).data_offset(1) + 9, b"\xAA")
     before = file_bytes(name)
     out = E.validate(name, repair=True)
     (f,) = [f for f in out["findings"] if f["code"] == code]
@@ -144,7 +143,7 @@ def slot_with_bad_data(lab):
     """A 4-slot Enforced block, its producer gone; slot 1's data no longer matches."""
     name = lab.create(capacity=4, commits=4)
     img = image(name)
-    off = img.geo["ring"] + img.stride * 1 + 9
+    off = img.data_offset(1) + 9
     poke(name, off, bytes([img.data[off] ^ 0x5A]))
     return name, image(name)
 
@@ -167,7 +166,7 @@ def test_a_slot_recommitted_while_being_checked_is_judged_on_its_new_bytes(lab, 
     matches, and nothing is reported or re-blessed."""
     name, img = slot_with_bad_data(lab)
     data = payload_hashing(img, above)
-    ring, entry = img.geo["ring"] + img.stride, img.geo["checksums"] + 33
+    ring, entry = img.data_offset(1), img.geo["checksums"] + 33
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
                            [[(ring, data), (entry, spec.blake(data) + b"\0")]])
@@ -182,10 +181,9 @@ def test_a_slot_freed_while_being_checked_is_not_reported(lab):
     FREE, generation 2: a value that is also a state's). A slot no longer committed holds
     nothing to check: no finding, nothing re-blessed."""
     name, dummy = slot_with_bad_data(lab)
-    base = 4096 + 64 * 1
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
-                           [[(base + 16, (2).to_bytes(8, "little")), (base + 12, bytes([FREE]))]])
+                           [[slot_store(1, "generation", 2), slot_store(1, "state", FREE)]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1
@@ -274,11 +272,11 @@ def test_a_slot_changed_before_its_rebless_is_skipped_and_the_next_reblessed(lab
     name = lab.create(capacity=4, commits=4)
     img = image(name)
     for s in (1, 2):
-        off = img.geo["ring"] + img.stride * s + 9
+        off = img.data_offset(s) + 9
         poke(name, off, bytes([img.data[off] ^ 0x5A]))
     img = image(name)
     entry = img.geo["checksums"] + 33
-    store = {"left-committed": (4096 + 64 + 12, bytes([WRITING])),
+    store = {"left-committed": slot_store(1, "state", WRITING),
              "restamped": (entry, spec.blake(img.slot_data(1)) + b"\0")}[change]
     with B.open_block(name, writable=True, strict=False) as block:
         plan = Interrupted(block, lab, name, "begin", [[store]])
