@@ -19,8 +19,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (
 
 import plh_spec as spec
 
-from .helpers import (COMMITTED, FREE, WRITING, file_bytes, image, poke, poke_header, poke_slot,
-                      reaped_pid, slot_store)
+from .helpers import (COMMITTED, FREE, WRITING, InterruptedPlan, file_bytes, image, poke,
+                      poke_header, poke_slot, reaped_pid, slot_store, stored)
 
 U64 = (1 << 64) - 1
 NO_COMMIT = U64
@@ -93,52 +93,6 @@ def test_repair_says_why_it_writes_no_checksum_under_each_policy(lab, policy, co
 
 
 # -- a block that changes while we look at it -------------------------------------------------
-def store_program(report, name, stores):
-    """Another process: each (offset, bytes) stored in order."""
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        for offset, data in stores:
-            os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-    report({"pid": os.getpid()})
-
-
-class Interrupted(P.Plan):
-    """A real Plan that is paused at chosen touches of the block: ``on`` is "begin" (a
-    step begins) or an offset (a word or bytes read there). From the ``nth`` such touch
-    on, each one first lets another process make the next of ``turns`` (a list of
-    (offset, bytes) stores per touch) and waits for it, until ``turns`` runs out."""
-
-    def __init__(self, block, lab, name, on, turns, nth=1):
-        super().__init__(block, False)
-        self.lab, self.name, self.on, self.nth = lab, name, on, nth
-        self.turns = list(turns)
-        self.seen = self.fired = 0
-
-    def _touch(self, what) -> None:
-        if what != self.on:
-            return
-        self.seen += 1
-        if self.seen >= self.nth and self.turns:
-            c = self.lab.child(store_program, self.name, self.turns.pop(0), linger=False)
-            c.recv()
-            assert c.reap() == 0
-            self.fired += 1
-
-    def begin(self) -> None:
-        self._touch("begin")
-        super().begin()
-
-    def get(self, fld, base=0):
-        self._touch(base + fld.offset)
-        return super().get(fld, base)
-
-    def read(self, offset, size):
-        self._touch(offset)
-        return super().read(offset, size)
-
-
 def slot_with_bad_data(lab):
     """A 4-slot Enforced block, its producer gone; slot 1's data no longer matches."""
     name = lab.create(capacity=4, commits=4)
@@ -168,8 +122,8 @@ def test_a_slot_recommitted_while_being_checked_is_judged_on_its_new_bytes(lab, 
     data = payload_hashing(img, above)
     ring, entry = img.data_offset(1), img.geo["checksums"] + 33
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
-                           [[(ring, data), (entry, spec.blake(data) + b"\0")]])
+        plan = InterruptedPlan(block, lab, ("read", block.geo.slot_entry(1)),
+                               [[(ring, data), (entry, spec.blake(data) + b"\0")]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1] == [], out["findings"]
@@ -182,8 +136,8 @@ def test_a_slot_freed_while_being_checked_is_not_reported(lab):
     nothing to check: no finding, nothing re-blessed."""
     name, dummy = slot_with_bad_data(lab)
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
-                           [[slot_store(1, "generation", 2), slot_store(1, "state", FREE)]])
+        plan = InterruptedPlan(block, lab, ("read", block.geo.slot_entry(1)),
+                               [[slot_store(1, "generation", 2), slot_store(1, "state", FREE)]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1
@@ -213,7 +167,7 @@ def test_a_flex_zone_that_keeps_changing_is_not_verified(lab, above):
     stored = file_bytes(name)[FLEX_HASH:FLEX_HASH + 32]
     turns = [[(FLEX_DATA, z)] for z in zones_around(stored, 3, above)]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
+        plan = InterruptedPlan(block, lab, ("read", FLEX_HASH), turns, nth=2)
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 3
     assert [f["code"] for f in out["findings"]] == ["flexzone-checksum-unverified"], out
@@ -229,7 +183,7 @@ def test_a_flex_zone_restamped_at_the_last_look_is_accepted(lab):
     turns = [[(FLEX_DATA, first)], [(FLEX_DATA, second)],
              [(FLEX_HASH, spec.blake(second)), (FLEX_VERIFIED, b"\0")]]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
+        plan = InterruptedPlan(block, lab, ("read", FLEX_HASH), turns, nth=2)
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 3
     assert [f for f in out["findings"] if f.get("field") == "flexzone_checksum"] == [], out
@@ -251,7 +205,7 @@ def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(l
              "zone-hashing-above": (FLEX_DATA, zones_around(judged, 1, True)[0]),
              "zone-hashing-below": (FLEX_DATA, zones_around(judged, 1, False)[0])}[what]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, "begin", [[store]])
+        plan = InterruptedPlan(block, lab, "begin", [[store]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert out["reblessed"] == [], out
@@ -259,8 +213,7 @@ def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(l
     assert f["message"].endswith("; repair cannot re-bless it: the flexible zone or its "
                                  "checksum changed since it was checked"), f
     after = file_bytes(name)
-    assert after[FLEX_HASH:FLEX_VERIFIED + 1] == (
-        before[:store[0]] + store[1] + before[store[0] + len(store[1]):])[FLEX_HASH:FLEX_VERIFIED + 1]
+    assert after[FLEX_HASH:FLEX_VERIFIED + 1] == stored(before, [store])[FLEX_HASH:FLEX_VERIFIED + 1]
 
 
 @pytest.mark.parametrize("change", ["left-committed", "restamped"])
@@ -279,7 +232,7 @@ def test_a_slot_changed_before_its_rebless_is_skipped_and_the_next_reblessed(lab
     store = {"left-committed": slot_store(1, "state", WRITING),
              "restamped": (entry, spec.blake(img.slot_data(1)) + b"\0")}[change]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, "begin", [[store]])
+        plan = InterruptedPlan(block, lab, "begin", [[store]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [r["slot"] for r in out["reblessed"]] == [2], out["reblessed"]
