@@ -12,6 +12,9 @@ Every process is a crash actor (``plugins/module_utils/_actors.py``, forked):
   (SIGSTOP).
 * :class:`ScratchBlocks` (the ``lab`` fixture) owns every shm name and process of a test
   and removes them even when the test fails.
+* :class:`InterruptedPlan` is a real Plan paused at a chosen touch of the block (a step
+  begins, a read at an offset, a CAS of a target) while another real process
+  (:func:`store_program`) changes the block: a scheduler's pause, made deterministic.
 
 Assertions read the block back through ``plh_spec`` (the spec's offsets, independent of
 the core's ``_layout``).
