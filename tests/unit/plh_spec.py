@@ -19,6 +19,22 @@ FREE, WRITING, COMMITTED, DRAINING = 0, 1, 2, 3
 EVIDENCE_MARKER_BYTES = b"PLRE"
 
 
+#: The slot array: one 64-byte entry per slot, from the end of the 4096-byte header.
+SLOTS_OFFSET, SLOT_ENTRY_SIZE = 4096, 64
+#: (offset in the entry, size) of a slot's protocol words (spec) ...
+SLOT_WORDS = {"lock": (0, 8), "readers": (8, 4), "state": (12, 1), "waiting": (13, 1),
+              "generation": (16, 8)}
+#: ... and of our evidence after them (architecture.md)
+SLOT_EVIDENCE = {"ev_pid": (24, 8), "ev_start": (32, 8), "ev_locked_ns": (40, 8),
+                 "ev_changed_ns": (48, 8)}
+SLOT_TAIL = 24          # the evidence area: entry + 24 .. the end of the entry
+
+
+def slot_entry(i):
+    """Offset of slot ``i``'s entry in the block."""
+    return SLOTS_OFFSET + SLOT_ENTRY_SIZE * i
+
+
 def roundup(value, multiple):
     return (value + multiple - 1) // multiple * multiple
 
@@ -34,7 +50,7 @@ def layout_checksum(n, page, s, f, ctype, policy, sync):
 def geometry(n, s, f):
     n = n or 1
     d = roundup(4096 + 97 * n, 4096)
-    return {"slots": 4096, "checksums": 4096 + 64 * n, "flex": d, "ring": d + f,
+    return {"slots": SLOTS_OFFSET, "checksums": slot_entry(n), "flex": d, "ring": d + f,
             "total": roundup(d + f + n * s, 4096)}
 
 
@@ -95,19 +111,22 @@ class Image:
         return geometry(self.capacity, self.stride, self.flex_size)
 
     def slot(self, i):
-        e = 4096 + 64 * i
-        return {"lock": self.u(e, 8), "readers": self.u(e + 8, 4), "state": self.u(e + 12, 1),
-                "waiting": self.u(e + 13, 1), "generation": self.u(e + 16, 8),
-                "ev_pid": self.u(e + 24, 8), "ev_start": self.u(e + 32, 8),
-                "ev_locked_ns": self.u(e + 40, 8), "ev_changed_ns": self.u(e + 48, 8),
-                "tail": self.data[e + 24:e + 64]}
+        e = slot_entry(i)
+        words = {name: self.u(e + off, size)
+                 for name, (off, size) in list(SLOT_WORDS.items()) + list(SLOT_EVIDENCE.items())}
+        words["tail"] = self.data[e + SLOT_TAIL:e + SLOT_ENTRY_SIZE]
+        return words
 
     def checksum(self, i):
-        off = 4096 + 64 * self.capacity + 33 * i
+        off = slot_entry(self.capacity) + 33 * i
         return self.data[off:off + 32], self.data[off + 32]
 
+    def data_offset(self, i):
+        """Offset of slot ``i``'s data in the ring."""
+        return self.geo["ring"] + self.stride * i
+
     def slot_data(self, i):
-        off = self.geo["ring"] + self.stride * i
+        off = self.data_offset(i)
         return self.data[off:off + self.stride]
 
     def checksum_valid(self, i):

@@ -12,6 +12,9 @@ Every process is a crash actor (``plugins/module_utils/_actors.py``, forked):
   (SIGSTOP).
 * :class:`ScratchBlocks` (the ``lab`` fixture) owns every shm name and process of a test
   and removes them even when the test fails.
+* :class:`InterruptedPlan` is a real Plan paused at a chosen touch of the block (a step
+  begins, a read at an offset, a CAS of a target) while another real process
+  (:func:`store_program`) changes the block: a scheduler's pause, made deterministic.
 
 Assertions read the block back through ``plh_spec`` (the spec's offsets, independent of
 the core's ``_layout``).
@@ -23,10 +26,10 @@ import itertools
 import os
 import shutil
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _actors, _engine as E, _layout as L, _procinfo, _runtime as R)
+    _actors, _block as B, _engine as E, _layout as L, _plan as P, _procinfo, _runtime as R)
 
 import plh_spec as spec
 
@@ -58,6 +61,38 @@ def poke(name: str, offset: int, data: bytes) -> None:
         os.pwrite(fd, data, offset)
     finally:
         os.close(fd)
+
+
+def slot_store(index: int, word: str, value: int) -> Tuple[int, bytes]:
+    """The (offset, bytes) store of ``value`` into slot ``index``'s ``word`` (a name of
+    ``plh_spec.SLOT_WORDS``: lock, readers, state, waiting, generation)."""
+    off, size = spec.SLOT_WORDS[word]
+    return spec.slot_entry(index) + off, value.to_bytes(size, "little")
+
+
+def poke_slot(name: str, index: int, **words: Optional[int]) -> None:
+    """Write slot ``index``'s words (``lock=``, ``readers=``, ``state=``, ``waiting=``,
+    ``generation=``; None: left as it is) in the order given, as a killed process
+    leaves them."""
+    for word, value in words.items():
+        if value is not None:
+            poke(name, *slot_store(index, word, value))
+
+
+def poke_header(name: str, **words: int) -> None:
+    """Write header words (names of ``_layout.HEADER``), in the order given."""
+    for word, value in words.items():
+        fld = L.HEADER[word]
+        poke(name, fld.offset, value.to_bytes(fld.size, "little"))
+
+
+def stored(before: bytes, stores) -> bytes:
+    """``before`` with each (offset, bytes) of ``stores`` applied in order: what a file
+    holds after another process made them."""
+    data = bytearray(before)
+    for offset, value in stores:
+        data[offset:offset + len(value)] = value
+    return bytes(data)
 
 
 def file_bytes(name: str) -> bytes:
@@ -288,6 +323,21 @@ def creator_program(report, name: str, capacity: int, stride: int, evidence: boo
     report({"pid": os.getpid()})
 
 
+def store_program(report, name: str, stores) -> None:
+    """Another process: each (offset, bytes) of ``stores`` stored in order through a
+    shared mapping of the block; a 1-, 2-, 4- or 8-byte store aligned to its size is an
+    atomic store (as a live peer stores a word), any other plain bytes."""
+    with B.open_block(name, writable=True, strict=False) as block:
+        for offset, data in stores:
+            size = len(data)
+            if size in (1, 2, 4, 8) and offset % size == 0:
+                block.set(L.Field("store", 0, size, "u", True), int.from_bytes(data, "little"),
+                          offset)
+            else:
+                block.write(offset, data)
+    report({"pid": os.getpid()})
+
+
 # -- a test's blocks and processes -----------------------------------------------------------
 SCENARIOS = WRITER_POINTS + ("reader", "consumer", "draining_live_writer", "deadlock")
 
@@ -368,7 +418,7 @@ class ScratchBlocks:
         dead = dead_pid or reaped_pid()
         with open(path, "r+b") as f:
             data = bytearray(f.read())
-            offsets = [4096 + 64 * i for i in range(4)] + [496 + 128 * k for k in range(8)]
+            offsets = [spec.slot_entry(i) for i in range(4)] + [496 + 128 * k for k in range(8)]
             for off in offsets + [2624]:
                 if int.from_bytes(data[off:off + 8], "little"):
                     data[off:off + 8] = dead.to_bytes(8, "little")
@@ -419,13 +469,70 @@ class ScratchBlocks:
         raise ValueError(scenario)
 
 
+def stores_in_child(lab: ScratchBlocks, name: str, stores) -> None:
+    """Another real process makes ``stores`` (see store_program); returns once it exited."""
+    c = lab.child(store_program, name, list(stores), linger=False)
+    c.recv()
+    assert c.reap() == 0
+
+
+class InterruptedPlan(P.Plan):
+    """A real Plan that is paused at a chosen touch of the block while another process
+    changes it: the scheduler pausing us there, made deterministic.
+
+    ``at`` names the touch: ``"begin"`` (a step begins), ``("read", offset)`` (a word or
+    bytes read there, through the overlay or not), or ``("cas", target, "before")`` /
+    ``("cas", target, "after")`` (our CAS of ``target``; "after" only when it succeeded).
+    From the ``nth`` such touch on, each one first runs the next of ``turns`` and waits
+    for it, until ``turns`` runs out; ``fired`` counts the turns run. A turn is a
+    callable, or a list of (offset, bytes) stores that another real process makes into
+    the block (:func:`stores_in_child`).
+    """
+
+    def __init__(self, block, lab: ScratchBlocks, at, turns, nth: int = 1,
+                 dry_run: bool = False, journal=None) -> None:
+        super().__init__(block, dry_run, journal)
+        self.lab, self.at, self.nth = lab, at, nth
+        self.turns = list(turns)
+        self.seen = self.fired = 0
+
+    def _touch(self, what) -> None:
+        if what != self.at:
+            return
+        self.seen += 1
+        if self.seen >= self.nth and self.turns:
+            turn = self.turns.pop(0)
+            if callable(turn):
+                turn()
+            else:
+                stores_in_child(self.lab, self.block.address, turn)
+            self.fired += 1
+
+    def begin(self) -> None:
+        self._touch("begin")
+        super().begin()
+
+    def get(self, fld, base=0):
+        self._touch(("read", base + fld.offset))
+        return super().get(fld, base)
+
+    def read(self, offset, size):
+        self._touch(("read", offset))
+        return super().read(offset, size)
+
+    def cas(self, target, fld, base, expected, new):
+        self._touch(("cas", target, "before"))
+        super().cas(target, fld, base, expected, new)
+        self._touch(("cas", target, "after"))
+
+
 # -- hand-made crash states (bytes a dead process leaves; no process needed) -------------------
 def torn_free(lab: ScratchBlocks) -> str:
     """Wrapped ring, a FREE unlocked slot (2) holding torn bytes under its old checksum."""
     name = lab.create(capacity=4, commits=5)
     img = image(name)
-    poke(name, 4096 + 64 * 2 + 12, b"\x00")
-    poke(name, img.geo["ring"] + img.stride * 2 + 100, b"torn bytes of a dead writer")
+    poke_slot(name, 2, state=FREE)
+    poke(name, img.data_offset(2) + 100, b"torn bytes of a dead writer")
     return name
 
 
@@ -442,7 +549,7 @@ def corrupt(lab: ScratchBlocks, slots=(1,)) -> str:
     name = lab.create(capacity=4, commits=4)
     img = image(name)
     for s in slots:
-        off = img.geo["ring"] + img.stride * s + 77
+        off = img.data_offset(s) + 77
         poke(name, off, bytes([img.data[off] ^ 0x5A]))
     return name
 

@@ -8,17 +8,11 @@ import os
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _cleanup, _engine as E, _layout as L, _observe as O, _plan as P,
+    _block as B, _cleanup, _engine as E, _observe as O, _plan as P,
     _recover, _runtime as R, _validate)
 
-from .helpers import COMMITTED, DRAINING, FREE, file_bytes, image
-
-
-def poke_program(report, name, offset, size, value):
-    """Another process storing one word atomically."""
-    b = R.attach(name)
-    b.set(L.Field("poke", 0, size, "u", True), value, offset)
-    report({"pid": os.getpid()})
+from .helpers import (COMMITTED, DRAINING, FREE, InterruptedPlan, file_bytes, image, slot_store,
+                      stored, stores_in_child)
 
 
 def reclaim_program(report, name, index):
@@ -31,41 +25,6 @@ def reclaim_program(report, name, index):
     return b, p
 
 
-class InterferingPlan(P.Plan):
-    """A real Plan; the first time ``target`` is CASed (``before`` or ``after`` our CAS),
-    ``interfere()`` runs another process that changes a word, and waits for it."""
-
-    def __init__(self, block, dry_run, target, when, interfere, journal=None):
-        super().__init__(block, dry_run, journal)
-        self.trigger = (target, when)
-        self.interfere = interfere
-        self.fired = False
-
-    def _fire(self, target, when):
-        if not self.fired and (target, when) == self.trigger:
-            self.fired = True
-            self.interfere()
-
-    def cas(self, target, fld, base, expected, new):
-        self._fire(target, "before")
-        super().cas(target, fld, base, expected, new)
-        self._fire(target, "after")
-
-
-def other_process(lab, name, offset, size, value):
-    def run():
-        c = lab.child(poke_program, name, offset, size, value, linger=False)
-        c.recv()
-        assert c.reap() == 0
-    return run
-
-
-def expected_bytes(before, offset, size, value):
-    data = bytearray(before)
-    data[offset:offset + size] = value.to_bytes(size, "little")
-    return bytes(data)
-
-
 @pytest.mark.parametrize("dry_run", [False, True], ids=["real", "dry"])
 def test_release_writer_step_rolled_back(lab, dry_run):
     """After we claim the dead writer's lock, another process changes the slot state: the
@@ -73,18 +32,18 @@ def test_release_writer_step_rolled_back(lab, dry_run):
     crash = lab.crashed("mid_write")
     name, s = crash.name, crash.slot
     dead = image(name).slot(s)["lock"]
-    state_off = 4096 + 64 * s + 12
+    store = slot_store(s, "state", COMMITTED)
     before = file_bytes(name)
     with B.open_block(name, writable=not dry_run) as block:
-        plan = InterferingPlan(block, dry_run, "slot[%d].write_lock" % s, "after",
-                               other_process(lab, name, state_off, 1, COMMITTED))
+        plan = InterruptedPlan(block, lab, ("cas", "slot[%d].write_lock" % s, "after"), [[store]],
+                               dry_run=dry_run)
         out = _recover.plan_slot(O.Scene(plan), s, "release_writer")
-        assert plan.fired
+        assert plan.fired == 1
         assert plan.changes == [] and not plan.changed
     assert out["result"] == "FAILED"
     assert "changed under us" in out["message"] and "nothing changed" in out["message"]
     assert "slot[%d].slot_state" % s in out["message"]
-    assert file_bytes(name) == expected_bytes(before, state_off, 1, COMMITTED)
+    assert file_bytes(name) == stored(before, [store])
     assert image(name).slot(s)["lock"] == dead
 
 
@@ -95,15 +54,14 @@ def test_force_reset_long_step_rolled_back(lab):
     name, s = crash.name, crash.slot
     img0 = image(name)
     assert img0.slot(s)["state"] == DRAINING and img0.slot(s)["waiting"] == 1
-    readers_off = 4096 + 64 * s + 8
+    store = slot_store(s, "readers", 5)
     before = file_bytes(name)
     with B.open_block(name, writable=True) as block:
-        plan = InterferingPlan(block, False, "header.write_index", "after",
-                               other_process(lab, name, readers_off, 4, 5))
+        plan = InterruptedPlan(block, lab, ("cas", "header.write_index", "after"), [[store]])
         out = _recover.plan_slot(O.Scene(plan), s, "force_reset")
-        assert plan.fired and plan.changes == []
+        assert plan.fired == 1 and plan.changes == []
     assert out["result"] == "FAILED" and "slot[%d].reader_count" % s in out["message"]
-    assert file_bytes(name) == expected_bytes(before, readers_off, 4, 5)
+    assert file_bytes(name) == stored(before, [store])
     # and the next run, observing afresh, succeeds
     result = E.recover(name, s, "force_reset")
     assert result["ok"] and image(name).slot(s)["readers"] == 0
@@ -114,12 +72,11 @@ def test_engine_reports_failed_and_not_ok(lab):
     False (the real recover function, with the interfering plan swapped in)."""
     crash = lab.crashed("mid_write")
     name, s = crash.name, crash.slot
-    state_off = 4096 + 64 * s + 12
     original = E.Plan
 
     def plan_factory(block, dry_run, journal=None):
-        return InterferingPlan(block, dry_run, "slot[%d].write_lock" % s, "after",
-                               other_process(lab, name, state_off, 1, FREE), journal)
+        return InterruptedPlan(block, lab, ("cas", "slot[%d].write_lock" % s, "after"),
+                               [[slot_store(s, "state", FREE)]], dry_run=dry_run, journal=journal)
     E.Plan = plan_factory
     try:
         result = E.recover(name, s, "release_writer")
@@ -136,18 +93,18 @@ def test_cleanup_entry_rolled_back_when_scene_is_stale(lab):
     left it, and the outcome is FAILED."""
     crash = lab.crashed("consumer")
     name = crash.name
-    hb_off = 496 + 8
+    heartbeat = (496 + 8, (12345).to_bytes(8, "little"))
     before = file_bytes(name)
     with B.open_block(name, writable=True) as block:
         plan = P.Plan(block, False)
         scene = O.Scene(plan)                        # observed now
         assert [c.dead for c in scene.consumers] == [True]
-        other_process(lab, name, hb_off, 8, 12345)()  # ... changed afterwards
+        stores_in_child(lab, name, [heartbeat])      # ... changed afterwards
         body = _cleanup.cleanup(scene)
     (o,) = body["outcomes"]
     assert o["result"] == "FAILED" and "changed under us" in o["message"]
     assert body["cleaned"] == 0
-    assert file_bytes(name) == expected_bytes(before, hb_off, 8, 12345)
+    assert file_bytes(name) == stored(before, [heartbeat])
 
 
 def test_stale_scene_sees_new_lock_holder(lab):
@@ -173,18 +130,17 @@ def test_rebless_refused_when_writer_takes_the_slot(lab):
     """Between finding a bad checksum and re-blessing it, a writer takes the slot's lock:
     nothing is written and the finding says why."""
     name = lab.create(capacity=4, commits=3)
-    off = image(name).geo["ring"] + 4096 * 1 + 9
+    off = image(name).data_offset(1) + 9
     with open("/dev/shm/" + name, "r+b") as f:
         f.seek(off)
         f.write(b"\xAA")
-    lock_off = 4096 + 64 * 1
+    store = slot_store(1, "lock", os.getpid())
     before = file_bytes(name)
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = InterferingPlan(block, False, "slot[1].write_lock", "before",
-                               other_process(lab, name, lock_off, 8, os.getpid()))
+        plan = InterruptedPlan(block, lab, ("cas", "slot[1].write_lock", "before"), [[store]])
         body = _validate.validate(plan, repair=True)
-        assert plan.fired and plan.changes == []
+        assert plan.fired == 1 and plan.changes == []
     assert body["reblessed"] == [] and not body["valid"]
     (f,) = body["findings"]
     assert f["code"] == "checksum-mismatch" and "repair cannot re-bless it" in f["message"]
-    assert file_bytes(name) == expected_bytes(before, lock_off, 8, os.getpid())
+    assert file_bytes(name) == stored(before, [store])

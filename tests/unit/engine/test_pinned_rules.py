@@ -12,26 +12,24 @@ import time
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _engine as E, _runtime as R, _validate)
 
-from .helpers import DRAINING, file_bytes, image, poke
-from .test_concurrent_change import InterferingPlan, expected_bytes, other_process
+from .helpers import DRAINING, InterruptedPlan, file_bytes, image, poke, poke_slot, slot_store, stored
 
 
 def test_rebless_refused_when_the_slot_leaves_committed_under_our_lock(lab):
     """Repair takes the slot's lock, then finds it no longer COMMITTED (a drain began):
     nothing re-blessed, the lock given back, the checksum as it was."""
     name = lab.create(capacity=4, commits=3)
-    poke(name, image(name).geo["ring"] + 4096 * 1 + 9, b"\xAA")
-    state_off = 4096 + 64 * 1 + 12
+    poke(name, image(name).data_offset(1) + 9, b"\xAA")
+    store = slot_store(1, "state", DRAINING)
     before = file_bytes(name)
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = InterferingPlan(block, False, "slot[1].write_lock", "after",
-                               other_process(lab, name, state_off, 1, DRAINING))
+        plan = InterruptedPlan(block, lab, ("cas", "slot[1].write_lock", "after"), [[store]])
         body = _validate.validate(plan, repair=True)
-        assert plan.fired
+        assert plan.fired == 1
     assert body["reblessed"] == [], body["reblessed"]
     (f,) = [f for f in body["findings"] if f.get("slot") == 1]
     assert "no longer COMMITTED" in f["message"], f
-    assert file_bytes(name) == expected_bytes(before, state_off, 1, DRAINING)
+    assert file_bytes(name) == stored(before, [store])
     assert image(name).slot(1)["lock"] == 0
 
 
@@ -79,7 +77,7 @@ def test_a_draining_slot_with_no_lock_is_stuck_orphaned(lab):
     """DRAINING with no write lock: no writer can ever move it on (only WRITING was
     pinned): stuck, and release_writer is the step."""
     name = lab.create(capacity=4, commits=3)
-    poke(name, 4096 + 64 * 1 + 12, bytes([DRAINING]))
+    poke_slot(name, 1, state=DRAINING)
     assert image(name).slot(1)["lock"] == 0
     (s,) = E.diagnose(name, 1)["slots"]
     assert s["is_stuck"], s

@@ -17,36 +17,14 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine a
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _layout as L
 
 from .helpers import (COMMITTED, DRAINING, FREE, WRITING, assert_untouched, committed_snapshot,
-                      complete_scope, file_bytes, image, poke, reaped_pid, writer_program)
+                      complete_scope, file_bytes, image, poke, poke_header, poke_slot, reaped_pid,
+                      writer_program)
 from .readers_host import run
 
 U64 = (1 << 64) - 1
 RECOVERIES = L.HEADER["recovery_actions_count"].offset
 NEEDS_NAMESPACES = pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
                                       reason="needs root and unshare(1)")
-
-
-def u64(value: int) -> bytes:
-    return value.to_bytes(8, "little")
-
-
-def slot_words(name: str, index: int, lock: int = None, state: int = None,
-               waiting: int = None, readers: int = None) -> None:
-    """Write a slot's words as a killed process leaves them."""
-    base = 4096 + 64 * index
-    if lock is not None:
-        poke(name, base, u64(lock))
-    if readers is not None:
-        poke(name, base + 8, readers.to_bytes(4, "little"))
-    if state is not None:
-        poke(name, base + 12, bytes([state]))
-    if waiting is not None:
-        poke(name, base + 13, bytes([waiting]))
-
-
-def indexes(name: str, write_index: int, commit_index: int) -> None:
-    poke(name, L.HEADER["write_index"].offset, u64(write_index))
-    poke(name, L.HEADER["commit_index"].offset, u64(commit_index))
 
 
 def targets(result: dict) -> list:
@@ -61,8 +39,8 @@ def test_a_state_word_that_is_no_state_is_never_blessed(lab):
     validate still reports both as errors."""
     name = lab.create(capacity=4, commits=4)
     dead = reaped_pid()
-    slot_words(name, 1, lock=dead, state=7)
-    slot_words(name, 2, state=9, waiting=1)
+    poke_slot(name, 1, lock=dead, state=7)
+    poke_slot(name, 2, state=9, waiting=1)
     for s, state in ((1, 7), (2, 9)):
         out = E.recover(name, s, "release_writer")
         assert out["result"] == "SUCCESS", out
@@ -84,7 +62,7 @@ def test_a_stray_writer_waiting_is_cleared_and_the_slot_kept(lab, state):
     state, the data and the checksum stay (a COMMITTED slot stays readable)."""
     name = lab.create(capacity=4, commits=4)
     before = committed_snapshot(name)
-    slot_words(name, 1, state=state, waiting=1)
+    poke_slot(name, 1, state=state, waiting=1)
     out = E.recover(name, 1, "release_writer")
     assert out["result"] == "SUCCESS" and out["changed"], out
     assert "slot[1].writer_waiting" in targets(out), out
@@ -107,7 +85,7 @@ def test_an_orphaned_slot_with_no_waiter_is_released(lab, state, after):
     release_writer does (WRITING -> FREE, DRAINING -> COMMITTED, its data kept)."""
     name = lab.create(capacity=4, commits=4)
     before = committed_snapshot(name)
-    slot_words(name, 1, state=state)
+    poke_slot(name, 1, state=state)
     out = E.recover(name, 1, "release_writer")
     assert out["result"] == "SUCCESS", out
     assert out["outcomes"][0]["message"].startswith("slot 1: released the orphaned slot"), out
@@ -128,8 +106,8 @@ def test_the_claimed_id_is_rolled_back_by_value_and_modulo_2_64(lab, capacity, c
     name = lab.create(capacity=capacity, commits=4)
     following = (commit_index + 1) & U64
     s = following % capacity
-    indexes(name, (following + 1) & U64, commit_index)
-    slot_words(name, s, lock=reaped_pid(), state=WRITING)
+    poke_header(name, write_index=(following + 1) & U64, commit_index=commit_index)
+    poke_slot(name, s, lock=reaped_pid(), state=WRITING)
     out = E.recover(name, s, "release_writer")
     assert out["result"] == "SUCCESS", out
     assert "header.write_index" in targets(out), out
@@ -147,8 +125,8 @@ def test_a_claim_that_is_not_this_slots_is_left_alone(lab, locked, write_index):
     two ids claimed, or a write_index behind the last commit: release_writer releases the
     lock and leaves write_index alone (heal gives ids back by the producer's verdict)."""
     name = lab.create(capacity=4, commits=4)
-    indexes(name, write_index, 1000)
-    slot_words(name, locked, lock=reaped_pid(), state=WRITING)
+    poke_header(name, write_index=write_index, commit_index=1000)
+    poke_slot(name, locked, lock=reaped_pid(), state=WRITING)
     out = E.recover(name, locked, "release_writer")
     assert out["result"] == "SUCCESS", out
     assert "header.write_index" not in targets(out), out
@@ -188,8 +166,8 @@ def test_a_writer_dead_before_writing_a_never_written_slot_leaves_it_as_it_was(l
     img = image(name)
     entry = img.geo["checksums"] + 33
     assert img.slot(1)["state"] == FREE and not any(img.data[entry:entry + 33])
-    indexes(name, 2, 0)
-    slot_words(name, 1, lock=reaped_pid())
+    poke_header(name, write_index=2, commit_index=0)
+    poke_slot(name, 1, lock=reaped_pid())
     before = file_bytes(name)
     out = E.recover(name, 1, "release_writer")
     assert out["result"] == "SUCCESS", out
@@ -208,7 +186,7 @@ def test_a_dead_drainer_never_costs_the_committed_data(lab, policy):
     never touched, so it is never scrubbed."""
     crash = lab.crashed("deadlock")
     name, s = crash.name, crash.slot
-    poke(name, L.HEADER["checksum_policy"].offset, policy.to_bytes(4, "little"))
+    poke_header(name, checksum_policy=policy)
     img = image(name)
     poke(name, img.geo["checksums"] + 33 * s, bytes(33))      # no producer stamped it
     data = image(name).slot_data(s)
@@ -241,7 +219,7 @@ def test_an_unknown_checksum_policy_leaves_the_checksum_to_the_producer(lab):
     the bytes are scrubbed, the checksum entry is left as it is -- as under Manual; only
     Enforced has a checksum recovery may write."""
     crash = lab.crashed("mid_write")
-    poke(crash.name, L.HEADER["checksum_policy"].offset, (3).to_bytes(4, "little"))
+    poke_header(crash.name, checksum_policy=3)
     s = crash.slot
     checksum = image(crash.name).checksum(s)
     out = E.recover(crash.name, s, "release_writer")
@@ -272,7 +250,7 @@ def test_a_refusal_in_a_partial_scope_says_an_unseen_process_may_be_inside(lab):
     name = lab.create(capacity=4, commits=4)
     w = lab.child(writer_program, name, 0, "idle")      # a live opener: it could be inside
     w.recv()
-    slot_words(name, 1, readers=2)
+    poke_slot(name, 1, readers=2)
     out = E.recover(name, 1, "release_readers")
     assert out["result"] == "UNSAFE", out
     message = out["refused"][0]["message"]
@@ -291,7 +269,7 @@ def test_a_refusal_says_the_writer_waits_only_when_it_drains(lab, state, waiting
     name = lab.create(capacity=4, commits=4)
     w = lab.child(writer_program, name, 0, "idle")      # a live opener: it could be inside
     w.recv()
-    slot_words(name, 1, lock=w.pid, state=state, waiting=waiting, readers=1)
+    poke_slot(name, 1, lock=w.pid, state=state, waiting=waiting, readers=1)
     out = E.recover(name, 1, "release_readers")
     assert out["result"] == "UNSAFE", out
     message = out["refused"][0]["message"]

@@ -10,34 +10,30 @@ for it -- the scheduler pausing us there, made deterministic."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-    _block as B, _engine as E, _layout as L, _plan as P, _validate)
+    _block as B, _engine as E, _plan as P, _validate)
 
-from .helpers import COMMITTED, FREE, WRITING, file_bytes, image, poke, reaped_pid
+import plh_spec as spec
+
+from .helpers import (COMMITTED, FREE, WRITING, InterruptedPlan, file_bytes, image, poke,
+                      poke_header, poke_slot, reaped_pid, slot_store, stored)
 
 U64 = (1 << 64) - 1
 NO_COMMIT = U64
 FLEX_HASH, FLEX_VERIFIED, FLEX_DATA, FLEX = 1984, 2016, 8192, 4096   # fixture j's layout
 
 
-def blake(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=32).digest()
-
-
 # -- the index step: claimed ids no writer explains -----------------------------------------
 def step_of(name: str, write_index: int, commit_index: int, held=()) -> dict:
     """index_step on a 2-slot block whose header says ``write_index``/``commit_index``
     and whose slots ``held`` are locked WRITING by a dead pid (a writer's hold)."""
-    poke(name, L.HEADER["write_index"].offset, write_index.to_bytes(8, "little"))
-    poke(name, L.HEADER["commit_index"].offset, commit_index.to_bytes(8, "little"))
+    poke_header(name, write_index=write_index, commit_index=commit_index)
     for s in held:
-        poke(name, 4096 + 64 * s, reaped_pid().to_bytes(8, "little"))
-        poke(name, 4096 + 64 * s + 12, bytes([WRITING]))
+        poke_slot(name, s, lock=reaped_pid(), state=WRITING)
     with B.open_block(name, writable=False, strict=False) as block:
         return _validate.index_step(P.Plan(block, True))
 
@@ -72,7 +68,7 @@ def test_a_claim_whose_slot_is_locked_but_not_yet_writing_is_explained(lab):
     """Ids 0-3 committed; a producer has claimed id 4 and CASed its slot's (0) lock, not
     yet stored WRITING (the state still says COMMITTED): its lock explains the claim."""
     name = lab.create(capacity=2, commits=4)
-    poke(name, 4096, os.getpid().to_bytes(8, "little"))
+    poke_slot(name, 0, lock=os.getpid())
     assert image(name).slot(0)["state"] == COMMITTED
     assert step_of(name, 5, 3) is None
 
@@ -87,8 +83,8 @@ def test_a_claim_whose_slot_is_locked_but_not_yet_writing_is_explained(lab):
 ], ids=["None", "Manual", "unknown"])
 def test_repair_says_why_it_writes_no_checksum_under_each_policy(lab, policy, code, why):
     name = lab.create(capacity=4, commits=4)
-    poke(name, L.HEADER["checksum_policy"].offset, policy.to_bytes(4, "little"))
-    poke(name, image(name).geo["ring"] + 4096 * 1 + 9, b"\xAA")      # slot 1's data
+    poke_header(name, checksum_policy=policy)
+    poke(name, image(name).data_offset(1) + 9, b"\xAA")
     before = file_bytes(name)
     out = E.validate(name, repair=True)
     (f,) = [f for f in out["findings"] if f["code"] == code]
@@ -97,57 +93,11 @@ def test_repair_says_why_it_writes_no_checksum_under_each_policy(lab, policy, co
 
 
 # -- a block that changes while we look at it -------------------------------------------------
-def store_program(report, name, stores):
-    """Another process: each (offset, bytes) stored in order."""
-    fd = os.open("/dev/shm/" + name, os.O_RDWR)
-    try:
-        for offset, data in stores:
-            os.pwrite(fd, data, offset)
-    finally:
-        os.close(fd)
-    report({"pid": os.getpid()})
-
-
-class Interrupted(P.Plan):
-    """A real Plan that is paused at chosen touches of the block: ``on`` is "begin" (a
-    step begins) or an offset (a word or bytes read there). From the ``nth`` such touch
-    on, each one first lets another process make the next of ``turns`` (a list of
-    (offset, bytes) stores per touch) and waits for it, until ``turns`` runs out."""
-
-    def __init__(self, block, lab, name, on, turns, nth=1):
-        super().__init__(block, False)
-        self.lab, self.name, self.on, self.nth = lab, name, on, nth
-        self.turns = list(turns)
-        self.seen = self.fired = 0
-
-    def _touch(self, what) -> None:
-        if what != self.on:
-            return
-        self.seen += 1
-        if self.seen >= self.nth and self.turns:
-            c = self.lab.child(store_program, self.name, self.turns.pop(0), linger=False)
-            c.recv()
-            assert c.reap() == 0
-            self.fired += 1
-
-    def begin(self) -> None:
-        self._touch("begin")
-        super().begin()
-
-    def get(self, fld, base=0):
-        self._touch(base + fld.offset)
-        return super().get(fld, base)
-
-    def read(self, offset, size):
-        self._touch(offset)
-        return super().read(offset, size)
-
-
 def slot_with_bad_data(lab):
     """A 4-slot Enforced block, its producer gone; slot 1's data no longer matches."""
     name = lab.create(capacity=4, commits=4)
     img = image(name)
-    off = img.geo["ring"] + img.stride * 1 + 9
+    off = img.data_offset(1) + 9
     poke(name, off, bytes([img.data[off] ^ 0x5A]))
     return name, image(name)
 
@@ -157,7 +107,7 @@ def payload_hashing(img, above: bool) -> bytes:
     stored = img.checksum(1)[0]
     for k in range(1000):
         data = bytes([k & 0xFF, k >> 8]) * (img.stride // 2)
-        if (blake(data) > stored) == above:
+        if (spec.blake(data) > stored) == above:
             return data
     raise AssertionError("no payload found")
 
@@ -170,14 +120,14 @@ def test_a_slot_recommitted_while_being_checked_is_judged_on_its_new_bytes(lab, 
     matches, and nothing is reported or re-blessed."""
     name, img = slot_with_bad_data(lab)
     data = payload_hashing(img, above)
-    ring, entry = img.geo["ring"] + img.stride, img.geo["checksums"] + 33
+    ring, entry = img.data_offset(1), img.geo["checksums"] + 33
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
-                           [[(ring, data), (entry, blake(data) + b"\0")]])
+        plan = InterruptedPlan(block, lab, ("read", block.geo.slot_entry(1)),
+                               [[(ring, data), (entry, spec.blake(data) + b"\0")]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1] == [], out["findings"]
-    assert out["reblessed"] == [] and image(name).checksum(1) == (blake(data), 0)
+    assert out["reblessed"] == [] and image(name).checksum(1) == (spec.blake(data), 0)
 
 
 def test_a_slot_freed_while_being_checked_is_not_reported(lab):
@@ -185,10 +135,9 @@ def test_a_slot_freed_while_being_checked_is_not_reported(lab):
     FREE, generation 2: a value that is also a state's). A slot no longer committed holds
     nothing to check: no finding, nothing re-blessed."""
     name, dummy = slot_with_bad_data(lab)
-    base = 4096 + 64 * 1
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, block.geo.slot_entry(1),
-                           [[(base + 16, (2).to_bytes(8, "little")), (base + 12, bytes([FREE]))]])
+        plan = InterruptedPlan(block, lab, ("read", block.geo.slot_entry(1)),
+                               [[slot_store(1, "generation", 2), slot_store(1, "state", FREE)]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [f for f in out["findings"] if f.get("slot") == 1
@@ -202,9 +151,9 @@ def zones_around(stored: bytes, count: int, above: bool) -> list:
     found = []
     for k in range(4000):
         data = bytes([k & 0xFF, (k >> 8) & 0xFF, 7]) * (FLEX // 3) + bytes(FLEX % 3)
-        if (blake(data) > stored) == above:
+        if (spec.blake(data) > stored) == above:
             found.append(data)
-    found.sort(key=blake, reverse=not above)
+    found.sort(key=spec.blake, reverse=not above)
     return found[:count]
 
 
@@ -218,7 +167,7 @@ def test_a_flex_zone_that_keeps_changing_is_not_verified(lab, above):
     stored = file_bytes(name)[FLEX_HASH:FLEX_HASH + 32]
     turns = [[(FLEX_DATA, z)] for z in zones_around(stored, 3, above)]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
+        plan = InterruptedPlan(block, lab, ("read", FLEX_HASH), turns, nth=2)
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 3
     assert [f["code"] for f in out["findings"]] == ["flexzone-checksum-unverified"], out
@@ -232,9 +181,9 @@ def test_a_flex_zone_restamped_at_the_last_look_is_accepted(lab):
     stored = file_bytes(name)[FLEX_HASH:FLEX_HASH + 32]
     first, second = zones_around(stored, 2, True)
     turns = [[(FLEX_DATA, first)], [(FLEX_DATA, second)],
-             [(FLEX_HASH, blake(second)), (FLEX_VERIFIED, b"\0")]]
+             [(FLEX_HASH, spec.blake(second)), (FLEX_VERIFIED, b"\0")]]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, FLEX_HASH, turns, nth=2)
+        plan = InterruptedPlan(block, lab, ("read", FLEX_HASH), turns, nth=2)
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 3
     assert [f for f in out["findings"] if f.get("field") == "flexzone_checksum"] == [], out
@@ -250,13 +199,13 @@ def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(l
     reason, and not one checksum byte is written."""
     name = lab.fixture("j_flex_zone_corrupt.bin")
     before = file_bytes(name)
-    judged = blake(before[FLEX_DATA:FLEX_DATA + FLEX])
-    store = {"hash": (FLEX_HASH, blake(b"another zone")),
+    judged = spec.blake(before[FLEX_DATA:FLEX_DATA + FLEX])
+    store = {"hash": (FLEX_HASH, spec.blake(b"another zone")),
              "verified-byte": (FLEX_VERIFIED, bytes([before[FLEX_VERIFIED] ^ 1])),
              "zone-hashing-above": (FLEX_DATA, zones_around(judged, 1, True)[0]),
              "zone-hashing-below": (FLEX_DATA, zones_around(judged, 1, False)[0])}[what]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, "begin", [[store]])
+        plan = InterruptedPlan(block, lab, "begin", [[store]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert out["reblessed"] == [], out
@@ -264,8 +213,7 @@ def test_flex_rebless_refused_when_the_zone_or_its_entry_changed_since_checked(l
     assert f["message"].endswith("; repair cannot re-bless it: the flexible zone or its "
                                  "checksum changed since it was checked"), f
     after = file_bytes(name)
-    assert after[FLEX_HASH:FLEX_VERIFIED + 1] == (
-        before[:store[0]] + store[1] + before[store[0] + len(store[1]):])[FLEX_HASH:FLEX_VERIFIED + 1]
+    assert after[FLEX_HASH:FLEX_VERIFIED + 1] == stored(before, [store])[FLEX_HASH:FLEX_VERIFIED + 1]
 
 
 @pytest.mark.parametrize("change", ["left-committed", "restamped"])
@@ -277,14 +225,14 @@ def test_a_slot_changed_before_its_rebless_is_skipped_and_the_next_reblessed(lab
     name = lab.create(capacity=4, commits=4)
     img = image(name)
     for s in (1, 2):
-        off = img.geo["ring"] + img.stride * s + 9
+        off = img.data_offset(s) + 9
         poke(name, off, bytes([img.data[off] ^ 0x5A]))
     img = image(name)
     entry = img.geo["checksums"] + 33
-    store = {"left-committed": (4096 + 64 + 12, bytes([WRITING])),
-             "restamped": (entry, blake(img.slot_data(1)) + b"\0")}[change]
+    store = {"left-committed": slot_store(1, "state", WRITING),
+             "restamped": (entry, spec.blake(img.slot_data(1)) + b"\0")}[change]
     with B.open_block(name, writable=True, strict=False) as block:
-        plan = Interrupted(block, lab, name, "begin", [[store]])
+        plan = InterruptedPlan(block, lab, "begin", [[store]])
         out = _validate.validate(plan, repair=True)
         assert plan.fired == 1
     assert [r["slot"] for r in out["reblessed"]] == [2], out["reblessed"]
