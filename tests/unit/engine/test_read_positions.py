@@ -83,14 +83,18 @@ def test_fixture_h_dead_position_found_and_read_index_raised_under_heartbeats(la
             p.wait()
 
 
-@pytest.mark.parametrize("capacity", [4, 1])
-def test_a_joining_consumers_stale_position_does_not_raise_read_index(lab, actors, capacity):
+@pytest.mark.parametrize("capacity,style,point", [
+    (4, "ours", "pid-cased"), (4, "cpp", "heartbeat"), (1, "ours", "pid-cased")],
+    ids=["ring-ours-pid-cased", "ring-cpp-heartbeat", "one-slot"])
+def test_a_joining_consumers_stale_position_does_not_raise_read_index(lab, actors, capacity,
+                                                                      style, point):
     """An entry's position is its consumer's only once it has joined: pylabhub's consumer
     stores its join position (the latest commit) after its pid CAS, counting itself and
     its first heartbeat. Commit 0; consumer D registers (position 0) and is killed; a
     predecessor reads id 0 (position 1) and leaves the C++ way (its position stays); a
-    new consumer takes that entry and is paused right after its pid CAS: the entry shows
-    position 1, one past the latest commit. cleanup clears D and must not raise
+    new consumer takes that entry and is paused right after its pid CAS (ours) or after
+    counting itself and its first heartbeat (C++ order: registered in full, not joined
+    yet): the entry shows position 1, one past the latest commit. cleanup clears D and must not raise
     read_index to 1 -- the joiner will store 0 and read id 0, which the producer could
     then overwrite -- so read_index stays at the latest commit, 0, and is never above the
     joiner's position once it has joined. A ring of one slot is the exception: there the
@@ -108,7 +112,7 @@ def test_a_joining_consumers_stale_position_does_not_raise_read_index(lab, actor
     assert (img.commit_index, img.read_index, img.consumer(1)["pid"]) == (0, 0, 0), img
     assert img.u(L.read_position(1), 8) == 1
     dead.kill()
-    joiner = actors(name, [("consumer", "joiner")], pause="pid-cased")
+    joiner = actors(name, [("consumer", "joiner")], pause=point, style=style)
     at = joiner.wait_point()
     assert at["consumer"] == 1 and image(name).u(L.read_position(1), 8) == 1, at
     out = E.cleanup(name)
