@@ -27,7 +27,9 @@ since: the blocks of one call share one wait (:func:`_pauses`). In a partial sco
 
 ``read_index`` (Sequential_sync only): raised, by CAS on the observed value, to the
 slowest read position of the registered consumers once the dead ones' entries (and
-positions) are cleared -- whatever the heartbeat and read traffic. Sequential's shared
+positions) are cleared -- whatever the heartbeat and read traffic -- but not past the
+latest commit (a consumer still joining shows its entry's previous position:
+:func:`_read_index_target`). Sequential's shared
 read_index is never touched: a new consumer resumes where the dead one stopped.
 """
 
@@ -182,7 +184,20 @@ def _read_index_target(plan, pids: tuple) -> Tuple[Optional[int], int]:
     It follows the slowest position of the registered consumers (dead ones are cleared
     by now). Only ever raised: positions only move forward, so a minimum read a moment
     ago is still no more than the true one, and a read_index below it only holds the
-    producer back. Sequential keeps its shared read_index: never touched."""
+    producer back. Sequential keeps its shared read_index: never touched.
+
+    An entry's position is its consumer's only once that consumer has joined: it stores
+    its join position (the latest commit) after its pid CAS -- pylabhub's consumer after
+    counting itself and its first heartbeat -- so until then the entry shows its previous
+    occupant's position, which may be one past the latest commit (that occupant had read
+    it). Raised to that, read_index would let the producer overwrite the commit the
+    joining consumer is about to read. So it is raised at most to the latest commit, the
+    least any joining consumer stores: the producer keeps capacity - 1 slots to go on
+    with, and the next release recomputes the true minimum. A ring of one slot is the
+    exception: there the cap would leave the producer waiting for ever behind consumers
+    that have read everything, so it goes to the slowest position. (Residual risk,
+    accepted: a consumer that read the latest commit before this look and stores it
+    after -- a window of two instructions -- or one joining a one-slot ring now.)"""
     if plan.hdr("consumer_sync_policy") != L.ConsumerSync.SEQUENTIAL_SYNC:
         return None, 0
     read_index = plan.hdr("read_index")
@@ -190,6 +205,8 @@ def _read_index_target(plan, pids: tuple) -> Tuple[Optional[int], int]:
     if not live:
         return None, read_index
     low = min(plan.get(L.READ_POSITION, L.read_position(k)) for k in live)
+    if plan.block.geo.capacity > 1:     # (before the first commit: NO_COMMIT, the top)
+        low = min(low, plan.hdr("commit_index"))
     return (low if low > read_index else None), read_index
 
 

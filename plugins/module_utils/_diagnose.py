@@ -128,7 +128,7 @@ def position_findings(scene: Scene) -> List[Dict[str, object]]:
     """A producer held back by a dead consumer's read position (Sequential_sync):
     write_index - read_index reached the capacity and the slowest registered position,
     which read_index follows, is a dead consumer's. cleanup/heal clear that entry and
-    move read_index up to the slowest live position."""
+    move read_index up to the slowest live position (at most the latest commit)."""
     got = read_positions(scene)
     if not got or "positions" not in got:
         return []
@@ -147,7 +147,7 @@ def position_findings(scene: Scene) -> List[Dict[str, object]]:
              "message": "read_index %d is consumer %s's read position and that consumer is "
                         "dead: write_index %d - read_index = %d, the capacity, so the "
                         "producer waits for ever; heal clears the entry and moves read_index "
-                        "to the slowest live position" % (
+                        "up to the slowest live position (at most the latest commit)" % (
                             read_index, ", ".join(str(p["consumer"]) for p in holders),
                             write_index, write_index - read_index)}]
 

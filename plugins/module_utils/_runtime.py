@@ -366,8 +366,11 @@ class Consumer:
 
     ``at(point)``: protocol-point hook (``CONSUMER_POINTS``). ``style="cpp"`` registers
     and unregisters in the C++ library's order and writes no evidence (spec sections 3
-    and 8): register = CAS pid, uid/name, count += 1, heartbeat; unregister = CAS pid -> 0,
-    count -= 1, zero uid/name, heartbeat left as it was.
+    and 8): register = CAS pid, uid/name, count += 1, heartbeat, then (Sequential_sync)
+    the join position, as pylabhub's consumer sets it once registered; unregister = CAS
+    pid -> 0, count -= 1, zero uid/name, heartbeat and position left as they were. Ours
+    stores the join position before counting itself. Either way, until it is stored the
+    entry shows its previous occupant's position.
 
     Our evidence "reading" says where this consumer may be (L.READING_SEVERAL when it
     holds more than one read): written before the count that makes it true goes up,
@@ -382,8 +385,17 @@ class Consumer:
         self.start = _procinfo.own_start_ticks() or 0
         self.pidns = _procinfo.pid_namespace() or 0
         self.evidence = block.has_evidence and style == "ours"
+        self.cpp = style == "cpp"
         self.held = []  # type: List[int]       # slot index of every read held, in order
         self.index = self._register(name, uid)
+
+    def _join(self, k: int) -> None:
+        """Sequential_sync: entry ``k``'s read position = the latest commit (join there)."""
+        b = self.block
+        if b.get("consumer_sync_policy") == L.ConsumerSync.SEQUENTIAL_SYNC:
+            committed = b.get("commit_index")
+            b.set(L.READ_POSITION, 0 if committed == L.NO_COMMIT else committed,
+                  L.read_position(k))
 
     def _register(self, name: str, uid: str) -> int:
         b = self.block
@@ -399,14 +411,14 @@ class Consumer:
                     b.set(CEV["pid"], self.pid, ev)
                 b.set(CONS["consumer_uid"], uid, base)
                 b.set(CONS["consumer_name"], name, base)
-                if b.get("consumer_sync_policy") == L.ConsumerSync.SEQUENTIAL_SYNC:
-                    committed = b.get("commit_index")       # join at the latest commit
-                    b.set(L.READ_POSITION, 0 if committed == L.NO_COMMIT else committed,
-                          L.read_position(k))
+                if not self.cpp:
+                    self._join(k)
                 b.add("active_consumer_count", 1)
                 self.at("counted")
                 b.set(CONS["last_heartbeat_ns"], time.monotonic_ns(), base)
                 self.at("heartbeat")
+                if self.cpp:
+                    self._join(k)
                 return k
         raise RecoveryError("%s: all %d consumer entries are taken"
                             % (b.address, L.MAX_CONSUMERS))

@@ -18,7 +18,9 @@ plain, in a child **PID namespace** (``unshare --pid --fork``), in a **time name
 (``unshare --time --boottime/--monotonic``), or with a **reused pid**: inside the
 scenario's :class:`_actors.ActorNamespace` an earlier process got the same pid through
 ``ns_last_pid``, left its records in the block and exited. The C++ style (no evidence) is
-drawn for blocks without evidence. Before the operations a committed past keeps readers
+drawn for blocks without evidence. The block's consumer sync policy is drawn too
+(Latest_only, Sequential, Sequential_sync; apart from the other draws, so older seeds
+replay the same holders). Before the operations a committed past keeps readers
 possible; between the two rounds a live holder may be killed (the truth changes).
 
 Then ``recover all release_writer``, ``cleanup`` and ``heal`` (never forced, never dry)
@@ -28,7 +30,9 @@ spec's own offsets (``tests/unit/plh_spec.py``, independent of the core) and che
 * **never steal**: every live (running or stopped) writer still holds its lock word, every
   live consumer its entry, every live reader its place in its slot's reader_count, and
   active_consumer_count is never below the live consumers that counted themselves in
-  (registered past ``counted``, reading, recorded, leaving) nor wrapped;
+  (registered past ``counted``, reading, recorded, leaving) nor wrapped; under
+  Sequential_sync read_index is never lowered and never raised past a live consumer's
+  read position (for one still joining, past the latest commit it will join at);
 * **dead released**: after the last round (root in the initial PID namespace: the scan's
   scope is complete) a killed writer's lock and a killed consumer's entry are gone --
   unless a live holder shows the same number at some PID-namespace level, when refusing
@@ -71,7 +75,7 @@ if str(UNIT) not in sys.path:
     sys.path.insert(0, str(UNIT))
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa: E402
-    _actors as A, _engine as E, _runtime as R)
+    _actors as A, _engine as E, _layout as L, _runtime as R)
 
 import plh_spec as spec  # noqa: E402
 
@@ -85,6 +89,9 @@ FATES = ("live", "stopped", "killed")
 WRITER_POINTS = ("locked", "evidence", "writing", None)
 REGISTER_POINTS = ("pid-cased", "counted", "heartbeat")
 TIME_SHIFTS = (("--boottime", "-100"), ("--monotonic", "500"), ("--boottime", "86400"))
+#: consumer sync policies drawn (Sequential_sync's read_index follows the positions)
+SYNCS = (L.ConsumerSync.LATEST_ONLY,) * 3 + (L.ConsumerSync.SEQUENTIAL_SYNC,) * 2 + (
+    L.ConsumerSync.SEQUENTIAL,)
 
 
 class Steal(AssertionError):
@@ -134,6 +141,8 @@ class Figures:
     count_zeroed: int = 0
     count_kept_other: int = 0       # ... kept: another process had the block open
     holders: Dict[str, int] = field(default_factory=dict)
+    syncs: Dict[str, int] = field(default_factory=dict)     # scenarios per sync policy
+    read_index_raised: int = 0      # Sequential_sync: operations that raised read_index
 
     def line(self) -> str:
         kinds = ", ".join("%s %d" % kv for kv in sorted(self.holders.items()))
@@ -142,11 +151,14 @@ class Figures:
                 "process shows the same pid); dead readers released %d/%d (%d kept: a live "
                 "process could be inside; %d kept: scope partial); count back to 0 with "
                 "every holder dead %d/%d (%d kept: another process had the block open); "
-                "holders: %s"
+                "holders: %s; sync policies: %s (read_index raised %d times, never past a "
+                "live consumer's position)"
                 % (self.scenarios, self.operations, self.steals, self.dead_released,
                    self.dead, self.dead_partial, self.dead_ambiguous, self.readers_released,
                    self.readers_dead, self.readers_kept_live, self.readers_kept_partial,
-                   self.count_zeroed, self.count_checks, self.count_kept_other, kinds))
+                   self.count_zeroed, self.count_checks, self.count_kept_other, kinds,
+                   ", ".join("%s %d" % kv for kv in sorted(self.syncs.items())),
+                   self.read_index_raised))
 
 
 def _nspids(pid: int) -> List[int]:
@@ -168,6 +180,8 @@ class Scenario:
         self.name = "plhsteal_%d_%d" % (os.getpid(), index)
         self.evidence = rng.random() < 0.7
         self.style = "ours" if self.evidence else rng.choice(("ours", "cpp"))
+        # drawn apart, so that the main draws (and every older seed's scenario) stay
+        self.sync = random.Random(repr(rng.getstate())).choice(SYNCS)
         self.holders = []  # type: List[Holder]
         self.actors = []  # type: List[A.Actor]
         self.ns = None  # type: Optional[A.ActorNamespace]
@@ -197,17 +211,19 @@ class Scenario:
 
     def _predecessor(self, kind: str) -> None:
         """An earlier process with the pid the next reuse holder gets: it leaves its
-        records (producer evidence, or a C++-style unregistered entry) and exits."""
+        records (producer evidence, or a C++-style unregistered entry, with the read
+        position past the latest commit it read) and exits."""
         pid = self.next_pid
         steps = ([("producer",), ("publish", 1), ("exit", 0)] if kind == "writer" else
-                 [("consumer", "predecessor"), ("unregister", "cpp"), ("exit", 0)])
+                 [("consumer", "predecessor"), ("read", None), ("release",),
+                  ("unregister", "cpp"), ("exit", 0)])
         old = self._start(steps, "reuse", label="predecessor-%d" % pid)
         if old.wait_exit() != 0:
             raise A.ActorError("predecessor with pid %d failed" % pid)
         time.sleep(0.02)            # the next process with this pid starts ticks later
 
     def build(self) -> None:
-        R.create(self.name, capacity=4, evidence=self.evidence).close()
+        R.create(self.name, capacity=4, evidence=self.evidence, sync=self.sync).close()
         past = self._start([("producer",), ("publish", 2), ("exit", 0)], "plain",
                            label="past")
         if past.wait_exit() != 0:
@@ -273,6 +289,33 @@ class Scenario:
     # -- checking --------------------------------------------------------------------------
     def image(self) -> "spec.Image":
         return spec.Image.read(os.path.join(SHM, self.name))
+
+    def joined(self, h: Holder) -> bool:
+        """Its entry's read position is its own (stored at join: ours before counting
+        itself, pylabhub's after its first heartbeat); until then the entry shows the
+        previous occupant's."""
+        return h.kind in ("consumer", "reader", "recorded") or (
+            h.kind == "registering" and self.style == "ours"
+            and h.point in ("counted", "heartbeat"))
+
+    def check_read_index(self, after: str, img: "spec.Image", before: int) -> bool:
+        """Sequential_sync: an operation never lowers read_index and never raises it past
+        a live consumer's position -- a joined one's own, or for one still joining the
+        latest commit, the least it will store (no commit is made during the operations:
+        every producer is paused or dead). Returns whether it was raised."""
+        if self.sync != L.ConsumerSync.SEQUENTIAL_SYNC or img.read_index == before:
+            return False
+        if img.read_index < before:
+            raise Steal("%s: read_index lowered %d -> %d" % (after, before, img.read_index))
+        for h in self.holders:
+            if h.live and h.entry is not None:
+                bound = (img.read_position(h.entry) if self.joined(h) else img.commit_index)
+                if img.read_index > bound:
+                    raise Steal("%s: read_index raised %d -> %d past %s's %s %d"
+                                % (after, before, img.read_index, h.describe(),
+                                   "position" if self.joined(h) else "join position",
+                                   bound))
+        return True
 
     def check_live(self, after: str) -> None:
         """Never steal: every live holder still holds what it took."""
@@ -400,6 +443,7 @@ class Scenario:
         for round_ in (1, 2):
             self.rng.shuffle(ops)
             for label, run in ops:
+                before = self.image().read_index
                 result = run()
                 fig.operations += 1
                 if label in ("heal", "cleanup"):    # the last count reconciliation
@@ -408,6 +452,8 @@ class Scenario:
                                                        result.get("changed")))
                 try:
                     self.check_live("round %d, after %s" % (round_, label))
+                    fig.read_index_raised += self.check_read_index(
+                        "round %d, after %s" % (round_, label), self.image(), before)
                 except Steal:
                     fig.steals += 1
                     raise
@@ -445,13 +491,16 @@ def campaign(scenarios: int, seed: int, fig: Optional[Figures] = None,
             sc.build()
             for h in sc.holders:
                 fig.holders[h.kind] = fig.holders.get(h.kind, 0) + 1
+            sync = L.ConsumerSync(sc.sync).name
+            fig.syncs[sync] = fig.syncs.get(sync, 0) + 1
             sc.operations(fig)
             sc.check_dead(fig)
         except AssertionError as exc:
-            raise AssertionError("scenario %d of seed %d (%s; evidence %s, style %s): %s\n"
-                                 "operations: %s" % (i, seed, ", ".join(
+            raise AssertionError("scenario %d of seed %d (%s; evidence %s, style %s, sync %s): "
+                                 "%s\noperations: %s" % (i, seed, ", ".join(
                                      h.describe() for h in sc.holders), sc.evidence,
-                                     sc.style, exc, "; ".join(sc.log)))
+                                     sc.style, L.ConsumerSync(sc.sync).name, exc,
+                                     "; ".join(sc.log)))
         finally:
             sc.close()
         fig.scenarios += 1

@@ -137,6 +137,10 @@ class Image:
         return {"pid": self.u(e, 8), "heartbeat_ns": self.u(e + 8, 8),
                 "uid": self.text(e + 16, 40), "name": self.text(e + 56, 32)}
 
+    def read_position(self, k):
+        """Sequential_sync: consumer entry k's read position (next id to read)."""
+        return self.u(2560 + 8 * k, 8)
+
     def consumer_evidence(self, k):
         e = 2688 + 32 * k
         return {"pid": self.u(e, 8), "start": self.u(e + 8, 8), "reading": self.u(e + 16, 8)}

@@ -3,8 +3,10 @@
 A dead consumer's position pins read_index (pylabhub recomputes it only when a registered
 consumer releases a slot), so the producer waits for ever. diagnose shows the positions
 and finds it; cleanup/heal clear the dead entry's position and raise read_index to the
-slowest live position by CAS, whatever the heartbeat traffic. Real C++ segment (fixture
-h) with live stand-ins for the processes alive at capture."""
+slowest live position by CAS, whatever the heartbeat traffic, but not past the latest
+commit (a consumer still joining shows its entry's previous position). Real C++ segment
+(fixture h) with live stand-ins for the processes alive at capture; real consumers paused
+inside their registration."""
 
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ import subprocess
 import sys
 import threading
 import time
+
+import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _engine as E, _layout as L, _runtime as R)
@@ -32,7 +36,9 @@ def test_fixture_h_dead_position_found_and_read_index_raised_under_heartbeats(la
     5 = capacity 4, the producer waits. With entry 1 (position 9) and the producer alive
     (stand-ins) and entry 1 heartbeating every 2 ms while heal runs: diagnose shows both
     positions and the finding (block not healthy, next step heal); heal clears entry 0's
-    position and raises read_index to 9, the survivor's; the finding is gone."""
+    position and raises read_index to 8, the latest commit (the survivor's position 9 is
+    one past it: an entry's position may still be its previous occupant's); the finding
+    is gone and the producer can go on (write_index 9 - 8 < capacity)."""
     name = lab.fixture("h_sequential_sync_dead_reader.bin")
     path = os.path.join("/dev/shm", name)
     survivor, producer = stand_in(name), stand_in(name)
@@ -62,10 +68,10 @@ def test_fixture_h_dead_position_found_and_read_index_raised_under_heartbeats(la
         stop.set()
         t.join()
         img = image(name)
-        assert img.read_index == 9, healed["cleanup"]["reconciled"]
+        assert img.commit_index == 8 and img.read_index == 8, healed["cleanup"]["reconciled"]
         assert img.u(L.read_position(0), 8) == 0 and img.u(L.read_position(1), 8) == 9
         assert img.consumer(0)["pid"] == 0 and img.consumer(1)["pid"] == survivor.pid
-        assert {"field": "read_index", "before": 5, "after": 9} in \
+        assert {"field": "read_index", "before": 5, "after": 8} in \
             healed["cleanup"]["reconciled"], healed["cleanup"]["reconciled"]
         after = E.diagnose(name)
         assert "read-index-held-by-dead-consumer" not in [f["code"] for f in after["findings"]]
@@ -75,6 +81,52 @@ def test_fixture_h_dead_position_found_and_read_index_raised_under_heartbeats(la
         for p in (survivor, producer):
             p.kill()
             p.wait()
+
+
+@pytest.mark.parametrize("capacity,style,point", [
+    (4, "ours", "pid-cased"), (4, "cpp", "heartbeat"), (1, "ours", "pid-cased")],
+    ids=["ring-ours-pid-cased", "ring-cpp-heartbeat", "one-slot"])
+def test_a_joining_consumers_stale_position_does_not_raise_read_index(lab, actors, capacity,
+                                                                      style, point):
+    """An entry's position is its consumer's only once it has joined: pylabhub's consumer
+    stores its join position (the latest commit) after its pid CAS, counting itself and
+    its first heartbeat. Commit 0; consumer D registers (position 0) and is killed; a
+    predecessor reads id 0 (position 1) and leaves the C++ way (its position stays); a
+    new consumer takes that entry and is paused right after its pid CAS (ours) or after
+    counting itself and its first heartbeat (C++ order: registered in full, not joined
+    yet): the entry shows position 1, one past the latest commit. cleanup clears D and must not raise
+    read_index to 1 -- the joiner will store 0 and read id 0, which the producer could
+    then overwrite -- so read_index stays at the latest commit, 0, and is never above the
+    joiner's position once it has joined. A ring of one slot is the exception: there the
+    producer would wait for ever behind consumers that have read everything, so read_index
+    goes to the slowest position, 1 (the residual risk the rule accepts)."""
+    name = lab.name()
+    R.create(name, capacity=capacity, sync=L.ConsumerSync.SEQUENTIAL_SYNC).close()
+    assert actors(name, [("producer",), ("publish", 1)]).wait_point()["event"] == "done"
+    dead = actors(name, [("consumer", "dead")])
+    dead.wait_point()
+    before = actors(name, [("consumer", "before"), ("read", None), ("release",),
+                           ("unregister", "cpp")])
+    before.wait_point()                     # done: read id 0, left; its position stays 1
+    img = image(name)
+    assert (img.commit_index, img.read_index, img.consumer(1)["pid"]) == (0, 0, 0), img
+    assert img.u(L.read_position(1), 8) == 1
+    dead.kill()
+    joiner = actors(name, [("consumer", "joiner")], pause=point, style=style)
+    at = joiner.wait_point()
+    assert at["consumer"] == 1 and image(name).u(L.read_position(1), 8) == 1, at
+    out = E.cleanup(name)
+    assert out["cleaned"] == 1, out
+    raised = [r for r in out["reconciled"] if r["field"] == "read_index"]
+    if capacity == 1:
+        assert raised == [{"field": "read_index", "before": 0, "after": 1}], out
+    else:
+        assert raised == [] and image(name).read_index == 0, out
+    joiner.resume()
+    assert joiner.wait_point()["event"] == "done"
+    img = image(name)
+    assert img.consumer(1)["pid"] == joiner.pid and img.u(L.read_position(1), 8) == 0
+    assert (img.read_index <= 0) == (capacity > 1), img.read_index
 
 
 def test_sequential_keeps_its_shared_read_index(lab):
@@ -124,8 +176,8 @@ def test_our_sequential_sync_producer_resumes_after_heal_under_heartbeats(lab, a
     """Our own Sequential_sync peers: consumer A registers and is killed idle (its
     position pins read_index at 0), consumer B reads everything in order and heartbeats
     every 2 ms, the producer blocks after `capacity` ids. heal (while B heartbeats)
-    clears A and raises read_index to B's position: the producer goes on by itself and
-    B reads every commit."""
+    clears A and raises read_index toward B's position 4, to the latest commit 3: the
+    producer goes on by itself and B reads every commit."""
     name = lab.name()
     R.create(name, capacity=4, sync=L.ConsumerSync.SEQUENTIAL_SYNC).close()
     idle = actors(name, [("consumer", "idle")])
@@ -146,7 +198,9 @@ def test_our_sequential_sync_producer_resumes_after_heal_under_heartbeats(lab, a
         d = E.diagnose(name)
         assert "read-index-held-by-dead-consumer" in [f["code"] for f in d["findings"]]
         healed = E.heal(name)
-        assert image(name).read_index >= 4, healed["cleanup"]
+        assert {"field": "read_index", "before": 0, "after": 3} in \
+            healed["cleanup"]["reconciled"], healed["cleanup"]      # the latest commit
+        assert image(name).read_index >= 3                       # (B reads on meanwhile)
         assert prod.wait_point(30)["event"] == "done"        # went on by itself
         assert image(name).commit_index == 7
         deadline = time.monotonic() + 30

@@ -294,15 +294,15 @@ def test_read_index_reconcile_and_dead_position_undone_byte_for_byte(lab, snapdi
         poke(name, L.HEADER["producer_heartbeat_pid"].offset, producer.pid.to_bytes(8, "little"))
         original = file_bytes(name)
         healed = E.heal(name)
-        assert {"field": "read_index", "before": 5, "after": 9} in \
+        assert {"field": "read_index", "before": 5, "after": 8} in \
             healed["cleanup"]["reconciled"], healed["cleanup"]["reconciled"]
-        assert image(name).read_index == 9 and image(name).consumer(0)["pid"] == 0
+        assert image(name).read_index == 8 and image(name).consumer(0)["pid"] == 0
         targets = [e["target"] for e in S.load(healed["snapshot"]["path"])["entries"]]
         assert "header.read_index" in targets and "consumer[0].read_position" in targets
         undone = E.undo(healed["snapshot"]["id"])
         assert undone["changed"] and file_bytes(name) == original
         again = E.undo(undone["snapshot"]["id"])
-        assert again["changed"] and image(name).read_index == 9
+        assert again["changed"] and image(name).read_index == 8
     finally:
         for p in procs:
             p.kill()
