@@ -114,17 +114,27 @@ def test_cleanup_releases_the_read_a_dead_consumer_left_inside(block_name, actor
         in out["changes"], "the name is shown as text: %s" % out["changes"]
 
 
+HOST_PRELUDE = textwrap.dedent("""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _actors as A, _engine as E, _layout as L, _runtime as R)
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
+    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
+    name = "plhcount"
+    R.create(name, capacity=2).close()
+    b = R.attach(name, writable=False)    # a read-only look: not an opener
+""")
+
+
+def count_host(script: str) -> dict:
+    """Run ``script`` after :data:`HOST_PRELUDE` (short settle looks; a 2-slot block
+    ``name`` and a read-only view ``b`` of it) on a new namespace host: the count
+    floor needs a complete scope. Its ``out``, printed as JSON, returned."""
+    return in_namespace_host(HOST_PRELUDE + script)
+
+
 COUNT_FLOOR = textwrap.dedent("""
     import subprocess, sys
     STAND_IN = %r
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _actors as A, _engine as E, _layout as L, _runtime as R, _validate)
-    _validate._SETTLE_S = (0.002, 0.01, 0.02)
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup
-    _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
-    name = "plhfloor"
-    R.create(name, capacity=2).close()
-    b = R.attach(name, writable=False)  # a read-only look: not an opener
 
     def words():
         return [b.get("active_consumer_count"),
@@ -161,13 +171,6 @@ COUNT_FLOOR = textwrap.dedent("""
 
 
 PRODUCER_NAMESAKE = textwrap.dedent("""
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _actors as A, _engine as E, _runtime as R)
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
-    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
-    name = "plhnamesake"
-    R.create(name, capacity=2).close()
-    b = R.attach(name, writable=False)    # a read-only look: not an opener
     if NUMBER == 1:                       # an actor alone in its namespace is pid 1 there
         child = ["unshare", "--pid", "--fork", "--kill-child"]
         where = [dict(wrap=child), dict(wrap=child)]
@@ -193,13 +196,6 @@ PRODUCER_NAMESAKE = textwrap.dedent("""
 
 
 PRODUCER_NAMED = textwrap.dedent("""
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _actors as A, _engine as E, _runtime as R)
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
-    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
-    name = "plhnamed"
-    R.create(name, capacity=2).close()
-    b = R.attach(name, writable=False)    # a read-only look: not an opener
     with open("/proc/sys/kernel/ns_last_pid", "w") as f:
         f.write("999")                    # the producer is pid 1000: no cached small int
     p = A.Actor(name, [("producer",)], style="cpp").start()
@@ -222,7 +218,7 @@ def test_a_live_producer_of_this_namespace_is_named_and_not_counted_as_a_consume
     consumer killed after counting itself: cleanup clears the dead entry and lowers the
     count to 0 -- the producer's recorded pid names it (it is no consumer between
     unregistering and uncounting), compared by value."""
-    out = in_namespace_host(PRODUCER_NAMED)
+    out = count_host(PRODUCER_NAMED)
     assert out["producer"] == 1000 and out["producer_pid"] == 1000, out
     assert out["before"] == 1 and out["after"] == 0, out
 
@@ -238,7 +234,7 @@ def test_a_dead_producers_pid_names_no_live_consumer_of_another_namespace(number
     is an uncounted opener: cleanup and heal keep the count at 1, and its own decrement
     then takes it to 0, never wrapped. (Found by the never-steal campaign, seed
     1796179857: the count went to 0 under it.)"""
-    out = in_namespace_host(PRODUCER_NAMESAKE.replace("NUMBER", str(number)))
+    out = count_host(PRODUCER_NAMESAKE.replace("NUMBER", str(number)))
     assert out["producer_pid"] == number and out["before"] == 1, out
     assert (out["leaving"] > number) == (number == 1), out      # the premise
     assert out["after"] == 1, out
@@ -247,13 +243,6 @@ def test_a_dead_producers_pid_names_no_live_consumer_of_another_namespace(number
 
 LEAVES_DURING_SETTLE = textwrap.dedent("""
     import time, types
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _actors as A, _engine as E, _runtime as R)
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import _cleanup, _validate
-    _validate._SETTLE_S = _cleanup._SETTLE_S = (0.002, 0.01, 0.02)
-    name = "plhsettle"
-    R.create(name, capacity=2).close()
-    b = R.attach(name, writable=False)    # a read-only look: not an opener
     dead = A.Actor(name, [("consumer", "dead")], style="cpp").start()
     dead.wait_point()
     dead.kill()                           # registered and counted, then killed
@@ -288,7 +277,7 @@ def test_a_consumer_leaving_during_the_settle_looks_leaves_the_count_alone():
     the count is kept and cleanup says the table kept changing -- it does not go on to a
     compare-and-swap from the stale value. Once that consumer has exited, a second
     cleanup lowers the dead consumer's count to 0."""
-    out = in_namespace_host(LEAVES_DURING_SETTLE)
+    out = count_host(LEAVES_DURING_SETTLE)
     assert out["before"] == 2 and out["looks"] == ["done"], out
     assert out["cleanup"]["cleaned"] == 1, out["cleanup"]
     assert out["cleanup"]["reconciled"] == [
@@ -310,7 +299,7 @@ def test_the_count_floor_counts_each_uncounted_opener_once():
     (count 2 = F) stores nothing and says why; with a second such opener (F = 3) the
     count 2 is not raised to F either (the floor only ever lowers a count). Once it has uncounted itself the count
     is 1 = R, and a further cleanup changes nothing."""
-    out = in_namespace_host(COUNT_FLOOR)
+    out = count_host(COUNT_FLOOR)
     assert out["before"] == [3, 2], out
     assert out["cleanup"]["cleaned"] == 1, out["cleanup"]
     assert {"field": "active_consumer_count", "before": 3, "after": 2} in \
