@@ -257,8 +257,7 @@ def exclusive(block: BlockId) -> Optional[bool]:
     if block.fd is None or block.kind == "memfd" or not _lease_fs(block.dev):
         return None
     try:
-        import signal
-        fcntl.fcntl(block.fd, fcntl.F_SETSIG, signal.SIGURG)
+        fcntl.fcntl(block.fd, fcntl.F_SETSIG, _sigurg())
         fcntl.fcntl(block.fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
     except OSError as exc:
         return False if exc.errno in (errno.EAGAIN, errno.EBUSY) else None
@@ -267,6 +266,16 @@ def exclusive(block: BlockId) -> Optional[bool]:
     except OSError:
         pass
     return True
+
+
+def _sigurg() -> int:
+    """SIGURG's number, from the C module ``signal`` wraps: ``signal`` itself makes its
+    enums of every signal at import, a millisecond of every diagnosis of a real block."""
+    try:
+        from _signal import SIGURG
+    except ImportError:                 # another Python than CPython
+        from signal import SIGURG
+    return int(SIGURG)
 
 
 def _lease_fs(dev: int) -> bool:

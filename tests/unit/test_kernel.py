@@ -571,6 +571,46 @@ def test_exclusive_lease_sees_every_opener(name, actors):
     assert K.exclusive(K.BlockId(bid.dev, bid.ino, 0, "shm", bid.path)) is None   # no fd
 
 
+#: The engine takes the lease and is paused (1 s) before it lets go, as a scheduler may
+#: pause it; prints "leased" then, and the answer at the end.
+_PAUSED_IN_LEASE = textwrap.dedent("""
+    import fcntl, os, sys, time
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _kernel as K
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime as R
+    real = fcntl.fcntl
+    def paused(fd, cmd, arg=0):
+        got = real(fd, cmd, arg)
+        if cmd == fcntl.F_SETLEASE and arg == fcntl.F_WRLCK:
+            sys.stdout.write("leased\\n"); sys.stdout.flush()
+            time.sleep(1.0)
+        return got
+    fcntl.fcntl = paused
+    with R.attach(sys.argv[1], writable=False) as b:
+        print(K.exclusive(K.BlockId.of(b)))
+""")
+
+
+def test_a_process_opening_the_block_during_the_lease_does_not_kill_the_engine(name):
+    """Opening a leased file breaks the lease with a signal to its holder: SIGIO unless
+    the holder chose another, and SIGIO's default action ends the process. The engine
+    chooses SIGURG (ignored by default): a process opening the block while the engine
+    holds the lease waits for it, and the engine goes on."""
+    child = subprocess.Popen([sys.executable, "-c", _PAUSED_IN_LEASE, name],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "leased\n"
+        t0 = time.monotonic()
+        fd = os.open("/dev/shm/" + name, os.O_RDONLY)     # breaks the lease
+        os.close(fd)
+        waited = time.monotonic() - t0
+        out = child.stdout.read()
+        assert child.wait(timeout=60) == 0 and out == "True\n", (child.returncode, out)
+        assert 0.3 < waited < 30, waited           # the open waited for the lease: it was held
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_a_block_nobody_has_open_proves_its_holders_dead_without_a_scan(name):
     gone = os.fork()
     if gone == 0:

@@ -9,8 +9,10 @@ It imports only what a command needs, when it needs it: the parser reads the eng
 names from ``_contract`` (which imports nothing), and the engine and the renderer are
 imported inside the functions that use them, so ``--help``, ``--version`` and ``COMMAND
 --help`` load neither; ``--version`` alone does not even import ``argparse`` (with the
-``gettext`` it pulls in, a fifth of the interpreter's own start-up).
-benchmarks/bench_startup.py measures it.
+``gettext`` it pulls in, a fifth of the interpreter's own start-up), and neither does a
+plain command line of ``diagnose`` or ``list`` (:func:`_quick_parse`). Run as the program,
+those two read-only commands also run without the cyclic garbage collector
+(:data:`_NO_GC`). benchmarks/bench_startup.py and bench_diagnose.py measure it.
 """
 
 from __future__ import annotations
@@ -43,6 +45,11 @@ else:
     argparse = _Argparse()  # pylint: disable=invalid-name
 
 PROG = "datablock-admin"
+#: The text of argparse's marker for "no default" (``argparse.SUPPRESS``), so that the
+#: option functions can be read without importing argparse (:func:`_quick_parse`); a test
+#: checks it is argparse's. argparse compares the marker by identity: a parser is given
+#: argparse's own object (:func:`_suppress`).
+SUPPRESS = "==SUPPRESS=="
 VERSION = "%s %s (pylabhub.recovery; pylabhub DataBlock 1.0)" % (PROG, __version__)
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
@@ -201,7 +208,7 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
     """--json, --no-color, -y, -v: every command's, accepted before or after the command;
     SUPPRESS keeps a value given before the command from being reset by the subcommand's
     default."""
-    S = argparse.SUPPRESS
+    S = _suppress(parser)
     parser.add_argument("--json", action="store_true", default=S,
                         help="print the engine's result as JSON (schema %s)" % SCHEMA)
     parser.add_argument("--no-color", action="store_true", default=S,
@@ -240,6 +247,141 @@ def _record_options(parser: argparse.ArgumentParser) -> None:
                         help="the audit log (default: $PYLABHUB_RECOVERY_AUDIT_LOG, else "
                              "/var/log/pylabhub-recovery/audit.jsonl for root, "
                              "$XDG_STATE_HOME/pylabhub-recovery/audit.jsonl otherwise)")
+
+
+def _suppress(parser: object) -> str:
+    """argparse.SUPPRESS for an argparse parser (it compares the marker by identity), its
+    text for a :class:`_Declared`, which does not import argparse."""
+    return SUPPRESS if isinstance(parser, _Declared) else argparse.SUPPRESS
+
+
+def _top_options(parser: argparse.ArgumentParser) -> None:
+    """The top level's: --version, and the common options before a command (shown in
+    each command's help, not here)."""
+    S = _suppress(parser)
+    parser.add_argument("--version", action="version", version=VERSION)
+    parser.add_argument("--json", action="store_true", default=False, help=S)
+    parser.add_argument("--no-color", action="store_true", default=False, help=S)
+    parser.add_argument("-y", "--yes", action="store_true", default=False, help=S)
+    parser.add_argument("-v", "--verbose", action="store_true", default=False, help=S)
+
+
+def _every_options(parser: argparse.ArgumentParser) -> None:
+    """BLOCK, --all, --match: every command that takes one block or all of them."""
+    parser.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
+    parser.add_argument("--all", action="store_true",
+                        help="every DataBlock 'list' shows (exit code: the worst block's)")
+    parser.add_argument("--match", metavar="PATTERN",
+                        help="with --all: only names or addresses matching this shell "
+                             "pattern")
+
+
+def _diagnose_options(parser: argparse.ArgumentParser) -> None:
+    """diagnose's own: --slot, --all-slots."""
+    parser.add_argument("--slot", type=_slot, metavar="N|all",
+                        help="only this slot's row, reading no other slot's data (default: "
+                             "the slots that are not plain); the verdict stays the whole "
+                             "block's")
+    parser.add_argument("--all-slots", action="store_true",
+                        help="list every slot, plain ones too (a plain slot is FREE or "
+                             "COMMITTED with no lock, no reader and no writer waiting; by "
+                             "default it is only counted)")
+
+
+def _list_options(parser: argparse.ArgumentParser) -> None:
+    """list's PATTERN."""
+    parser.add_argument("pattern", nargs="?", metavar="PATTERN",
+                        help="only names or addresses matching this shell pattern")
+
+
+#: The read-only commands whose plain command lines :func:`_quick_parse` reads without
+#: argparse, and their option functions after the common ones (the same functions build
+#: their argparse parsers: one declaration).
+_QUICK = {"diagnose": (_budget_options, _every_options, _diagnose_options),
+          "list": (_list_options,)}
+
+
+class _Declared:
+    """A command's options read from its option functions without argparse: the
+    ``add_argument`` calls a parser would get, kept as what :func:`_quick_parse` needs.
+    ``plain`` turns False at anything it does not parse the way argparse does (then the
+    command line goes to argparse)."""
+
+    def __init__(self) -> None:
+        self.flags = {}         # type: Dict[str, str]          # --json -> json
+        self.valued = {}        # type: Dict[str, tuple]        # --slot -> (slot, _slot)
+        self.defaults = {}      # type: Dict[str, Any]
+        self.positional = None  # type: Optional[str]
+        self.plain = True
+
+    def add_argument(self, *names: str, **kw: Any) -> None:
+        action = kw.get("action")
+        if action == "version":             # the top level's --version: no dest
+            return
+        if not names[0].startswith("-"):
+            extra = set(kw) - {"nargs", "metavar", "help"}
+            if self.positional or kw.get("nargs") != "?" or extra:
+                self.plain = False
+            self.positional = names[0]
+            self.defaults[names[0]] = None
+            return
+        longs = [n for n in names if n.startswith("--")]
+        dest = (longs or names)[0].lstrip("-").replace("-", "_")
+        if action == "store_true" and not set(kw) - {"action", "default", "help"}:
+            default = kw.get("default", False)
+            self.flags.update((n, dest) for n in names)
+        elif action is None and not set(kw) - {"type", "metavar", "default", "help"}:
+            default = kw.get("default")
+            self.valued.update((n, (dest, kw.get("type"))) for n in names)
+        else:
+            self.plain = False
+            return
+        if default != SUPPRESS:
+            self.defaults[dest] = default
+
+
+def _quick_parse(argv: Sequence[str]) -> Optional[Any]:
+    """``argv`` parsed without argparse when it is a plain command line of a command in
+    :data:`_QUICK` - the command first, then its flags, ``--option VALUE`` (or
+    ``--option=VALUE``) and at most one positional - else None, and argparse parses it
+    (help, errors, abbreviations, ``--``, anything else). The result has exactly the
+    names and values argparse's namespace would have (tested over many command lines).
+
+    Why: argparse with the gettext and locale it loads and the two parsers it builds are
+    about a tenth of a diagnosis's start-up (issue 14: ``diagnose`` within 3x
+    ``python3 -c pass``)."""
+    if not argv or argv[0] not in _QUICK:
+        return None
+    top, own = _Declared(), _Declared()
+    _top_options(top)
+    for add in (_common_options,) + _QUICK[argv[0]]:
+        add(own)
+    if not own.plain:
+        return None
+    values = dict(top.defaults, command=argv[0])
+    values.update(own.defaults)
+    rest, positional = list(argv[1:]), False
+    while rest:
+        word = rest.pop(0)
+        name, eq, value = word.partition("=")
+        if name in own.flags and not eq:
+            values[own.flags[name]] = True
+        elif name in own.valued:
+            if not eq:
+                if not rest or rest[0].startswith("-"):
+                    return None
+                value = rest.pop(0)
+            dest, convert = own.valued[name]
+            try:
+                values[dest] = convert(value) if convert else value
+            except Exception:       # pylint: disable=broad-except  # argparse says why
+                return None
+        elif word.startswith("-") or positional or own.positional is None:
+            return None
+        else:
+            values[own.positional], positional = word, True
+    import types
+    return types.SimpleNamespace(**values)
 
 
 def _record(args: argparse.Namespace) -> Dict[str, Any]:
@@ -389,13 +531,8 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
     ``alone`` too, no other command is registered (see :func:`_alone`)."""
     import functools        # loaded already: argparse imports it (through re)
     fmt = functools.partial(_formatter, width=_help_width())
-    S = argparse.SUPPRESS
     p = _Parser(prog=PROG, description=DESCRIPTION, epilog=EXIT_CODES, formatter_class=fmt)
-    p.add_argument("--version", action="version", version=VERSION)
-    p.add_argument("--json", action="store_true", default=False, help=S)
-    p.add_argument("--no-color", action="store_true", default=False, help=S)
-    p.add_argument("-y", "--yes", action="store_true", default=False, help=S)
-    p.add_argument("-v", "--verbose", action="store_true", default=False, help=S)
+    _top_options(p)
     subparsers = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     subparsers.required = True
     sub = _OnlyOne(subparsers, only, alone)
@@ -412,28 +549,11 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
             add(c)
         return c
 
-    def every(c: argparse.ArgumentParser) -> None:
-        c.add_argument("address", metavar="BLOCK", nargs="?", help=ADDRESS_HELP)
-        c.add_argument("--all", action="store_true",
-                       help="every DataBlock 'list' shows (exit code: the worst block's)")
-        c.add_argument("--match", metavar="PATTERN",
-                       help="with --all: only names or addresses matching this shell pattern")
-
     c = command("list", "list every DataBlock on this machine (/dev/shm and memfds) with "
-                        "its health (healthy, degraded, suspect, stuck, corrupt)")
-    c.add_argument("pattern", nargs="?", metavar="PATTERN",
-                   help="only names or addresses matching this shell pattern")
+                        "its health (healthy, degraded, suspect, stuck, corrupt)", *_QUICK["list"])
 
     c = command("diagnose", "explain every slot that is not plain (or one, or all) and "
-                            "every consumer; read-only", _budget_options)
-    every(c)
-    c.add_argument("--slot", type=_slot, metavar="N|all",
-                   help="only this slot's row, reading no other slot's data (default: the "
-                        "slots that are not plain); the verdict stays the whole block's")
-    c.add_argument("--all-slots", action="store_true",
-                   help="list every slot, plain ones too (a plain slot is FREE or COMMITTED "
-                        "with no lock, no reader and no writer waiting; by default it is "
-                        "only counted)")
+                            "every consumer; read-only", *_QUICK["diagnose"])
 
     c = command("recover", "release a stuck slot (dead holders only, unless --force)",
                 _writes_options, _budget_options, epilog=ACTIONS_HELP)
@@ -452,7 +572,7 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
         c = command(name, help_, _writes_options, _budget_options)
-        every(c)
+        _every_options(c)
         if name != "cleanup":
             c.add_argument("--repair", action="store_true",
                            help="re-compute mismatching checksums of COMMITTED slots "
@@ -880,16 +1000,46 @@ COMMANDS = {"list": cmd_list, "diagnose": cmd_diagnose, "recover": cmd_recover,
 
 
 # --------------------------------------------------------------------------- main
+#: Commands whose whole run is one bounded read (nothing written, no loop): run as the
+#: program, they run without the cyclic garbage collector, and the exit does not walk what
+#: start-up made (``gc.freeze``). Issue 14: the collections during the imports and the
+#: exit's collection were a tenth of a diagnosis's CPU, and freed nothing a process exit
+#: does not. Every other command runs with the collector on from its parsing on.
+_NO_GC = ("diagnose", "list")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run datablock-admin; returns the exit code (never raises for a user error)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """Run datablock-admin; returns the exit code (never raises for a user error).
+
+    Without ``argv`` it runs as the program (the console script, ``python -m``): the
+    arguments are ``sys.argv``'s, and the garbage collector is managed as
+    :data:`_NO_GC` says; with ``argv`` (a caller's own process) the collector is left
+    alone."""
+    if argv is not None:
+        return _main(list(argv), False)
+    import gc
+    gc.disable()
+    try:
+        return _main(sys.argv[1:], True)
+    finally:
+        if not gc.isenabled():
+            gc.freeze()
+            gc.enable()
+
+
+def _main(argv: List[str], program: bool) -> int:
     if argv == ["--version"]:           # nothing to parse, nothing to load
         sys.stdout.write(VERSION + "\n")
         return 0
     out = Out("--json" in argv, False)
     try:
-        command = _command_in(argv)
-        args = build_parser(command, _alone(argv, command)).parse_args(argv)
+        args = _quick_parse(argv)
+        if args is None:
+            command = _command_in(argv)
+            args = build_parser(command, _alone(argv, command)).parse_args(argv)
+        if program and args.command not in _NO_GC:
+            import gc
+            gc.enable()
         out = Out(args.json, _color(args), args.verbose)
         return COMMANDS[args.command](args, out)
     except _ArgError as exc:

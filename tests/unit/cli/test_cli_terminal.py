@@ -196,11 +196,11 @@ def test_a_command_loads_the_engine_it_needs(crashes, names):
 #: What a diagnosis must not load (issue 14: ``diagnose B`` within 3x and ``--slot N`` within
 #: 2x of ``python3 -c pass``): the core's records are plain classes, typing is for the
 #: checkers only, and hashing, mapping, journalling and threads load what they need when
-#: they run (the slot hasher and its bisect: validate only), and so does argparse's shutil
-#: (the help width is found without it).
+#: they run (the slot hasher and its bisect: validate only); its plain command line is
+#: parsed without argparse and the gettext and locale it loads (test_cli_quick_parse.py).
 _NOT_FOR_DIAGNOSE = ("dataclasses", "inspect", "typing", "ast", "hashlib", "_hashlib",
                      "ctypes", "socket", "threading", "uuid", "platform", "shutil", "bisect",
-                     "_bisect", _CORE + "_hashing")
+                     "_bisect", _CORE + "_hashing", "argparse", "gettext", "locale")
 
 
 @pytest.mark.parametrize("extra", [[], ["--json"], ["--slot", "1"]], ids=" ".join)
@@ -213,6 +213,55 @@ def test_diagnose_loads_no_heavy_module(crashes, names, extra):
     assert _CORE + "_engine" in mods and _CORE + "_kernel" in mods     # the check can fail
     assert sorted(m for m in _NOT_FOR_DIAGNOSE if m in mods) == []
     assert ("json" in mods) == ("--json" in extra)
+
+
+def test_a_diagnosis_that_argparse_must_explain_loads_it(crashes, names):
+    """The check above can fail: a command line the quick parser declines loads argparse."""
+    name = names()
+    crashes.stuck_writer(name)
+    mods = _modules_after("import sys\nfrom pylabhub.recovery.cli import main\n"
+                          "assert main(%r) == 2\n" % (["diagnose", name, "--slot", "x"],))
+    assert "argparse" in mods
+
+
+#: Reports, from inside the engine call, whether the cyclic garbage collector is on and
+#: how many objects it tracks outside the permanent generation, then runs the CLI as the
+#: program (console script: ``main()`` without arguments) or as a caller (``main(argv)``).
+_GC_PROBE = textwrap.dedent("""
+    import gc, sys
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine
+    for op in ("diagnose", "list_blocks", "heal"):
+        def probe(*a, _real=getattr(_engine, op), **k):
+            sys.stderr.write("gc %s\\n" % gc.isenabled())
+            return _real(*a, **k)
+        setattr(_engine, op, probe)
+    from pylabhub.recovery.cli import main
+    mode, argv = sys.argv[1], sys.argv[2:]
+    sys.argv[1:] = argv
+    code = main() if mode == "program" else main(argv)
+    sys.stderr.write("after %s %s\\n" % (gc.isenabled(), gc.get_freeze_count() > 0))
+    sys.exit(code)
+""")
+
+
+@pytest.mark.parametrize("argv,collector", [
+    (["diagnose", "{name}"], False), (["diagnose", "{name}", "--json"], False),
+    (["list"], False), (["heal", "{name}", "--dry-run"], True)], ids=lambda v: str(v))
+def test_a_read_only_program_runs_without_the_collector(crashes, names, argv, collector):
+    """As the program, diagnose and list run with the cyclic collector off and freeze what
+    start-up made for the exit; a writing command runs with it on; a caller's ``main(argv)``
+    leaves it as it was."""
+    name = names()
+    crashes.stuck_writer(name)
+    argv = [a.format(name=name) for a in argv]
+    for mode in ("program", "caller"):
+        r = subprocess.run([sys.executable, "-c", _GC_PROBE, mode] + argv, capture_output=True,
+                           text=True, timeout=120)
+        seen = [line for line in r.stderr.splitlines() if line.startswith(("gc ", "after "))]
+        assert r.returncode in (0, 1) and len(seen) == 2, (mode, r.stderr)
+        on = collector or mode == "caller"
+        frozen = mode == "program" and not collector
+        assert seen[0] == "gc %s" % on and seen[-1] == "after True %s" % frozen, (mode, seen)
 
 
 def test_a_heal_loads_what_it_needs(crashes, names):

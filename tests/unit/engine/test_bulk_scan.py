@@ -96,6 +96,19 @@ ODD = {
 }
 
 
+def _runs_one_by_one(states, state):
+    """The runs ``(first, stop)`` of ``state``, slot by slot."""
+    runs = []
+    for i, s in enumerate(states):
+        if s != state:
+            continue
+        if runs and runs[-1][1] == i:
+            runs[-1] = (runs[-1][0], i + 1)
+        else:
+            runs.append((i, i + 1))
+    return runs
+
+
 def test_bulk_scan_finds_every_slot_that_is_not_plain(shm_name):
     """A fully allocated 65,536-entry table (four windows): the bulk scan names exactly
     the entries a slot-by-slot reading calls not plain, and counts every state."""
@@ -117,6 +130,8 @@ def test_bulk_scan_finds_every_slot_that_is_not_plain(shm_name):
                            states.count(COMMITTED), "DRAINING": 1, "UNKNOWN": 1}
     assert scan.allocated == 65536
     assert list(scan.in_runs(DRAINING)) == [16385]
+    for state in _scan.RUN_STATES:                 # runs joined across the four windows
+        assert scan.runs[state] == _runs_one_by_one(states, state), state
     diag = E.diagnose(shm_name)
     assert sorted(_by_index(diag)) == sorted(ODD)
     assert {f["slot"] for f in diag["findings"] if f.get("slot") is not None} <= set(ODD)
@@ -263,3 +278,67 @@ def test_budget_counts_the_slots_that_are_not_plain(shm_name):
     with B.open_block(shm_name, writable=True) as block:
         block.write(block.geo.slot_table, _entry(state=COMMITTED, generation=1) * 64)
     assert E.diagnose(shm_name, max_bytes=128 << 10)["slot_counts"]["plain"] == 64
+
+
+def _kernel_extents(path: str, offset: int, size: int) -> list:
+    """The allocated parts of a range as the kernel reports them, walked here with
+    SEEK_DATA / SEEK_HOLE: what the engine's answer must equal."""
+    out, end = [], offset + size
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        pos = offset
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:
+                break
+            if start >= end:
+                break
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+            out.append((start, stop))
+            pos = stop
+    finally:
+        os.close(fd)
+    return out
+
+
+def test_extents_of_a_block_with_and_without_holes(shm_name):
+    """A block without a hole is one extent, found without walking it (issue 14: tmpfs
+    answers SEEK_HOLE by walking every page to the next hole); one page left a hole
+    anywhere is still found. The kernel's own walk is the reference."""
+    block = _committed_block(shm_name, 64, 32)        # slots 32..63 never written
+    path = os.path.join(SHM, shm_name)
+    size = os.stat(path).st_size
+    geo = block.geo
+    ranges = [(0, size), (geo.slot_table, 64 * L.SLOT_ENTRY_SIZE), (geo.ring_offset, 64 * 4096),
+              (geo.slot_data(5), 4096 + 100)]
+    with B.open_block(shm_name) as ro:
+        sparse = [list(ro.data_extents(*r)) for r in ranges]
+    assert sparse == [_kernel_extents(path, *r) for r in ranges]
+    assert sparse[0] != [(0, size)]               # the check can fail: it has holes
+    for page in range(0, size, L.PAGE):            # every page allocated: no hole left
+        block.write(page, block.read(page, 1))
+    last = geo.slot_data(63) + 4096 - L.PAGE
+    with B.open_block(shm_name) as ro:
+        assert [list(ro.data_extents(*r)) for r in ranges] == [[(o, o + n)] for o, n in ranges]
+        assert list(ro.data_extents(0, 0)) == []
+    block.close()
+    # the ring's last page made a hole again: the extents end before it
+    fd = os.open(path, os.O_RDWR)
+    try:
+        _punch(fd, last, L.PAGE)
+    finally:
+        os.close(fd)
+    with B.open_block(shm_name) as ro:
+        got = [list(ro.data_extents(*r)) for r in ranges]
+    assert got == [_kernel_extents(path, *r) for r in ranges]
+    assert got[0] == [(0, last), (last + L.PAGE, size)] if last + L.PAGE < size else [(0, last)]
+
+
+def _punch(fd: int, offset: int, size: int) -> None:
+    """fallocate(FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE): the page becomes a hole."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+    if libc.fallocate(fd, 0x02 | 0x01, offset, size) != 0:
+        raise OSError(ctypes.get_errno(), "fallocate")
