@@ -91,7 +91,7 @@ def test_long_random_command_lines_agree_with_argparse(seed, capsys):
     positional anywhere, and now and then a word of anything."""
     rng = random.Random(seed)
     accepted = 0
-    for _ in range(3000):
+    for _line in range(3000):
         command = rng.choice(sorted(WORDS))
         words = []
         for option in rng.choices(GOOD[command], k=rng.randint(2, 7)):
