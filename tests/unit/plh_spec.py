@@ -35,6 +35,27 @@ def slot_entry(i):
     return SLOTS_OFFSET + SLOT_ENTRY_SIZE * i
 
 
+#: The checksum array, after the slot array: per slot a 32-byte BLAKE2b-256 digest and a
+#: valid byte.
+CHECKSUM_ENTRY_SIZE = 33
+
+
+def checksum_entry(i, capacity):
+    """Offset of slot ``i``'s checksum entry in a block of ``capacity`` slots."""
+    return slot_entry(capacity) + CHECKSUM_ENTRY_SIZE * i
+
+
+#: The consumer heartbeat table in the header: one 128-byte entry per consumer ...
+CONSUMERS_OFFSET, CONSUMER_ENTRY_SIZE = 496, 128
+#: ... and (offset in the entry, size) of its fields
+CONSUMER_WORDS = {"pid": (0, 8), "heartbeat_ns": (8, 8), "uid": (16, 40), "name": (56, 32)}
+
+
+def consumer_entry(k):
+    """Offset of consumer entry ``k`` in the block."""
+    return CONSUMERS_OFFSET + CONSUMER_ENTRY_SIZE * k
+
+
 def roundup(value, multiple):
     return (value + multiple - 1) // multiple * multiple
 
@@ -118,7 +139,7 @@ class Image:
         return words
 
     def checksum(self, i):
-        off = slot_entry(self.capacity) + 33 * i
+        off = checksum_entry(i, self.capacity)
         return self.data[off:off + 32], self.data[off + 32]
 
     def data_offset(self, i):
@@ -133,9 +154,9 @@ class Image:
         return self.checksum(i)[0] == blake(self.slot_data(i))
 
     def consumer(self, k):
-        e = 496 + 128 * k
-        return {"pid": self.u(e, 8), "heartbeat_ns": self.u(e + 8, 8),
-                "uid": self.text(e + 16, 40), "name": self.text(e + 56, 32)}
+        e = consumer_entry(k)
+        return {name: (self.text if size > 8 else self.u)(e + off, size)
+                for name, (off, size) in CONSUMER_WORDS.items()}
 
     def read_position(self, k):
         """Sequential_sync: consumer entry k's read position (next id to read)."""

@@ -418,7 +418,7 @@ class ScratchBlocks:
         dead = dead_pid or reaped_pid()
         with open(path, "r+b") as f:
             data = bytearray(f.read())
-            offsets = [spec.slot_entry(i) for i in range(4)] + [496 + 128 * k for k in range(8)]
+            offsets = [spec.slot_entry(i) for i in range(4)] + [spec.consumer_entry(k) for k in range(8)]
             for off in offsets + [2624]:
                 if int.from_bytes(data[off:off + 8], "little"):
                     data[off:off + 8] = dead.to_bytes(8, "little")

@@ -55,7 +55,8 @@ def changed_bytes(before: bytes, after: bytes) -> set:
 def checksum_bytes(img: spec.Image) -> bytes:
     """Every byte a checksum lives in: the slot checksum table and the flex-zone entry."""
     table = img.geo["checksums"]
-    return img.data[table:table + 33 * img.capacity] + img.data[1984:2017]
+    return (img.data[table:table + spec.CHECKSUM_ENTRY_SIZE * img.capacity]
+            + img.data[1984:2017])
 
 
 def agree(name: str) -> tuple:
@@ -364,7 +365,7 @@ def test_unknown_checksum_policy_is_a_warning_and_checked_as_manual(lab):
     and repair writes no checksum."""
     name = crashed(lab, "ENFORCED", 0, "idle")
     poke(name, 176, (7).to_bytes(4, "little"))
-    poke(name, 4096 + 64 * CAPACITY + 33 * 1 + 5, b"\xAA")     # slot 1's hash now wrong
+    poke(name, spec.checksum_entry(1, CAPACITY) + 5, b"\xAA")     # slot 1's hash now wrong
     result = E.validate(name)
     assert result["ok"] and result["checksum_policy"] == "UNKNOWN(7)"
     assert codes(result) == {("checksum-policy-unknown", "checksum_policy"),

@@ -14,6 +14,8 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (
 from .helpers import (COMMITTED, DRAINING, FREE, InterruptedPlan, file_bytes, image, slot_store,
                       stored, stores_in_child)
 
+import plh_spec as spec
+
 
 def reclaim_program(report, name, index):
     """A producer taking over a slot's lock the way the protocol lets it: CAS from a
@@ -93,7 +95,8 @@ def test_cleanup_entry_rolled_back_when_scene_is_stale(lab):
     left it, and the outcome is FAILED."""
     crash = lab.crashed("consumer")
     name = crash.name
-    heartbeat = (496 + 8, (12345).to_bytes(8, "little"))
+    off, size = spec.CONSUMER_WORDS["heartbeat_ns"]
+    heartbeat = (spec.consumer_entry(0) + off, (12345).to_bytes(size, "little"))
     before = file_bytes(name)
     with B.open_block(name, writable=True) as block:
         plan = P.Plan(block, False)

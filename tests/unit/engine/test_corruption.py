@@ -24,8 +24,9 @@ def flip(name, offset):
     poke(name, offset, bytes([image(name).data[offset] ^ 0xFF]))
 
 
-def slot(i, field=0):
-    return 4096 + 64 * i + field
+def slot(i, word=None):
+    """Offset of slot ``i``'s entry, or of its ``word`` (a name of ``plh_spec.SLOT_WORDS``)."""
+    return spec.slot_entry(i) + (spec.SLOT_WORDS[word][0] if word else 0)
 
 
 def data_off(name, i):
@@ -34,7 +35,7 @@ def data_off(name, i):
 
 
 def checksum_off(i, capacity=4):
-    return 4096 + 64 * capacity + 33 * i
+    return spec.checksum_entry(i, capacity)
 
 
 def resize(name, delta):
@@ -55,15 +56,15 @@ CASES = {
                    "error"),
     "file_truncated": (lambda n: resize(n, -4096), {("truncated", "total_block_size")},
                        "error"),
-    "slot_state": (lambda n: poke(n, slot(1, 12), b"\x07"), {("invalid-slot-state", 1)},
+    "slot_state": (lambda n: poke(n, slot(1, "state"), b"\x07"), {("invalid-slot-state", 1)},
                    "error"),
-    "writer_waiting": (lambda n: poke(n, slot(1, 13), b"\x01"),
+    "writer_waiting": (lambda n: poke(n, slot(1, "waiting"), b"\x01"),
                        {("invalid-writer-waiting", 1)}, "warning"),
-    "orphaned": (lambda n: poke(n, slot(3, 12), bytes([WRITING])), {("orphaned-slot", 3)},
+    "orphaned": (lambda n: poke(n, slot(3, "state"), bytes([WRITING])), {("orphaned-slot", 3)},
                  "warning"),
-    "reader_underflow": (lambda n: poke(n, slot(1, 8), u(0xFFFFFFFF, 4)),
+    "reader_underflow": (lambda n: poke(n, slot(1, "readers"), u(0xFFFFFFFF, 4)),
                          {("reader-count-underflow", 1)}, "error"),
-    "readers_in_free": (lambda n: poke(n, slot(3, 8), u(2, 4)),
+    "readers_in_free": (lambda n: poke(n, slot(3, "readers"), u(2, 4)),
                         {("readers-in-unreadable-slot", 3)}, "error"),
     "consumer_count": (lambda n: poke(n, 208, u(2, 4)),
                        {("consumer-count-mismatch", "active_consumer_count")}, "warning"),
@@ -113,7 +114,7 @@ def test_validate_flags_exactly_that(lab, case, evidence):
         assert img.checksum_valid(1)
         diff = {i for i in range(len(before)) if before[i] != img.data[i]}
         entry = checksum_off(1)
-        assert diff and all(entry <= i < entry + 33 or 304 <= i < 312 or 368 <= i < 376
+        assert diff and all(entry <= i < entry + spec.CHECKSUM_ENTRY_SIZE or 304 <= i < 312 or 368 <= i < 376
                             for i in diff)
         assert E.validate(name)["findings"] == []
     else:                         # header and state problems are reported, never "fixed"
@@ -166,9 +167,9 @@ def test_repair_never_touches_uncommitted_slots(lab, state):
     slots are re-blessed."""
     name = lab.create(capacity=4, commits=3)
     poke(name, slot(1), u(DEAD_PID, 8))
-    poke(name, slot(1, 12), bytes([state]))
+    poke(name, slot(1, "state"), bytes([state]))
     if state == DRAINING:
-        poke(name, slot(1, 13), b"\x01")
+        poke(name, slot(1, "waiting"), b"\x01")
     flip(name, data_off(name, 1) + 5)
     flip(name, data_off(name, 2) + 5)              # and a committed slot, repairable
     result = E.validate(name)

@@ -12,7 +12,10 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import _engine a
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _runtime as R
 from ansible_collections.pylabhub.recovery.plugins.module_utils import _wording as W
 
-from .helpers import (DEAD_PID, committed_snapshot, consumer_program, file_bytes, image)
+from .helpers import (DEAD_PID, committed_snapshot, consumer_program, file_bytes, image,
+                      slot_store)
+
+import plh_spec as spec
 
 STAMP = "header.last_error_timestamp_ns"
 
@@ -159,10 +162,9 @@ def test_dry_run_of_refusal_writes_nothing(lab):
     """A refused action predicts the same refusal, and neither run writes."""
     name = lab.create(capacity=2, evidence=True, commits=1)
     with open("/dev/shm/" + name, "r+b") as f:
-        f.seek(4096 + 64)
-        f.write(os.getpid().to_bytes(8, "little"))
-        f.seek(4096 + 64 + 12)
-        f.write(b"\x01")
+        for off, data in (slot_store(1, "lock", os.getpid()), slot_store(1, "state", 1)):
+            f.seek(off)
+            f.write(data)
     before = file_bytes(name)
     # the holder (this process) must have the block mapped to be a live holder: a pid
     # that exists but does not map the block holds nothing in it (kernel truth first)
@@ -180,7 +182,7 @@ def test_cleanup_counts_every_entry_once(lab):
     name = lab.create(capacity=2, evidence=False, commits=1)
     with open("/dev/shm/" + name, "r+b") as f:
         for k in (0, 3, 5):
-            f.seek(496 + 128 * k)
+            f.seek(spec.consumer_entry(k))
             f.write(DEAD_PID.to_bytes(8, "little"))
         f.seek(208)
         f.write((3).to_bytes(4, "little"))

@@ -120,7 +120,7 @@ def test_a_slot_recommitted_while_being_checked_is_judged_on_its_new_bytes(lab, 
     matches, and nothing is reported or re-blessed."""
     name, img = slot_with_bad_data(lab)
     data = payload_hashing(img, above)
-    ring, entry = img.data_offset(1), img.geo["checksums"] + 33
+    ring, entry = img.data_offset(1), spec.checksum_entry(1, img.capacity)
     with B.open_block(name, writable=True, strict=False) as block:
         plan = InterruptedPlan(block, lab, ("read", block.geo.slot_entry(1)),
                                [[(ring, data), (entry, spec.blake(data) + b"\0")]])
@@ -228,7 +228,7 @@ def test_a_slot_changed_before_its_rebless_is_skipped_and_the_next_reblessed(lab
         off = img.data_offset(s) + 9
         poke(name, off, bytes([img.data[off] ^ 0x5A]))
     img = image(name)
-    entry = img.geo["checksums"] + 33
+    entry = spec.checksum_entry(1, img.capacity)
     store = {"left-committed": slot_store(1, "state", WRITING),
              "restamped": (entry, spec.blake(img.slot_data(1)) + b"\0")}[change]
     with B.open_block(name, writable=True, strict=False) as block:
