@@ -7,7 +7,33 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
+
+
+def kernel_extents(path: str, offset: int = 0, size=None) -> list:
+    """The allocated parts ``(start, stop)`` of a file, or of ``offset .. offset + size``,
+    as the kernel reports them (SEEK_DATA / SEEK_HOLE), walked without the engine: the
+    reference tests hold the engine's reads and writes to (holes read nothing, allocate
+    nothing)."""
+    out = []
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        end = os.fstat(fd).st_size if size is None else offset + size
+        pos = offset
+        while pos < end:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:                 # only holes from pos to the end of the file
+                break
+            if start >= end:
+                break
+            stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
+            out.append((start, stop))
+            pos = stop
+    finally:
+        os.close(fd)
+    return out
 
 
 class Hang(TimeoutError):

@@ -68,6 +68,7 @@ from hypothesis import strategies as st  # noqa: E402
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa: E402
     _block as B, _cleanup, _discovery, _engine as E, _errors, _layout as L, _runtime as R,
     _validate)
+from ansible_collections.pylabhub.recovery.tests.support import kernel_extents  # noqa: E402
 
 SHM = "/dev/shm"
 DEAD_PID = 2147483647
@@ -731,15 +732,8 @@ def _sparse_print(path):
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY)
     try:
-        pos = 0
-        while True:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        for start, stop in kernel_extents(path):
             h.update(b"%d:" % start + os.pread(fd, stop - start, start))
-            pos = stop
     finally:
         os.close(fd)
     return (h.hexdigest(), st_.st_size, st_.st_blocks, st_.st_mtime_ns, st_.st_ctime_ns)

@@ -317,9 +317,9 @@ class Scenario:
                                    bound))
         return True
 
-    def check_live(self, after: str) -> None:
-        """Never steal: every live holder still holds what it took."""
-        img = self.image()
+    def check_live(self, after: str, img: "spec.Image") -> None:
+        """Never steal: every live holder still holds what it took (``img``: the block
+        read after the operation)."""
         inside = {}  # type: Dict[int, int]
         for h in self.holders:
             if not h.live:
@@ -450,10 +450,10 @@ class Scenario:
                     self.last_heal = result
                 self.log.append("%s: %s changed=%s" % (label, result.get("result"),
                                                        result.get("changed")))
+                after, img = "round %d, after %s" % (round_, label), self.image()
                 try:
-                    self.check_live("round %d, after %s" % (round_, label))
-                    fig.read_index_raised += self.check_read_index(
-                        "round %d, after %s" % (round_, label), self.image(), before)
+                    self.check_live(after, img)
+                    fig.read_index_raised += self.check_read_index(after, img, before)
                 except Steal:
                     fig.steals += 1
                     raise

@@ -25,7 +25,7 @@ import textwrap
 
 import pytest
 
-from ansible_collections.pylabhub.recovery.tests.support import Hang, deadline
+from ansible_collections.pylabhub.recovery.tests.support import Hang, deadline, kernel_extents
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _discovery, _engine as E, _errors, _layout as L, _registry, _runtime as R)
 
@@ -587,19 +587,12 @@ def sparse_print(path):
     h = hashlib.sha256()
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        pos = 0
-        while True:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            stop = os.lseek(fd, start, os.SEEK_HOLE)
+        for start, stop in kernel_extents(path):
             h.update(b"@%d:" % start)
             while start < stop:
                 chunk = os.pread(fd, min(1 << 20, stop - start), start)
                 h.update(chunk)
                 start += len(chunk)
-            pos = stop
     finally:
         os.close(fd)
     return (st.st_size, st.st_blocks, st.st_mtime_ns, st.st_ctime_ns, h.hexdigest())

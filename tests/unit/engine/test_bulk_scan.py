@@ -14,6 +14,8 @@ import pytest
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _block as B, _engine as E, _layout as L, _runtime as R, _scan)
 
+from ansible_collections.pylabhub.recovery.tests.support import kernel_extents
+
 from .helpers import DEAD_PID, payload
 
 SHM = "/dev/shm"
@@ -280,28 +282,6 @@ def test_budget_counts_the_slots_that_are_not_plain(shm_name):
     assert E.diagnose(shm_name, max_bytes=128 << 10)["slot_counts"]["plain"] == 64
 
 
-def _kernel_extents(path: str, offset: int, size: int) -> list:
-    """The allocated parts of a range as the kernel reports them, walked here with
-    SEEK_DATA / SEEK_HOLE: what the engine's answer must equal."""
-    out, end = [], offset + size
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        pos = offset
-        while pos < end:
-            try:
-                start = os.lseek(fd, pos, os.SEEK_DATA)
-            except OSError:
-                break
-            if start >= end:
-                break
-            stop = min(os.lseek(fd, start, os.SEEK_HOLE), end)
-            out.append((start, stop))
-            pos = stop
-    finally:
-        os.close(fd)
-    return out
-
-
 def test_extents_of_a_block_with_and_without_holes(shm_name):
     """A block without a hole is one extent, found without walking it (issue 14: tmpfs
     answers SEEK_HOLE by walking every page to the next hole); one page left a hole
@@ -314,7 +294,7 @@ def test_extents_of_a_block_with_and_without_holes(shm_name):
               (geo.slot_data(5), 4096 + 100)]
     with B.open_block(shm_name) as ro:
         sparse = [list(ro.data_extents(*r)) for r in ranges]
-    assert sparse == [_kernel_extents(path, *r) for r in ranges]
+    assert sparse == [kernel_extents(path, *r) for r in ranges]
     assert sparse[0] != [(0, size)]               # the check can fail: it has holes
     for page in range(0, size, L.PAGE):            # every page allocated: no hole left
         block.write(page, block.read(page, 1))
@@ -331,7 +311,7 @@ def test_extents_of_a_block_with_and_without_holes(shm_name):
         os.close(fd)
     with B.open_block(shm_name) as ro:
         got = [list(ro.data_extents(*r)) for r in ranges]
-    assert got == [_kernel_extents(path, *r) for r in ranges]
+    assert got == [kernel_extents(path, *r) for r in ranges]
     assert got[0] == [(0, last), (last + L.PAGE, size)] if last + L.PAGE < size else [(0, last)]
 
 
