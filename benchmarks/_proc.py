@@ -8,8 +8,9 @@ benchmark's own ~25 MiB), which hides what the command itself needs.
 
 The CLI is run from the working tree as an installed copy runs: the collection under
 ``<tmp>/ansible_collections/pylabhub/recovery`` (:mod:`_path`) and ``src/`` on
-``PYTHONPATH``, the console script's three lines as ``-c``, bytecode cached in a private
-``PYTHONPYCACHEPREFIX`` (written by an untimed warm-up run, as pip compiles at install).
+``PYTHONPATH``, the script pip installs (``src/bin/datablock-admin``) as ``-c``, bytecode
+cached in a private ``PYTHONPYCACHEPREFIX`` (written by an untimed warm-up run, as pip
+compiles at install).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Dict, List, NamedTuple, Sequence
 
 import _path
 
-ADMIN = "import sys\nfrom pylabhub.recovery.cli import main\nsys.exit(main())\n"
+ADMIN = (_path.REPO_ROOT / "src" / "bin" / "datablock-admin").read_text()
 _HWM = ("import atexit, os\n"
         "def _plh_hwm():\n"
         "    with open('/proc/self/status') as f:\n"

@@ -7,13 +7,16 @@ rounds. Target (issue 14): ``--version`` <= 2x ``python3 -c pass``.
 
 By default the working tree is run as an installed copy would run: the collection under
 ``<tmp>/ansible_collections/pylabhub/recovery`` and ``src/`` on ``PYTHONPATH``, started
-by a script identical to the console script pip writes for ``datablock-admin`` (which
-imports ``re`` and ``sys``, then ``pylabhub.recovery.cli``), with bytecode cached (in a
+by the script pip installs as ``datablock-admin`` (``src/bin/datablock-admin``, which
+imports ``sys``, then ``pylabhub.recovery.cli``), with bytecode cached (in a
 private ``PYTHONPYCACHEPREFIX``, written by one untimed warm-up run, as pip compiles
 at install time). ``--installed PATH`` times an installed ``datablock-admin`` instead
 (its interpreter is the reference then). ``--clock cpu`` times each process's CPU (user +
 system, from ``getrusage``) instead of the wall clock: on a loaded machine the wall clock
 swings with the other processes' share of the cores, the CPU a process needs much less.
+The row ``pip's console script`` is the floor of the console script pip would generate
+from an entry point (it imports ``re`` and ``sys``): what ``datablock-admin`` was started
+by before it shipped its own script.
 """
 
 from __future__ import annotations
@@ -31,15 +34,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-# What pip (distlib) writes as bin/datablock-admin, but for the interpreter line.
-CONSOLE_SCRIPT = """\
-import re
-import sys
-from pylabhub.recovery.cli import main
-if __name__ == "__main__":
-    sys.argv[0] = re.sub(r"(-script\\.pyw|\\.exe)?$", "", sys.argv[0])
-    sys.exit(main())
-"""
+# What pip installs as bin/datablock-admin, but for the interpreter line.
+LAUNCHER = REPO / "src" / "bin" / "datablock-admin"
+# What pip (distlib) generates for an entry point, up to the import of the CLI: its floor.
+PIP_CONSOLE_SCRIPT_FLOOR = "import re\nimport sys\n"
 
 
 def _interpreter(script: str) -> str:
@@ -52,6 +50,7 @@ def _commands(python: str, admin: list) -> dict:
     return {
         "python3 -c pass": [python, "-c", "pass"],
         "import pylabhub.recovery": [python, "-c", "import pylabhub.recovery"],
+        "pip's console script": [python, "-c", PIP_CONSOLE_SCRIPT_FLOOR],
         "datablock-admin --version": admin + ["--version"],
         "datablock-admin --help": admin + ["--help"],
         "datablock-admin heal --help": admin + ["heal", "--help"],
@@ -97,8 +96,7 @@ def main() -> int:
             ns = tmp / "collections" / "ansible_collections" / "pylabhub"
             ns.mkdir(parents=True)
             (ns / "recovery").symlink_to(REPO, target_is_directory=True)
-            script = tmp / "datablock-admin"
-            script.write_text(CONSOLE_SCRIPT)
+            script = LAUNCHER
             env["PYTHONPATH"] = os.pathsep.join([str(tmp / "collections"), str(REPO / "src")])
             env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")
             python, admin = sys.executable, [sys.executable, str(script)]

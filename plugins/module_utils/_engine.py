@@ -20,8 +20,6 @@ exit codes) and the entry points the faces need (:func:`drill`, :func:`scan`,
 
 from __future__ import annotations
 
-import contextlib
-
 from . import _kernel, _registry
 from . import _layout as L
 from ._block import Block, check_budget, open_block
@@ -51,7 +49,7 @@ from ._wording import (CONDITIONAL_FORMS, PAST_FORMS, change_lines, did, done, p
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
+    from typing import Any, Callable, Dict, Iterable, List, Optional
     from ._validate import Progress
 
 #: The front door: what a face may use (the faces import nothing below this module).
@@ -124,18 +122,43 @@ def aggregate(outcomes: Iterable[Dict[str, object]]) -> str:
     return max(results, key=lambda r: _RANK.get(r, 3)) if results else NOT_STUCK
 
 
-@contextlib.contextmanager
-def _attached(address: str, writable: bool, strict: bool = True) -> Iterator[Block]:
+class _Attached:
     """The block, attached for one engine call. Its mapping is the engine's own (left out
     of the kernel scan: recovery is not a holder) and a writable attachment registers
-    this process as a recovery run (``_registry.registration``) for concurrent runs."""
-    with open_block(address, writable=writable, strict=strict) as block:
-        with _kernel.engine_mapping(block):
-            if not writable:
-                yield block
-                return
-            with _registry.registration():
-                yield block
+    this process as a recovery run (``_registry.registration``) for concurrent runs.
+    (A class: ``contextlib`` costs a small command milliseconds at start-up.)"""
+
+    def __init__(self, address: str, writable: bool, strict: bool = True) -> None:
+        self.args = (address, writable, strict)
+        self.block = None  # type: Optional[Block]
+        self.own = None  # type: Optional[_kernel.engine_mapping]
+        self.registered = _registry.registration(active=writable)
+
+    def __enter__(self) -> Block:
+        address, writable, strict = self.args
+        block = open_block(address, writable=writable, strict=strict)
+        try:
+            own = _kernel.engine_mapping(block)
+            own.__enter__()
+            try:
+                self.registered.__enter__()
+            except BaseException:
+                own.__exit__(None, None, None)
+                raise
+        except BaseException:
+            block.close()
+            raise
+        self.block, self.own = block, own
+        return block
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            try:
+                self.registered.__exit__(*exc)
+            finally:
+                self.own.__exit__(*exc)  # type: ignore[union-attr]
+        finally:
+            self.block.close()  # type: ignore[union-attr]
 
 
 def _plan(block: Block, dry_run: bool, scan: Optional[Scans], journal=None) -> Plan:
@@ -190,7 +213,7 @@ def diagnose(address: str, slot: Optional[int] = None,
 
     ``scan`` (every operation takes it): the kernel scans to share with other blocks of
     one call (``each_block``); by default one is taken when a verdict needs it."""
-    with _attached(address, False) as block:
+    with _Attached(address, False) as block:
         plan = _plan(block, True, scan)
         if slot is not None:
             block.check_slot(slot)
@@ -217,7 +240,7 @@ def recover(address: str, slot, action: str, force: bool = False,
     from ._audit import Recorder
     from ._recover import check_action, plan_slot, targets
     check_action(action)
-    with _attached(address, not dry_run) as block, \
+    with _Attached(address, not dry_run) as block, \
             Recorder("recover", block, dry_run, forced=force, **record) as rec:
         every = slot == "all"
         check_budget(block, "recover", max_bytes, walk=every,
@@ -237,7 +260,7 @@ def cleanup(address: str, dry_run: bool = False, max_bytes: Optional[int] = None
     active_consumer_count and read_index from the survivors."""
     from ._audit import Recorder
     from ._cleanup import cleanup as _cleanup
-    with _attached(address, not dry_run) as block, \
+    with _Attached(address, not dry_run) as block, \
             Recorder("cleanup", block, dry_run, **record) as rec:
         check_budget(block, "cleanup", max_bytes, walk=False)
         plan = _plan(block, dry_run, scan, rec.journal)
@@ -261,7 +284,7 @@ def validate(address: str, repair: bool = False, dry_run: bool = False,
     total_bytes)`` follows the hashing."""
     from ._audit import Recorder
     writes = repair and not dry_run
-    with _attached(address, writes, strict=False) as block, \
+    with _Attached(address, writes, strict=False) as block, \
             Recorder("validate", block, not writes, **record) as rec:
         plan = _plan(block, not writes, scan, rec.journal)
         slots = None
@@ -332,7 +355,7 @@ def _heal_once(address: str, repair: bool, dry_run: bool, progress: Progress,
                record: Dict[str, Any]) -> dict:
     from ._audit import Recorder
     from ._heal import heal as _heal
-    with _attached(address, not dry_run) as block, \
+    with _Attached(address, not dry_run) as block, \
             Recorder("heal", block, dry_run, **record) as rec:
         plan = _plan(block, dry_run, scan, rec.journal)
         _scanned(plan, "heal", max_bytes, hashing=True)   # heal scans again after cleanup
@@ -416,7 +439,7 @@ def undo(snapshot_id: str, dry_run: bool = False, snapshot_dir: Optional[str] = 
                            % (block_address, head["id"], problems[0], more),
                            snapshot=head["id"], fields=problems)
 
-    with _attached(address, not dry_run) as block, \
+    with _Attached(address, not dry_run) as block, \
             Recorder("undo", block, dry_run, snapshot_dir=snapshot_dir,
                      context={"undo_of": head["id"]}, **record) as rec:
         check_identity(block, head)                                # type: ignore[arg-type]
@@ -508,7 +531,7 @@ def list_blocks(pattern: Optional[str] = None,
         if entry["status"] != "ok":
             continue
         try:
-            with _attached(str(entry["address"]), False) as block:
+            with _Attached(str(entry["address"]), False) as block:
                 plan = _plan(block, True, scans)
                 slots = _scanned(plan, "list", max_bytes)
                 scene = Scene(plan)
@@ -544,7 +567,7 @@ def each_block(operation: str, pattern: Optional[str] = None, **kwargs: object) 
         operation != "validate" or bool(kwargs.get("repair")))
     scans = Scans()
     entries: List[dict] = []
-    with _registry.registration() if mutating else contextlib.nullcontext():
+    with _registry.registration(active=mutating):
         found_all = _discover(pattern, verdicts=False)
         budget = kwargs.get("max_bytes")
         for found in found_all:

@@ -11,7 +11,6 @@ elsewhere. See ``docs/architecture.md`` and the spec (pylabhub-datablock-1.0.md)
 
 from __future__ import annotations
 
-import enum
 import struct
 
 from ._record import Record
@@ -38,28 +37,88 @@ SLOT_ALIGN = 64
 FLEX_ALIGN = 4096
 
 
-class SlotState(enum.IntEnum):
+class _Kind(type):
+    """The class of a set of named values (``Named``): what ``enum.IntEnum`` gave this
+    module (``Kind.NAME``, ``Kind(value)`` or ValueError, ``.name``, iteration in the
+    order written) without the enum module, which with the ``re`` module it comes with
+    was a sixth of a small command's start-up (issue 14)."""
+
+    def __new__(mcs, name, bases, namespace):
+        values = [(k, v) for k, v in namespace.items() if k.isupper() and isinstance(v, int)]
+        cls = super().__new__(mcs, name, bases, {k: v for k, v in namespace.items()
+                                                 if (k, v) not in values})
+        members = {}  # type: Dict[int, Any]
+        for key, value in values:
+            member = int.__new__(cls, value)
+            members[value] = member
+            type.__setattr__(cls, key, member)
+        names = {value: key for key, value in values}
+        type.__setattr__(cls, "_members", members)
+        type.__setattr__(cls, "_names", names)
+        return cls
+
+    def __call__(cls, value):
+        try:
+            return cls._members[value]
+        except (KeyError, TypeError):
+            raise ValueError("%r is not a valid %s" % (value, cls.__name__)) from None
+
+    def __iter__(cls):
+        return iter(cls._members.values())
+
+    def __len__(cls) -> int:
+        return len(cls._members)
+
+    def __setattr__(cls, key, value):
+        raise AttributeError("cannot change %s.%s" % (cls.__name__, key))
+
+
+class Named(int, metaclass=_Kind):
+    """A value of the format with its name (``SlotState.COMMITTED.name``); otherwise the
+    int it is (``str``, ``%d``, JSON and comparisons as ``int``)."""
+
+    __slots__ = ()
+
+    @property
+    def name(self) -> str:
+        return type(self)._names[self]  # type: ignore[attr-defined]
+
+    @property
+    def value(self) -> int:
+        return int(self)
+
+    def __repr__(self) -> str:
+        return "<%s.%s: %d>" % (type(self).__name__, self.name, int(self))
+
+    def __reduce__(self):
+        return type(self), (int(self),)       # unpickled: the same member
+
+    __str__ = int.__repr__
+    __format__ = int.__format__
+
+
+class SlotState(Named):
     FREE = 0
     WRITING = 1
     COMMITTED = 2
     DRAINING = 3
 
 
-class Policy(enum.IntEnum):
+class Policy(Named):
     SINGLE = 0
     DOUBLE_BUFFER = 1
     RING_BUFFER = 2
     UNSET = 255
 
 
-class ConsumerSync(enum.IntEnum):
+class ConsumerSync(Named):
     LATEST_ONLY = 0
     SEQUENTIAL = 1
     SEQUENTIAL_SYNC = 2
     UNSET = 255
 
 
-class ChecksumPolicy(enum.IntEnum):
+class ChecksumPolicy(Named):
     NONE = 0
     MANUAL = 1
     ENFORCED = 2

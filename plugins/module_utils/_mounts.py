@@ -14,7 +14,6 @@ when stepped forward, and is an assumption when stepped back).
 from __future__ import annotations
 
 import os
-import re
 import time
 
 from ._procinfo import clock_ticks, parse_stat
@@ -43,7 +42,18 @@ class Mount(Record):
 
 
 def _unescape(text: str) -> str:
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
+    """The kernel's octal escapes (``\\040`` for a space) undone, left to right, as
+    ``re.sub(r"\\\\([0-7]{3})", ...)`` did (``re`` costs a small command milliseconds)."""
+    if "\\" not in text:
+        return text
+    parts = text.split("\\")
+    out = [parts[0]]
+    for part in parts[1:]:
+        if len(part) >= 3 and all(c in "01234567" for c in part[:3]):
+            out.append(chr(int(part[:3], 8)) + part[3:])
+        else:
+            out.append("\\" + part)
+    return "".join(out)
 
 
 def mounts_of(proc: str, dev: int) -> List[Mount]:

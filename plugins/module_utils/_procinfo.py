@@ -13,7 +13,8 @@ from __future__ import annotations
 import errno
 import os
 import time
-from collections import namedtuple
+
+from ._record import Record
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
@@ -29,9 +30,19 @@ PROBE_OTHER_USER = "exists-other-user"
 PROBE_NO_SUCH = "no-such-process"
 PROBE_UNKNOWN = "unknown"
 
-# state: one letter (R S D T t Z X I ...); start_ticks: field 22 (clock ticks since boot,
-# CLOCK_BOOTTIME based, so it keeps counting across suspend); comm: raw bytes.
-ProcStat = namedtuple("ProcStat", "comm state start_ticks")
+
+class ProcStat(Record):
+    """One read of /proc/<pid>/stat. state: one letter (R S D T t Z X I ...);
+    start_ticks: field 22 (clock ticks since boot, CLOCK_BOOTTIME based, so it keeps
+    counting across suspend); comm: raw bytes. (A record, not a ``namedtuple``:
+    ``collections`` costs a small command a millisecond at start-up.)"""
+
+    __slots__ = ("comm", "state", "start_ticks")
+
+    def __init__(self, comm: bytes, state: str, start_ticks: int) -> None:
+        self.comm = comm
+        self.state = state
+        self.start_ticks = start_ticks
 
 
 def boot_id_text() -> Optional[str]:

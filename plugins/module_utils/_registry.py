@@ -17,7 +17,6 @@ other runs then count this one as an ordinary opener, which only makes them more
 
 from __future__ import annotations
 
-import contextlib
 import os
 import stat
 
@@ -25,7 +24,7 @@ from ._procinfo import process_stat
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Dict, Iterator, Optional, Tuple
+    from typing import Dict, Optional, Tuple
 
 REGISTRY_DIR = "/run/pylabhub-recovery"
 _REG = {"depth": 0, "path": None}  # type: Dict[str, object]
@@ -57,31 +56,47 @@ def _own_start_ticks() -> Optional[int]:
     return _OWN_TICKS[pid]
 
 
-@contextlib.contextmanager
-def registration(directory: str = REGISTRY_DIR) -> Iterator[Optional[str]]:
-    """Register this process as a recovery run while the body runs (nestable).
+class registration:  # pylint: disable=invalid-name
+    """Register this process as a recovery run while the body runs (nestable); ``as``
+    gives the entry's path (None when registering failed).
 
     Creates ``<directory>`` (root only; mode 1777 so every user's recovery can register,
     sticky so none can remove another's entry) when missing, then ``<directory>/<pid>``
     exclusively with O_NOFOLLOW holding our start ticks; removed afterwards. Failure to
     register is not an error: other recovery runs then count this process as an ordinary
-    opener, which only makes them more careful."""
-    if _REG["depth"]:
-        _REG["depth"] = int(_REG["depth"]) + 1  # type: ignore[call-overload]
-        try:
-            yield _REG["path"]  # type: ignore[misc]
-        finally:
+    opener, which only makes them more careful. ``active=False``: nothing (a run that
+    changes nothing). (A class, not ``contextlib.contextmanager``: contextlib and what it
+    imports cost a small command milliseconds at start-up.)"""
+
+    def __init__(self, directory: str = REGISTRY_DIR, active: bool = True) -> None:
+        self.directory = directory
+        self.active = active
+        self.outer = False
+        self.path = None  # type: Optional[str]
+
+    def __enter__(self) -> Optional[str]:
+        if not self.active:
+            return None
+        if _REG["depth"]:
+            _REG["depth"] = int(_REG["depth"]) + 1  # type: ignore[call-overload]
+            return _REG["path"]  # type: ignore[return-value]
+        self.path = _register(self.directory)
+        _REG.update(depth=1, path=self.path)
+        self.outer = True
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        if not self.active:
+            return
+        if not self.outer:
             _REG["depth"] = int(_REG["depth"]) - 1  # type: ignore[call-overload]
-        return
-    path = _register(directory)
-    _REG.update(depth=1, path=path)
-    try:
-        yield path
-    finally:
+            return
         _REG.update(depth=0, path=None)
-        if path:
-            with contextlib.suppress(OSError):
-                os.unlink(path)
+        if self.path:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
 
 
 def _register(directory: str) -> Optional[str]:
@@ -195,7 +210,9 @@ def prune(directory: str = REGISTRY_DIR, proc: str = "/proc") -> int:
     removed = 0
     for name in names:
         if name.isdigit() and not os.path.exists(os.path.join(proc, name)):
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(os.path.join(directory, name))
                 removed += 1
+            except OSError:
+                pass
     return removed

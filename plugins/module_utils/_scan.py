@@ -28,8 +28,6 @@ leaves them.
 
 from __future__ import annotations
 
-import re
-
 from . import _layout as L
 from ._block import WINDOW
 
@@ -46,7 +44,6 @@ _ZERO_BYTES = tuple(range(0, 12)) + (13,)
 _STATE = L.SLOT["slot_state"].offset
 #: slot_state byte -> 0 when FREE or COMMITTED, else 1 (a state byte to look at)
 _NOT_PLAIN_STATE = bytes(0 if b in (_S.FREE, _S.COMMITTED) else 1 for b in range(256))
-_NONZERO = re.compile(b"[^\x00]")
 STATE_NAMES = tuple(L.enum_name(_S, s) for s in sorted(_S))
 
 
@@ -112,7 +109,7 @@ def not_plain(window: bytearray, n: int) -> List[int]:
     acc |= int.from_bytes(window[_STATE:end:_E].translate(_NOT_PLAIN_STATE), "little")
     if not acc:
         return []
-    return [m.start() for m in _NONZERO.finditer(acc.to_bytes(n, "little"))]
+    return positions_not(acc.to_bytes(n, "little"), 0)
 
 
 def _add_runs(runs: Dict[int, List[Tuple[int, int]]], states: bytes, first: int) -> None:
@@ -134,14 +131,34 @@ def _add_runs(runs: Dict[int, List[Tuple[int, int]]], states: bytes, first: int)
             start = marks.find(1, stop)
 
 
-_MARKS: Dict[int, bytes] = {}
+def positions_not(data: bytes, value: int) -> List[int]:
+    """Indexes of the bytes of ``data`` that are not ``value``: one ``translate`` and a
+    ``find`` per hit (C loops; what a regular expression did, without importing ``re``,
+    which costs a small command milliseconds)."""
+    marks = data.translate(_table(value, False))
+    out = []
+    at = marks.find(1)
+    while at >= 0:
+        out.append(at)
+        at = marks.find(1, at + 1)
+    return out
+
+
+_MARKS: Dict[Tuple[int, bool], bytes] = {}
 
 
 def _mark(state: int) -> bytes:
     """The ``translate`` table of ``state``: 1 for it, 0 for every other byte."""
-    if state not in _MARKS:
-        _MARKS[state] = bytes(int(b == state) for b in range(256))
-    return _MARKS[state]
+    return _table(state, True)
+
+
+def _table(value: int, equal: bool) -> bytes:
+    """The ``translate`` table marking (1) the bytes that are ``value`` (``equal``) or
+    that are not; the other bytes 0."""
+    key = (value, equal)
+    if key not in _MARKS:
+        _MARKS[key] = bytes(int((b == value) == equal) for b in range(256))
+    return _MARKS[key]
 
 
 #: The states whose runs a scan records: FREE (FREE slots pylabhub's check may fail),

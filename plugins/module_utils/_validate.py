@@ -37,7 +37,6 @@ severity info); a flex-zone mismatch only when later looks see the same hash and
 
 from __future__ import annotations
 
-import re
 import time
 
 from . import _layout as L
@@ -46,7 +45,7 @@ from ._errors import ConcurrentChange
 from ._liveness import Snapshot, judge
 from ._observe import producer_verdict
 from ._plan import Plan
-from ._scan import SlotScan, scan_slots
+from ._scan import SlotScan, positions_not, scan_slots
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
@@ -460,9 +459,6 @@ def _uncommitted_look(plan: Plan, i: int, hash_data: bool = True) -> Optional[tu
     return words, entry, digest
 
 
-_NOT_VERIFIED = re.compile(b"[^\x01]")
-
-
 def _uncommitted_candidates(plan: Plan, scan: SlotScan, upto: int) -> List[int]:
     """Slots below ``upto`` that may be FREE slots pylabhub's check fails: the plain
     FREE slots whose checksum entry's "verified" byte is not 1 (read in bulk from the
@@ -478,7 +474,7 @@ def _uncommitted_candidates(plan: Plan, scan: SlotScan, upto: int) -> List[int]:
             n = min(per, stop - first)
             sums = plan.block.read(geo.checksum_entry(first), n * L.CHECKSUM_ENTRY_SIZE)
             verified = sums[L.HASH_SIZE::L.CHECKSUM_ENTRY_SIZE]
-            out.update(first + m.start() for m in _NOT_VERIFIED.finditer(verified))
+            out.update(first + i for i in positions_not(verified, 1))
             first += n
     return sorted(out)
 

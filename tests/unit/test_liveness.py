@@ -125,7 +125,8 @@ def test_parse_stat_comm_with_spaces_and_parens():
     rest = " ".join(str(i) for i in range(4, 53))  # fields 4..52
     data = ("42 (x) (y) Z 1) R %s\n" % rest).encode()
     st = procinfo.parse_stat(data)
-    assert st == (b"x) (y) Z 1", "R", 22)
+    assert (st.comm, st.state, st.start_ticks) == (b"x) (y) Z 1", "R", 22)
+    assert st == procinfo.ProcStat(b"x) (y) Z 1", "R", 22)
     assert procinfo.parse_stat(b"42 (x") is None and procinfo.parse_stat(b"garbage") is None
 
 

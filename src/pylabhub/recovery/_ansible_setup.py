@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
 from typing import List, Optional, Tuple
+
+from .cli import shell_quote
 
 #: A module of the collection, asked for by FQCN to learn where Ansible finds it.
 PROBE_MODULE = "pylabhub.recovery.datablock_info"
@@ -92,7 +93,7 @@ def render(directory: str, how: str, ini: bool, current: Optional[str]) -> List[
                        "# directory with ':' to a library line you already have):",
                        "[defaults]",
                        "library = %s" % directory]
-    return head + ["export %s=%s" % (ENV_VAR, shlex.quote(library_path(directory, current)))]
+    return head + ["export %s=%s" % (ENV_VAR, shell_quote(library_path(directory, current)))]
 
 
 def main_lines(ini: bool) -> List[str]:

@@ -13,8 +13,6 @@ escape sequences.
 
 from __future__ import annotations
 
-import functools
-import re
 import sys
 import time
 
@@ -22,13 +20,11 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils._engine import (
     FAILED, INVALID_SLOT, NOT_STUCK, SUCCESS, UNSAFE, change_lines, did, done, plural,
     printable, printable_tree, reblessed as reblessed_text, reconciled as reconciled_text)
 
-from .cli import PROG
+from .cli import PROG, shell_quote
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TextIO
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class Style:
@@ -68,7 +64,16 @@ class Style:
 
 
 def visible_len(text: str) -> int:
-    return len(_ANSI.sub("", text))
+    r"""Length of ``text`` as shown: without the colour codes (``ESC [ digits;... m``, as
+    ``Style`` writes them; what ``re.sub(r"\x1b\[[0-9;]*m", "", text)`` leaves)."""
+    if "\x1b" not in text:
+        return len(text)
+    parts = text.split("\x1b[")
+    shown = len(parts[0])
+    for part in parts[1:]:
+        rest = part.lstrip("0123456789;")
+        shown += len(rest) - 1 if rest.startswith("m") else 2 + len(part)
+    return shown
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[str]], style: Style,
@@ -105,15 +110,17 @@ def ago(seconds: Optional[float]) -> str:
 
 
 def quote(address: str) -> str:
-    import shlex        # only where a command line is suggested (milliseconds to import)
-    return shlex.quote(address)
+    return shell_quote(address)
 
 
 def untrusted(render: Callable[..., List[str]]) -> Callable[..., List[str]]:
     """Render a copy of the result whose every string is printable (see module doc)."""
-    @functools.wraps(render)
     def wrapper(result: Any, *args: Any, **kwargs: Any) -> List[str]:
         return render(printable_tree(result), *args, **kwargs)
+    # what functools.wraps copies (functools and what it imports: a millisecond at start)
+    for name in ("__module__", "__name__", "__qualname__", "__doc__"):
+        setattr(wrapper, name, getattr(render, name))
+    wrapper.__wrapped__ = render  # type: ignore[attr-defined]
     return wrapper
 
 

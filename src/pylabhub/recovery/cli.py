@@ -45,6 +45,20 @@ else:
     argparse = _Argparse()  # pylint: disable=invalid-name
 
 PROG = "datablock-admin"
+#: The characters ``shlex.quote`` leaves unquoted (its ``[^\w@%+=:,./-]``, ASCII).
+_SHELL_SAFE = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-")
+
+
+def shell_quote(word: str) -> str:
+    """``word`` as one shell word, by ``shlex.quote``'s rule (``shlex`` imports ``re``:
+    milliseconds at the start of a command that suggests a command line)."""
+    if not word:
+        return "''"
+    if all(c in _SHELL_SAFE for c in word):
+        return word
+    return "'" + word.replace("'", "'\"'\"'") + "'"
+
+
 #: The text of argparse's marker for "no default" (``argparse.SUPPRESS``), so that the
 #: option functions can be read without importing argparse (:func:`_quick_parse`); a test
 #: checks it is argparse's. argparse compares the marker by identity: a parser is given

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -170,20 +171,45 @@ def test_help_and_version_do_not_load_the_engine(argv):
     assert _heavy_after(argv) == []
 
 
-def test_version_does_not_even_load_argparse():
-    """``--version`` as the console script runs it: the script's own ``re`` and ``sys``,
-    the CLI module, one line printed; no parser built (argparse and its gettext are a
-    fifth of the interpreter's start-up: issue 14 allows twice ``python3 -c pass``)."""
-    code = "import re, sys\nfrom pylabhub.recovery.cli import main\nmain(['--version'])"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout
-    assert out.startswith("datablock-admin ")
-    mods = _modules_after(code)
-    assert not mods & {"argparse", "gettext", "locale", "pylabhub.recovery._render",
-                       _CORE + "_engine"}, sorted(mods)
+#: The script pip installs as ``datablock-admin`` (pyproject: script-files), as the user
+#: runs it; :func:`_launched` prepends a hook that writes the loaded modules at exit.
+REPO_ROOT = Path(__file__).resolve().parents[3]
+LAUNCHER = (REPO_ROOT / "src" / "bin" / "datablock-admin").read_text()
+_AT_EXIT = ("import atexit, os, sys\n"
+            "atexit.register(lambda: open(os.environ['PLH_MODULES'], 'w').write("
+            "'\\n'.join(sorted(sys.modules))))\n")
+
+
+def _launched(argv, tmp_path):
+    """The modules loaded by ``datablock-admin ARGV`` (the installed script), and its run."""
+    where = tmp_path / "modules"
+    r = subprocess.run([sys.executable, "-c", _AT_EXIT + LAUNCHER] + list(argv),
+                       capture_output=True, text=True, timeout=120, check=False,
+                       env=dict(os.environ, PLH_MODULES=str(where)))
+    return set(where.read_text().split()), r
+
+
+def test_the_installed_script_is_ours_and_imports_no_re():
+    """pip installs src/bin/datablock-admin as it is (the interpreter line aside), not the
+    console script it would generate for an entry point, which imports ``re`` (and with it
+    ``enum``, ``functools``, ``collections``: a sixth of a small command's start-up)."""
+    assert LAUNCHER.startswith("#!/usr/bin/env python\n")
+    assert os.access(str(REPO_ROOT / "src" / "bin" / "datablock-admin"), os.X_OK)
+    with open(str(REPO_ROOT / "pyproject.toml")) as f:
+        assert 'script-files = ["src/bin/datablock-admin"]' in f.read()
+
+
+def test_version_does_not_even_load_argparse(tmp_path):
+    """``--version`` as the installed script runs it: ``sys``, the CLI module, one line
+    printed; no parser built (argparse and its gettext are a fifth of the interpreter's
+    start-up: issue 14 allows twice ``python3 -c pass``), no ``re``."""
+    mods, r = _launched(["--version"], tmp_path)
+    assert r.returncode == 0 and r.stdout.startswith("datablock-admin "), r
+    assert not mods & {"argparse", "gettext", "locale", "re", "enum",
+                       "pylabhub.recovery._render", _CORE + "_engine"}, sorted(mods)
     assert "pylabhub.recovery.cli" in mods                  # the check can fail
-    assert "argparse" in _modules_after(code.replace("main(['--version'])", "try:\n    main("
-                                                     "['--help'])\nexcept SystemExit:\n    pass"))
+    mods, r = _launched(["--help"], tmp_path)
+    assert r.returncode == 0 and "argparse" in mods
 
 
 def test_a_command_loads_the_engine_it_needs(crashes, names):
@@ -197,22 +223,30 @@ def test_a_command_loads_the_engine_it_needs(crashes, names):
 #: 2x of ``python3 -c pass``): the core's records are plain classes, typing is for the
 #: checkers only, and hashing, mapping, journalling and threads load what they need when
 #: they run (the slot hasher and its bisect: validate only); its plain command line is
-#: parsed without argparse and the gettext and locale it loads (test_cli_quick_parse.py).
+#: parsed without argparse and the gettext and locale it loads (test_cli_quick_parse.py);
+#: the format's named values are not ``enum``s, context managers are classes (no
+#: ``contextlib``), no regular expression (``re``), no ``shlex``, ``functools`` or
+#: ``collections`` (a sixth of the command together).
 _NOT_FOR_DIAGNOSE = ("dataclasses", "inspect", "typing", "ast", "hashlib", "_hashlib",
                      "ctypes", "socket", "threading", "uuid", "platform", "shutil", "bisect",
-                     "_bisect", _CORE + "_hashing", "argparse", "gettext", "locale")
+                     "_bisect", _CORE + "_hashing", "argparse", "gettext", "locale",
+                     "enum", "contextlib", "shlex", "functools", "collections")
+#: ... but ``--json`` loads ``json``, whose decoder imports ``re`` and what ``re`` imports.
+_JSON_LOADS = ("enum", "functools", "collections")
 
 
-@pytest.mark.parametrize("extra", [[], ["--json"], ["--slot", "1"]], ids=" ".join)
-def test_diagnose_loads_no_heavy_module(crashes, names, extra):
+@pytest.mark.parametrize("extra", [[], ["--json"], ["--slot", "1"], ["--slot", "0"]],
+                         ids=" ".join)
+def test_diagnose_loads_no_heavy_module(crashes, names, extra, tmp_path):
+    """As the installed script runs it; ``--json`` loads ``json``, which loads ``re``."""
     name = names()
     crashes.stuck_writer(name)
-    code = ("import re, sys\nfrom pylabhub.recovery.cli import main\n"
-            "assert main(%r) == 1\n" % (["diagnose", name] + extra,))
-    mods = _modules_after(code)
+    mods, r = _launched(["diagnose", name] + extra, tmp_path)
+    assert r.returncode == 1, r
     assert _CORE + "_engine" in mods and _CORE + "_kernel" in mods     # the check can fail
-    assert sorted(m for m in _NOT_FOR_DIAGNOSE if m in mods) == []
-    assert ("json" in mods) == ("--json" in extra)
+    allowed = _JSON_LOADS if "--json" in extra else ()
+    assert sorted(m for m in _NOT_FOR_DIAGNOSE if m in mods and m not in allowed) == []
+    assert ("json" in mods) == ("--json" in extra) == ("re" in mods)
 
 
 def test_a_diagnosis_that_argparse_must_explain_loads_it(crashes, names):

@@ -55,7 +55,9 @@ def test_cleanup_keeps_a_live_consumer_with_a_stale_heartbeat(shm_name, actors):
     R.create(shm_name, capacity=2).close()
     c = actors(shm_name, [("consumer", "idle")])
     c.wait_point()
-    old = time.monotonic_ns() - 3600 * 10**9          # an hour without a heartbeat
+    # an hour without a heartbeat, or since boot on a machine up for less (the word is
+    # unsigned: a machine booted minutes ago cannot hold a time an hour before it)
+    old = max(1, time.monotonic_ns() - 3600 * 10**9)
     poke(shm_name, 496 + 8, old.to_bytes(8, "little"))
     (entry,) = E.diagnose(shm_name)["consumers"]
     assert entry["verdict"]["state"] == "alive", entry
