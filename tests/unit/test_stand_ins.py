@@ -1,7 +1,8 @@
 """What replaced a standard module on the diagnose path (issue 14: ``re``, ``enum``,
 ``shlex``, ``contextlib``, ``functools`` and ``collections`` were a sixth of a small
-command's start-up) behaves as the module did: each stand-in against the original, on
-the cases that matter and on many random ones."""
+command's start-up) behaves as the module did: each stand-in of the core against the
+original, on the cases that matter and on many random ones (the CLI's:
+tests/unit/cli/test_cli_stand_ins.py)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,11 @@ import os
 import pickle
 import random
 import re
-import shlex
 
 import pytest
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (
     _engine, _kernel, _layout as L, _mounts, _registry, _runtime as R, _scan)
-from pylabhub.recovery import _render, cli
 
 
 class SlotState(enum.IntEnum):         # what L.SlotState was
@@ -72,29 +71,6 @@ def test_mount_unescaping_is_what_re_sub_did():
               for dummy in range(20000)]
     for text in cases:
         assert _mounts._unescape(text) == by_re(text), text
-
-
-def test_shell_quoting_is_shlex_quote():
-    rng = random.Random(5)
-    alphabet = "aZ09_@%+=:,./-'\" $`\\!*?\t\né~"
-    cases = ["", "plain", "a b", "it's", "'", "--slot", "é", "a\nb"]
-    cases += ["".join(rng.choice(alphabet) for dummy in range(rng.randrange(10)))
-              for dummy in range(20000)]
-    for word in cases:
-        assert cli.shell_quote(word) == shlex.quote(word), word
-
-
-def test_visible_length_is_what_the_regular_expression_left():
-    ansi = re.compile(r"\x1b\[[0-9;]*m")
-    style = _render.Style(color=True)
-    cases = [style("dead", "red"), style("x", "bold", "cyan"), "plain", "", "\x1b[", "\x1b[31",
-             "\x1b[\x1b[31m", "\x1bx", "a\x1b[1;2;3mb\x1b[0m"]
-    rng = random.Random(9)
-    alphabet = "\x1b[m0;3a"
-    cases += ["".join(rng.choice(alphabet) for dummy in range(rng.randrange(14)))
-              for dummy in range(20000)]
-    for text in cases:
-        assert _render.visible_len(text) == len(ansi.sub("", text)), repr(text)
 
 
 def test_attaching_undoes_itself_when_the_body_fails(tmp_path):
