@@ -308,28 +308,10 @@ def _own_maps() -> Set[int]:
     return out
 
 
-class engine_mapping:  # pylint: disable=invalid-name
-    """Mark ``block``'s mapping (made now or at its first write) and fd as the engine's
-    own while the body runs. (A class, not ``contextlib.contextmanager``: contextlib and
-    what it imports cost a small command milliseconds at start-up.)"""
-
-    def __init__(self, block) -> None:
-        self.block = block
-        self.fd = -1
-
-    def __enter__(self) -> None:
-        self.fd = self.block.mapping()[1]
-        _OWN_BLOCKS.append(self.block)
-        _OWN_FDS.add(self.fd)
-
-    def __exit__(self, *exc) -> None:
-        _OWN_FDS.discard(self.fd)
-        _OWN_BLOCKS.remove(self.block)
-
-
 class engine_fd:  # pylint: disable=invalid-name
     """Mark an fd of this process as recovery's own while the body runs (discovery's
-    short-lived open of a block it judges)."""
+    short-lived open of a block it judges). (A class, not ``contextlib.contextmanager``:
+    contextlib and what it imports cost a small command milliseconds at start-up.)"""
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -339,6 +321,24 @@ class engine_fd:  # pylint: disable=invalid-name
 
     def __exit__(self, *exc) -> None:
         _OWN_FDS.discard(self.fd)
+
+
+class engine_mapping(engine_fd):  # pylint: disable=invalid-name
+    """Mark ``block``'s mapping (made now or at its first write) and fd as the engine's
+    own while the body runs."""
+
+    def __init__(self, block) -> None:
+        super().__init__(-1)
+        self.block = block
+
+    def __enter__(self) -> None:
+        self.fd = self.block.mapping()[1]
+        _OWN_BLOCKS.append(self.block)
+        super().__enter__()
+
+    def __exit__(self, *exc) -> None:
+        super().__exit__(*exc)
+        _OWN_BLOCKS.remove(self.block)
 
 
 # --------------------------------------------------------------------------- /proc readers

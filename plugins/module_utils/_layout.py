@@ -44,15 +44,14 @@ class _Kind(type):
     was a sixth of a small command's start-up (issue 14)."""
 
     def __new__(mcs, name, bases, namespace):
-        values = [(k, v) for k, v in namespace.items() if k.isupper() and isinstance(v, int)]
+        values = {k: v for k, v in namespace.items() if k.isupper() and isinstance(v, int)}
         cls = super().__new__(mcs, name, bases, {k: v for k, v in namespace.items()
-                                                 if (k, v) not in values})
+                                                 if k not in values})
         members = {}  # type: Dict[int, Any]
-        for key, value in values:
-            member = int.__new__(cls, value)
-            members[value] = member
-            type.__setattr__(cls, key, member)
-        names = {value: key for key, value in values}
+        for key, value in values.items():
+            members[value] = int.__new__(cls, value)
+            type.__setattr__(cls, key, members[value])
+        names = {value: key for key, value in values.items()}
         type.__setattr__(cls, "_members", members)
         type.__setattr__(cls, "_names", names)
         return cls

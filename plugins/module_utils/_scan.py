@@ -118,7 +118,7 @@ def _add_runs(runs: Dict[int, List[Tuple[int, int]]], states: bytes, first: int)
     by two ``find`` calls (C loops), so the cost is per run, not per slot (a regular
     expression per state tried every position: a millisecond per window of 16,384)."""
     for state, found in runs.items():
-        marks = states.translate(_mark(state))
+        marks = states.translate(_table(state, True))
         start = marks.find(1)
         while start >= 0:
             stop = marks.find(0, start)
@@ -145,11 +145,6 @@ def positions_not(data: bytes, value: int) -> List[int]:
 
 
 _MARKS: Dict[Tuple[int, bool], bytes] = {}
-
-
-def _mark(state: int) -> bytes:
-    """The ``translate`` table of ``state``: 1 for it, 0 for every other byte."""
-    return _table(state, True)
 
 
 def _table(value: int, equal: bool) -> bytes:
