@@ -24,11 +24,12 @@ hardware does anyway for aligned words) and every *write* raises
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
-import platform
 import sys
-from typing import Callable, Dict, Optional, Tuple
+
+TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
+if TYPE_CHECKING:  # pragma: no cover
+    from typing import Callable, Dict, Optional, Tuple
 
 from ._errors import AtomicsUnavailable
 
@@ -67,11 +68,15 @@ def _from_libatomic(lib: ctypes.CDLL, size: int) -> _Ops:
 
 
 def _libatomic() -> Tuple[Optional[Dict[int, _Ops]], str]:
-    names = list(_CANDIDATES)
-    found = ctypes.util.find_library("atomic")
-    if found:
-        names.insert(0, found)
-    for name in names:
+    """libatomic by its usual names first (the dynamic loader searches as for any
+    library), then by ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a
+    subprocess: a third of a heal's start-up, paid only where the usual names fail."""
+    for name in _CANDIDATES + (None,):
+        if name is None:
+            from ctypes.util import find_library    # only where the usual names fail
+            name = find_library("atomic")
+            if not name or name in _CANDIDATES:
+                break
         try:
             lib = ctypes.CDLL(name)
         except OSError:
@@ -98,9 +103,9 @@ _CODE_PAGE = None   # keeps the executable mapping's address alive for the proce
 
 def _builtin() -> Tuple[Optional[Dict[int, _Ops]], str]:
     global _CODE_PAGE  # pylint: disable=global-statement
-    if platform.machine().lower() not in ("x86_64", "amd64") or not sys.platform.startswith(
-            "linux"):
-        return None, "no built-in atomics for %s" % platform.machine()
+    machine = os.uname().machine      # what platform.machine() reads (platform loads re)
+    if machine.lower() not in ("x86_64", "amd64") or not sys.platform.startswith("linux"):
+        return None, "no built-in atomics for %s" % machine
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
     libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,

@@ -35,7 +35,7 @@ from . import _layout as L
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Callable, List, Optional, Sequence, Tuple
+    from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
     #: (slot, (write_lock, write_generation, slot_state) before hashing, stored hash, digest)
     Odd = Tuple[int, Tuple[int, int, int], bytes, bytes]
     Progress = Optional[Callable[[int, int], None]]
@@ -45,6 +45,12 @@ _C = L.CHECKSUM_ENTRY_SIZE
 #: Bytes read per ``pread`` when hashing: small enough to stay in a core's L2 cache
 #: (copy in, hash from cache), large enough that the calls cost nothing.
 HASH_WINDOW = 64 << 10
+#: The smallest slot hashed by more than one thread. ``hashlib`` lets go of the GIL for
+#: each slot's hash and takes it back after; with small slots the threads spend their
+#: time handing the GIL to each other. Measured on 256 MiB (2 cores, docs/performance.md):
+#: 4 KiB slots hashed by two threads took 5 % less wall time than one thread for 43 % more
+#: CPU, 8 KiB slots 11 % less for 40 % more, 16 KiB slots 32 % less for 15 % more.
+PARALLEL_MIN_STRIDE = 16 << 10
 #: Data bytes per batch (many windows): few enough batches that scheduling costs
 #: nothing, enough of them that both threads stay busy to the end.
 BATCH_BYTES = 4 << 20
@@ -131,30 +137,86 @@ class _Hasher:
                  sums[j * _C:j * _C + L.HASH_SIZE], digests[j]) for j in odd]
 
 
+def workers_for(runs: int, stride: int) -> int:
+    """Threads that hash: one per CPU this process may run on (its affinity, not the
+    machine's count: a pinned process gains nothing from a second thread), at most 4,
+    at most one per batch - and one alone for slots under :data:`PARALLEL_MIN_STRIDE`."""
+    if stride < PARALLEL_MIN_STRIDE:
+        return 1
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):      # pragma: no cover - Linux has it
+        cpus = os.cpu_count() or 1
+    return max(1, min(runs, cpus, 4))
+
+
 def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = None
                ) -> List[Odd]:
     """Hash every slot of ``ranges`` (sorted, disjoint ``(first, stop)``) and return the
-    odd ones: a stored checksum that is missing (all zero) or does not match, each with
-    the words read before its data was hashed. ``progress(done_bytes, total_bytes)`` per
-    batch."""
+    odd ones, in slot order: a stored checksum that is missing (all zero) or does not
+    match, each with the words read before its data was hashed. ``progress(done_bytes,
+    total_bytes)`` is called in this thread as batches finish.
+
+    This thread hashes too, beside :func:`workers_for` - 1 helper threads taking the next
+    batch from a shared counter (a thread pool would load ``concurrent.futures`` and
+    ``logging``: about a third of validate's start-up, issue 14). An error in any thread
+    stops the others taking batches and is raised here; so is Ctrl-C, after the helpers
+    finish the batch they hold (at most :data:`BATCH_BYTES` each)."""
     stride = block.geo.stride
     runs = batches(ranges, stride)
     if not runs:
         return []
-    total, done = sum(n for dummy, n in runs) * stride, 0
-    workers = min(len(runs), os.cpu_count() or 1, 4)
-    from concurrent.futures import ThreadPoolExecutor   # validate only: not at start-up
     hasher = _Hasher(block, runs[0][0], runs[-1][0] + runs[-1][1])
-    pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
-    results = pool.map(hasher.batch, runs) if pool else map(hasher.batch, runs)
-    odd: List[Odd] = []
-    try:
-        for run, found in zip(runs, results):
-            odd.extend(found)
+    results = [None] * len(runs)    # type: List[Optional[List[Odd]]]
+    workers = workers_for(len(runs), stride)
+    total = sum(n for dummy, n in runs) * stride
+    if workers == 1:
+        done = 0
+        for k, run in enumerate(runs):
+            results[k] = hasher.batch(run)
             done += run[1] * stride
             if progress:
                 progress(done, total)
+        return [odd for found in results for odd in found or ()]
+    import threading        # validate only: not at start-up
+    lock = threading.Lock()
+    shared = {"next": 0, "done": 0, "stop": False}  # type: Dict[str, Any]
+    errors = []             # type: List[BaseException]
+
+    def work(report: Progress) -> None:
+        while True:
+            with lock:
+                k = shared["next"]
+                if shared["stop"] or k >= len(runs):
+                    return
+                shared["next"] = k + 1
+            try:
+                results[k] = hasher.batch(runs[k])
+            except BaseException as exc:    # pylint: disable=broad-except
+                with lock:
+                    shared["stop"] = True
+                    errors.append(exc)
+                return
+            with lock:
+                shared["done"] += runs[k][1] * stride
+                done = shared["done"]
+            if report:
+                report(done, total)
+
+    helpers = [threading.Thread(target=work, args=(None,), name="plh-hash-%d" % n,
+                                daemon=True) for n in range(workers - 1)]
+    try:
+        for helper in helpers:
+            helper.start()
+        work(progress)
     finally:
-        if pool:
-            pool.shutdown()
-    return odd
+        with lock:
+            shared["stop"] = True       # no new batch; a helper finishes the one it holds
+        for helper in helpers:
+            if helper.ident is not None:
+                helper.join()
+    if errors:
+        raise errors[0]
+    if progress:
+        progress(total, total)          # the helpers may have finished the last batches
+    return [odd for found in results for odd in found or ()]

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 import stat
 import time
 
@@ -43,7 +42,7 @@ from ._errors import RecoveryError, SnapshotError, SnapshotMismatch, UsageError
 
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
-    from typing import Dict, List, Optional, Tuple
+    from typing import Any, Dict, List, Optional, Tuple
 
 FORMAT = "pylabhub.recovery/snapshot-v1"
 ROOT_DIR = "/var/lib/pylabhub-recovery/snapshots"
@@ -52,7 +51,19 @@ ENV_ENABLED = "PYLABHUB_RECOVERY_SNAPSHOT"          # "off"/"0"/"no"/"false": no
 ENV_KEEP = "PYLABHUB_RECOVERY_SNAPSHOT_KEEP"        # most snapshots kept (default 500)
 ENV_DAYS = "PYLABHUB_RECOVERY_SNAPSHOT_DAYS"        # oldest kept, in days (default 30)
 KEEP, DAYS = 500, 30
-_ID = re.compile(r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[a-z_]+-[0-9]+-[0-9a-f]{8}$")
+#: A snapshot id: ``20261202T131000.123456Z-heal-4242-0123abcd``.
+_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}\.[0-9]{6}Z-[a-z_]+-[0-9]+-[0-9a-f]{8}$"
+_ID = []        # type: List[Any]   # compiled at first use: ``re`` costs a read-only run
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` is a snapshot id (what :meth:`Journal` names its file)."""
+    if not _ID:
+        import re
+        _ID.append(re.compile(_ID_PATTERN))
+    return _ID[0].match(text) is not None
+
+
 _OFF = ("0", "off", "no", "false")
 
 #: Header bytes that never change after creation: what makes "the same block".
@@ -271,7 +282,7 @@ def prune(path: str, dfd: int, keep_id: Optional[str] = None) -> List[str]:
     keep, days = _number(ENV_KEEP, KEEP), _number(ENV_DAYS, DAYS)
     found: List[Tuple[float, str]] = []
     for name in os.listdir(dfd):
-        if not name.endswith(".jsonl") or not _ID.match(name[:-6]) or name[:-6] == keep_id:
+        if not name.endswith(".jsonl") or not is_id(name[:-6]) or name[:-6] == keep_id:
             continue
         try:
             st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
@@ -294,7 +305,7 @@ def prune(path: str, dfd: int, keep_id: Optional[str] = None) -> List[str]:
 # --------------------------------------------------------------------------- reading
 def locate(snapshot: str, directory_: Optional[str] = None) -> str:
     """The file of ``snapshot``: an id (in the snapshot directory) or a path."""
-    if _ID.match(snapshot):
+    if is_id(snapshot):
         return os.path.join(directory(directory_), snapshot + ".jsonl")
     if os.sep in snapshot and snapshot.endswith(".jsonl"):
         return os.path.abspath(snapshot)
@@ -358,7 +369,7 @@ def listing(directory_: Optional[str] = None) -> Dict[str, object]:
     except OSError:
         names = []
     for name in names:
-        if not name.endswith(".jsonl") or not _ID.match(name[:-6]):
+        if not name.endswith(".jsonl") or not is_id(name[:-6]):
             continue
         try:
             snap = load(os.path.join(path, name))

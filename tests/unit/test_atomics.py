@@ -111,3 +111,22 @@ def test_no_provider_refuses_writes_but_reads(monkeypatch):
         with pytest.raises(AtomicsUnavailable, match="cannot be changed atomically"):
             call()
     assert word.value == 42
+
+
+def test_libatomic_is_found_without_running_ldconfig():
+    """Where libatomic is installed under its usual name the dynamic loader finds it, and
+    ``ctypes.util.find_library`` (which runs ``ldconfig -p`` in a subprocess: a third of a
+    heal's start-up) is not called; the check can fail: it names the provider chosen."""
+    import ctypes
+    try:
+        ctypes.CDLL("libatomic.so.1")
+    except OSError:
+        pytest.skip("libatomic.so.1 is not installed here")
+    code = ("import sys\nfrom ansible_collections.pylabhub.recovery.plugins.module_utils "
+            "import _atomics as A\nprint(A.PROVIDER, 'ctypes.util' in sys.modules, "
+            "'subprocess' in sys.modules)")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("PLH_ATOMICS", None)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, timeout=60).stdout.split()
+    assert out == ["libatomic.so.1", "False", "False"]

@@ -10,9 +10,9 @@ names from ``_contract`` (which imports nothing), and the engine and the rendere
 imported inside the functions that use them, so ``--help``, ``--version`` and ``COMMAND
 --help`` load neither; ``--version`` alone does not even import ``argparse`` (with the
 ``gettext`` it pulls in, a fifth of the interpreter's own start-up), and neither does a
-plain command line of ``diagnose`` or ``list`` (:func:`_quick_parse`). Run as the program,
-those two read-only commands also run without the cyclic garbage collector
-(:data:`_NO_GC`). benchmarks/bench_startup.py and bench_diagnose.py measure it.
+plain command line of ``diagnose``, ``list``, ``cleanup``, ``validate`` or ``heal``
+(:func:`_quick_parse`). Run as the program, the two read-only commands ``diagnose`` and
+``list`` also run without the cyclic garbage collector (:data:`_NO_GC`). benchmarks/bench_startup.py and bench_diagnose.py measure it.
 """
 
 from __future__ import annotations
@@ -308,11 +308,22 @@ def _list_options(parser: argparse.ArgumentParser) -> None:
                         help="only names or addresses matching this shell pattern")
 
 
-#: The read-only commands whose plain command lines :func:`_quick_parse` reads without
-#: argparse, and their option functions after the common ones (the same functions build
-#: their argparse parsers: one declaration).
+def _repair_options(parser: argparse.ArgumentParser) -> None:
+    """--repair: validate's and heal's."""
+    parser.add_argument("--repair", action="store_true",
+                        help="re-compute mismatching checksums of COMMITTED slots "
+                             "(asks on a terminal)")
+
+
+#: The commands whose plain command lines :func:`_quick_parse` reads without argparse,
+#: and their option functions after the common ones (the same functions build their
+#: argparse parsers: one declaration). The confirmation a write asks for is the
+#: command's, not the parser's: it is asked whichever parser read the line.
 _QUICK = {"diagnose": (_budget_options, _every_options, _diagnose_options),
-          "list": (_list_options,)}
+          "list": (_list_options,),
+          "cleanup": (_writes_options, _budget_options, _every_options),
+          "validate": (_writes_options, _budget_options, _every_options, _repair_options),
+          "heal": (_writes_options, _budget_options, _every_options, _repair_options)}
 
 
 class _Declared:
@@ -461,17 +472,24 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError("invalid value %r: give a whole number" % text)
 
 
-_SHIFT = {"": 0, "K": 10, "M": 20, "G": 30, "T": 40}
+#: A byte count's units (any case), each with its optional ``B`` or ``iB``: 1G, 1gb, 1GiB.
+_SHIFT = dict((unit + tail, shift) for unit, shift in
+              (("", 0), ("K", 10), ("M", 20), ("G", 30), ("T", 40)) for tail in ("", "B", "IB"))
 
 
 def _bytes(text: str) -> int:
-    """A byte count: digits with an optional binary unit (256M, 1G, 512KiB, 4096)."""
-    import re
-    match = re.match(r"^\s*(\d+)\s*([KMGT]?)(?:I?B)?\s*$", text, re.IGNORECASE)
-    if not match or int(match.group(1)) < 1:
+    """A byte count: digits with an optional binary unit (256M, 1G, 512KiB, 4096), spaces
+    around them allowed. Read without ``re`` (which costs a validate a tenth of its
+    start-up); the same lines as ``^\\s*(\\d+)\\s*([KMGT]?)(?:I?B)?\\s*$`` (any case) are
+    accepted, except units outside ASCII (the regular expression took the Kelvin sign for
+    K, then failed on it)."""
+    body = text.strip()
+    digits = next((i for i, c in enumerate(body) if not c.isdecimal()), len(body))
+    unit = body[digits:].lstrip().upper()
+    if not digits or not unit.isascii() or unit not in _SHIFT or int(body[:digits]) < 1:
         raise argparse.ArgumentTypeError("invalid byte count %r: give a positive number, "
                                          "optionally with K, M, G or T (binary units)" % text)
-    return int(match.group(1)) << _SHIFT[match.group(2).upper()]
+    return int(body[:digits]) << _SHIFT[unit]
 
 
 class _OnlyOne:
@@ -585,12 +603,7 @@ def build_parser(only: Optional[str] = None, alone: bool = False) -> argparse.Ar
                          "re-bless committed slots and the flex zone)"),
             ("heal", "the safe composite: cleanup, release dead holders, validate; "
                      "never forced")):
-        c = command(name, help_, _writes_options, _budget_options)
-        _every_options(c)
-        if name != "cleanup":
-            c.add_argument("--repair", action="store_true",
-                           help="re-compute mismatching checksums of COMMITTED slots "
-                                "(asks on a terminal)")
+        command(name, help_, *_QUICK[name])
 
     c = command("undo", "put back what a real run stored, by CAS on the values it wrote; "
                         "refused whole, naming the field, if anything changed since",

@@ -1,5 +1,6 @@
-"""The plain command lines of ``diagnose`` and ``list`` are parsed without argparse
-(issue 14: a diagnosis within 3x ``python3 -c pass``); every other line goes to argparse.
+"""The plain command lines of ``diagnose``, ``list``, ``cleanup``, ``validate`` and ``heal``
+are parsed without argparse (issue 14: a diagnosis within 3x ``python3 -c pass``, and
+argparse was a fifth of a validate's start-up); every other line goes to argparse.
 
 The rule that keeps the two parsers one: whatever :func:`cli._quick_parse` accepts, argparse
 accepts too, with exactly the same names and values; whatever argparse refuses (and help,
@@ -29,6 +30,15 @@ WORDS = {
     "list": ["p*", "B", "", "-", "--json", "--no-color", "-y", "-v", "--verbose", "-h",
              "--help", "--", "--all", "--verb", "--match", "--json=", "-yv"],
 }
+#: The writing commands' words: their own options, good and bad values, what argparse alone
+#: handles (abbreviations, help, ``--``, joined short flags) and other commands' options.
+_WRITES = ["B", "", "-", "--json", "-y", "-v", "-n", "--dry-run", "--all", "--match", "p*",
+           "--max-bytes", "1G", "1x", "--max-bytes=4096", "--snapshot-dir", "/tmp/s",
+           "--snapshot-dir=", "--no-snapshot", "--audit-log", "a.jsonl", "--audit-log=-x",
+           "-h", "--", "-ny", "--dry", "--slot", "--no-snapshot=1"]
+WORDS["cleanup"] = _WRITES + ["--repair"]
+WORDS["validate"] = _WRITES + ["--repair", "--repair=1", "--rep"]
+WORDS["heal"] = _WRITES + ["--repair"]
 
 
 _PARSER = []
@@ -83,6 +93,12 @@ GOOD = {"diagnose": ["--json", "--no-color", "-y", "--yes", "-v", "--verbose", "
                      "--all-slots", "--slot 70", "--slot all", "--slot=3", "--match p*",
                      "--match=-x", "--max-bytes 1G", "--max-bytes=4096"],
         "list": ["--json", "--no-color", "-y", "--yes", "-v", "--verbose"]}
+GOOD["cleanup"] = ["--json", "--no-color", "-y", "-v", "-n", "--dry-run", "--all", "--match p*",
+                   "--max-bytes 1G", "--max-bytes=64K", "--snapshot-dir /tmp/s",
+                   "--snapshot-dir=/d", "--no-snapshot", "--audit-log a.jsonl",
+                   "--audit-log=/x"]
+GOOD["validate"] = GOOD["cleanup"] + ["--repair"]
+GOOD["heal"] = GOOD["cleanup"] + ["--repair"]
 
 
 @pytest.mark.parametrize("seed", range(3))
@@ -110,6 +126,9 @@ def test_long_random_command_lines_agree_with_argparse(seed, capsys):
     ["diagnose", "B", "--slot", "70"], ["diagnose", "B", "--slot=all", "--no-color"],
     ["diagnose", "--all", "--match", "plh*", "-v"], ["diagnose", "B", "--max-bytes", "1G"],
     ["diagnose", "B", "--all-slots", "--json", "--yes"], ["list"], ["list", "plh*", "--json"],
+    ["validate", "B"], ["validate", "B", "--max-bytes", "1G"], ["validate", "--all", "--json"],
+    ["validate", "B", "--repair", "-y", "--snapshot-dir", "/tmp/s"], ["heal", "B"],
+    ["heal", "--all", "--match", "plh*", "--dry-run"], ["cleanup", "B", "--no-snapshot"],
 ], ids=" ".join)
 def test_the_plain_forms_are_parsed_quickly(argv):
     assert _check(argv)
@@ -119,7 +138,10 @@ def test_the_plain_forms_are_parsed_quickly(argv):
     ["diagnose", "B", "--help"], ["diagnose", "-h"], ["diagnose", "B", "--slot", "x"],
     ["diagnose", "B", "--slot"], ["diagnose", "B", "C"], ["diagnose", "B", "--js"],
     ["diagnose", "--", "B"], ["diagnose", "B", "-vy"], ["diagnose", "B", "--max-bytes", "0"],
-    ["--json", "diagnose", "B"], ["heal", "B"], ["diagnose", "B", "--slot", "-1"], [],
+    ["--json", "diagnose", "B"], ["diagnose", "B", "--slot", "-1"], [],
+    ["recover", "B", "--slot", "1", "--action", "release-writer"], ["undo", "X"],
+    ["validate", "B", "--max-bytes", "0"], ["heal", "B", "--rep"], ["cleanup", "B", "--repair"],
+    ["validate", "B", "--snapshot-dir"], ["heal", "-ny", "B"],
 ], ids=lambda argv: " ".join(argv) or "(none)")
 def test_anything_else_goes_to_argparse(argv):
     assert _quick(argv) is None

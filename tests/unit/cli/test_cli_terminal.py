@@ -250,6 +250,51 @@ def test_diagnose_loads_no_heavy_module(crashes, names, extra, tmp_path):
     assert ("json" in mods) == ("--json" in extra) == ("re" in mods)
 
 
+#: What validate, cleanup and heal must not load: argparse and the gettext and locale it
+#: brings (their plain lines are parsed without it), ``concurrent.futures`` and the
+#: ``logging`` it imports (the slot hasher starts its own threads): together a third of a
+#: validate's start-up (issue 14, validate against b2sum).
+_NOT_FOR_WRITES = ("argparse", "gettext", "locale", "concurrent.futures", "logging")
+
+
+def _committed(name, capacity, stride, corrupt):
+    """Every slot COMMITTED with its data and checksum, but slot ``corrupt``'s data changed."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _layout as L, _runtime as R)
+    block = R.create(name, capacity=capacity, stride=stride)
+    try:
+        geo, table, sums = block.geo, bytearray(), bytearray()
+        for i in range(capacity):
+            data = (b"%08d" % i) * (stride // 8)
+            block.write(geo.slot_data(i), data if i != corrupt else bytes(stride))
+            table += bytes(12) + bytes([L.SlotState.COMMITTED]) + bytes(3) + bytes([1]) + bytes(47)
+            sums += L.blake2b256(data) + b"\0"
+        block.write(geo.slot_table, bytes(table))
+        block.write(geo.checksum_table, bytes(sums))
+        block.set("write_index", capacity)
+        block.set("commit_index", capacity - 1)
+        block.set("total_slots_written", capacity)
+    finally:
+        block.close()
+
+
+@pytest.mark.parametrize("argv", [["validate", "{name}", "--max-bytes", "1G"],
+                                  ["validate", "{name}", "--repair", "-y"],
+                                  ["cleanup", "{name}", "--dry-run"], ["heal", "{name}"]],
+                         ids=lambda argv: " ".join(argv[:1] + argv[2:]))
+def test_validate_cleanup_and_heal_load_no_parser_and_no_pool(crashes, names, argv,
+                                                              tmp_path):
+    """As the installed script runs them, on a block whose 256 committed 64 KiB slots (4
+    batches: the hasher's helper threads) hold one corrupt slot."""
+    name = names()
+    _committed(name, 256, 64 << 10, corrupt=7)
+    mods, r = _launched([a.format(name=name) for a in argv], tmp_path)
+    assert r.returncode in (0, 1, 3), r
+    assert _CORE + "_engine" in mods                               # the check can fail
+    assert (_CORE + "_hashing" in mods) == (argv[0] != "cleanup"), sorted(mods)
+    assert sorted(m for m in _NOT_FOR_WRITES if m in mods) == []
+
+
 def test_a_diagnosis_that_argparse_must_explain_loads_it(crashes, names):
     """The check above can fail: a command line the quick parser declines loads argparse."""
     name = names()
