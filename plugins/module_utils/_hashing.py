@@ -23,7 +23,9 @@ validate's hot path. Decisions (issue 14; docs/performance.md has the figures):
 * **holes stay holes**: a batch whose data is not all allocated is hashed slot by slot
   through :meth:`_block.Block.digest` (zeros hashed without being read).
 * ``hashlib`` releases the GIL while hashing more than 2 KiB, so two threads hash on two
-  cores; the Python work per slot is one constructor, one digest, one comparison.
+  cores; the Python work per slot is one constructor, one digest, one comparison. The
+  threads are the caller's and plain helpers (:func:`hash_slots`), one per CPU the
+  process may use, and only for slots of :data:`PARALLEL_MIN_STRIDE` or more.
 """
 
 from __future__ import annotations
