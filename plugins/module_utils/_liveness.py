@@ -188,6 +188,7 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
         st = process_stat(pid)
         _support(ev, pid, recorded_start_ticks, recorded_boot_id, since_ns, heartbeat_ns,
                  stale_after_ns, snap, st.start_ticks if st else None, ages=False)
+        _namesake(ev, pid, st)
         return verdict(DEAD, "no other process has this block open or mapped, in any PID "
                        "namespace: the kernel granted an exclusive lease on it")
     if block is not None and (scans is not None or scan is not None):
@@ -207,6 +208,7 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
             _support(ev, pid, recorded_start_ticks, recorded_boot_id, since_ns,
                      heartbeat_ns, stale_after_ns, snap, st.start_ticks if st else None,
                      ages=False)
+            _namesake(ev, pid, st)
             return verdict(DEAD, "no process that has this block mapped or open has pid %d "
                            "in any PID namespace (scan complete: %s)" % (pid, scope.reason))
         ev.append("scan %s: %s" % (scope.name, scope.reason) if not scope.complete else
@@ -225,6 +227,16 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
     # 3. partial: conservative per-pid rules
     return _partial(pid, block, ev, verdict, recorded_start_ticks, recorded_boot_id,
                     since_ns, heartbeat_ns, stale_after_ns, snap, recorded_pidns)
+
+
+def _namesake(ev: List[str], pid: int, st: Optional[Any]) -> None:
+    """A dead verdict on a pid that a running process has here: say so, so that an
+    operator who finds the process with ``ps`` reads why it is no holder of this block
+    (the verdict is about the block, not about the process)."""
+    if st is not None:
+        ev.append("pid %d names a process here (state %s) that has neither mapped nor "
+                  "opened this block: it holds nothing of it (it let go of the block, or the "
+                  "number is another process's now)" % (pid, st.state))
 
 
 def _from_scan(pid: int, block: BlockId, scan: HostScan):

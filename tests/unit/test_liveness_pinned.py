@@ -90,6 +90,9 @@ def test_a_lease_proves_death_where_the_per_pid_rules_cannot(attached, children)
     assert "exclusive lease" in v.evidence[-1], v
     assert not any(" old" in e for e in v.evidence), v
     assert "pid %d started at tick %d, as recorded" % (p.pid, ticks) in v.evidence, v
+    # the process still runs (sleep): the evidence says why it is no holder nonetheless
+    assert any(e.startswith("pid %d names a process here (state " % p.pid) and
+               "that has neither mapped nor opened this block" in e for e in v.evidence), v
 
 
 def test_a_dead_verdict_of_the_per_pid_rules_carries_no_heartbeat_age(block_name,
