@@ -209,7 +209,10 @@ def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = No
                                 daemon=True) for n in range(workers - 1)]
     try:
         for helper in helpers:
-            helper.start()
+            try:
+                helper.start()
+            except RuntimeError:    # no thread to be had (a limit): fewer helpers, same result
+                break
         work(progress)
     finally:
         with lock:

@@ -12,7 +12,8 @@ imported inside the functions that use them, so ``--help``, ``--version`` and ``
 ``gettext`` it pulls in, a fifth of the interpreter's own start-up), and neither does a
 plain command line of ``diagnose``, ``list``, ``cleanup``, ``validate`` or ``heal``
 (:func:`_quick_parse`). Run as the program, the two read-only commands ``diagnose`` and
-``list`` also run without the cyclic garbage collector (:data:`_NO_GC`). benchmarks/bench_startup.py and bench_diagnose.py measure it.
+``list`` also run without the cyclic garbage collector (:data:`_NO_GC`).
+benchmarks/bench_startup.py, bench_diagnose.py and bench_validate.py measure it.
 """
 
 from __future__ import annotations

@@ -169,3 +169,23 @@ def test_threads_follow_the_cpus_this_process_may_use():
     assert out == ["1", "1", "1"]
     assert H.workers_for(100, 4096) == 1 and H.workers_for(1, 1 << 20) == 1
     assert H.workers_for(100, 1 << 20) == min(_cpus(), 4)
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for helpers")
+def test_no_helper_thread_to_be_had_hashes_everything_in_the_callers(shm_name, monkeypatch,
+                                                                     seen_threads):
+    """Where no thread can be started (a process or memory limit: ``Thread.start`` raises
+    RuntimeError, as here), the calling thread hashes every batch: the same result."""
+    stride, capacity = 64 << 10, 256
+    block = _block(shm_name, capacity, stride, capacity, {5: "data", 200: "missing"})
+    want = _expected(block, 0, capacity)
+    block.close()
+
+    def refuse(self):
+        raise RuntimeError("can't start new thread")
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    with B.open_block(shm_name) as ro:
+        got = H.hash_slots(ro, [(0, capacity)])
+    assert got == want and [odd[0] for odd in got] == [5, 200]
+    assert set(seen_threads) == {threading.get_ident()}
+    assert len(seen_threads) == len(H.batches([(0, capacity)], stride)) > 1
