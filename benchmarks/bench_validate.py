@@ -35,13 +35,15 @@ from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa
 #: The floor: the least a Python process does to check the same slots - read the ring in
 #: the hasher's windows with the hasher's threads and hash each slot with the standard
 #: library's BLAKE2b - without the engine (no header, tables, verdicts or start-up
-#: imports). ``python -c FLOOR RING STRIDE THREADS``; prints the number of slots hashed.
+#: imports). ``python -c FLOOR RING STRIDE THREADS WINDOW BATCH`` (the hasher's
+#: HASH_WINDOW and BATCH_BYTES); prints the number of slots hashed.
 FLOOR = r"""
 import os, sys, threading
 from _blake2 import blake2b
-fd, stride, threads = os.open(sys.argv[1], os.O_RDONLY), int(sys.argv[2]), int(sys.argv[3])
-slots, window = os.fstat(fd).st_size // stride, 64 << 10
-per, lock, state, done = max(1, (4 << 20) // stride), threading.Lock(), [0], []
+fd = os.open(sys.argv[1], os.O_RDONLY)
+stride, threads, window, batch = [int(a) for a in sys.argv[2:6]]
+slots = os.fstat(fd).st_size // stride
+per, lock, state, done = max(1, batch // stride), threading.Lock(), [0], []
 def work():
     buf = memoryview(bytearray(max(window, 1)))
     while True:
@@ -132,7 +134,8 @@ def main() -> int:
     try:
         threads = H.workers_for(len(H.batches([(0, args.slots)], args.stride)), args.stride)
         rows = {"b2sum": [b2sum, ring],
-                "floor": [sys.executable, "-c", FLOOR, ring, str(args.stride), str(threads)],
+                "floor": [sys.executable, "-c", FLOOR, ring] + [str(n) for n in (
+                    args.stride, threads, H.HASH_WINDOW, H.BATCH_BYTES)],
                 "validate": _proc.admin("validate", name, "--max-bytes", "1G")}
         got = _proc.interleaved(rows, env, args.rounds, ok=(0,))
         v, b, f = got["validate"], got["b2sum"], got["floor"]

@@ -71,15 +71,16 @@ def _libatomic() -> Tuple[Optional[Dict[int, _Ops]], str]:
     """libatomic by its usual names first (the dynamic loader searches as for any
     library), then by ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a
     subprocess: a third of a heal's start-up, paid only where the usual names fail."""
-    for name in _CANDIDATES + (None,):
-        if name is None:
-            from ctypes.util import find_library    # only where the usual names fail
-            name = find_library("atomic")
-            if not name or name in _CANDIDATES:
-                break
+    names = list(_CANDIDATES)
+    while names:
+        name = names.pop(0)
         try:
             lib = ctypes.CDLL(name)
         except OSError:
+            if not names and name in _CANDIDATES:       # the usual names failed
+                from ctypes.util import find_library
+                found = find_library("atomic")
+                names = [found] if found and found not in _CANDIDATES else []
             continue
         return {size: _from_libatomic(lib, size) for size in _CTYPE}, name
     return None, "no libatomic found (the libatomic1 package)"

@@ -170,17 +170,8 @@ def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = No
         return []
     hasher = _Hasher(block, runs[0][0], runs[-1][0] + runs[-1][1])
     results = [None] * len(runs)    # type: List[Optional[List[Odd]]]
-    workers = workers_for(len(runs), stride)
     total = sum(n for dummy, n in runs) * stride
-    if workers == 1:
-        done = 0
-        for k, run in enumerate(runs):
-            results[k] = hasher.batch(run)
-            done += run[1] * stride
-            if progress:
-                progress(done, total)
-        return [odd for found in results for odd in found or ()]
-    import threading        # validate only: not at start-up
+    import threading        # validate only: not at start-up (_Hasher loaded it already)
     lock = threading.Lock()
     shared = {"next": 0, "done": 0, "stop": False}  # type: Dict[str, Any]
     errors = []             # type: List[BaseException]
@@ -206,7 +197,8 @@ def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = No
                 report(done, total)
 
     helpers = [threading.Thread(target=work, args=(None,), name="plh-hash-%d" % n,
-                                daemon=True) for n in range(workers - 1)]
+                                daemon=True)
+               for n in range(workers_for(len(runs), stride) - 1)]
     try:
         for helper in helpers:
             try:
@@ -222,6 +214,6 @@ def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = No
                 helper.join()
     if errors:
         raise errors[0]
-    if progress:
+    if progress and helpers:
         progress(total, total)          # the helpers may have finished the last batches
     return [odd for found in results for odd in found or ()]

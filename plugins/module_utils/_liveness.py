@@ -44,6 +44,7 @@ from ._record import Record
 TYPE_CHECKING = False       # typing costs milliseconds at start-up: for the checkers only
 if TYPE_CHECKING:  # pragma: no cover
     from typing import Any, Dict, List, Optional, Tuple
+    from ._procinfo import ProcStat
 
 ALIVE = "alive"
 DEAD = "dead"
@@ -229,7 +230,7 @@ def judge(pid: int, *, block: Optional[BlockId] = None, scans: Optional[Scans] =
                     since_ns, heartbeat_ns, stale_after_ns, snap, recorded_pidns)
 
 
-def _namesake(ev: List[str], pid: int, st: Optional[Any]) -> None:
+def _namesake(ev: List[str], pid: int, st: Optional[ProcStat]) -> None:
     """A dead verdict on a pid that a running process has here: say so, so that an
     operator who finds the process with ``ps`` reads why it is no holder of this block
     (the verdict is about the block, not about the process)."""
