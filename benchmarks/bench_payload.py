@@ -17,6 +17,7 @@ import io
 import re
 import sys
 import zipfile
+from typing import Optional
 
 import _path
 
@@ -31,11 +32,11 @@ MODULES = ("datablock_info", "datablock_diagnose", "datablock_recover", "datablo
            "datablock_validate", "datablock_drill", "ansible.builtin.ping")
 
 
-def payload(fqcn: str, templar: Templar) -> tuple:
-    """(bytes sent, the zip inside it)."""
+def payload(fqcn: str, templar: Templar, module_args: Optional[dict] = None) -> tuple:
+    """(bytes sent, the zip inside it), for a call with ``module_args``."""
     ctx = module_loader.find_plugin_with_context(fqcn)
     built = module_common.modify_module(
-        module_name=fqcn, module_path=ctx.plugin_resolved_path, module_args={},
+        module_name=fqcn, module_path=ctx.plugin_resolved_path, module_args=module_args or {},
         templar=templar, task_vars={"ansible_python_interpreter": sys.executable},
         module_compression="ZIP_DEFLATED")
     data = built.b_module_data
