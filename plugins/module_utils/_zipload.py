@@ -9,15 +9,15 @@ bytecode: every module imported is compiled from source, on every call. And CPyt
 twice: finding it asks the importer for the module's file name, and
 ``zipimporter.get_filename`` learns the name by compiling the module (then throws the code
 away), before ``get_code`` compiles it again to run it. A heal imports ~27 of our modules
-(~410 KB of source): the second compile was ~55 ms of the host's CPU per module call, a
-third of what heal costs a host over ``ansible.builtin.ping`` (docs/performance.md).
+(~410 KB of source, 54 ms of CPU to compile once): the second compile was paid by every
+host on every call (``benchmarks/bench_module_host.py``, docs/performance.md).
 
 :func:`compile_once` gives this package's path an importer that names a module's file
-without compiling it (the package's own modules: a subpackage's path would keep
-zipimport's importer; this package has none). The file name it gives is the one ``get_filename`` would give for a
-source module (``<archive>/<prefix><name>.py``, or ``.../<name>/__init__.py``); the code
-is still compiled and run by ``zipimport`` itself, once. Anywhere else (installed files,
-an unpacked collection, the CLI) it does nothing.
+without compiling it: the name ``get_filename`` gives for a source module
+(``<archive>/<prefix><name>.py``, or ``.../<name>/__init__.py``); the code is still
+compiled and run by ``zipimport`` itself, once. It covers the package's own modules (a
+subpackage's path would keep zipimport's importer; this package has none). Anywhere else
+(installed files, an unpacked collection, the CLI) it does nothing.
 
 Standard library only; nothing here imports a module that is not already loaded.
 """
@@ -31,8 +31,8 @@ def compile_once(package: str) -> bool:
     """Give ``package``'s zip entries an importer that compiles a module once.
 
     Returns whether ``package`` was imported from a zip and its entries now have that
-    importer: False anywhere else, or where this Python's ``zipimport`` importer cannot be
-    extended (the C one, before 3.8). Calling it again changes nothing.
+    importer: False anywhere else, or where this Python's ``zipimporter`` cannot be
+    subclassed. Calling it again changes nothing.
     """
     zipimport = sys.modules.get("zipimport")
     module = sys.modules.get(package)
@@ -66,7 +66,7 @@ def _importer_class(zipimport):
                     if self.is_package(fullname):
                         tail += "/__init__"
                     return "%s/%s%s.py" % (self.archive, self.prefix, tail)
-        except TypeError:   # the C zipimporter (before 3.8) cannot be subclassed
+        except TypeError:   # a zipimporter type that cannot be subclassed
             OneCompile = None  # noqa: N806 pylint: disable=invalid-name
         _CLASS["class"] = OneCompile
     return _CLASS["class"]
