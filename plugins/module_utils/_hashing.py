@@ -75,9 +75,7 @@ def batches(ranges: Sequence[Tuple[int, int]], stride: int) -> List[Tuple[int, i
 
 class _Hasher:
     def __init__(self, block, first: int, stop: int) -> None:
-        import threading        # validate only: not at start-up
         self.block = block
-        self.local = threading.local()
         # The allocated extents of the data of slots first..stop, found once: SEEK_HOLE
         # on tmpfs walks the pages up to the next hole, so asking per batch would walk
         # the rest of a fully allocated ring again for every batch.
@@ -91,20 +89,13 @@ class _Hasher:
         k = bisect.bisect_right(self.starts, start) - 1
         return k >= 0 and self.ends[k] >= start + size
 
-    def _buffer(self) -> memoryview:
-        buf = getattr(self.local, "buf", None)
-        if buf is None:
-            buf = self.local.buf = memoryview(bytearray(HASH_WINDOW))
-        return buf
-
-    def digests(self, first: int, n: int) -> List[bytes]:
+    def digests(self, first: int, n: int, buf: memoryview) -> List[bytes]:
         """Digests of slots ``first .. first+n`` (their data read after the caller read
-        their entries)."""
+        their entries), read through ``buf`` (the calling thread's, HASH_WINDOW bytes)."""
         block, geo = self.block, self.block.geo
         stride, start = geo.stride, geo.slot_data(first)
         if not self._allocated(start, n * stride):      # holes: never read them
             return [block.digest(geo.slot_data(first + j), stride) for j in range(n)]
-        buf = self._buffer()
         blake = L.blake2b()
         out: List[bytes] = []
         if stride <= HASH_WINDOW:
@@ -127,12 +118,12 @@ class _Hasher:
             out.append(h.digest())
         return out
 
-    def batch(self, run: Tuple[int, int]) -> List[Odd]:
+    def batch(self, run: Tuple[int, int], buf: memoryview) -> List[Odd]:
         first, n = run
         geo = self.block.geo
         entries = self.block.read(geo.slot_entry(first), n * _E)
         sums = self.block.read(geo.checksum_entry(first), n * _C)
-        digests = self.digests(first, n)
+        digests = self.digests(first, n, buf)
         odd = [j for j in range(n) if digests[j] != sums[j * _C:j * _C + L.HASH_SIZE]]
         return [(first + j, (_u64(entries, j * _E), _u64(entries, j * _E + 16),
                              entries[j * _E + 12]),
@@ -171,12 +162,13 @@ def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = No
     hasher = _Hasher(block, runs[0][0], runs[-1][0] + runs[-1][1])
     results = [None] * len(runs)    # type: List[Optional[List[Odd]]]
     total = sum(n for dummy, n in runs) * stride
-    import threading        # validate only: not at start-up (_Hasher loaded it already)
+    import threading        # validate only: not at start-up
     lock = threading.Lock()
     shared = {"next": 0, "done": 0, "stop": False}  # type: Dict[str, Any]
     errors = []             # type: List[BaseException]
 
     def work(report: Progress) -> None:
+        buf = memoryview(bytearray(HASH_WINDOW))     # this thread's own
         while True:
             with lock:
                 k = shared["next"]
@@ -184,7 +176,7 @@ def hash_slots(block, ranges: Sequence[Tuple[int, int]], progress: Progress = No
                     return
                 shared["next"] = k + 1
             try:
-                results[k] = hasher.batch(runs[k])
+                results[k] = hasher.batch(runs[k], buf)
             except BaseException as exc:    # pylint: disable=broad-except
                 with lock:
                     shared["stop"] = True

@@ -65,21 +65,22 @@ def _expected(block: R.Block, first: int, stop: int) -> list:
 
 
 @pytest.fixture
-def seen_threads(monkeypatch):
-    """The threads that hashed batches (the real hasher, only its callers recorded)."""
+def hashed_batches(monkeypatch):
+    """Per batch hashed, the thread that hashed it and the buffer it was read through
+    (the real hasher, only its callers recorded; buffers kept, so no id is reused)."""
     seen = []
     real = H._Hasher.batch                 # pylint: disable=protected-access
 
-    def batch(self, run):
-        seen.append(threading.get_ident())
-        return real(self, run)
+    def batch(self, run, buf):
+        seen.append((threading.get_ident(), buf.obj))
+        return real(self, run, buf)
     monkeypatch.setattr(H._Hasher, "batch", batch)   # pylint: disable=protected-access
     return seen
 
 
 @pytest.mark.parametrize("capacity,stride", [(4096, 4096), (192, 64 << 10), (24, 1 << 20)],
                          ids=["4KiB-one-thread", "64KiB-threads", "1MiB-windows"])
-def test_every_slot_hashed_and_the_odd_ones_returned_in_order(shm_name, seen_threads,
+def test_every_slot_hashed_and_the_odd_ones_returned_in_order(shm_name, hashed_batches,
                                                               capacity, stride):
     per = max(1, H.BATCH_BYTES // stride)
     # odd slots in several batches, the first and last slots among them; the last batch
@@ -106,6 +107,7 @@ def test_every_slot_hashed_and_the_odd_ones_returned_in_order(shm_name, seen_thr
     assert [p[0] for p in progress] == sorted(p[0] for p in progress)
     assert {p[2] for p in progress} == {threading.get_ident()}
     batches = len(H.batches(ranges, stride))
+    seen_threads = [thread for thread, dummy in hashed_batches]
     assert len(seen_threads) == batches > 2
     threads = H.workers_for(batches, stride)
     assert threads == (1 if stride < H.PARALLEL_MIN_STRIDE else min(_cpus(), 4))
@@ -113,6 +115,14 @@ def test_every_slot_hashed_and_the_odd_ones_returned_in_order(shm_name, seen_thr
         assert len(set(seen_threads)) > 1, seen_threads
     else:
         assert set(seen_threads) == {threading.get_ident()}
+    # each thread reads every batch it takes through one buffer of its own
+    per_thread = {}
+    for thread, buf in hashed_batches:
+        per_thread.setdefault(thread, []).append(buf)
+    own = [bufs[0] for bufs in per_thread.values()]
+    assert all(all(b is bufs[0] for b in bufs) for bufs in per_thread.values())
+    assert len({id(b) for b in own}) == len(own)
+    assert all(len(b) == H.HASH_WINDOW for b in own)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for helpers")
@@ -130,14 +140,14 @@ def test_an_error_in_any_thread_is_raised_after_the_helpers_stop(shm_name, monke
     failed = threading.Event()
     real = H._Hasher.batch                 # pylint: disable=protected-access
 
-    def batch(self, run):
+    def batch(self, run, buf):
         started.append(run[0])
         if where == "helper":
             if threading.get_ident() != caller:
                 failed.set()
                 raise OSError(5, "injected read error")
             failed.wait(30)         # the caller's first batch ends after the failure
-        return real(self, run)
+        return real(self, run, buf)
     monkeypatch.setattr(H._Hasher, "batch", batch)   # pylint: disable=protected-access
 
     def progress(done, total):
@@ -173,7 +183,7 @@ def test_threads_follow_the_cpus_this_process_may_use():
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 CPUs for helpers")
 def test_no_helper_thread_to_be_had_hashes_everything_in_the_callers(shm_name, monkeypatch,
-                                                                     seen_threads):
+                                                                     hashed_batches):
     """Where no thread can be started (a process or memory limit: ``Thread.start`` raises
     RuntimeError, as here), the calling thread hashes every batch: the same result."""
     stride, capacity = 64 << 10, 256
@@ -187,5 +197,5 @@ def test_no_helper_thread_to_be_had_hashes_everything_in_the_callers(shm_name, m
     with B.open_block(shm_name) as ro:
         got = H.hash_slots(ro, [(0, capacity)])
     assert got == want and [odd[0] for odd in got] == [5, 200]
-    assert set(seen_threads) == {threading.get_ident()}
-    assert len(seen_threads) == len(H.batches([(0, capacity)], stride)) > 1
+    assert {thread for thread, dummy in hashed_batches} == {threading.get_ident()}
+    assert len(hashed_batches) == len(H.batches([(0, capacity)], stride)) > 1
