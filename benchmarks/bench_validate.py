@@ -30,7 +30,8 @@ import _proc  # noqa: E402
 _path.setup()
 
 from ansible_collections.pylabhub.recovery.plugins.module_utils import (  # noqa: E402
-    _hashing as H, _layout as L, _runtime as R)
+    _hashing as H, _layout as L)
+from ansible_collections.pylabhub.recovery.tests.support import committed_block  # noqa: E402
 
 #: The floor: the least a Python process does to check the same slots - read the ring in
 #: the hasher's windows with the hasher's threads and hash each slot with the standard
@@ -81,28 +82,10 @@ print(sum(done))
 
 
 def build(name: str, slots: int, stride: int) -> None:
-    block = R.create(name, capacity=slots, stride=stride, evidence=True)
-    try:
-        geo = block.geo
-        noise = os.urandom(stride + 4096)
-        states = bytearray(geo.capacity * L.SLOT_ENTRY_SIZE)
-        sums = bytearray(geo.capacity * L.CHECKSUM_ENTRY_SIZE)
-        for i in range(slots):
-            shift = (i * 64) % 4096           # a different window of the noise per slot
-            chunk = i.to_bytes(8, "little") + noise[shift:shift + stride - 8]
-            block.write(geo.slot_data(i), chunk)
-            e = i * L.SLOT_ENTRY_SIZE
-            states[e + 12] = L.SlotState.COMMITTED
-            states[e + 16:e + 24] = (1).to_bytes(8, "little")
-            c = i * L.CHECKSUM_ENTRY_SIZE
-            sums[c:c + 32] = L.blake2b256(chunk)
-        block.write(geo.slot_table, bytes(states))
-        block.write(geo.checksum_table, bytes(sums))
-        block.set("write_index", slots)
-        block.set("commit_index", slots - 1)
-        block.set("total_slots_written", slots)
-    finally:
-        block.close()
+    noise = os.urandom(stride + 4096)
+    # a different window of the noise per slot, led by the slot's number
+    committed_block(name, slots, stride, lambda i: i.to_bytes(8, "little") + noise[
+        (i * 64) % 4096:(i * 64) % 4096 + stride - 8], evidence=True)
 
 
 def ring_copy(src: str, dst: str, offset: int, size: int) -> None:

@@ -1,7 +1,7 @@
 # -*- coding: utf-8 -*-
 # Copyright: pylabhub.recovery contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
-"""Small helpers shared by test suites (imported as
+"""Small helpers shared by test suites and benchmarks (imported as
 ``ansible_collections.pylabhub.recovery.tests.support``)."""
 
 from __future__ import annotations
@@ -211,3 +211,33 @@ def fd_only(path: str):
     import sys
     p = subprocess.Popen([sys.executable, "-c", FD_ONLY, path], stdout=subprocess.PIPE)
     return p, int(p.stdout.readline())
+
+
+def committed_block(name: str, capacity: int, stride: int, data, corrupt=None,
+                    **create) -> None:
+    """Create block ``name`` with every slot COMMITTED (generation 1) holding ``data(i)``
+    under its checksum, the indexes as after ``capacity`` commits; slot ``corrupt`` (if
+    any) holds zeros instead, under its data's checksum. ``create``: more arguments of
+    ``_runtime.create`` (``evidence=True``). The block is closed on return."""
+    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
+        _layout as L, _runtime as R)
+    block = R.create(name, capacity=capacity, stride=stride, **create)
+    try:
+        geo = block.geo
+        states = bytearray(capacity * L.SLOT_ENTRY_SIZE)
+        sums = bytearray(capacity * L.CHECKSUM_ENTRY_SIZE)
+        for i in range(capacity):
+            chunk = data(i)
+            block.write(geo.slot_data(i), chunk if i != corrupt else bytes(stride))
+            e = i * L.SLOT_ENTRY_SIZE
+            states[e + 12] = L.SlotState.COMMITTED
+            states[e + 16:e + 24] = (1).to_bytes(8, "little")
+            c = i * L.CHECKSUM_ENTRY_SIZE
+            sums[c:c + L.HASH_SIZE] = L.blake2b256(chunk)
+        block.write(geo.slot_table, bytes(states))
+        block.write(geo.checksum_table, bytes(sums))
+        block.set("write_index", capacity)
+        block.set("commit_index", capacity - 1)
+        block.set("total_slots_written", capacity)
+    finally:
+        block.close()

@@ -67,20 +67,24 @@ def _from_libatomic(lib: ctypes.CDLL, size: int) -> _Ops:
                 lambda addr, delta: int(add(addr, delta, SEQ_CST)))
 
 
+def _libatomic_names():
+    """libatomic's usual names, then what ``ctypes.util.find_library`` finds - asked only
+    when the usual names failed: it runs ``ldconfig -p`` in a subprocess, a third of a
+    heal's start-up."""
+    yield from _CANDIDATES
+    from ctypes.util import find_library
+    found = find_library("atomic")
+    if found and found not in _CANDIDATES:
+        yield found
+
+
 def _libatomic() -> Tuple[Optional[Dict[int, _Ops]], str]:
     """libatomic by its usual names first (the dynamic loader searches as for any
-    library), then by ``ctypes.util.find_library``, which runs ``ldconfig -p`` in a
-    subprocess: a third of a heal's start-up, paid only where the usual names fail."""
-    names = list(_CANDIDATES)
-    while names:
-        name = names.pop(0)
+    library), then by ``find_library`` (:func:`_libatomic_names`)."""
+    for name in _libatomic_names():
         try:
             lib = ctypes.CDLL(name)
         except OSError:
-            if not names and name in _CANDIDATES:       # the usual names failed
-                from ctypes.util import find_library
-                found = find_library("atomic")
-                names = [found] if found and found not in _CANDIDATES else []
             continue
         return {size: _from_libatomic(lib, size) for size in _CTYPE}, name
     return None, "no libatomic found (the libatomic1 package)"

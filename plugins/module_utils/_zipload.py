@@ -19,54 +19,39 @@ compiled and run by ``zipimport`` itself, once. It covers the package's own modu
 subpackage's path would keep zipimport's importer; this package has none). Anywhere else
 (installed files, an unpacked collection, the CLI) it does nothing.
 
-Standard library only; nothing here imports a module that is not already loaded.
+Standard library only; nothing here imports a module that is not already loaded
+(``zipimport`` is a path hook of every interpreter).
 """
 
 from __future__ import annotations
 
 import sys
+import zipimport    # loaded at every interpreter's start (a path hook): costs nothing
+
+
+class OneCompile(zipimport.zipimporter):  # pylint: disable=too-few-public-methods
+    """zipimporter naming a source module's file without compiling it."""
+
+    def get_filename(self, fullname):
+        if self.get_source(fullname) is None:   # bytecode only: upstream's way
+            return super().get_filename(fullname)
+        tail = fullname.rpartition(".")[2]
+        if self.is_package(fullname):
+            tail += "/__init__"
+        return "%s/%s%s.py" % (self.archive, self.prefix, tail)
 
 
 def compile_once(package: str) -> bool:
     """Give ``package``'s zip entries an importer that compiles a module once.
 
     Returns whether ``package`` was imported from a zip and its entries now have that
-    importer: False anywhere else, or where this Python's ``zipimporter`` cannot be
-    subclassed. Calling it again changes nothing.
+    importer (False anywhere else). Calling it again changes nothing.
     """
-    zipimport = sys.modules.get("zipimport")
     module = sys.modules.get(package)
     spec = getattr(module, "__spec__", None)
-    if zipimport is None or spec is None or not isinstance(spec.loader, zipimport.zipimporter):
-        return False
-    importer = _importer_class(zipimport)
-    if importer is None:
+    if spec is None or not isinstance(spec.loader, zipimport.zipimporter):
         return False
     for entry in getattr(module, "__path__", ()):
-        if not isinstance(sys.path_importer_cache.get(entry), importer):
-            sys.path_importer_cache[entry] = importer(entry)
+        if not isinstance(sys.path_importer_cache.get(entry), OneCompile):
+            sys.path_importer_cache[entry] = OneCompile(entry)
     return True
-
-
-_CLASS: dict = {}
-
-
-def _importer_class(zipimport):
-    """``zipimporter`` whose ``get_filename`` does not compile the module (None where
-    ``zipimporter`` cannot be subclassed). Made once per process."""
-    if "class" not in _CLASS:
-        try:
-            class OneCompile(zipimport.zipimporter):  # pylint: disable=too-few-public-methods
-                """zipimporter naming a source module's file without compiling it."""
-
-                def get_filename(self, fullname):
-                    if self.get_source(fullname) is None:   # bytecode only: upstream's way
-                        return super().get_filename(fullname)
-                    tail = fullname.rpartition(".")[2]
-                    if self.is_package(fullname):
-                        tail += "/__init__"
-                    return "%s/%s%s.py" % (self.archive, self.prefix, tail)
-        except TypeError:   # a zipimporter type that cannot be subclassed
-            OneCompile = None  # noqa: N806 pylint: disable=invalid-name
-        _CLASS["class"] = OneCompile
-    return _CLASS["class"]

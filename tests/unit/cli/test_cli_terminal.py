@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import plh_spec as spec
+from ansible_collections.pylabhub.recovery.tests.support import committed_block
 from plh_crash import read_bytes
 
 
@@ -257,27 +258,6 @@ def test_diagnose_loads_no_heavy_module(crashes, names, extra, tmp_path):
 _NOT_FOR_WRITES = ("argparse", "gettext", "locale", "concurrent.futures", "logging")
 
 
-def _committed(name, capacity, stride, corrupt):
-    """Every slot COMMITTED with its data and checksum, but slot ``corrupt``'s data changed."""
-    from ansible_collections.pylabhub.recovery.plugins.module_utils import (
-        _layout as L, _runtime as R)
-    block = R.create(name, capacity=capacity, stride=stride)
-    try:
-        geo, table, sums = block.geo, bytearray(), bytearray()
-        for i in range(capacity):
-            data = (b"%08d" % i) * (stride // 8)
-            block.write(geo.slot_data(i), data if i != corrupt else bytes(stride))
-            table += bytes(12) + bytes([L.SlotState.COMMITTED]) + bytes(3) + bytes([1]) + bytes(47)
-            sums += L.blake2b256(data) + b"\0"
-        block.write(geo.slot_table, bytes(table))
-        block.write(geo.checksum_table, bytes(sums))
-        block.set("write_index", capacity)
-        block.set("commit_index", capacity - 1)
-        block.set("total_slots_written", capacity)
-    finally:
-        block.close()
-
-
 @pytest.mark.parametrize("argv", [["validate", "{name}", "--max-bytes", "1G"],
                                   ["validate", "{name}", "--repair", "-y"],
                                   ["cleanup", "{name}", "--dry-run"], ["heal", "{name}"]],
@@ -287,7 +267,7 @@ def test_validate_cleanup_and_heal_load_no_parser_and_no_pool(crashes, names, ar
     """As the installed script runs them, on a block whose 256 committed 64 KiB slots (4
     batches: the hasher's helper threads) hold one corrupt slot."""
     name = names()
-    _committed(name, 256, 64 << 10, corrupt=7)
+    committed_block(name, 256, 64 << 10, lambda i: (b"%08d" % i) * (8 << 10), corrupt=7)
     mods, r = _launched([a.format(name=name) for a in argv], tmp_path)
     assert r.returncode in (0, 1, 3), r
     assert _CORE + "_engine" in mods                               # the check can fail
